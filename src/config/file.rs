@@ -1,0 +1,389 @@
+//! The config file as written: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown keys, so a typo is an error rather than a silent default.
+//! Defaults live in named functions so `conf/tidegate.yaml` and the code cannot drift apart
+//! unnoticed (the reference config is checked in CI). Validation happens in `build.rs`.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Deserialize;
+
+use super::duration::HumanDuration;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listeners: Vec<FileListener>,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    #[serde(default)]
+    pub server: FileServer,
+    pub routes: Vec<FileRoute>,
+    pub pools: BTreeMap<String, FilePool>,
+    #[serde(default)]
+    pub shutdown: FileShutdown,
+}
+
+/// One address tidegate accepts client traffic on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub name: String,
+    pub address: String,
+    /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+}
+
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub metrics_auth: bool,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+            token_env: None,
+            token_file: None,
+            metrics_auth: false,
+        }
+    }
+}
+
+/// Default admin address: loopback only.
+pub fn default_admin_address() -> String {
+    "127.0.0.1:9901".into()
+}
+
+/// Proxy timeouts, global.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    #[serde(default = "default_connect")]
+    pub connect: HumanDuration,
+    #[serde(default = "default_client_read")]
+    pub client_read: HumanDuration,
+    #[serde(default)]
+    pub upstream_read: HumanDuration,
+    #[serde(default = "default_websocket_idle")]
+    pub websocket_idle: HumanDuration,
+    #[serde(default = "default_upstream_keepalive")]
+    pub upstream_keepalive: HumanDuration,
+}
+
+impl Default for FileTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            client_read: default_client_read(),
+            upstream_read: HumanDuration::default(),
+            websocket_idle: default_websocket_idle(),
+            upstream_keepalive: default_upstream_keepalive(),
+        }
+    }
+}
+
+fn secs(s: u64) -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(s))
+}
+/// Default upstream connect timeout.
+pub fn default_connect() -> HumanDuration {
+    secs(5)
+}
+/// Default client read timeout (pingora's own default).
+pub fn default_client_read() -> HumanDuration {
+    secs(60)
+}
+/// Default WebSocket client-silence limit.
+pub fn default_websocket_idle() -> HumanDuration {
+    secs(3600)
+}
+/// Default idle time of pooled upstream keep-alive connections.
+pub fn default_upstream_keepalive() -> HumanDuration {
+    secs(60)
+}
+
+/// Process-level settings (not reloadable).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Worker threads per listener; 0 = one per CPU.
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: None,
+        }
+    }
+}
+
+/// Default socket for graceful upgrades (absolute: old and new process must agree).
+pub fn default_upgrade_sock() -> PathBuf {
+    "/tmp/tidegate_upgrade.sock".into()
+}
+
+/// A route: a match and a weighted split across pools.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: FileMatch,
+    pub split: BTreeMap<String, i64>,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub hold: FileHold,
+}
+
+/// Default retries on connect failure.
+pub fn default_retries() -> u32 {
+    2
+}
+
+/// What a route matches. Empty means every host and every path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    #[serde(default = "default_host")]
+    pub host: OneOrMany,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+impl Default for FileMatch {
+    fn default() -> Self {
+        Self {
+            host: default_host(),
+            path_prefix: default_path_prefix(),
+            methods: None,
+        }
+    }
+}
+
+fn default_host() -> OneOrMany {
+    OneOrMany::One("*".into())
+}
+fn default_path_prefix() -> String {
+    "/".into()
+}
+
+/// `host: "a"` or `host: ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a slice-like vec.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Holding requests while no backend is available.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHold {
+    #[serde(default = "default_hold_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u32,
+}
+
+impl Default for FileHold {
+    fn default() -> Self {
+        Self {
+            timeout: default_hold_timeout(),
+            max_queued: default_max_queued(),
+        }
+    }
+}
+
+/// Default hold timeout.
+pub fn default_hold_timeout() -> HumanDuration {
+    secs(30)
+}
+/// Default hold queue bound.
+pub fn default_max_queued() -> u32 {
+    1000
+}
+
+/// A pool: one version of the app.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    pub backends: Vec<FileBackend>,
+    #[serde(default)]
+    pub health_check: Option<FileHealthCheck>,
+    #[serde(default)]
+    pub drain: FileDrain,
+    #[serde(default)]
+    pub slow_start: HumanDuration,
+    #[serde(default)]
+    pub state: FileState,
+}
+
+/// Declared state of a pool or backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    #[default]
+    Active,
+    Draining,
+}
+
+/// One backend address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub address: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    #[serde(default)]
+    pub state: FileState,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+/// Active health check of a pool's backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    #[serde(default = "default_hc_status")]
+    pub expected_status: u16,
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    #[serde(default)]
+    pub start_healthy: bool,
+}
+
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_status() -> u16 {
+    200
+}
+fn default_hc_interval() -> HumanDuration {
+    secs(2)
+}
+fn default_hc_timeout() -> HumanDuration {
+    secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// Drain deadlines of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDrain {
+    #[serde(default = "default_requests_deadline")]
+    pub requests_deadline: HumanDuration,
+    #[serde(default = "default_streams_deadline")]
+    pub streams_deadline: HumanDuration,
+    #[serde(default = "default_close_spread")]
+    pub close_spread: HumanDuration,
+}
+
+impl Default for FileDrain {
+    fn default() -> Self {
+        Self {
+            requests_deadline: default_requests_deadline(),
+            streams_deadline: default_streams_deadline(),
+            close_spread: default_close_spread(),
+        }
+    }
+}
+
+fn default_requests_deadline() -> HumanDuration {
+    secs(30)
+}
+fn default_streams_deadline() -> HumanDuration {
+    secs(3600)
+}
+fn default_close_spread() -> HumanDuration {
+    secs(30)
+}
+
+/// Process shutdown timing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShutdown {
+    #[serde(default = "default_shutdown_delay")]
+    pub delay: HumanDuration,
+    #[serde(default = "default_shutdown_grace")]
+    pub grace: HumanDuration,
+}
+
+impl Default for FileShutdown {
+    fn default() -> Self {
+        Self {
+            delay: default_shutdown_delay(),
+            grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_shutdown_delay() -> HumanDuration {
+    secs(0)
+}
+fn default_shutdown_grace() -> HumanDuration {
+    secs(60)
+}

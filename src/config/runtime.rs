@@ -1,0 +1,185 @@
+//! The validated, immutable runtime config one `ArcSwap` publishes. Built by `build.rs`.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use crate::{
+    routing::{Router, Schedule},
+    state::backend::BackendState,
+};
+
+/// Everything the proxy needs for one generation of the config.
+#[derive(Debug)]
+pub struct RuntimeConfig {
+    /// Set when published; 0 until then.
+    pub generation: u64,
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    pub state_file: Option<PathBuf>,
+    pub timeouts: Timeouts,
+    pub server: ServerSettings,
+    pub routes: Vec<Arc<Route>>,
+    pub router: Router,
+    pub pools: BTreeMap<Arc<str>, Arc<Pool>>,
+    pub shutdown: Shutdown,
+}
+
+impl RuntimeConfig {
+    /// The route for a request, if any.
+    pub fn route(&self, host: &str, path: &str, method: &http::Method) -> Option<&Arc<Route>> {
+        self.router
+            .find(host, path, method)
+            .and_then(|i| self.routes.get(i))
+    }
+}
+
+/// A client-facing listener (not reloadable: a change needs a restart or upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub h2c: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM cert chain and key paths, verified loadable at build time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A bearer token. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Admin listener settings.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub addr: SocketAddr,
+    pub token: Option<Secret>,
+    pub metrics_auth: bool,
+}
+
+/// Proxy timeouts. `None` = no limit.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub client_read: Option<Duration>,
+    pub upstream_read: Option<Duration>,
+    pub websocket_idle: Option<Duration>,
+    pub upstream_keepalive: Duration,
+}
+
+/// Process-level settings (not reloadable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub upgrade_sock: PathBuf,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Shutdown timing.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    pub delay: Duration,
+    /// `None` = wait forever for in-flight work.
+    pub grace: Option<Duration>,
+}
+
+/// One route: match → weighted split across pools.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<String>>,
+    /// Pools in split order, with their weights (0 = no new traffic).
+    pub split: Vec<(Arc<Pool>, u32)>,
+    pub schedule: Schedule,
+    pub retries: u32,
+    pub hold: Hold,
+}
+
+impl Route {
+    /// Pick a pool by the split, skipping pools with no available backend. The second
+    /// element is the pool's index in `split`.
+    pub fn pick_pool(&self) -> Option<&Arc<Pool>> {
+        self.schedule
+            .pick(|i| self.split[i].0.has_available())
+            .map(|i| &self.split[i].0)
+    }
+}
+
+/// Hold settings of a route.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub timeout: Duration,
+    pub max_queued: u32,
+}
+
+/// A pool of backends: one version of the app.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Backend>,
+    pub schedule: Schedule,
+    pub drain: DrainSettings,
+    pub health_check: Option<HealthCheck>,
+    pub slow_start: Option<Duration>,
+    pub declared_draining: bool,
+}
+
+impl Pool {
+    /// Whether any backend could take a new request now.
+    pub fn has_available(&self) -> bool {
+        self.backends.iter().any(|b| b.state.available())
+    }
+
+    /// Next available backend by weight, skipping the indexes in `exclude`.
+    pub fn pick(&self, exclude: &[u32]) -> Option<(u32, &Backend)> {
+        self.schedule
+            .pick(|i| !exclude.contains(&(i as u32)) && self.backends[i].state.available())
+            .map(|i| (i as u32, &self.backends[i]))
+    }
+}
+
+/// One backend in a pool snapshot.
+#[derive(Debug)]
+pub struct Backend {
+    /// `pool/name`.
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    /// As written in the file.
+    pub address: String,
+    /// Resolved once at config build; no DNS on the hot path.
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub declared_draining: bool,
+    pub state: Arc<BackendState>,
+}
+
+/// Drain deadlines of a pool. `None` = wait forever.
+#[derive(Clone, Debug)]
+pub struct DrainSettings {
+    pub requests_deadline: Option<Duration>,
+    pub streams_deadline: Option<Duration>,
+    pub close_spread: Duration,
+}
+
+/// Active health check settings.
+#[derive(Clone, Debug)]
+pub struct HealthCheck {
+    pub path: String,
+    pub expected_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub start_healthy: bool,
+}

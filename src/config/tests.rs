@@ -1,0 +1,187 @@
+//! Unit tests of config parsing and validation: every rule has a typed error with a key path.
+
+use super::*;
+
+const BASE: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:18080
+routes:
+  - name: app
+    match: { host: "*", path_prefix: / }
+    split: { blue: 80, green: 20 }
+pools:
+  blue:
+    backends:
+      - { address: 127.0.0.1:3001, weight: 3 }
+      - { address: 127.0.0.1:3003 }
+  green:
+    backends:
+      - { address: 127.0.0.1:3002 }
+"#;
+
+fn load(text: &str) -> Result<Loaded, ConfigError> {
+    load_str(text, &Registry::default(), &|_| None)
+}
+
+#[test]
+fn base_config_builds() {
+    let l = load(BASE).unwrap();
+    let c = &l.config;
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(
+        c.pools["blue"].backends[0].id.as_ref(),
+        "blue/127.0.0.1:3001"
+    );
+    assert_eq!(c.routes[0].schedule.len(), 5);
+    assert!(l.warnings.is_empty());
+}
+
+fn err(text: &str) -> ConfigError {
+    match load(text) {
+        Ok(_) => panic!("config should be refused:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn each_kind_of_error_names_its_key_path() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (replace this, with this, expected kind, expected text in message)
+        (
+            "split: { blue: 80, green: 20 }",
+            "split: { blue: 80, gren: 20 }",
+            "unknown_pool",
+            "routes[0].split.gren: unknown pool \"gren\"",
+        ),
+        (
+            "split: { blue: 80, green: 20 }",
+            "split: { blue: 80, green: 10001 }",
+            "out_of_range",
+            "routes[0].split.green: 10001 is out of range",
+        ),
+        (
+            "split: { blue: 80, green: 20 }",
+            "split: { blue: -1, green: 20 }",
+            "out_of_range",
+            "routes[0].split.blue",
+        ),
+        (
+            "weight: 3 }",
+            "weight: 0 }",
+            "out_of_range",
+            "pools.blue.backends[0].weight",
+        ),
+        (
+            "address: 127.0.0.1:18080",
+            "address: 127.0.0.1",
+            "bad_address",
+            "listeners[0].address",
+        ),
+        (
+            "{ address: 127.0.0.1:3002 }",
+            "{ address: \"nohost:99999\" }",
+            "bad_address",
+            "pools.green.backends[0].address",
+        ),
+        (
+            "{ address: 127.0.0.1:3003 }",
+            "{ address: 127.0.0.1:3001 }",
+            "duplicate",
+            "pools.blue.backends[1].address",
+        ),
+        (
+            "    match: {",
+            "    mach: {",
+            "schema",
+            "unknown field `mach`",
+        ),
+        (
+            "name: app",
+            "name: app\n    retries: lots",
+            "schema",
+            "routes[0].retries",
+        ),
+        (
+            "  - name: app",
+            "  - name: app\n    hold: { timeout: 5 parsecs }\n    name2: x",
+            "schema",
+            "routes[0].hold.timeout",
+        ),
+    ];
+    for (from, to, kind, text) in cases {
+        assert!(BASE.contains(from), "test case does not apply: {from}");
+        let e = err(&BASE.replacen(from, to, 1));
+        assert_eq!(e.kind(), *kind, "{e}");
+        assert!(
+            e.to_string().contains(text),
+            "{e:?} should mention {text:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let two_routes = BASE.replace(
+        "pools:",
+        "  - name: app\n    match: { path_prefix: /api }\n    split: { blue: 1 }\npools:",
+    );
+    let e = err(&two_routes);
+    assert_eq!(e.kind(), "duplicate");
+    assert_eq!(e.path(), Some("routes[1].name"));
+    let two_listeners = BASE.replace(
+        "routes:",
+        "  - name: public\n    address: 127.0.0.1:18081\nroutes:",
+    );
+    assert_eq!(err(&two_listeners).path(), Some("listeners[1].name"));
+}
+
+#[test]
+fn yaml_syntax_error_has_a_line() {
+    let e = err("listeners: [\n  - name: x\n");
+    assert_eq!(e.kind(), "syntax");
+    assert!(e.to_string().contains("line"), "{e}");
+}
+
+#[test]
+fn schema_errors_carry_the_line() {
+    let e = err(&BASE.replace("    match: {", "    mach: {"));
+    match e {
+        ConfigError::Schema { line: Some(l), .. } => assert_eq!(l, 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn non_loopback_admin_needs_a_token() {
+    let open = format!("{BASE}admin:\n  address: 0.0.0.0:9901\n");
+    assert_eq!(err(&open).kind(), "security");
+    let with_env = format!("{BASE}admin:\n  address: 0.0.0.0:9901\n  token_env: TG_T\n");
+    let l = load_str(&with_env, &Registry::default(), &|k| {
+        (k == "TG_T").then(|| "t0k".into())
+    })
+    .unwrap();
+    assert_eq!(
+        l.config.admin.token.as_ref().map(|s| s.0.as_str()),
+        Some("t0k")
+    );
+    assert!(
+        !format!("{:?}", l.config.admin).contains("t0k"),
+        "token must not appear in Debug"
+    );
+}
+
+#[test]
+fn all_zero_split_is_a_warning_not_an_error() {
+    let l = load(&BASE.replace("{ blue: 80, green: 20 }", "{ blue: 0, green: 0 }")).unwrap();
+    assert_eq!(l.warnings.len(), 1);
+}
+
+#[test]
+fn registry_state_survives_rebuild() {
+    let reg = Registry::default();
+    let a = load_str(BASE, &reg, &|_| None).unwrap();
+    a.config.pools["blue"].backends[0].state.set_draining(true);
+    let b = load_str(&BASE.replace("weight: 3", "weight: 5"), &reg, &|_| None).unwrap();
+    assert!(b.config.pools["blue"].backends[0].state.draining());
+}

@@ -1,0 +1,22 @@
+//! tidegate: a reverse proxy on pingora that owns draining.
+//!
+//! Map of the crate (see README "Development"):
+//! - [`config`]: YAML file structs → validation → immutable [`config::RuntimeConfig`]
+//! - [`state`]: `ArcSwap` of the config, backend registry, readiness, in-flight guards
+//! - [`routing`]: host/path match and the smooth weighted schedule (pure)
+//! - [`proxy`]: `impl ProxyHttp`
+//! - [`admin`]: admin API listener
+//! - [`lifecycle`]: signals, reload triggers, idle-aware shutdown
+//! - [`server`]: assembly of the pingora server
+//! - [`demo`]: the demo/test backend app
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod lifecycle;
+pub mod logging;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod state;

@@ -1,0 +1,61 @@
+//! Process lifecycle: signals, reload triggers, listener verification and idle-aware exit.
+//!
+//! - [`Signals`]: SIGTERM fails readiness at once, waits `shutdown.delay`, then lets pingora
+//!   stop accepting; SIGQUIT hands listeners to an upgraded process; SIGINT stops at once.
+//! - [`Control`]: SIGHUP and a watch on the config file's directory trigger reloads; at start
+//!   it verifies every listener accepts before readiness turns green.
+//! - [`ShutdownWatcher`]: once pingora stops accepting, exit 0 as soon as nothing is in
+//!   flight instead of sleeping the whole grace period; at the grace deadline exit 1.
+
+mod control;
+mod shutdown;
+
+pub use control::Control;
+pub use shutdown::ShutdownWatcher;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::state::AppState;
+
+/// Signal handling for pingora's `Server::run`.
+pub struct Signals {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.state.begin_shutdown();
+                let delay = self.state.config().shutdown.delay;
+                tracing::info!(delay_ms = delay.as_millis() as u64, in_flight = self.state.active(),
+                    "SIGTERM: readiness off; still serving during shutdown.delay");
+                tokio::time::sleep(delay).await;
+                tracing::info!(in_flight = self.state.active(), "closing listeners; exiting once idle");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = quit.recv() => {
+                self.state.begin_shutdown();
+                tracing::info!("SIGQUIT: handing listeners to the upgraded process");
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}

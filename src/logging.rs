@@ -1,0 +1,19 @@
+//! Logging: `tracing` to stderr, pingora's `log` records bridged in (tracing-subscriber's
+//! `tracing-log` feature installs the bridge). Filter with
+//! `TIDEGATE_LOG` (e.g. `debug`, `tidegate=debug,pingora=info`); default `info` for tidegate
+//! and `warn` for pingora's internals.
+
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber once.
+pub fn init() {
+    let filter = EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

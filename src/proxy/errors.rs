@@ -1,0 +1,66 @@
+//! Error responses the proxy writes itself: JSON bodies with a status, kind and message.
+
+use bytes::Bytes;
+use pingora::{
+    http::ResponseHeader,
+    prelude::*,
+    proxy::Session,
+    ErrorSource,
+    ErrorType::{self, HTTPStatus},
+};
+
+/// `{"error": kind, "message": ..., "status": code}`.
+pub fn json_error_body(code: u16, kind: &str, message: &str) -> Bytes {
+    let v = serde_json::json!({ "error": kind, "message": message, "status": code });
+    Bytes::from(format!("{v}\n"))
+}
+
+/// Write a complete JSON error response.
+pub async fn respond(session: &mut Session, code: u16, kind: &str, message: &str) -> Result<()> {
+    let body = json_error_body(code, kind, message);
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if code == 503 {
+        resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    }
+    session.write_error_response(resp, body).await
+}
+
+/// The status to answer for a proxy error (0 = the client is gone, write nothing).
+/// Mirrors pingora's default policy.
+pub fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// A short kind and a human message for the JSON body.
+pub fn describe(e: &Error, code: u16) -> (&'static str, String) {
+    let ctx = e.context.as_ref().map(|c| c.as_str().to_string());
+    let kind = match code {
+        400 => "bad_request",
+        404 => "no_route",
+        502 => "bad_gateway",
+        503 => "no_available_backend",
+        504 => "gateway_timeout",
+        _ => "proxy_error",
+    };
+    let msg = match (e.etype(), ctx) {
+        (HTTPStatus(_), Some(c)) => c,
+        (ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectError, _) => {
+            "no backend could be reached".to_string()
+        }
+        (t, _) => format!("upstream error: {}", t.as_str()),
+    };
+    (kind, msg)
+}

@@ -1,0 +1,184 @@
+//! Assemble and run the pingora server from a config file: one proxy service per listener,
+//! plus background services for the admin API, reload control and shutdown.
+
+use std::{
+    net::TcpListener as StdTcpListener,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use pingora::{
+    apps::HttpServerOptions,
+    listeners::tls::TlsSettings,
+    proxy::ProxyServiceBuilder,
+    server::{configuration::Opt, RunArgs, Server, ShutdownWatch},
+    services::background::{background_service, BackgroundService},
+};
+
+use crate::{
+    config::{self, ConfigError},
+    lifecycle::{Control, ShutdownWatcher, Signals},
+    proxy::Proxy,
+    state::{backend::Registry, AppState},
+};
+
+/// Why `tidegate run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("listener {name} ({addr}): cannot bind: {source}")]
+    Bind {
+        name: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {name}: TLS setup failed: {message}")]
+    Tls { name: String, message: String },
+}
+
+/// Options of `tidegate run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Take the listening sockets from a running tidegate (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Start tidegate and block until it exits. Returns only on a fast stop; idle exits and
+/// grace-deadline exits end the process from the shutdown watcher.
+pub fn run(opts: RunOptions) -> Result<(), StartError> {
+    let registry = Arc::new(Registry::default());
+    let loaded = config::load(&opts.config, &registry)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let cfg = loaded.config;
+    let admin_listener = bind(&"admin".to_string(), cfg.admin.addr)?;
+    if !opts.upgrade {
+        // pingora binds inside its services and only logs a failure; check first so a port in
+        // use is a clear startup error.
+        for l in &cfg.listeners {
+            drop(bind(&l.name, l.addr)?);
+        }
+    }
+    let state = Arc::new(AppState::new(cfg, registry, absolute(&opts.config)));
+    let cfg = state.config_full();
+
+    let mut conf = pingora::server::configuration::ServerConf {
+        threads: match cfg.server.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
+        // Our watcher exits as soon as the proxy is idle; this is only the hard stop.
+        grace_period_seconds: Some(cfg.shutdown.grace.map_or(u64::MAX / 4, |g| g.as_secs() + 1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: cfg.server.upgrade_sock.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    if let Some(p) = &cfg.server.pid_file {
+        conf.pid_file = p.to_string_lossy().into_owned();
+    }
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let sconf = server.configuration.clone();
+
+    for l in &cfg.listeners {
+        let mut options = HttpServerOptions::default();
+        options.h2c = l.h2c;
+        let mut svc = ProxyServiceBuilder::new(&sconf, Proxy::new(state.clone()))
+            .name(format!("listener {}", l.name))
+            .server_options(options)
+            .build();
+        let addr = l.addr.to_string();
+        match &l.tls {
+            None => svc.add_tcp(&addr),
+            Some(t) => {
+                let tls_err = |e: pingora::BError| StartError::Tls {
+                    name: l.name.clone(),
+                    message: e.to_string(),
+                };
+                let mut tls =
+                    TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
+                        .map_err(tls_err)?;
+                tls.enable_h2();
+                svc.add_tls_with_settings(&addr, None, tls);
+            }
+        }
+        server.add_service(svc);
+    }
+    server.add_service(background_service(
+        "admin",
+        AdminService {
+            listener: Mutex::new(Some(admin_listener)),
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "control",
+        Control {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "shutdown",
+        ShutdownWatcher {
+            state: state.clone(),
+        },
+    ));
+    tracing::info!(
+        config = %opts.config.display(),
+        listeners = ?cfg.listeners.iter().map(|l| l.addr.to_string()).collect::<Vec<_>>(),
+        admin = %cfg.admin.addr,
+        "tidegate starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { state }),
+    });
+    Ok(())
+}
+
+fn bind(name: &String, addr: std::net::SocketAddr) -> Result<StdTcpListener, StartError> {
+    StdTcpListener::bind(addr).map_err(|source| StartError::Bind {
+        name: name.clone(),
+        addr,
+        source,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Runs the admin API on the listener bound at startup.
+struct AdminService {
+    listener: Mutex<Option<StdTcpListener>>,
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // Taken once; the service starts once per process.
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener setup failed; exiting");
+                std::process::exit(1);
+            }
+        };
+        // Not stopped at shutdown: health, status and metrics stay up until the process exits.
+        crate::admin::serve(listener, self.state.clone()).await;
+    }
+}
