@@ -40,6 +40,7 @@ pub fn build(
         listeners,
         admin,
         state_file: file.state_file,
+        config_watch: file.config_watch,
         timeouts: Timeouts {
             connect: t.connect.0,
             client_read: t.client_read.non_zero(),

@@ -19,6 +19,9 @@ pub struct FileConfig {
     pub admin: FileAdmin,
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// Reload when the file changes (directory watch). SIGHUP and the API always work.
+    #[serde(default = "default_true")]
+    pub config_watch: bool,
     #[serde(default)]
     pub timeouts: FileTimeouts,
     #[serde(default)]
@@ -73,6 +76,10 @@ impl Default for FileAdmin {
             metrics_auth: false,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Default admin address: loopback only.

@@ -15,6 +15,7 @@ pub struct RuntimeConfig {
     pub listeners: Vec<Listener>,
     pub admin: Admin,
     pub state_file: Option<PathBuf>,
+    pub config_watch: bool,
     pub timeouts: Timeouts,
     pub server: ServerSettings,
     pub routes: Vec<Arc<Route>>,

@@ -32,13 +32,19 @@ impl BackgroundService for Control {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let _watcher = watch_dir(&state.config_path, tx);
+        // Read once at start: turning the watch on or off needs a restart.
+        let _watcher = if state.config().config_watch {
+            watch_dir(&state.config_path, tx)
+        } else {
+            drop(tx);
+            None
+        };
         loop {
             tokio::select! {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     reload(&state, "sighup", false).await;
                 }
-                Some(()) = rx.recv() => {
+                Some(()) = rx.recv(), if !rx.is_closed() => {
                     // Debounce: editors and ConfigMap swaps produce bursts of events.
                     tokio::time::sleep(Duration::from_millis(150)).await;
                     while rx.try_recv().is_ok() {}

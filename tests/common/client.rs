@@ -1,0 +1,158 @@
+//! Test clients: plain HTTP/1.1 (hyper), an incremental SSE reader, WebSocket (tungstenite).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+/// A complete response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    /// Body as JSON (panics with the body on error: test helper).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `x-backend` header.
+    pub fn backend(&self) -> Option<String> {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A keep-alive client (one per test).
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Send a request with a 10 s overall limit.
+pub async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// GET on a fresh client.
+pub async fn get(url: &str) -> Result<Resp, String> {
+    send(&client(), "GET", url, &[], "").await
+}
+
+/// POST on a fresh client.
+pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Result<Resp, String> {
+    send(&client(), "POST", url, headers, body).await
+}
+
+/// An open SSE response read chunk by chunk.
+pub struct Sse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    body: Incoming,
+    buf: String,
+}
+
+impl Sse {
+    /// Open `url` with `Accept: text/event-stream`.
+    pub async fn open(url: &str) -> Sse {
+        let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req = http::Request::get(url)
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+            .await
+            .expect("SSE open timed out")
+            .expect("SSE open failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Sse {
+            status,
+            headers,
+            body: resp.into_body(),
+            buf: String::new(),
+        }
+    }
+
+    /// Next `data:` line within `limit`. `Ok(None)` = clean end of stream; `Err` = timeout or
+    /// a broken stream.
+    pub async fn next_data(&mut self, limit: Duration) -> Result<Option<String>, String> {
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            while let Some(i) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..i + 2).collect();
+                if let Some(d) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return Ok(Some(d.to_string()));
+                }
+            }
+            let frame = tokio::time::timeout_at(end, self.body.frame())
+                .await
+                .map_err(|_| "timed out waiting for an SSE event".to_string())?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(format!("stream broken: {e}")),
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.buf.push_str(&String::from_utf8_lossy(&d));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A WebSocket client connection.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connect a WebSocket client to `url` (`ws://…`).
+pub async fn ws_connect(url: &str) -> Ws {
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("ws connect timed out")
+    .expect("ws connect failed");
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}

@@ -1,0 +1,217 @@
+//! Shared integration-test harness: real backends on 127.0.0.1, the real `tidegate` binary
+//! spawned with a temp config, readiness polled with a deadline, processes killed on drop.
+#![allow(dead_code)]
+
+pub mod client;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+pub use client::*;
+use tidegate::demo::backend::Backend;
+
+/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not hand it out again
+/// at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Poll `f` until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An in-process backend on its own 127.0.0.1 port, stopped on drop.
+pub struct TestBackend {
+    pub app: Arc<Backend>,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestBackend {
+    /// Start a backend named `name`.
+    pub async fn start(name: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let app = Backend::new(name);
+        let task = tokio::spawn(app.clone().serve(listener));
+        Self { app, addr, task }
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running `tidegate run` process with its temp config.
+pub struct Tidegate {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tidegate")
+}
+
+impl Tidegate {
+    /// Spawn with `yaml`, where `{listen}` and `{admin}` are replaced by free ports.
+    /// Waits for `/readyz` to answer 200.
+    pub async fn start(yaml: &str) -> Self {
+        let t = Self::spawn(yaml, &[]);
+        t.wait_ready().await;
+        t
+    }
+
+    /// Spawn without waiting (for startup-failure tests). `env` is added to the environment.
+    pub fn spawn(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("tidegate.yaml");
+        std::fs::write(&config, fill(yaml, listen, admin)).expect("write config");
+        let log = dir.path().join("tidegate.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("TIDEGATE_LOG", "info")
+            .stdout(logf.try_clone().expect("log clone"))
+            .stderr(logf)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tidegate");
+        Self {
+            child,
+            dir,
+            config,
+            log,
+            listen,
+            admin,
+        }
+    }
+
+    /// Base URL of the client listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Wait until `/readyz` says 200.
+    pub async fn wait_ready(&self) {
+        let url = self.admin_url("/readyz");
+        wait_for("tidegate /readyz", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { matches!(get(&url).await, Ok(r) if r.status == 200).then_some(()) }
+        })
+        .await;
+    }
+
+    /// The process log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replace the config the way an editor does: write a temp file, then rename over it.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".tidegate.yaml.tmp");
+        std::fs::write(&tmp, fill(yaml, self.listen, self.admin)).expect("write tmp config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    /// Current config generation from the status API.
+    pub async fn generation(&self) -> u64 {
+        let r = get(&self.admin_url("/api/v1/status"))
+            .await
+            .expect("status");
+        r.json()["generation"].as_u64().expect("generation")
+    }
+
+    /// Send a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for the process to exit, up to `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "tidegate did not exit within {deadline:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Tidegate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fill(yaml: &str, listen: SocketAddr, admin: SocketAddr) -> String {
+    yaml.replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+}
+
+/// Run `tidegate check -c FILE`: (exit code, stdout + stderr).
+pub fn check(path: &Path) -> (i32, String) {
+    let out = Command::new(binary())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run tidegate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

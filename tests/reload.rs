@@ -1,0 +1,211 @@
+//! Hot swap: rewriting the file under load moves the split with zero failures; invalid files
+//! of every kind change nothing and are reported in the log, the reload reply and `check`.
+
+mod common;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::*;
+
+fn config(blue: &std::net::SocketAddr, green: &std::net::SocketAddr, wb: u32, wg: u32) -> String {
+    format!(
+        r#"
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+routes:
+  - name: app
+    split: {{ blue: {wb}, green: {wg} }}
+    hold: {{ timeout: 5s }}
+pools:
+  blue:
+    backends: [{{ address: "{blue}" }}]
+  green:
+    backends: [{{ address: "{green}" }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewriting_the_file_under_load_moves_the_split_without_failures() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, 100, 0)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, failures, ok) = (tg.url("/"), stop.clone(), failures.clone(), ok.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                match send(&c, "GET", &url, &[], "").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    wait_for("traffic on blue", Duration::from_secs(10), || async {
+        (blue.app.hits() > 50).then_some(())
+    })
+    .await;
+    assert_eq!(green.app.hits(), 0);
+
+    // Editor-style save (temp + rename): seen by the directory watch, no signal needed.
+    tg.rewrite_config(&config(&blue.addr, &green.addr, 0, 100));
+    wait_for("generation 2", Duration::from_secs(10), || async {
+        (tg.generation().await == 2).then_some(())
+    })
+    .await;
+    let blue_after_swap = blue.app.hits();
+    wait_for("traffic on green", Duration::from_secs(10), || async {
+        (green.app.hits() > 50).then_some(())
+    })
+    .await;
+    // Then a split change through the API path.
+    tg.rewrite_config(&config(&blue.addr, &green.addr, 50, 50));
+    let r = post(&tg.admin_url("/api/v1/config/reload"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mid = (blue.app.hits(), green.app.hits());
+    wait_for("traffic on both", Duration::from_secs(10), || async {
+        (blue.app.hits() > mid.0 + 20 && green.app.hits() > mid.1 + 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 150);
+    // After generation 2 was published, blue got at most the requests already routed.
+    assert!(blue_after_swap <= mid.0);
+    assert!(tg.logs().contains("config reloaded"), "{}", tg.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_files_change_nothing_and_say_where() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let good = config(&blue.addr, &green.addr, 100, 0);
+    let tg = Tidegate::start(&good).await;
+    let gen0 = tg.generation().await;
+
+    // (what is broken, replace, with, expected key path / text in the error)
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        ("yaml syntax", "split: {".into(), "split: {{".into(), "line"),
+        (
+            "unknown key",
+            "    hold:".into(),
+            "    hodl:".into(),
+            "routes[0]",
+        ),
+        (
+            "unknown pool",
+            "green: 0".into(),
+            "gren: 0".into(),
+            "routes[0].split.gren",
+        ),
+        (
+            "weight out of range",
+            "green: 0".into(),
+            "green: 20000".into(),
+            "routes[0].split.green",
+        ),
+        (
+            "bad address",
+            format!("address: \"{}\"", green.addr),
+            "address: \"not-an-address\"".into(),
+            "pools.green.backends[0].address",
+        ),
+        (
+            "duplicate names",
+            "  - name: app".into(),
+            "  - name: app\n    split: { blue: 1 }\n  - name: app".into(),
+            "routes[1].name",
+        ),
+        (
+            "bad duration",
+            "timeout: 5s".into(),
+            "timeout: 5 parsecs".into(),
+            "routes[0].hold.timeout",
+        ),
+    ];
+    for (what, from, to, expect) in cases {
+        assert!(good.contains(&from), "case {what} does not apply");
+        let bad = good.replacen(&from, &to, 1);
+        tg.rewrite_config(&bad);
+        let r = post(&tg.admin_url("/api/v1/config/reload"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 422, "{what}: {}", r.body);
+        let j = r.json();
+        assert!(
+            j["message"].as_str().unwrap().contains(expect),
+            "{what}: {j}"
+        );
+        // The old config keeps serving: blue gets the traffic, generation unchanged.
+        let resp = get(&tg.url("/")).await.unwrap();
+        assert_eq!(resp.backend().as_deref(), Some("blue"), "{what}");
+        assert_eq!(tg.generation().await, gen0, "{what}");
+        // Logged, and `tidegate check` names the key path and exits 1.
+        assert!(tg.logs().contains(expect), "{what}: log lacks {expect:?}");
+        let (code, out) = check(&tg.config);
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains(expect), "{what}: check output {out:?}");
+        assert_eq!(out.trim().lines().count(), 1, "{what}: one line: {out:?}");
+    }
+    let stats = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    assert!(stats["reloads"]["failed"].as_u64().unwrap() >= 7);
+    // Fixing the file applies it.
+    tg.rewrite_config(&config(&blue.addr, &green.addr, 0, 100));
+    let r = post(&tg.admin_url("/api/v1/config/reload"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(&tg.url("/")).await.unwrap().backend().as_deref(),
+        Some("green")
+    );
+    let (code, _) = check(&tg.config);
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let unwatched = |b, g| {
+        format!(
+            "config_watch: false\n{}",
+            config(&blue.addr, &green.addr, b, g)
+        )
+    };
+    let tg = Tidegate::start(&unwatched(100, 0)).await;
+    // With the watch off, only the signal can apply the new file.
+    tg.rewrite_config(&unwatched(0, 100));
+    assert_eq!(tg.generation().await, 1);
+    tg.signal(libc::SIGHUP);
+    wait_for("green serving", Duration::from_secs(10), || async {
+        (get(&tg.url("/")).await.ok()?.backend()? == "green").then_some(())
+    })
+    .await;
+    assert_eq!(tg.generation().await, 2);
+    assert!(tg.logs().contains("source=\"sighup\""), "{}", tg.logs());
+}
