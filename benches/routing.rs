@@ -1,1 +1,90 @@
-fn main() {}
+//! Benches of the pure per-request cores (route match, weighted pick) and of a config build
+//! with 1,000 backends (the reload cost). `cargo bench --bench routing`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tidegate::{
+    config,
+    routing::{HostPattern, RouteMatch, Router, Schedule},
+    state::backend::Registry,
+};
+
+fn route_match(c: &mut Criterion) {
+    let mut matches = vec![RouteMatch {
+        hosts: vec![HostPattern::Any],
+        path_prefix: "/".into(),
+        methods: None,
+    }];
+    for i in 0..50 {
+        matches.push(RouteMatch {
+            hosts: vec![HostPattern::parse(&format!("svc{i}.example.com")).unwrap()],
+            path_prefix: format!("/api/v{}", i % 5),
+            methods: None,
+        });
+        matches.push(RouteMatch {
+            hosts: vec![HostPattern::parse(&format!("*.tenant{i}.example.com")).unwrap()],
+            path_prefix: "/".into(),
+            methods: None,
+        });
+    }
+    let r = Router::new(&matches);
+    let get = http::Method::GET;
+    c.bench_function("route_match/exact_host_101_routes", |b| {
+        b.iter(|| {
+            r.find(
+                black_box("svc42.example.com"),
+                black_box("/api/v2/users/7"),
+                &get,
+            )
+        })
+    });
+    c.bench_function("route_match/wildcard_host", |b| {
+        b.iter(|| {
+            r.find(
+                black_box("a.tenant7.example.com:8443"),
+                black_box("/x"),
+                &get,
+            )
+        })
+    });
+    c.bench_function("route_match/any_host", |b| {
+        b.iter(|| r.find(black_box("other.org"), black_box("/"), &get))
+    });
+}
+
+fn weighted_pick(c: &mut Criterion) {
+    let split = Schedule::new(&[80, 20]);
+    c.bench_function("pick/split_80_20", |b| b.iter(|| split.pick(|_| true)));
+    let weights: Vec<u32> = (0..100).map(|i| 1 + i % 7).collect();
+    let pool = Schedule::new(&weights);
+    c.bench_function("pick/pool_100_backends", |b| b.iter(|| pool.pick(|_| true)));
+    c.bench_function("pick/pool_100_backends_half_draining", |b| {
+        b.iter(|| pool.pick(|i| i % 2 == 0))
+    });
+}
+
+fn config_build(c: &mut Criterion) {
+    let mut yaml = String::from(
+        "listeners: [{ name: public, address: 127.0.0.1:8080 }]\nroutes:\n  - name: app\n    split: { blue: 50, green: 50 }\npools:\n",
+    );
+    for pool in ["blue", "green"] {
+        yaml.push_str(&format!("  {pool}:\n    backends:\n"));
+        for i in 0..500 {
+            yaml.push_str(&format!(
+                "      - {{ address: \"10.{}.{}.{}:8080\", weight: {} }}\n",
+                i / 256,
+                i % 256,
+                if pool == "blue" { 1 } else { 2 },
+                1 + i % 5
+            ));
+        }
+    }
+    let registry = Registry::default();
+    c.bench_function("config_build/1000_backends", |b| {
+        b.iter(|| config::load_str(black_box(&yaml), &registry, &|_| None).unwrap())
+    });
+}
+
+criterion_group!(benches, route_match, weighted_pick, config_build);
+criterion_main!(benches);

@@ -55,7 +55,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         tracing::warn!("{w}");
     }
     let cfg = loaded.config;
-    let admin_listener = bind(&"admin".to_string(), cfg.admin.addr)?;
+    let admin_listener = bind("admin", cfg.admin.addr)?;
     if !opts.upgrade {
         // pingora binds inside its services and only logs a failure; check first so a port in
         // use is a clear startup error.
@@ -143,9 +143,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     Ok(())
 }
 
-fn bind(name: &String, addr: std::net::SocketAddr) -> Result<StdTcpListener, StartError> {
+fn bind(name: &str, addr: std::net::SocketAddr) -> Result<StdTcpListener, StartError> {
     StdTcpListener::bind(addr).map_err(|source| StartError::Bind {
-        name: name.clone(),
+        name: name.to_string(),
         addr,
         source,
     })

@@ -25,9 +25,9 @@ fn strip_bearer(h: &str) -> Option<&str> {
 /// token is the only thing a timing observer can learn.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
-    for i in 0..b.len() {
+    for (i, y) in b.iter().enumerate() {
         let x = a.get(i).copied().unwrap_or(0);
-        diff |= x ^ b[i];
+        diff |= x ^ y;
     }
     diff == 0
 }

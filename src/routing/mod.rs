@@ -78,7 +78,7 @@ impl Group {
     }
     fn finish(&mut self) {
         // Stable sort keeps config order for equal prefix lengths.
-        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     }
     fn find(&self, path: &str, method: &http::Method) -> Option<usize> {
         self.routes.iter().find_map(|(prefix, methods, idx)| {

@@ -250,12 +250,12 @@ mod tests {
     #[test]
     fn pick_skips_ineligible_and_keeps_shares() {
         let s = Schedule::new(&[2, 1, 1]);
-        let mut c = [0; 3];
+        let mut c = [0i32; 3];
         for _ in 0..300 {
             c[s.pick(|i| i != 0).unwrap()] += 1;
         }
         assert_eq!(c[0], 0);
-        assert!((c[1] as i32 - c[2] as i32).abs() <= 2, "{c:?}");
+        assert!((c[1] - c[2]).abs() <= 2, "{c:?}");
         assert_eq!(s.pick(|_| false), None);
         assert_eq!(Schedule::new(&[0, 0]).pick(|_| true), None);
     }
