@@ -1,14 +1,15 @@
 //! Logging: `tracing` to stderr, pingora's `log` records bridged in (tracing-subscriber's
 //! `tracing-log` feature installs the bridge). Filter with
 //! `TIDEGATE_LOG` (e.g. `debug`, `tidegate=debug,pingora=info`); default `info` for tidegate
-//! and `warn` for pingora's internals.
+//! and `warn` for pingora's internals (`error` for pingora-proxy, whose per-attempt "Fail to
+//! proxy" lines repeat what tidegate logs itself with the backend id).
 
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber once.
 pub fn init() {
     let filter = EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=warn")
+        EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=error")
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

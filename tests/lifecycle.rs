@@ -157,9 +157,16 @@ async fn sigterm_finishes_in_flight_work_then_exits_promptly() {
     })
     .await;
     tg.signal(libc::SIGTERM);
-    // Readiness fails at once while the request is still running.
-    let r = get(&tg.admin_url("/readyz")).await.unwrap();
-    assert_eq!(r.status, 503);
+    // Readiness fails while the request is still running.
+    let readyz = tg.admin_url("/readyz");
+    wait_for("/readyz 503", Duration::from_secs(5), || async {
+        (get(&readyz).await.ok()?.status == 503).then_some(())
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "readiness should fail before the in-flight request ends"
+    );
     let r = slow
         .await
         .unwrap()

@@ -106,3 +106,18 @@ async fn websocket_idle_limit_applies() {
         "silent WebSocket was not closed after websocket_idle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let blue = TestBackend::start("blue").await;
+    let tg = Tidegate::start(&single_pool(&blue.addr, "{}")).await;
+    let big = "y".repeat(8 << 20);
+    let r = post(&tg.url("/upload"), &[], &big).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, format!("received {} bytes", 8 << 20));
+    let r = get(&tg.url(&format!("/bytes?n={}", 8 << 20)))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 8 << 20);
+}

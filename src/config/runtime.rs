@@ -108,8 +108,7 @@ pub struct Route {
 }
 
 impl Route {
-    /// Pick a pool by the split, skipping pools with no available backend. The second
-    /// element is the pool's index in `split`.
+    /// Pick a pool by the split, skipping pools with no available backend.
     pub fn pick_pool(&self) -> Option<&Arc<Pool>> {
         self.schedule
             .pick(|i| self.split[i].0.has_available())
@@ -140,6 +139,14 @@ impl Pool {
     /// Whether any backend could take a new request now.
     pub fn has_available(&self) -> bool {
         self.backends.iter().any(|b| b.state.available())
+    }
+
+    /// Whether a backend outside `exclude` could take the request (no schedule slot used).
+    pub fn has_available_except(&self, exclude: &[u32]) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !exclude.contains(&(i as u32)) && b.state.available())
     }
 
     /// Next available backend by weight, skipping the indexes in `exclude`.

@@ -8,6 +8,8 @@
 //! | `/ws` | WebSocket echo |
 //! | `/status/N` | answers with status N |
 //! | `/headers` | the request headers as JSON |
+//! | `/upload` | reads the request body, answers `received N bytes` |
+//! | `/bytes?n=N` | streams N bytes in 64 KiB chunks |
 //! | anything else | `200 hello from NAME` |
 //!
 //! Every response carries `x-backend: NAME`; requests are counted in [`Backend::hits`].
@@ -111,6 +113,15 @@ impl Backend {
                     .collect();
                 self.text(200, serde_json::Value::Object(h).to_string())
             }
+            "/upload" => {
+                let mut n = 0usize;
+                let mut body = req.into_body();
+                while let Some(Ok(f)) = body.frame().await {
+                    n += f.data_ref().map_or(0, |d| d.len());
+                }
+                self.text(200, format!("received {n} bytes"))
+            }
+            "/bytes" => self.bytes(q("n").unwrap_or(0)),
             p if p.starts_with("/status/") => {
                 let code = p[8..].parse().unwrap_or(500);
                 self.text(code, format!("status {code} from {}\n", self.name))
@@ -141,6 +152,34 @@ impl Backend {
         Response::builder()
             .header("content-type", "text/event-stream")
             .header("cache-control", "no-cache")
+            .header("x-backend", &self.name)
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+    }
+
+    fn bytes(&self, n: u64) -> Response<Body> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let len = left.min(64 * 1024);
+                if tx
+                    .send(Bytes::from(vec![b'x'; len as usize]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                left -= len;
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        Response::builder()
+            .header("content-type", "application/octet-stream")
             .header("x-backend", &self.name)
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))

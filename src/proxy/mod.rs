@@ -157,7 +157,8 @@ impl ProxyHttp for Proxy {
         {
             ctx.failed.push(idx as u32);
         }
-        let retry = ctx.failed.len() <= route.retries as usize && pool.pick(&ctx.failed).is_some();
+        let retry =
+            ctx.failed.len() <= route.retries as usize && pool.has_available_except(&ctx.failed);
         tracing::warn!(
             backend = %st.id,
             error = e.etype().as_str(),

@@ -158,9 +158,8 @@ impl Schedule {
                 return Some(item);
             }
         }
-        if window == n {
-            return None;
-        }
+        // Other threads advance the shared cursor between our draws, so even a window as long
+        // as the cycle may have missed an eligible item: always finish with the item pass.
         self.weighted
             .iter()
             .map(|i| *i as usize)
@@ -258,6 +257,22 @@ mod tests {
         assert!((c[1] - c[2]).abs() <= 2, "{c:?}");
         assert_eq!(s.pick(|_| false), None);
         assert_eq!(Schedule::new(&[0, 0]).pick(|_| true), None);
+    }
+
+    #[test]
+    fn pick_finds_the_eligible_item_despite_concurrent_draws() {
+        // Two items, one eligible: other threads drawing between our draws can make every
+        // slot we see the ineligible one. The pick must still find the eligible item.
+        let s = std::sync::Arc::new(Schedule::new(&[1, 1]));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || (0..20_000).all(|_| s.pick(|i| i == 1) == Some(1)))
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
     }
 
     #[test]
