@@ -76,7 +76,10 @@ async fn rewriting_the_file_under_load_moves_the_split_without_failures() {
     // Once generation 2 is visible, blue gets only what was already routed: at most one
     // request per client (4 clients).
     let late_blue = blue.app.hits() - blue_after_swap;
-    assert!(late_blue <= 4, "{late_blue} requests reached blue after the swap");
+    assert!(
+        late_blue <= 4,
+        "{late_blue} requests reached blue after the swap"
+    );
     // Then a split change through the API path.
     tg.rewrite_config(&config(&blue.addr, &green.addr, 50, 50));
     let r = post(&tg.admin_url("/api/v1/config/reload"), &[], "")
