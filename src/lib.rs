@@ -4,6 +4,7 @@
 //! - [`config`]: YAML file structs → validation → immutable [`config::RuntimeConfig`]
 //! - [`state`]: `ArcSwap` of the config, backend registry, readiness, in-flight guards
 //! - [`routing`]: host/path match and the smooth weighted schedule (pure)
+//! - [`drain`]: drain state machine, deadline enforcement, status view
 //! - [`proxy`]: `impl ProxyHttp`
 //! - [`admin`]: admin API listener
 //! - [`lifecycle`]: signals, reload triggers, idle-aware shutdown
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod lifecycle;
 pub mod logging;
 pub mod proxy;

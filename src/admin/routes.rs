@@ -90,7 +90,7 @@ fn health(state: &AppState) -> AdminResponse {
     for p in cfg.pools.values() {
         if p.backends.iter().all(|b| !b.state.available()) {
             reasons.push(format!("pool {} has no available backend", p.name));
-        } else if p.backends.iter().any(|b| b.state.draining()) {
+        } else if p.backends.iter().any(|b| b.state.drain.is_draining()) {
             reasons.push(format!("pool {} is draining", p.name));
         } else if p.backends.iter().any(|b| !b.state.healthy()) {
             reasons.push(format!("pool {} has unhealthy backends", p.name));
@@ -148,7 +148,7 @@ fn status(state: &AppState) -> AdminResponse {
                         "address": b.address,
                         "weight": b.weight,
                         "healthy": b.state.healthy(),
-                        "draining": b.state.draining(),
+                        "draining": b.state.drain.is_draining(),
                         "in_flight": b.state.in_flight(),
                         "connect_failures": b.state.connect_failures(),
                     })

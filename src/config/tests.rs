@@ -181,7 +181,8 @@ fn all_zero_split_is_a_warning_not_an_error() {
 fn registry_state_survives_rebuild() {
     let reg = Registry::default();
     let a = load_str(BASE, &reg, &|_| None).unwrap();
-    a.config.pools["blue"].backends[0].state.set_draining(true);
+    let st = &a.config.pools["blue"].backends[0].state;
+    st.drain.start(Default::default(), 0).unwrap();
     let b = load_str(&BASE.replace("weight: 3", "weight: 5"), &reg, &|_| None).unwrap();
-    assert!(b.config.pools["blue"].backends[0].state.draining());
+    assert!(b.config.pools["blue"].backends[0].state.drain.is_draining());
 }

@@ -12,8 +12,9 @@ mod errors;
 use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::{
-    http::RequestHeader,
+    http::{RequestHeader, ResponseHeader},
     prelude::*,
     proxy::{FailToProxy, ProxyHttp, Session},
     ErrorType::HTTPStatus,
@@ -21,7 +22,11 @@ use pingora::{
 
 use crate::{
     config::runtime::{Pool, Route},
-    state::{backend::InFlightGuard, ActiveGuard, AppState},
+    drain::enforce::WS_CLOSE_1001,
+    state::{
+        tracking::{EndReason, Kind, Tracking},
+        ActiveGuard, AppState,
+    },
 };
 
 pub use errors::json_error_body;
@@ -43,7 +48,7 @@ impl Proxy {
 pub struct Ctx {
     route: Option<Arc<Route>>,
     pool: Option<Arc<Pool>>,
-    backend: Option<InFlightGuard>,
+    backend: Option<Tracking>,
     /// Indexes (in `pool.backends`) that refused or timed out on connect.
     failed: Vec<u32>,
     upgrade: bool,
@@ -98,11 +103,10 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let pool = ctx
-            .pool
-            .as_ref()
-            .ok_or_else(|| Error::explain(HTTPStatus(500), "no pool chosen"))?;
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(pool), Some(route)) = (ctx.pool.as_ref(), ctx.route.as_ref()) else {
+            return Err(Error::explain(HTTPStatus(500), "no route chosen"));
+        };
         let Some((_idx, b)) = pool.pick(&ctx.failed) else {
             return Err(if ctx.failed.is_empty() {
                 Error::explain(
@@ -117,7 +121,13 @@ impl ProxyHttp for Proxy {
             });
         };
         // Replacing the guard drops the previous attempt's count (a retry is counted once).
-        ctx.backend = Some(InFlightGuard::new(b.state.clone()));
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        ctx.backend = Some(Tracking::new(
+            b.state.clone(),
+            route.name.clone(),
+            session.req_header().uri.clone(),
+            client,
+        ));
         let cfg = self.state.config();
         let t = &cfg.timeouts;
         let mut peer = HttpPeer::new(b.addr, false, String::new());
@@ -144,7 +154,7 @@ impl ProxyHttp for Proxy {
         let Some(guard) = ctx.backend.take() else {
             return e;
         };
-        let st = guard.state().clone();
+        let st = guard.backend().clone();
         drop(guard);
         st.record_connect_failure();
         let (Some(route), Some(pool)) = (&ctx.route, &ctx.pool) else {
@@ -170,6 +180,74 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = &ctx.backend {
+            t.item().set_fd(Some(fd));
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(t) = &ctx.backend else { return Ok(()) };
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
+            t.set_kind(Kind::WebSocket);
+        } else if is_event_stream(resp) {
+            t.set_kind(Kind::Sse);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            // The upstream connection may go back to the pool now: forget its socket so a
+            // deadline can never shut down a connection another request reuses.
+            if let Some(t) = &ctx.backend {
+                t.item().set_fd(None);
+            }
+        }
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // A WebSocket ended at a deadline: the backend got close 1001 on its socket; the
+        // client gets one as the last bytes of the upgraded stream.
+        if end_of_stream {
+            if let Some(t) = &ctx.backend {
+                if t.item().kind() == Kind::WebSocket && t.item().ended().is_some() {
+                    let mut b = body.take().map(|b| b.to_vec()).unwrap_or_default();
+                    b.extend_from_slice(&WS_CLOSE_1001);
+                    *body = Some(Bytes::from(b));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -179,7 +257,10 @@ impl ProxyHttp for Proxy {
         forward_headers(session, upstream)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(t) = ctx.backend.as_ref().filter(|t| t.item().ended().is_some()) {
+            return end_politely(session, t.item().kind(), t.item().ended()).await;
+        }
         let code = errors::status_for(e);
         if code > 0 {
             let (kind, msg) = errors::describe(e, code);
@@ -197,13 +278,54 @@ impl ProxyHttp for Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         tracing::debug!(
             route = ctx.route.as_ref().map(|r| &*r.name),
-            backend = ctx.backend.as_ref().map(|b| &*b.state().id),
+            backend = ctx.backend.as_ref().map(|b| &*b.backend().id),
             status,
             elapsed_ms = ctx.started.elapsed().as_millis() as u64,
             error = e.map(|e| e.to_string()),
             "request done"
         );
     }
+}
+
+/// Finish a response that was ended on purpose (drain deadline or shutdown grace): SSE gets
+/// a clean end of body (final chunk) so EventSource reconnects; a WebSocket client gets close
+/// 1001; a plain request that has no response yet gets 503 JSON.
+async fn end_politely(session: &mut Session, kind: Kind, why: Option<EndReason>) -> FailToProxy {
+    let started = session.response_written().is_some();
+    let res = match (kind, started) {
+        (Kind::Sse, true) => session.write_response_body(Some(Bytes::new()), true).await,
+        (Kind::WebSocket, true) => {
+            session
+                .write_response_body(Some(Bytes::from_static(&WS_CLOSE_1001)), true)
+                .await
+        }
+        (_, false) => {
+            let msg = match why {
+                Some(EndReason::Shutdown) => "tidegate is shutting down",
+                _ => "the backend was drained and its deadline passed",
+            };
+            errors::respond(session, 503, "ended", msg).await
+        }
+        (Kind::Http, true) => Ok(()),
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "could not finish an ended response");
+    }
+    FailToProxy {
+        error_code: if started { 0 } else { 503 },
+        can_reuse_downstream: false,
+    }
+}
+
+fn is_event_stream(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 /// The request's host: `Host` header (HTTP/1.1) or the URI authority (HTTP/2).

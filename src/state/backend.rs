@@ -1,72 +1,172 @@
-//! Per-backend runtime state, keyed by backend id (`pool/name`) so it survives reloads.
-//!
-//! A config snapshot holds `Arc<BackendState>`s looked up in the [`Registry`] at build time.
-//! Counters are atomics; the hot path never takes the registry lock.
+//! Per-backend and per-pool runtime state, keyed by id (`pool/name`, `pool`) so it survives
+//! reloads. A config snapshot holds `Arc<BackendState>`s looked up in the [`Registry`] at build
+//! time. Counters are atomics; the hot path never takes the registry lock.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::{Instant, SystemTime},
 };
 
 use tokio::sync::Notify;
+
+use super::tracking::{Counts, ItemSet};
+use crate::drain::machine::{Deadlines, Machine, Phase, TransitionError};
+
+/// Drain state of a pool or backend: the pure machine behind a lock, plus a lock-free flag
+/// for the hot path and a notifier for waiters.
+#[derive(Debug, Default)]
+pub struct DrainCell {
+    draining: AtomicBool,
+    machine: Mutex<Machine>,
+    epoch: AtomicU64,
+    /// Woken on every transition (drain, drained, undrain).
+    pub changed: Notify,
+}
+
+impl DrainCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        // The machine is plain data updated in one assignment per transition.
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether new work must avoid it (draining or drained).
+    pub fn is_draining(&self) -> bool {
+        // Relaxed: a pick racing a drain may still land here; tracking counts it like any
+        // in-flight work and the drain waits for it.
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Begin a drain. Returns the drain's epoch (changes on every start/undrain).
+    pub fn start(&self, deadlines: Deadlines, in_flight: u64) -> Result<u64, TransitionError> {
+        let mut m = self.lock();
+        m.start((Instant::now(), SystemTime::now()), deadlines, in_flight)?;
+        self.draining.store(true, Ordering::Relaxed);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(m);
+        self.changed.notify_waiters();
+        Ok(epoch)
+    }
+
+    /// Restore a drain that began at `started` (from the state file).
+    pub fn restore(&self, started: SystemTime, deadlines: Deadlines, in_flight: u64) -> u64 {
+        let mut m = self.lock();
+        m.restore((Instant::now(), SystemTime::now()), started, deadlines);
+        m.observe(SystemTime::now(), in_flight);
+        self.draining.store(true, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Back to active.
+    pub fn undrain(&self) -> Result<(), TransitionError> {
+        let mut m = self.lock();
+        m.undrain()?;
+        self.draining.store(false, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(m);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Record the current in-flight total (drained at zero).
+    pub fn observe(&self, in_flight: u64) {
+        if !self.is_draining() {
+            return;
+        }
+        let changed = {
+            let mut m = self.lock();
+            let before = m.phase();
+            m.observe(SystemTime::now(), in_flight);
+            before != m.phase()
+        };
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A copy of the machine for reporting.
+    pub fn snapshot(&self) -> Machine {
+        self.lock().clone()
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().phase()
+    }
+
+    /// Current epoch (deadline tasks stop when it moves on).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+}
+
+/// Live state of one pool.
+#[derive(Debug)]
+pub struct PoolState {
+    pub name: Arc<str>,
+    pub counts: Counts,
+    pub drain: DrainCell,
+}
+
+impl PoolState {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            counts: Counts::default(),
+            drain: DrainCell::default(),
+        }
+    }
+
+    /// Called when the pool's in-flight total reached zero.
+    pub fn on_idle(&self) {
+        self.drain.observe(self.counts.total());
+    }
+}
 
 /// Live state of one backend.
 #[derive(Debug)]
 pub struct BackendState {
     /// `pool/name`.
     pub id: Arc<str>,
-    pub pool: Arc<str>,
     pub name: Arc<str>,
-    in_flight: AtomicU64,
-    draining: AtomicBool,
+    pub pool: Arc<PoolState>,
+    pub counts: Counts,
+    pub items: ItemSet,
+    pub drain: DrainCell,
     healthy: AtomicBool,
     connect_failures: AtomicU64,
-    /// Woken when `in_flight` drops to zero.
-    pub idle: Notify,
 }
 
 impl BackendState {
-    fn new(pool: &str, name: &str) -> Self {
+    fn new(pool: Arc<PoolState>, name: &str) -> Self {
         Self {
-            id: format!("{pool}/{name}").into(),
-            pool: pool.into(),
+            id: format!("{}/{name}", pool.name).into(),
             name: name.into(),
-            in_flight: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            pool,
+            counts: Counts::default(),
+            items: ItemSet::default(),
+            drain: DrainCell::default(),
             healthy: AtomicBool::new(true),
             connect_failures: AtomicU64::new(0),
-            idle: Notify::new(),
         }
     }
 
-    /// Requests currently between routing and the end of their response.
+    /// Requests and streams in flight.
     pub fn in_flight(&self) -> u64 {
-        // Acquire pairs with the AcqRel decrement so a reader that sees 0 sees the work done.
-        self.in_flight.load(Ordering::Acquire)
+        self.counts.total()
     }
 
-    /// Whether new requests may be routed here.
+    /// Whether new requests may be routed here: not draining (itself or its pool), healthy.
     pub fn available(&self) -> bool {
-        // Relaxed: a flag read; a pick racing a drain may still land here, which drain
-        // tracking handles (the request is counted like any other in-flight one).
-        !self.draining.load(Ordering::Relaxed) && self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// Set or clear the draining flag.
-    pub fn set_draining(&self, on: bool) {
-        self.draining.store(on, Ordering::Relaxed);
-    }
-
-    /// Whether the backend is draining.
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        !self.drain.is_draining() && !self.pool.drain.is_draining() && self.healthy()
     }
 
     /// Health as last decided by checks.
     pub fn healthy(&self) -> bool {
+        // Relaxed: a flag read.
         self.healthy.load(Ordering::Relaxed)
     }
 
@@ -84,90 +184,124 @@ impl BackendState {
     pub fn connect_failures(&self) -> u64 {
         self.connect_failures.load(Ordering::Relaxed)
     }
-}
 
-/// RAII in-flight count: up on creation, down in `Drop` on every path (normal end, error,
-/// client gone, task cancelled or unwinding).
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<BackendState>);
-
-impl InFlightGuard {
-    /// Count one more in-flight request on `state`.
-    pub fn new(state: Arc<BackendState>) -> Self {
-        // Relaxed is enough for the increment: nothing is published through it.
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(state)
-    }
-
-    /// The backend this guard counts on.
-    pub fn state(&self) -> &Arc<BackendState> {
-        &self.0
+    /// Called when the backend's in-flight total reached zero.
+    pub fn on_idle(&self) {
+        self.drain.observe(self.counts.total());
     }
 }
 
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        // AcqRel: the last decrement must be ordered before waiters re-read the count.
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
+#[derive(Debug, Default)]
+struct Maps {
+    pools: HashMap<Arc<str>, Arc<PoolState>>,
+    backends: HashMap<Arc<str>, Arc<BackendState>>,
 }
 
-/// All backend states by id. Locked only while building a config and for admin reads.
+/// All pool and backend states by id. Locked only while building a config and for admin reads.
 #[derive(Debug, Default)]
 pub struct Registry {
-    inner: Mutex<HashMap<Arc<str>, Arc<BackendState>>>,
+    inner: Mutex<Maps>,
 }
 
 impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // Single inserts and retains cannot leave the maps inconsistent after a panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of pool `name`, created on first sight.
+    pub fn pool(&self, name: &str) -> Arc<PoolState> {
+        let mut m = self.lock();
+        if let Some(p) = m.pools.get(name) {
+            return p.clone();
+        }
+        let p = Arc::new(PoolState::new(name));
+        m.pools.insert(p.name.clone(), p.clone());
+        p
+    }
+
     /// The state for `pool/name`, created on first sight.
     pub fn get_or_create(&self, pool: &str, name: &str) -> Arc<BackendState> {
-        let id = format!("{pool}/{name}");
-        let mut map = self.lock();
-        if let Some(s) = map.get(id.as_str()) {
+        let pool = self.pool(pool);
+        let id = format!("{}/{name}", pool.name);
+        let mut m = self.lock();
+        if let Some(s) = m.backends.get(id.as_str()) {
             return s.clone();
         }
         let s = Arc::new(BackendState::new(pool, name));
-        map.insert(s.id.clone(), s.clone());
+        m.backends.insert(s.id.clone(), s.clone());
         s
     }
 
-    /// Forget backends that are neither in `live` nor busy. Busy ones stay until idle.
-    pub fn retain_live(&self, live: &std::collections::HashSet<Arc<str>>) {
-        self.lock()
+    /// Forget backends and pools that are neither in `live` (backend ids) nor busy. Busy ones
+    /// stay (reported as `removed`) until idle.
+    pub fn retain_live(&self, live: &HashSet<Arc<str>>) {
+        let mut m = self.lock();
+        m.backends
             .retain(|id, s| live.contains(id) || s.in_flight() > 0);
+        let used: HashSet<Arc<str>> = m.backends.values().map(|b| b.pool.name.clone()).collect();
+        m.pools
+            .retain(|name, p| used.contains(name) || p.counts.total() > 0);
     }
 
-    /// A snapshot of every known backend state.
+    /// Every known backend state, by id.
     pub fn all(&self) -> Vec<Arc<BackendState>> {
-        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        let mut v: Vec<_> = self.lock().backends.values().cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<BackendState>>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single inserts
-        // and retains), so a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Every known pool state, by name.
+    pub fn pools(&self) -> Vec<Arc<PoolState>> {
+        let mut v: Vec<_> = self.lock().pools.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::tracking::{Kind, Tracking};
+
+    fn track(b: &Arc<BackendState>) -> Tracking {
+        Tracking::new(b.clone(), "r".into(), http::Uri::from_static("/x"), None)
+    }
 
     #[test]
-    fn guards_count_and_state_survives_lookup() {
+    fn guards_count_by_kind_on_backend_and_pool() {
         let r = Registry::default();
         let a = r.get_or_create("blue", "127.0.0.1:1");
         {
-            let _g1 = InFlightGuard::new(a.clone());
-            let _g2 = InFlightGuard::new(r.get_or_create("blue", "127.0.0.1:1"));
-            assert_eq!(a.in_flight(), 2);
+            let g1 = track(&a);
+            let _g2 = track(&r.get_or_create("blue", "127.0.0.1:1"));
+            g1.set_kind(Kind::Sse);
+            assert_eq!(a.counts.snapshot().http, 1);
+            assert_eq!(a.counts.snapshot().sse, 1);
+            assert_eq!(a.pool.counts.total(), 2);
+            assert_eq!(a.items.all().len(), 2);
         }
         assert_eq!(a.in_flight(), 0);
+        assert_eq!(a.pool.counts.total(), 0);
+        assert!(a.items.all().is_empty());
         assert_eq!(&*a.id, "blue/127.0.0.1:1");
+    }
+
+    #[test]
+    fn drain_becomes_drained_when_the_last_guard_drops() {
+        let r = Registry::default();
+        let a = r.get_or_create("blue", "a");
+        let g = track(&a);
+        a.pool
+            .drain
+            .start(Deadlines::default(), a.pool.counts.total())
+            .unwrap();
+        assert!(!a.available());
+        assert_eq!(a.pool.drain.phase(), Phase::Draining);
+        drop(g);
+        assert_eq!(a.pool.drain.phase(), Phase::Drained);
+        a.pool.drain.undrain().unwrap();
+        assert!(a.available());
     }
 
     #[test]
@@ -175,11 +309,13 @@ mod tests {
         let r = Registry::default();
         let a = r.get_or_create("blue", "a");
         let _b = r.get_or_create("blue", "b");
-        let g = InFlightGuard::new(a.clone());
+        let g = track(&a);
         r.retain_live(&Default::default());
         assert_eq!(r.all().len(), 1, "busy backend kept, idle one forgotten");
+        assert_eq!(r.pools().len(), 1);
         drop(g);
         r.retain_live(&Default::default());
         assert!(r.all().is_empty());
+        assert!(r.pools().is_empty());
     }
 }
