@@ -65,6 +65,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     }
     let state = Arc::new(AppState::new(cfg, registry, absolute(&opts.config)));
     let cfg = state.config_full();
+    // Overrides from the state file apply before the first request is routed.
+    let restored = state.restore();
 
     let mut conf = pingora::server::configuration::ServerConf {
         threads: match cfg.server.threads {
@@ -123,6 +125,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         "control",
         Control {
             state: state.clone(),
+            restored: Mutex::new(restored),
         },
     ));
     server.add_service(background_service(

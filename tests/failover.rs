@@ -72,10 +72,9 @@ pools:
         std::time::Duration::from_secs(5),
         || async {
             let s = get(&url).await.ok()?.json();
-            let all_zero = s["pools"]["blue"]["backends"]
-                .as_array()?
-                .iter()
-                .all(|b| b["in_flight"] == 0);
+            let all_zero = s["pools"]["blue"]["backends"].as_array()?.iter().all(|b| {
+                b["in_flight"] == serde_json::json!({"http": 0, "sse": 0, "websocket": 0})
+            });
             all_zero.then_some(())
         },
     )

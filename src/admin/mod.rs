@@ -11,12 +11,19 @@
 //! | GET | `/health` | no | `healthy` / `degraded` / `unhealthy`, uptime, config generation |
 //! | GET | `/api/v1/status` | token | generation, routes, splits, pools, backends, in-flight |
 //! | POST | `/api/v1/config/reload` | token | re-read the file: 200 + summary, or 422 + error |
+//! | POST | `/api/v1/pools/{pool}/drain` | token | start draining: 202 + drain status; 409 if already |
+//! | POST | `/api/v1/pools/{pool}/undrain` | token | back to active: 200; 409 if not draining |
+//! | GET | `/api/v1/pools/{pool}/drain` | token | drain status: state, in-flight by kind, streams |
+//! | GET | `/api/v1/pools/{pool}/drain/wait?timeout=` | token | long-poll until drained or timeout |
+//! | … | `/api/v1/pools/{pool}/backends/{backend}/…` | token | the same four for one backend |
 //!
 //! Errors are JSON (`{"error", "message", "status"}`): 401 with `WWW-Authenticate: Bearer`,
 //! 404 for unknown paths, 405 with `Allow` for a known path and the wrong method.
 
 mod auth;
+mod drain;
 mod routes;
+mod status;
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -76,4 +83,45 @@ pub fn error(status: u16, kind: &str, message: &str) -> AdminResponse {
         status,
         &serde_json::json!({ "error": kind, "message": message, "status": status }),
     )
+}
+
+/// A JSON API error, turned into a response at the edge.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+    /// The offending request field, for 400s.
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error without a field.
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 400 about one field.
+    pub fn field(field: &'static str, message: &str) -> Self {
+        Self {
+            status: 400,
+            kind: "bad_request",
+            message: format!("{field}: {message}"),
+            field: Some(field),
+        }
+    }
+
+    /// The JSON response.
+    pub fn response(&self) -> AdminResponse {
+        let mut v = serde_json::json!({ "error": self.kind, "message": self.message, "status": self.status });
+        if let Some(f) = self.field {
+            v["field"] = serde_json::json!(f);
+        }
+        json(self.status, &v)
+    }
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, Method, Request};
 use serde_json::json;
 
-use super::{auth, error, json, AdminResponse};
+use super::{auth, drain, error, json, status, AdminResponse};
 use crate::state::AppState;
 
 /// Route one admin request.
@@ -17,7 +18,9 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> AdminRespo
             json(200, &json!({"status": "ok"}))
         }),
         "/readyz" => only(&method, &[Method::GET, Method::HEAD], || readyz(state)),
-        "/health" => only(&method, &[Method::GET, Method::HEAD], || health(state)),
+        "/health" => only(&method, &[Method::GET, Method::HEAD], || {
+            status::health(state)
+        }),
         p if p.starts_with("/api/v1/") => {
             let cfg = state.config();
             if !auth::authorized(
@@ -31,15 +34,32 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> AdminRespo
                 );
                 return r;
             }
-            api(state, &method, p).await
+            let query = req.uri().query().map(str::to_owned);
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(413, "body_too_large", "request body over 64 KiB"),
+            };
+            api(state, &method, p, query.as_deref(), &body).await
         }
         _ => error(404, "not_found", &format!("no admin endpoint at {path}")),
     }
 }
 
-async fn api(state: &Arc<AppState>, method: &Method, path: &str) -> AdminResponse {
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+async fn api(
+    state: &Arc<AppState>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> AdminResponse {
+    if let Some(rest) = path.strip_prefix("/api/v1/pools/") {
+        return pools(state, method, rest, query, body).await;
+    }
     match path {
-        "/api/v1/status" => only(method, &[Method::GET], || status(state)),
+        "/api/v1/status" => only(method, &[Method::GET], || status::status(state)),
         "/api/v1/config/reload" => {
             if *method != Method::POST {
                 return not_allowed(&[Method::POST]);
@@ -50,6 +70,65 @@ async fn api(state: &Arc<AppState>, method: &Method, path: &str) -> AdminRespons
     }
 }
 
+/// `/api/v1/pools/{pool}/(drain|undrain|drain/wait)` and the same under
+/// `/backends/{backend}/`.
+async fn pools(
+    state: &Arc<AppState>,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> AdminResponse {
+    let segs: Vec<String> = rest.split('/').map(percent_decode).collect();
+    let (pool, backend, tail) = match segs.as_slice() {
+        [pool, tail @ ..] if !tail.is_empty() && tail[0] != "backends" => {
+            (pool, None, tail.join("/"))
+        }
+        [pool, b, backend, tail @ ..] if b == "backends" && !tail.is_empty() => {
+            (pool, Some(backend.as_str()), tail.join("/"))
+        }
+        _ => {
+            return error(
+                404,
+                "not_found",
+                &format!("no admin endpoint at /api/v1/pools/{rest}"),
+            )
+        }
+    };
+    if !matches!(tail.as_str(), "drain" | "undrain" | "drain/wait") {
+        return error(
+            404,
+            "not_found",
+            &format!("no admin endpoint at /api/v1/pools/{rest}"),
+        );
+    }
+    match drain::resolve(state, pool, backend) {
+        Ok(r) => drain::handle(state, method, r, &tail, query, body).await,
+        Err(e) => e.response(),
+    }
+}
+
+/// Decode `%XX` escapes in a path segment (backend names may hold `:`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                // Two hex digits: at most 255.
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn only(method: &Method, allowed: &[Method], f: impl FnOnce() -> AdminResponse) -> AdminResponse {
     if allowed.contains(method) {
         f()
@@ -58,7 +137,8 @@ fn only(method: &Method, allowed: &[Method], f: impl FnOnce() -> AdminResponse) 
     }
 }
 
-fn not_allowed(allowed: &[Method]) -> AdminResponse {
+/// 405 with an `Allow` header.
+pub(super) fn not_allowed(allowed: &[Method]) -> AdminResponse {
     let list = allowed
         .iter()
         .map(Method::as_str)
@@ -82,94 +162,6 @@ fn readyz(state: &AppState) -> AdminResponse {
         };
         json(503, &json!({"ready": false, "reason": why}))
     }
-}
-
-fn health(state: &AppState) -> AdminResponse {
-    let cfg = state.config();
-    let mut reasons = vec![];
-    for p in cfg.pools.values() {
-        if p.backends.iter().all(|b| !b.state.available()) {
-            reasons.push(format!("pool {} has no available backend", p.name));
-        } else if p.backends.iter().any(|b| b.state.drain.is_draining()) {
-            reasons.push(format!("pool {} is draining", p.name));
-        } else if p.backends.iter().any(|b| !b.state.healthy()) {
-            reasons.push(format!("pool {} has unhealthy backends", p.name));
-        }
-    }
-    let status = if state.is_shutting_down() {
-        "unhealthy"
-    } else if reasons.is_empty() {
-        "healthy"
-    } else {
-        "degraded"
-    };
-    let code = if status == "unhealthy" { 503 } else { 200 };
-    json(
-        code,
-        &json!({
-            "status": status,
-            "reasons": reasons,
-            "uptime_seconds": state.started.elapsed().as_secs(),
-            "generation": cfg.generation,
-        }),
-    )
-}
-
-fn status(state: &AppState) -> AdminResponse {
-    let cfg = state.config();
-    let routes: Vec<_> = cfg
-        .routes
-        .iter()
-        .map(|r| {
-            let split: serde_json::Map<_, _> = r
-                .split
-                .iter()
-                .map(|(p, w)| (p.name.to_string(), json!(w)))
-                .collect();
-            json!({
-                "name": &*r.name,
-                "match": {"host": r.hosts, "path_prefix": r.path_prefix, "methods": r.methods},
-                "split": split,
-                "retries": r.retries,
-            })
-        })
-        .collect();
-    let pools: serde_json::Map<_, _> = cfg
-        .pools
-        .values()
-        .map(|p| {
-            let backends: Vec<_> = p
-                .backends
-                .iter()
-                .map(|b| {
-                    json!({
-                        "id": &*b.id,
-                        "name": &*b.name,
-                        "address": b.address,
-                        "weight": b.weight,
-                        "healthy": b.state.healthy(),
-                        "draining": b.state.drain.is_draining(),
-                        "in_flight": b.state.in_flight(),
-                        "connect_failures": b.state.connect_failures(),
-                    })
-                })
-                .collect();
-            (p.name.to_string(), json!({"backends": backends}))
-        })
-        .collect();
-    let reloads = state.reload_stats();
-    json(
-        200,
-        &json!({
-            "generation": cfg.generation,
-            "ready": state.is_ready(),
-            "shutting_down": state.is_shutting_down(),
-            "in_flight": state.active(),
-            "routes": routes,
-            "pools": pools,
-            "reloads": reloads,
-        }),
-    )
 }
 
 async fn reload(state: &Arc<AppState>) -> AdminResponse {

@@ -17,12 +17,19 @@ use crate::state::AppState;
 /// Background service for reloads and readiness.
 pub struct Control {
     pub state: Arc<AppState>,
+    /// Drains restored from the state file before start, whose deadline tasks start here.
+    pub restored: std::sync::Mutex<Vec<(crate::drain::enforce::Target, u64)>>,
 }
 
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, _shutdown: ShutdownWatch) {
         let state = self.state.clone();
+        let restored =
+            std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()));
+        for (target, epoch) in restored {
+            crate::drain::enforce::spawn(target, state.registry.clone(), epoch);
+        }
         tokio::spawn(verify_listeners(state.clone()));
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),

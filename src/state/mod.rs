@@ -3,6 +3,7 @@
 //! that the hot path never touches.
 
 pub mod backend;
+pub mod persist;
 pub mod tracking;
 
 use std::{

@@ -215,3 +215,59 @@ pub fn check(path: &Path) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// A backend as a separate `tidegate backend` process, for tests that kill it mid-stream.
+pub struct BackendProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BackendProcess {
+    /// Start one named `name` and wait until it accepts connections.
+    pub async fn start(name: &str) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(binary())
+            .args(["backend", "--listen", &addr.to_string(), "--name", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn backend");
+        wait_for(
+            "backend process listening",
+            Duration::from_secs(10),
+            || async { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
+        .await;
+        Self { child, addr }
+    }
+
+    /// SIGKILL: every connection is reset by the kernel.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Poll the status API until `f(status)` holds.
+pub async fn wait_status(
+    tg: &Tidegate,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let url = tg.admin_url("/api/v1/status");
+    wait_for(what, Duration::from_secs(10), || {
+        let url = url.clone();
+        let f = &f;
+        async move {
+            let s = get(&url).await.ok()?.json();
+            f(&s).then_some(s)
+        }
+    })
+    .await
+}

@@ -1,0 +1,310 @@
+//! Drain: new traffic moves away at once, in-flight work (plain, SSE, WebSocket) continues,
+//! `drained` and the long-poll fire when the last item ends, deadlines end work politely.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message};
+
+fn blue_green(blue: &std::net::SocketAddr, green: &std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+{extra}
+routes:
+  - name: app
+    split: {{ blue: 50, green: 50 }}
+pools:
+  blue:
+    backends: [{{ address: "{blue}" }}]
+    drain: {{ requests_deadline: 0, streams_deadline: 0 }}
+  green:
+    backends: [{{ address: "{green}" }}]
+"#
+    )
+}
+
+async fn api(tg: &Tidegate, method: &str, path: &str, body: &str) -> Resp {
+    send(&client(), method, &tg.admin_url(path), &[], body)
+        .await
+        .expect("admin request")
+}
+
+/// A request that reached blue and is still open, in each of the three kinds.
+enum Open {
+    Sse(Sse),
+    Ws(Ws),
+    Slow(tokio::task::JoinHandle<Result<Resp, String>>),
+}
+
+async fn open_on_blue(tg: &Tidegate, blue: &TestBackend, kind: &str) -> Open {
+    // Split 50/50 and no affinity: open until one lands on blue (green ones are closed).
+    for _ in 0..20 {
+        let before = blue.app.hits();
+        let open = match kind {
+            "sse" => Open::Sse(Sse::open(&tg.url("/events/push")).await),
+            "websocket" => Open::Ws(ws_connect(&format!("ws://{}/ws", tg.listen)).await),
+            _ => {
+                let url = tg.url("/slow?ms=2500");
+                Open::Slow(tokio::spawn(async move { get(&url).await }))
+            }
+        };
+        wait_for(
+            "request reached a backend",
+            Duration::from_secs(5),
+            || async {
+                let s = get(&tg.admin_url("/api/v1/status")).await.ok()?.json();
+                let n = s["in_flight"].as_u64()?;
+                (n >= 1).then_some(())
+            },
+        )
+        .await;
+        if blue.app.hits() > before {
+            return open;
+        }
+        drop(open);
+        wait_status(tg, "green request gone", |s| s["in_flight"] == 0).await;
+    }
+    panic!("nothing landed on blue in 20 tries");
+}
+
+async fn drain_while_open(kind: &str) {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&blue_green(&blue.addr, &green.addr, "")).await;
+    let mut open = open_on_blue(&tg, &blue, kind).await;
+
+    let r = api(&tg, "POST", "/api/v1/pools/blue/drain", "").await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["state"], "draining");
+    // A long-poll already pending when the last item ends must return promptly.
+    let wait_url = tg.admin_url("/api/v1/pools/blue/drain/wait?timeout=60s");
+    let waiter = tokio::spawn(async move {
+        let r = get(&wait_url).await;
+        (r, Instant::now())
+    });
+
+    // New requests all go to green.
+    let c = client();
+    for _ in 0..20 {
+        let r = send(&c, "GET", &tg.url("/"), &[], "").await.unwrap();
+        assert_eq!(r.backend().as_deref(), Some("green"));
+    }
+    let st = api(&tg, "GET", "/api/v1/pools/blue/drain", "").await.json();
+    assert_eq!(st["state"], "draining");
+    assert_eq!(st["drained"], false);
+    assert_eq!(
+        st["in_flight"][if kind == "slow" { "http" } else { kind }],
+        1,
+        "{st}"
+    );
+    if kind != "slow" {
+        let s = &st["streams"][0];
+        assert_eq!(s["kind"], kind);
+        assert_eq!(
+            s["path"],
+            if kind == "sse" { "/events/push" } else { "/ws" }
+        );
+        assert!(s["age_seconds"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            s["client"].as_str().unwrap().split(':').next(),
+            Some("127.0.0.1")
+        );
+    }
+    let health = get(&tg.admin_url("/health")).await.unwrap().json();
+    assert_eq!(health["status"], "degraded");
+
+    // The open item keeps working, then ends by itself.
+    let ended_at = match &mut open {
+        Open::Sse(sse) => {
+            for k in 0..3 {
+                assert_eq!(blue.app.push(&format!("e{k}")), 1);
+                assert_eq!(
+                    sse.next_data(Duration::from_secs(5))
+                        .await
+                        .unwrap()
+                        .as_deref(),
+                    Some(format!("e{k}").as_str())
+                );
+            }
+            blue.app.push("__end__");
+            assert_eq!(sse.next_data(Duration::from_secs(5)).await, Ok(None));
+            Instant::now()
+        }
+        Open::Ws(ws) => {
+            ws.send(Message::text("still here")).await.unwrap();
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::text("still here")
+            );
+            ws.close(None).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {}
+            Instant::now()
+        }
+        Open::Slow(h) => {
+            let r = h.await.unwrap().unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.backend().as_deref(), Some("blue"));
+            Instant::now()
+        }
+    };
+    let (r, answered_at) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("wait did not return")
+        .unwrap();
+    let j = r.unwrap().json();
+    assert_eq!(j["drained"], true, "{j}");
+    assert_eq!(j["state"], "drained");
+    assert!(j["drained_at"].as_f64().is_some());
+    // Notification, not polling: well under a second (the contract is 100 ms on a quiet box).
+    let lag = answered_at.saturating_duration_since(ended_at);
+    assert!(
+        lag < Duration::from_secs(1),
+        "wait answered {lag:?} after the last item ended"
+    );
+
+    // Undrain returns traffic to blue.
+    let r = api(&tg, "POST", "/api/v1/pools/blue/undrain", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "active");
+    let before = blue.app.hits();
+    for _ in 0..10 {
+        send(&c, "GET", &tg.url("/"), &[], "").await.unwrap();
+    }
+    assert!(blue.app.hits() >= before + 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_with_an_sse_stream_open() {
+    drain_while_open("sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_with_a_websocket_open() {
+    drain_while_open("websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_with_a_slow_request_open() {
+    drain_while_open("slow").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_deadline_ends_sse_cleanly_and_websocket_with_1001() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+        "split: { blue: 50, green: 50 }",
+        "split: { blue: 100, green: 0 }",
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let mut sse = Sse::open(&tg.url("/events?interval_ms=200")).await;
+    assert!(sse
+        .next_data(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_some());
+    let mut ws = ws_connect(&format!("ws://{}/ws", tg.listen)).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+
+    let t0 = Instant::now();
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/pools/blue/drain",
+        r#"{"streams_deadline":"2s","close_spread":"0"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    // SSE: events keep coming until the deadline, then a clean end of stream (not a reset).
+    let mut events = 0;
+    let sse_end = loop {
+        match sse.next_data(Duration::from_secs(10)).await {
+            Ok(Some(_)) => events += 1,
+            Ok(None) => break Instant::now(),
+            Err(e) => panic!("SSE stream was cut, not ended cleanly: {e}"),
+        }
+    };
+    assert!(
+        events >= 3,
+        "stream should have kept flowing until the deadline"
+    );
+    assert!(sse_end.duration_since(t0) >= Duration::from_millis(1900));
+    // WebSocket: a close frame with 1001.
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no close frame in time");
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    let j = api(&tg, "GET", "/api/v1/pools/blue/drain/wait?timeout=10s", "")
+        .await
+        .json();
+    assert_eq!(j["drained"], true, "{j}");
+    let logs = tg.logs();
+    assert!(
+        logs.contains("ended at drain deadline")
+            && logs.contains("kind=\"sse\"")
+            && logs.contains("kind=\"websocket\""),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("path=/events") && logs.contains("path=/ws"),
+        "{logs}"
+    );
+    assert!(logs.contains("drain deadline reached"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_spread_spreads_twenty_stream_ends_over_the_window() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+        "split: { blue: 50, green: 50 }",
+        "split: { blue: 100, green: 0 }",
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut s = Sse::open(&tg.url("/events?interval_ms=100")).await;
+        assert!(s.next_data(Duration::from_secs(5)).await.unwrap().is_some());
+        streams.push(s);
+    }
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/pools/blue/drain",
+        r#"{"streams_deadline":"1s","close_spread":"3s"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let ends: Vec<Instant> =
+        futures_util::future::join_all(streams.into_iter().map(|mut s| async move {
+            loop {
+                match s.next_data(Duration::from_secs(15)).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Instant::now(),
+                    Err(e) => panic!("stream cut: {e}"),
+                }
+            }
+        }))
+        .await;
+    let first = *ends.iter().min().unwrap();
+    let last = *ends.iter().max().unwrap();
+    assert!(
+        last.duration_since(first) >= Duration::from_millis(1800),
+        "ends were not spread: {:?}",
+        last.duration_since(first)
+    );
+}
