@@ -33,6 +33,12 @@ pub async fn respond(session: &mut Session, code: u16, kind: &str, message: &str
 pub fn status_for(e: &Error) -> u16 {
     match e.etype() {
         HTTPStatus(code) => *code,
+        // Like nginx: a backend that stops answering is a gateway timeout, not a bad gateway.
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
