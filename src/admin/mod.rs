@@ -16,12 +16,17 @@
 //! | GET | `/api/v1/pools/{pool}/drain` | token | drain status: state, in-flight by kind, streams |
 //! | GET | `/api/v1/pools/{pool}/drain/wait?timeout=` | token | long-poll until drained or timeout |
 //! | … | `/api/v1/pools/{pool}/backends/{backend}/…` | token | the same four for one backend |
+//! | POST | `/api/v1/routes/{route}/split` | token | `{"split":{"blue":0,"green":100}}`: override the split |
+//! | DELETE | `/api/v1/routes/{route}/split` | token | back to the file's split |
+//! | POST | `/api/v1/maintenance` | token | enter: `{routes?, methods?, retry_after?, message?}` |
+//! | DELETE | `/api/v1/maintenance` | token | exit |
 //!
 //! Errors are JSON (`{"error", "message", "status"}`): 401 with `WWW-Authenticate: Bearer`,
 //! 404 for unknown paths, 405 with `Allow` for a known path and the wrong method.
 
 mod auth;
 mod drain;
+mod overrides;
 mod routes;
 mod status;
 

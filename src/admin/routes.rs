@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, Method, Request};
 use serde_json::json;
 
-use super::{auth, drain, error, json, status, AdminResponse};
+use super::{auth, drain, error, json, overrides, status, AdminResponse};
 use crate::state::AppState;
 
 /// Route one admin request.
@@ -57,6 +57,26 @@ async fn api(
 ) -> AdminResponse {
     if let Some(rest) = path.strip_prefix("/api/v1/pools/") {
         return pools(state, method, rest, query, body).await;
+    }
+    if let Some(route) = path
+        .strip_prefix("/api/v1/routes/")
+        .and_then(|r| r.strip_suffix("/split"))
+    {
+        let route = percent_decode(route);
+        return match *method {
+            Method::POST | Method::PUT => overrides::split(state, false, &route, body),
+            Method::DELETE => overrides::split(state, true, &route, body),
+            _ => return not_allowed(&[Method::POST, Method::PUT, Method::DELETE]),
+        }
+        .unwrap_or_else(|e| e.response());
+    }
+    if path == "/api/v1/maintenance" {
+        return match *method {
+            Method::POST | Method::PUT => overrides::maintenance(state, false, body),
+            Method::DELETE => overrides::maintenance(state, true, body),
+            _ => return not_allowed(&[Method::POST, Method::PUT, Method::DELETE]),
+        }
+        .unwrap_or_else(|e| e.response());
     }
     match path {
         "/api/v1/status" => only(method, &[Method::GET], || status::status(state)),

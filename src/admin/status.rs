@@ -31,6 +31,9 @@ pub fn health(state: &AppState) -> AdminResponse {
             reasons.push(format!("pool {} has unhealthy backends", p.name));
         }
     }
+    if cfg.maintenance.is_some() {
+        reasons.push("maintenance mode is on".to_string());
+    }
     let status = if state.is_shutting_down() {
         "unhealthy"
     } else if reasons.is_empty() {
@@ -77,21 +80,17 @@ fn backend_json(b: &Arc<BackendState>, address: Option<&str>, weight: Option<u32
 /// Generation, routes and splits, pools with drain state, backends, removed-but-busy work.
 pub fn status(state: &AppState) -> AdminResponse {
     let cfg = state.config();
+    let ov = state.overrides_snapshot();
     let routes: Vec<_> = cfg
         .routes
         .iter()
         .map(|r| {
-            let split: serde_json::Map<_, _> = r
-                .split
-                .iter()
-                .map(|(p, w)| (p.name.to_string(), json!(w)))
-                .collect();
-            json!({
-                "name": &*r.name,
-                "match": {"host": r.hosts, "path_prefix": r.path_prefix, "methods": r.methods},
-                "split": split,
-                "retries": r.retries,
-            })
+            let mut v = super::overrides::route_json(&cfg, &ov, &r.name);
+            v["name"] = json!(&*r.name);
+            v["match"] =
+                json!({"host": r.hosts, "path_prefix": r.path_prefix, "methods": r.methods});
+            v["retries"] = json!(r.retries);
+            v
         })
         .collect();
     let mut live: HashSet<&str> = HashSet::new();
@@ -142,6 +141,7 @@ pub fn status(state: &AppState) -> AdminResponse {
             "routes": routes,
             "pools": pools,
             "removed": removed,
+            "maintenance": super::overrides::maintenance_json(&ov.maintenance),
             "reloads": state.reload_stats(),
         }),
     )

@@ -54,12 +54,13 @@ pub fn build(
             pid_file: file.server.pid_file,
         },
         routes,
-        router,
+        router: Arc::new(router),
         pools,
         shutdown: Shutdown {
             delay: file.shutdown.delay.0,
             grace: file.shutdown.grace.non_zero(),
         },
+        maintenance: None,
     })
 }
 
@@ -506,6 +507,7 @@ fn build_routes(
             path_prefix: m.path_prefix.clone(),
             methods: method_key,
             schedule: Schedule::new(&weights),
+            file_split: split.iter().map(|(p, w)| (p.name.clone(), *w)).collect(),
             split,
             retries: r.retries,
             hold: Hold {

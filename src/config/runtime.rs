@@ -7,8 +7,9 @@ use crate::{
     state::backend::BackendState,
 };
 
-/// Everything the proxy needs for one generation of the config.
-#[derive(Debug)]
+/// Everything the proxy needs for one generation of the config. Cloning is shallow (`Arc`s):
+/// runtime overrides derive a new snapshot from the current one.
+#[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     /// Set when published; 0 until then.
     pub generation: u64,
@@ -19,9 +20,32 @@ pub struct RuntimeConfig {
     pub timeouts: Timeouts,
     pub server: ServerSettings,
     pub routes: Vec<Arc<Route>>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub pools: BTreeMap<Arc<str>, Arc<Pool>>,
     pub shutdown: Shutdown,
+    /// Maintenance mode (a runtime override), if on.
+    pub maintenance: Option<Arc<Maintenance>>,
+}
+
+/// Maintenance mode: matching requests get 503 + `Retry-After` + a JSON body.
+#[derive(Clone, Debug)]
+pub struct Maintenance {
+    /// Route names it applies to; `None` = every route.
+    pub routes: Option<Vec<String>>,
+    /// Methods it applies to; `None` = every method.
+    pub methods: Option<Vec<http::Method>>,
+    pub retry_after: Duration,
+    pub message: String,
+}
+
+impl Maintenance {
+    /// Whether a request on `route` with `method` is refused.
+    pub fn matches(&self, route: &str, method: &http::Method) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|rs| rs.iter().any(|r| r == route))
+            && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+    }
 }
 
 impl RuntimeConfig {
@@ -100,14 +124,32 @@ pub struct Route {
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub methods: Option<Vec<String>>,
-    /// Pools in split order, with their weights (0 = no new traffic).
+    /// Effective split: pools with their weights (0 = no new traffic), after overrides.
     pub split: Vec<(Arc<Pool>, u32)>,
+    /// The split as written in the file.
+    pub file_split: Vec<(Arc<str>, u32)>,
     pub schedule: Schedule,
     pub retries: u32,
     pub hold: Hold,
 }
 
 impl Route {
+    /// A copy of this route with another effective split.
+    pub fn with_split(&self, split: Vec<(Arc<Pool>, u32)>) -> Route {
+        let weights: Vec<u32> = split.iter().map(|(_, w)| *w).collect();
+        Route {
+            name: self.name.clone(),
+            hosts: self.hosts.clone(),
+            path_prefix: self.path_prefix.clone(),
+            methods: self.methods.clone(),
+            schedule: Schedule::new(&weights),
+            split,
+            file_split: self.file_split.clone(),
+            retries: self.retries,
+            hold: self.hold.clone(),
+        }
+    }
+
     /// Pick a pool by the split, skipping pools with no available backend.
     pub fn pick_pool(&self) -> Option<&Arc<Pool>> {
         self.schedule

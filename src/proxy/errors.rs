@@ -70,3 +70,24 @@ pub fn describe(e: &Error, code: u16) -> (&'static str, String) {
     };
     (kind, msg)
 }
+
+/// 503 for maintenance mode: `Retry-After` and a JSON body that says when to retry.
+pub async fn respond_maintenance(
+    session: &mut Session,
+    m: &crate::config::runtime::Maintenance,
+) -> Result<()> {
+    let secs = m.retry_after.as_secs();
+    let v = serde_json::json!({
+        "error": "maintenance",
+        "message": m.message,
+        "retry_after_seconds": secs,
+        "status": 503,
+    });
+    let body = Bytes::from(format!("{v}\n"));
+    let mut resp = ResponseHeader::build(503, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+    session.write_error_response(resp, body).await
+}

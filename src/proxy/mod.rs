@@ -86,6 +86,14 @@ impl ProxyHttp for Proxy {
             .await?;
             return Ok(true);
         };
+        if let Some(m) = cfg
+            .maintenance
+            .as_ref()
+            .filter(|m| m.matches(&route.name, &req.method))
+        {
+            errors::respond_maintenance(session, m).await?;
+            return Ok(true);
+        }
         let Some(pool) = route.pick_pool() else {
             let msg = format!("route {:?} has no available backend", route.name);
             errors::respond(session, 503, "no_available_backend", &msg).await?;

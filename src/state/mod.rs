@@ -3,6 +3,7 @@
 //! that the hot path never touches.
 
 pub mod backend;
+pub mod overrides;
 pub mod persist;
 pub mod tracking;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub config_path: PathBuf,
     reload_lock: Mutex<ReloadStats>,
+    /// Split and maintenance overrides; changed only while holding `reload_lock`.
+    overrides: Mutex<overrides::Overrides>,
     /// Hash of the file text last published, so a watch event without a change is a no-op.
     loaded_hash: AtomicU64,
     ready: AtomicBool,
@@ -71,6 +74,7 @@ impl AppState {
         let loaded_hash = std::fs::read(&config_path).map(|t| hash(&t)).unwrap_or(0);
         Self {
             loaded_hash: AtomicU64::new(loaded_hash),
+            overrides: Mutex::new(overrides::Overrides::default()),
             config: ArcSwap::from_pointee(cfg),
             registry,
             config_path,
@@ -113,6 +117,8 @@ impl AppState {
                 summary.warnings = loaded.warnings;
                 cfg.generation = old.generation + 1;
                 summary.generation = cfg.generation;
+                let ov = self.overrides().clone();
+                let cfg = overrides::apply(&cfg, &ov, &mut summary.warnings);
                 let live = cfg
                     .pools
                     .values()
@@ -143,6 +149,45 @@ impl AppState {
             // Unreadable (mid-swap, removed): let reload report it.
             Err(_) => true,
         }
+    }
+
+    fn overrides(&self) -> std::sync::MutexGuard<'_, overrides::Overrides> {
+        self.overrides.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the current overrides.
+    pub fn overrides_snapshot(&self) -> overrides::Overrides {
+        self.overrides().clone()
+    }
+
+    /// Change the overrides with `f` (which may refuse), then publish the derived snapshot
+    /// with one store and save the state file. Serialized with reloads.
+    pub fn change_overrides<T, E>(
+        &self,
+        f: impl FnOnce(&mut overrides::Overrides, &RuntimeConfig) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.config.load_full();
+        let mut next = self.overrides().clone();
+        let out = f(&mut next, &current)?;
+        let mut warnings = Vec::new();
+        let cfg = overrides::apply(&current, &next, &mut warnings);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        *self.overrides() = next;
+        self.config.store(Arc::new(cfg));
+        drop(_serial);
+        self.persist();
+        Ok(out)
+    }
+
+    /// Replace the overrides wholesale (state file restore at start).
+    pub fn set_overrides(&self, ov: overrides::Overrides) {
+        let _ = self.change_overrides(|o, _| {
+            *o = ov;
+            Ok::<(), ()>(())
+        });
     }
 
     /// Reload outcome counters.

@@ -20,6 +20,8 @@ use crate::drain::{
 pub struct Saved {
     pub version: u32,
     pub drains: Vec<SavedDrain>,
+    #[serde(default)]
+    pub overrides: super::overrides::Overrides,
 }
 
 /// One drain in progress (or finished and not undrained).
@@ -55,8 +57,8 @@ fn saved_drain(
 }
 
 impl AppState {
-    /// Current overrides.
-    pub fn overrides(&self) -> Saved {
+    /// Everything the state file holds, as of now.
+    pub fn saved(&self) -> Saved {
         let mut drains = Vec::new();
         for p in self.registry.pools() {
             drains.extend(saved_drain(&p.name, None, &p.drain.snapshot()));
@@ -68,7 +70,11 @@ impl AppState {
                 &b.drain.snapshot(),
             ));
         }
-        Saved { version: 1, drains }
+        Saved {
+            version: 1,
+            drains,
+            overrides: self.overrides_snapshot(),
+        }
     }
 
     /// Write the overrides to `state_file` (if configured). Errors are logged, not fatal:
@@ -77,7 +83,7 @@ impl AppState {
         let Some(path) = self.config().state_file.clone() else {
             return;
         };
-        if let Err(e) = write_atomic(&path, &self.overrides()) {
+        if let Err(e) = write_atomic(&path, &self.saved()) {
             tracing::error!(file = %path.display(), error = %e, "cannot write state_file");
         }
     }
@@ -104,6 +110,7 @@ impl AppState {
                 return restored;
             }
         };
+        self.set_overrides(saved.overrides);
         for d in saved.drains {
             let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
             let deadlines = Deadlines {

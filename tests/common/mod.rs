@@ -123,6 +123,28 @@ impl Tidegate {
         }
     }
 
+    /// Stop with SIGTERM (waiting for exit), then start again on the same ports, config
+    /// and log file (appended), and wait for readiness.
+    pub async fn restart(&mut self) {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(20)).await;
+        let logf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Command::new(binary())
+            .arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .env("TIDEGATE_LOG", "info")
+            .stdout(logf.try_clone().expect("log clone"))
+            .stderr(logf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("respawn tidegate");
+        self.wait_ready().await;
+    }
+
     /// Base URL of the client listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listen)
