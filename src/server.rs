@@ -66,7 +66,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let state = Arc::new(AppState::new(cfg, registry, absolute(&opts.config)));
     let cfg = state.config_full();
     // Overrides from the state file apply before the first request is routed.
-    let restored = state.restore();
+    let mut restored = state.restore();
+    restored.extend(state.apply_declared(&cfg));
 
     let mut conf = pingora::server::configuration::ServerConf {
         threads: match cfg.server.threads {

@@ -308,3 +308,141 @@ async fn close_spread_spreads_twenty_stream_ends_over_the_window() {
         last.duration_since(first)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_draining_in_the_file_drains_and_active_undrains() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let declared = blue_green(&blue.addr, &green.addr, "").replace(
+        &format!("backends: [{{ address: \"{}\" }}]\n", green.addr),
+        &format!(
+            "backends: [{{ address: \"{}\" }}]\n    state: draining\n",
+            green.addr
+        ),
+    );
+    assert!(declared.contains("state: draining"));
+    let tg = Tidegate::start(&declared).await;
+    assert_eq!(
+        api(&tg, "GET", "/api/v1/pools/green/drain", "")
+            .await
+            .json()["state"],
+        "drained"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            get(&tg.url("/")).await.unwrap().backend().as_deref(),
+            Some("blue")
+        );
+    }
+    // Back to active in the file: undrained by the reload.
+    tg.rewrite_config(&blue_green(&blue.addr, &green.addr, ""));
+    assert_eq!(
+        api(&tg, "POST", "/api/v1/config/reload", "").await.status,
+        200
+    );
+    assert_eq!(
+        api(&tg, "GET", "/api/v1/pools/green/drain", "")
+            .await
+            .json()["state"],
+        "active"
+    );
+    let before = green.app.hits();
+    for _ in 0..10 {
+        get(&tg.url("/")).await.unwrap();
+    }
+    assert!(green.app.hits() >= before + 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_pool_is_reported_until_its_stream_ends() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+        "split: { blue: 50, green: 50 }",
+        "split: { blue: 100, green: 0 }",
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let mut sse = Sse::open(&tg.url("/events/push")).await;
+    wait_status(&tg, "sse counted", |s| {
+        s["pools"]["blue"]["in_flight"]["sse"] == 1
+    })
+    .await;
+    // The new file has no blue pool at all.
+    let green_only = format!(
+        "listeners: [{{ name: public, address: \"{}\" }}]\nadmin: {{ address: \"{}\" }}\nroutes:\n  - name: app\n    split: {{ green: 1 }}\npools:\n  green:\n    backends: [{{ address: \"{}\" }}]\n",
+        tg.listen, tg.admin, green.addr
+    );
+    std::fs::write(&tg.config, green_only).unwrap();
+    assert_eq!(
+        api(&tg, "POST", "/api/v1/config/reload", "").await.status,
+        200
+    );
+    let st = api(&tg, "GET", "/api/v1/status", "").await.json();
+    let removed = st["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{st}");
+    assert_eq!(removed[0]["state"], "removed");
+    assert_eq!(removed[0]["in_flight"]["sse"], 1);
+    let d = api(&tg, "GET", "/api/v1/pools/blue/drain", "").await.json();
+    assert_eq!(d["state"], "removed");
+    assert_eq!(d["streams"][0]["path"], "/events/push");
+    // The stream still flows, then ends; the removed pool disappears.
+    blue.app.push("still");
+    assert_eq!(
+        sse.next_data(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("still")
+    );
+    blue.app.push("__end__");
+    assert_eq!(sse.next_data(Duration::from_secs(5)).await, Ok(None));
+    wait_status(&tg, "removed list empty", |s| {
+        s["removed"].as_array().is_some_and(|r| r.is_empty())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_deadline_ends_a_slow_plain_request() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+        "split: { blue: 50, green: 50 }",
+        "split: { blue: 100, green: 0 }",
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let url = tg.url("/slow?ms=30000");
+    let slow = tokio::spawn(async move { get(&url).await });
+    wait_status(&tg, "request counted", |s| {
+        s["pools"]["blue"]["in_flight"]["http"] == 1
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/pools/blue/drain",
+        r#"{"requests_deadline":"1s"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let r = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("request was not ended")
+        .unwrap()
+        .unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "ended");
+    let j = api(&tg, "GET", "/api/v1/pools/blue/drain/wait?timeout=10s", "")
+        .await
+        .json();
+    assert_eq!(j["drained"], true);
+    let logs = tg.logs();
+    assert!(
+        logs.contains("ended at drain deadline")
+            && logs.contains("kind=\"http\"")
+            && logs.contains("path=/slow"),
+        "{logs}"
+    );
+}

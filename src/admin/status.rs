@@ -124,7 +124,7 @@ pub fn status(state: &AppState) -> AdminResponse {
         .registry
         .all()
         .iter()
-        .filter(|b| !live.contains(&*b.id))
+        .filter(|b| !live.contains(&*b.id) && b.in_flight() > 0)
         .map(|b| {
             let mut v = backend_json(b, None, None);
             v["state"] = json!("removed");

@@ -23,6 +23,10 @@ pub struct DrainCell {
     draining: AtomicBool,
     machine: Mutex<Machine>,
     epoch: AtomicU64,
+    /// Last `state:` the config file declared (true = draining).
+    declared: AtomicBool,
+    /// The current drain was started by the file's `state: draining`.
+    by_file: AtomicBool,
     /// Woken on every transition (drain, drained, undrain).
     pub changed: Notify,
 }
@@ -60,10 +64,30 @@ impl DrainCell {
         self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// Follow the file's declared state. Only a change of the declaration acts: newly
+    /// `draining` starts a drain (returns its epoch); back to `active` undrains a drain the
+    /// file started. So an API undrain of a file-declared drain holds until the file changes.
+    pub fn follow_file(&self, declared: bool, deadlines: Deadlines, in_flight: u64) -> Option<u64> {
+        let before = self.declared.swap(declared, Ordering::AcqRel);
+        match (before, declared) {
+            (false, true) if self.phase() == Phase::Active => {
+                let epoch = self.start(deadlines, in_flight).ok()?;
+                self.by_file.store(true, Ordering::Release);
+                Some(epoch)
+            }
+            (true, false) if self.by_file.load(Ordering::Acquire) => {
+                let _ = self.undrain();
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Back to active.
     pub fn undrain(&self) -> Result<(), TransitionError> {
         let mut m = self.lock();
         m.undrain()?;
+        self.by_file.store(false, Ordering::Release);
         self.draining.store(false, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         drop(m);

@@ -124,8 +124,25 @@ impl AppState {
                     .values()
                     .flat_map(|p| p.backends.iter().map(|b| b.id.clone()))
                     .collect();
+                let declared = self.apply_declared(&cfg);
                 self.config.store(Arc::new(cfg));
                 self.registry.retain_live(&live);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        let _guard = h.enter();
+                        for (target, epoch) in declared {
+                            crate::drain::enforce::spawn(target, self.registry.clone(), epoch);
+                        }
+                    }
+                    Err(_) if !declared.is_empty() => {
+                        tracing::warn!(
+                            "declared drains started without deadline tasks (no runtime)"
+                        )
+                    }
+                    Err(_) => {}
+                }
+                // The file may have started or ended a drain; overrides are re-saved as well.
+                self.persist();
                 stats.succeeded += 1;
                 stats.last_success_unix = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)

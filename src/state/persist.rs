@@ -143,3 +143,38 @@ fn write_atomic(path: &Path, saved: &Saved) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
+
+impl AppState {
+    /// Apply the file's `state: draining` declarations of `cfg`'s pools and backends (see
+    /// [`super::backend::DrainCell::follow_file`]). Returns drains whose deadline tasks the
+    /// caller spawns.
+    pub fn apply_declared(&self, cfg: &crate::config::RuntimeConfig) -> Vec<(Target, u64)> {
+        let mut started = Vec::new();
+        for pool in cfg.pools.values() {
+            let d = Deadlines {
+                requests: pool.drain.requests_deadline,
+                streams: pool.drain.streams_deadline,
+                close_spread: pool.drain.close_spread,
+            };
+            let ps = self.registry.pool(&pool.name);
+            if let Some(e) = ps
+                .drain
+                .follow_file(pool.declared_draining, d, ps.counts.total())
+            {
+                tracing::info!(pool = %pool.name, "draining: declared in the config file");
+                started.push((Target::Pool(ps.name.clone()), e));
+            }
+            for b in &pool.backends {
+                if let Some(e) =
+                    b.state
+                        .drain
+                        .follow_file(b.declared_draining, d, b.state.counts.total())
+                {
+                    tracing::info!(backend = %b.id, "draining: declared in the config file");
+                    started.push((Target::Backend(b.state.clone()), e));
+                }
+            }
+        }
+        started
+    }
+}
