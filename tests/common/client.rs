@@ -144,15 +144,33 @@ impl Sse {
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connect a WebSocket client to `url` (`ws://…`).
+/// Connect a WebSocket client to `url` (`ws://…`) and probe the tunnel with a ping.
+///
+/// pingora 0.9.1 sometimes tears an upgraded connection down right after the 101 when the
+/// backend answers faster than pingora consumes the request's empty body (pingora issue
+/// #946, fix pending upstream in PR #1016): the client sees EOF on its first read. That
+/// race is pingora's, not what these tests are about, so a tunnel that dies on the probe is
+/// retried (at most 3 attempts, reported on stderr). A proxy that cannot carry WebSocket at
+/// all still fails here.
 pub async fn ws_connect(url: &str) -> Ws {
-    let (ws, resp) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("ws connect timed out")
-    .expect("ws connect failed");
-    assert_eq!(resp.status().as_u16(), 101);
-    ws
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for attempt in 1..=3 {
+        let (mut ws, resp) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("ws connect timed out")
+        .expect("ws connect failed");
+        assert_eq!(resp.status().as_u16(), 101);
+        ws.send(Message::Ping(b"probe".to_vec().into()))
+            .await
+            .expect("ws probe send");
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) if &p[..] == b"probe" => return ws,
+            other => eprintln!("ws tunnel died right after the upgrade (pingora #946), attempt {attempt}: {other:?}"),
+        }
+    }
+    panic!("WebSocket tunnel through the proxy failed 3 times in a row");
 }

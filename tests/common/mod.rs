@@ -213,6 +213,15 @@ impl Tidegate {
 
 impl Drop for Tidegate {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The proxy's side of a failure is usually the key to it.
+            let log = self.logs();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- tidegate log (last 40 lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
