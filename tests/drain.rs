@@ -328,6 +328,9 @@ async fn state_draining_in_the_file_drains_and_active_undrains() {
             .json()["state"],
         "drained"
     );
+    let st = api(&tg, "GET", "/api/v1/status", "").await.json();
+    assert_eq!(st["pools"]["green"]["file_state"], "draining");
+    assert_eq!(st["pools"]["green"]["state"], "drained");
     for _ in 0..10 {
         assert_eq!(
             get(&tg.url("/")).await.unwrap().backend().as_deref(),

@@ -103,7 +103,13 @@ pub fn status(state: &AppState) -> AdminResponse {
                 .iter()
                 .map(|b| {
                     live.insert(&b.id);
-                    backend_json(&b.state, Some(&b.address), Some(b.weight))
+                    let mut v = backend_json(&b.state, Some(&b.address), Some(b.weight));
+                    v["file_state"] = json!(if b.declared_draining {
+                        "draining"
+                    } else {
+                        "active"
+                    });
+                    v
                 })
                 .collect();
             let ps = &p.backends[0].state.pool;
@@ -112,6 +118,7 @@ pub fn status(state: &AppState) -> AdminResponse {
                 p.name.to_string(),
                 json!({
                     "state": drain.phase().as_str(),
+                    "file_state": if p.declared_draining { "draining" } else { "active" },
                     "in_flight": ps.counts.snapshot(),
                     "drain_started_at": drain.started_at().map(view::unix),
                     "drained_at": drain.drained_at().map(view::unix),
