@@ -7,6 +7,7 @@
 //! - [`drain`]: drain state machine, deadline enforcement, status view
 //! - [`proxy`]: `impl ProxyHttp`
 //! - [`admin`]: admin API listener
+//! - [`metrics`]: Prometheus text rendered from live state
 //! - [`lifecycle`]: signals, reload triggers, idle-aware shutdown
 //! - [`server`]: assembly of the pingora server
 //! - [`demo`]: the demo/test backend app
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod drain;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -21,18 +21,25 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> AdminRespo
         "/health" => only(&method, &[Method::GET, Method::HEAD], || {
             status::health(state)
         }),
+        "/metrics" => {
+            let cfg = state.config();
+            if cfg.admin.metrics_auth
+                && !auth::authorized(
+                    cfg.admin.token.as_ref(),
+                    req.headers().get(http::header::AUTHORIZATION),
+                )
+            {
+                return unauthorized();
+            }
+            only(&method, &[Method::GET, Method::HEAD], || metrics(state))
+        }
         p if p.starts_with("/api/v1/") => {
             let cfg = state.config();
             if !auth::authorized(
                 cfg.admin.token.as_ref(),
                 req.headers().get(http::header::AUTHORIZATION),
             ) {
-                let mut r = error(401, "unauthorized", "missing or wrong bearer token");
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer realm=\"tidegate\""),
-                );
-                return r;
+                return unauthorized();
             }
             let query = req.uri().query().map(str::to_owned);
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -43,6 +50,27 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> AdminRespo
         }
         _ => error(404, "not_found", &format!("no admin endpoint at {path}")),
     }
+}
+
+fn unauthorized() -> AdminResponse {
+    let mut r = error(401, "unauthorized", "missing or wrong bearer token");
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"tidegate\""),
+    );
+    r
+}
+
+fn metrics(state: &AppState) -> AdminResponse {
+    let body = crate::metrics::render(state);
+    hyper::Response::builder()
+        .status(200)
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap_or_else(|_| error(500, "internal", "cannot build the metrics response"))
 }
 
 /// Largest admin request body.

@@ -30,7 +30,7 @@ pub fn build(
     let listeners = build_listeners(&file.listeners)?;
     let admin = build_admin(&file.admin, env, warnings)?;
     let pools = build_pools(&file.pools, registry)?;
-    let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
+    let (routes, router) = build_routes(&file.routes, &pools, registry, warnings)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
         return Err(invalid("timeouts.connect", "must be greater than 0"));
@@ -403,8 +403,10 @@ type Routes = (Vec<Arc<Route>>, Router);
 fn build_routes(
     file: &[FileRoute],
     pools: &BTreeMap<Arc<str>, Arc<Pool>>,
+    registry: &Registry,
     warnings: &mut Vec<String>,
 ) -> Result<Routes, ConfigError> {
+    let pool_names: Vec<Arc<str>> = pools.keys().cloned().collect();
     if file.is_empty() {
         return Err(ConfigError::Empty {
             path: "routes".into(),
@@ -514,6 +516,7 @@ fn build_routes(
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,
             },
+            stats: Arc::new(registry.route_stats(&r.name, &pool_names)),
         }));
         matches.push(m);
     }

@@ -131,6 +131,8 @@ pub struct Route {
     pub schedule: Schedule,
     pub retries: u32,
     pub hold: Hold,
+    /// Request statistics (shared by every snapshot of this route).
+    pub stats: Arc<crate::state::stats::RouteStats>,
 }
 
 impl Route {
@@ -147,6 +149,7 @@ impl Route {
             file_split: self.file_split.clone(),
             retries: self.retries,
             hold: self.hold.clone(),
+            stats: self.stats.clone(),
         }
     }
 

@@ -18,6 +18,20 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The further along of two phases (a backend in a draining pool is draining).
+    pub fn max_with(self, other: Phase) -> Phase {
+        let rank = |p: Phase| match p {
+            Phase::Active => 0,
+            Phase::Drained => 1,
+            Phase::Draining => 2,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+
     /// Lowercase name as used in JSON and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

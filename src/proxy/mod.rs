@@ -24,6 +24,7 @@ use crate::{
     config::runtime::{Pool, Route},
     drain::enforce::WS_CLOSE_1001,
     state::{
+        stats::StreamEnd,
         tracking::{EndReason, Kind, Tracking},
         ActiveGuard, AppState,
     },
@@ -183,6 +184,13 @@ impl ProxyHttp for Proxy {
             retry,
             "upstream connect failed"
         );
+        if retry {
+            // Relaxed: a statistics counter.
+            route
+                .stats
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // Nothing reached the backend yet, so any method is safe to retry elsewhere.
         e.set_retry(retry);
         e
@@ -284,6 +292,7 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        record_stats(ctx, status, e);
         tracing::debug!(
             route = ctx.route.as_ref().map(|r| &*r.name),
             backend = ctx.backend.as_ref().map(|b| &*b.backend().id),
@@ -322,6 +331,32 @@ async fn end_politely(session: &mut Session, kind: Kind, why: Option<EndReason>)
     FailToProxy {
         error_code: if started { 0 } else { 503 },
         can_reuse_downstream: false,
+    }
+}
+
+/// Request counters and duration by route × pool; stream ends by reason.
+fn record_stats(ctx: &Ctx, status: u16, e: Option<&Error>) {
+    let Some(route) = &ctx.route else { return };
+    let pool = ctx.pool.as_ref().map_or("none", |p| &*p.name);
+    if let Some(s) = route.stats.for_pool(pool) {
+        s.observe(status, ctx.started.elapsed());
+    }
+    let Some(t) = &ctx.backend else { return };
+    let kind = t.item().kind();
+    if kind.is_stream() {
+        let why = if t.item().ended().is_some() {
+            StreamEnd::Deadline
+        } else {
+            match e.map(|e| e.esource()) {
+                None => StreamEnd::Completed,
+                Some(pingora::ErrorSource::Downstream) => StreamEnd::Client,
+                Some(_) => StreamEnd::Upstream,
+            }
+        };
+        t.backend()
+            .pool
+            .streams_ended
+            .record(kind == Kind::WebSocket, why);
     }
 }
 

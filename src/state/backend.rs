@@ -133,6 +133,7 @@ pub struct PoolState {
     pub name: Arc<str>,
     pub counts: Counts,
     pub drain: DrainCell,
+    pub streams_ended: super::stats::StreamEnds,
 }
 
 impl PoolState {
@@ -141,6 +142,7 @@ impl PoolState {
             name: name.into(),
             counts: Counts::default(),
             drain: DrainCell::default(),
+            streams_ended: Default::default(),
         }
     }
 
@@ -225,12 +227,21 @@ struct Maps {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Maps>,
+    stats: Mutex<super::stats::StatsMaps>,
 }
 
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         // Single inserts and retains cannot leave the maps inconsistent after a panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Request statistics of `route` across `pools` (counters survive reloads).
+    pub fn route_stats(&self, route: &str, pools: &[Arc<str>]) -> super::stats::RouteStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .route(route, pools)
     }
 
     /// The state of pool `name`, created on first sight.

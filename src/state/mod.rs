@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod overrides;
 pub mod persist;
+pub mod stats;
 pub mod tracking;
 
 use std::{
@@ -40,6 +41,8 @@ pub struct AppState {
     /// Woken when the process-wide in-flight count drops to zero.
     pub idle: Notify,
     pub started: Instant,
+    /// Unix time of the start (the first successful config load).
+    pub started_unix: f64,
 }
 
 /// Counters of reload outcomes (also kept for metrics).
@@ -84,6 +87,9 @@ impl AppState {
             active: AtomicU64::new(0),
             idle: Notify::new(),
             started: Instant::now(),
+            started_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
         }
     }
 

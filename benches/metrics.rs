@@ -1,0 +1,33 @@
+//! Bench of a /metrics render with 1,000 backends. `cargo bench --bench metrics`.
+
+use std::{hint::black_box, sync::Arc};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tidegate::{config, metrics, state::backend::Registry, state::AppState};
+
+fn render_1000(c: &mut Criterion) {
+    let mut yaml = String::from(
+        "listeners: [{ name: public, address: 127.0.0.1:8080 }]\nroutes:\n  - name: app\n    split: { blue: 50, green: 50 }\npools:\n",
+    );
+    for (p, pool) in ["blue", "green"].iter().enumerate() {
+        yaml.push_str(&format!("  {pool}:\n    backends:\n"));
+        for i in 0..500 {
+            yaml.push_str(&format!(
+                "      - {{ address: \"10.{p}.{}.{}:8080\" }}\n",
+                i / 256,
+                i % 256
+            ));
+        }
+    }
+    let registry = Arc::new(Registry::default());
+    let loaded = config::load_str(&yaml, &registry, &|_| None).expect("bench config");
+    let state = AppState::new(loaded.config, registry, "/nonexistent/tidegate.yaml".into());
+    let text = metrics::render(&state);
+    assert!(text.lines().count() > 10_000);
+    c.bench_function("metrics_render/1000_backends", |b| {
+        b.iter(|| black_box(metrics::render(&state)))
+    });
+}
+
+criterion_group!(benches, render_1000);
+criterion_main!(benches);

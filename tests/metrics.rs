@@ -1,0 +1,277 @@
+//! /metrics: every metric of DESIGN.md with the right labels after traffic of each kind,
+//! values that agree with the status API, `promtool check metrics`, and `metrics_auth`.
+
+mod common;
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Parse exposition text into `series → value` (series = name{labels} as written).
+fn parse(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn config(blue: &std::net::SocketAddr, green: &std::net::SocketAddr, admin_extra: &str) -> String {
+    format!(
+        r#"
+config_watch: false
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin:
+  address: "{{admin}}"{admin_extra}
+routes:
+  - name: app
+    split: {{ blue: 100, green: 0 }}
+    retries: 1
+pools:
+  blue:
+    backends:
+      - {{ address: "{blue}", name: b1 }}
+      - {{ address: "127.0.0.1:{}", name: dead }}
+  green:
+    backends: [{{ address: "{green}", name: g1 }}]
+"#,
+        free_port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_metric_after_traffic_of_each_kind() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, "")).await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(
+            send(&c, "GET", &tg.url("/"), &[], "").await.unwrap().status,
+            200
+        );
+    }
+    assert_eq!(get(&tg.url("/status/503")).await.unwrap().status, 503);
+    let mut sse = Sse::open(&tg.url("/events?interval_ms=50&count=2")).await;
+    while let Ok(Some(_)) = sse.next_data(Duration::from_secs(5)).await {}
+    let mut ws = ws_connect(&format!("ws://{}/ws", tg.listen)).await;
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("x"));
+    // One stream stays open so in-flight gauges are non-zero.
+    let mut open = Sse::open(&tg.url("/events/push")).await;
+    wait_status(&tg, "open stream counted", |s| {
+        s["pools"]["blue"]["in_flight"]["sse"] == 1
+    })
+    .await;
+    blue.app.push("hi");
+    assert!(open
+        .next_data(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_some());
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    // A failed reload and a drain, for their metrics.
+    std::fs::write(&tg.config, "not: [valid").unwrap();
+    assert_eq!(
+        post(&tg.admin_url("/api/v1/config/reload"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        422
+    );
+    assert_eq!(
+        post(&tg.admin_url("/api/v1/pools/green/drain"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        202
+    );
+    wait_status(&tg, "ws gone", |s| {
+        s["pools"]["blue"]["in_flight"]["websocket"] == 0
+    })
+    .await;
+
+    let r = get(&tg.admin_url("/metrics")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let m = parse(&r.body);
+    let v = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("missing series {k}\n{}", r.body))
+    };
+    let st = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+
+    assert_eq!(
+        v(r#"tidegate_backend_in_flight{pool="blue",backend="b1",kind="sse"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_backend_in_flight{pool="blue",backend="b1",kind="http"}"#),
+        0.0
+    );
+    assert_eq!(
+        v(r#"tidegate_backend_in_flight{pool="blue",backend="b1",kind="websocket"}"#),
+        0.0
+    );
+    assert_eq!(st["pools"]["blue"]["backends"][0]["in_flight"]["sse"], 1);
+    assert_eq!(
+        v(r#"tidegate_backend_state{pool="green",backend="g1",state="drained"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_backend_state{pool="green",backend="g1",state="active"}"#),
+        0.0
+    );
+    assert_eq!(
+        v(r#"tidegate_backend_state{pool="blue",backend="b1",state="active"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_backend_weight{pool="blue",backend="b1"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_backend_healthy{pool="blue",backend="b1"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_route_split_weight{route="app",pool="blue"}"#),
+        100.0
+    );
+    assert_eq!(
+        v(r#"tidegate_route_split_weight{route="app",pool="green"}"#),
+        0.0
+    );
+    assert!(v(r#"tidegate_requests_total{route="app",pool="blue",code_class="2xx"}"#) >= 11.0);
+    assert_eq!(
+        v(r#"tidegate_requests_total{route="app",pool="blue",code_class="5xx"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_requests_total{route="app",pool="blue",code_class="1xx"}"#),
+        1.0,
+        "the WebSocket (101)"
+    );
+    let count = v(r#"tidegate_request_duration_seconds_count{route="app",pool="blue"}"#);
+    assert_eq!(
+        count,
+        v(r#"tidegate_request_duration_seconds_bucket{route="app",pool="blue",le="+Inf"}"#)
+    );
+    assert!(count >= 13.0);
+    let failures = v(r#"tidegate_upstream_connect_failures_total{pool="blue",backend="dead"}"#);
+    let dead = st["pools"]["blue"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "dead")
+        .unwrap()
+        .clone();
+    assert_eq!(failures, dead["connect_failures"].as_f64().unwrap());
+    assert!(failures >= 1.0);
+    assert_eq!(
+        v(r#"tidegate_retries_total{route="app"}"#),
+        failures,
+        "every failed connect was retried"
+    );
+    assert_eq!(
+        v(r#"tidegate_streams_ended_total{pool="blue",kind="sse",reason="completed"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"tidegate_streams_ended_total{pool="blue",kind="websocket",reason="completed"}"#),
+        1.0
+    );
+    assert_eq!(v(r#"tidegate_config_reloads_total{result="failure"}"#), 1.0);
+    assert_eq!(v(r#"tidegate_config_reloads_total{result="success"}"#), 0.0);
+    assert_eq!(
+        v("tidegate_config_generation"),
+        st["generation"].as_f64().unwrap()
+    );
+    assert!(v("tidegate_config_last_reload_success_timestamp_seconds") > 1.7e9);
+    assert_eq!(v("tidegate_shutting_down"), 0.0);
+    assert_eq!(
+        v(&format!(
+            "tidegate_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    // No unbounded labels.
+    assert!(
+        !r.body.contains("/events") && !r.body.contains("127.0.0.1:"),
+        "paths or client addresses leaked into labels"
+    );
+
+    // promtool agrees it is valid exposition text.
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (scripts/deps installs Debian's prometheus package)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_auth_protects_metrics_only_when_asked() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::spawn(
+        &config(
+            &blue.addr,
+            &green.addr,
+            "\n  token_env: TG_M_TOKEN\n  metrics_auth: true",
+        ),
+        &[("TG_M_TOKEN", "mtok")],
+    );
+    tg.wait_ready().await;
+    assert_eq!(get(&tg.admin_url("/metrics")).await.unwrap().status, 401);
+    let r = send(
+        &client(),
+        "GET",
+        &tg.admin_url("/metrics"),
+        &[("authorization", "Bearer mtok")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("tidegate_build_info"));
+
+    // Without metrics_auth, /metrics is open even though a token is set.
+    let tg2 = Tidegate::spawn(
+        &config(&blue.addr, &green.addr, "\n  token_env: TG_M_TOKEN"),
+        &[("TG_M_TOKEN", "mtok")],
+    );
+    tg2.wait_ready().await;
+    assert_eq!(get(&tg2.admin_url("/metrics")).await.unwrap().status, 200);
+    assert_eq!(
+        get(&tg2.admin_url("/api/v1/status")).await.unwrap().status,
+        401
+    );
+}
