@@ -20,6 +20,8 @@ pub mod names {
     pub const REQUEST_DURATION: &str = "tidegate_request_duration_seconds";
     pub const CONNECT_FAILURES: &str = "tidegate_upstream_connect_failures_total";
     pub const RETRIES: &str = "tidegate_retries_total";
+    pub const HELD: &str = "tidegate_held_requests";
+    pub const HOLD_TIMEOUTS: &str = "tidegate_hold_timeouts_total";
     pub const STREAMS_ENDED: &str = "tidegate_streams_ended_total";
     pub const RELOADS: &str = "tidegate_config_reloads_total";
     pub const GENERATION: &str = "tidegate_config_generation";
@@ -45,6 +47,7 @@ pub fn render(state: &AppState) -> String {
     let mut out = String::with_capacity(16 * 1024);
     backends(state, &mut out);
     routes(state, &mut out);
+    holds(state, &mut out);
     process(state, &mut out);
     out
 }
@@ -258,6 +261,41 @@ fn routes(state: &AppState, out: &mut String) {
             names::RETRIES,
             esc(&r.name),
             r.stats.retries.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
+
+fn holds(state: &AppState, out: &mut String) {
+    let cfg = state.config();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    header(
+        out,
+        names::HELD,
+        "gauge",
+        "Requests held right now because no backend of the route is available.",
+    );
+    for r in &cfg.routes {
+        let _ = writeln!(
+            out,
+            "{}{{route=\"{}\"}} {}",
+            names::HELD,
+            esc(&r.name),
+            load(&r.stats.held)
+        );
+    }
+    header(
+        out,
+        names::HOLD_TIMEOUTS,
+        "counter",
+        "Held requests answered 503 because hold.timeout ran out.",
+    );
+    for r in &cfg.routes {
+        let _ = writeln!(
+            out,
+            "{}{{route=\"{}\"}} {}",
+            names::HOLD_TIMEOUTS,
+            esc(&r.name),
+            load(&r.stats.hold_timeouts)
         );
     }
 }

@@ -18,7 +18,7 @@ use pingora::{
 
 use crate::{
     config::{self, ConfigError},
-    lifecycle::{Control, ShutdownWatcher, Signals},
+    lifecycle::{Control, HealthChecker, ShutdownWatcher, Signals},
     proxy::Proxy,
     state::{backend::Registry, AppState},
 };
@@ -55,7 +55,12 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         tracing::warn!("{w}");
     }
     let cfg = loaded.config;
-    let admin_listener = bind("admin", cfg.admin.addr)?;
+    if !opts.upgrade {
+        // A plain bind fails against any holder, SO_REUSEPORT or not: a second tidegate on
+        // the same admin port is a startup error, not a silent share.
+        drop(bind("admin", cfg.admin.addr)?);
+    }
+    let admin_listener = bind_admin(cfg.admin.addr)?;
     if !opts.upgrade {
         // pingora binds inside its services and only logs a failure; check first so a port in
         // use is a clear startup error.
@@ -65,6 +70,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     }
     let state = Arc::new(AppState::new(cfg, registry, absolute(&opts.config)));
     let cfg = state.config_full();
+    state.apply_health(&cfg);
     // Overrides from the state file apply before the first request is routed.
     let mut restored = state.restore();
     restored.extend(state.apply_declared(&cfg));
@@ -77,6 +83,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         // Our watcher exits as soon as the proxy is idle; this is only the hard stop.
         grace_period_seconds: Some(cfg.shutdown.grace.map_or(u64::MAX / 4, |g| g.as_secs() + 1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Retries are bounded by each route's `retries` and hold deadline, not by pingora.
+        max_retries: 10_000,
         upgrade_sock: cfg.server.upgrade_sock.to_string_lossy().into_owned(),
         ..Default::default()
     };
@@ -130,6 +138,12 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         },
     ));
     server.add_service(background_service(
+        "health",
+        HealthChecker {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "shutdown",
         ShutdownWatcher {
             state: state.clone(),
@@ -153,6 +167,24 @@ fn bind(name: &str, addr: std::net::SocketAddr) -> Result<StdTcpListener, StartE
         addr,
         source,
     })
+}
+
+/// The admin socket, with SO_REUSEPORT so a process started with `--upgrade` can bind it
+/// while the old one still answers (each keeps its admin up until it exits).
+fn bind_admin(addr: std::net::SocketAddr) -> Result<StdTcpListener, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| StartError::Bind {
+        name: "admin".into(),
+        addr,
+        source,
+    };
+    let sock =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    sock.bind(&addr.into()).map_err(err)?;
+    sock.listen(1024).map_err(err)?;
+    Ok(sock.into())
 }
 
 fn absolute(p: &Path) -> PathBuf {

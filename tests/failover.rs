@@ -92,6 +92,7 @@ routes:
   - name: app
     split: {{ blue: 1 }}
     retries: 2
+    hold: {{ timeout: 0 }}
 pools:
   blue:
     backends:

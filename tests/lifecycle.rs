@@ -208,3 +208,89 @@ async fn sigint_stops_at_once_even_with_a_stream_open() {
     }
     assert!(ended);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_serves_during_delay_then_exits_0_once_stream_and_request_end() {
+    let blue = TestBackend::start("blue").await;
+    let yaml = yaml_for(&blue.addr, "[{ name: public, address: \"{listen}\" }]").replace(
+        "shutdown: { delay: 0s, grace: 60s }",
+        "shutdown: { delay: 1500ms, grace: 60s }",
+    );
+    let mut tg = Tidegate::start(&yaml).await;
+    let mut sse = Sse::open(&tg.url("/events/push")).await;
+    let url = tg.url("/slow?ms=2500");
+    let slow = tokio::spawn(async move { get(&url).await });
+    wait_for("both in flight", Duration::from_secs(5), || async {
+        (blue.app.sse_open() == 1 && blue.app.hits() == 2).then_some(())
+    })
+    .await;
+    tg.signal(libc::SIGTERM);
+    let readyz = tg.admin_url("/readyz");
+    wait_for("/readyz 503", Duration::from_secs(5), || async {
+        (get(&readyz).await.ok()?.status == 503).then_some(())
+    })
+    .await;
+    // During shutdown.delay new requests (new connections) are still served.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&tg.url("/")).await.expect("served during delay").status,
+            200
+        );
+    }
+    let health = get(&tg.admin_url("/health")).await.unwrap();
+    assert_eq!(health.status, 503);
+    // The stream keeps flowing after the listeners closed; then both end by themselves.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(blue.app.push("late"), 1);
+    assert_eq!(
+        sse.next_data(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("late")
+    );
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    assert!(
+        tg.child.try_wait().unwrap().is_none(),
+        "must not exit while the stream is open"
+    );
+    blue.app.push("__end__");
+    assert_eq!(sse.next_data(Duration::from_secs(5)).await, Ok(None));
+    let status = tg.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", tg.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_outliving_grace_ends_cleanly_and_exit_is_1() {
+    let blue = TestBackend::start("blue").await;
+    let yaml = yaml_for(&blue.addr, "[{ name: public, address: \"{listen}\" }]").replace(
+        "shutdown: { delay: 0s, grace: 60s }",
+        "shutdown: { delay: 0s, grace: 2s }",
+    );
+    let mut tg = Tidegate::start(&yaml).await;
+    let mut sse = Sse::open(&tg.url("/events?interval_ms=200")).await;
+    assert!(sse
+        .next_data(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_some());
+    tg.signal(libc::SIGTERM);
+    let ended = loop {
+        match sse.next_data(Duration::from_secs(15)).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break true,
+            Err(e) => panic!("stream was cut, not ended cleanly: {e}"),
+        }
+    };
+    assert!(ended);
+    let status = tg.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(1));
+    let logs = tg.logs();
+    assert!(
+        logs.contains("abandoned at shutdown.grace")
+            && logs.contains("kind=\"sse\"")
+            && logs.contains("path=/events"),
+        "{logs}"
+    );
+    assert!(logs.contains("sse=1"), "{logs}");
+}

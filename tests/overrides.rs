@@ -17,6 +17,7 @@ routes:
   - name: jobs
     match: {{ path_prefix: /jobs }}
     split: {{ blue: 1 }}
+    hold: {{ timeout: 0 }}
   - name: app
     split: {{ blue: 100, green: 0 }}
 pools:

@@ -238,6 +238,7 @@ fn undrain(state: &Arc<AppState>, r: &Resolved) -> Result<AdminResponse, ApiErro
         Ok(()) => {
             tracing::info!(drain = %r.label(), "undrained");
             state.persist();
+            state.availability_changed();
             Ok(json(200, &r.status(state)))
         }
         Err(e) => Ok(conflict(state, r, &e.to_string())),

@@ -4,13 +4,16 @@
 //!   stop accepting; SIGQUIT hands listeners to an upgraded process; SIGINT stops at once.
 //! - [`Control`]: SIGHUP and a watch on the config file's directory trigger reloads; at start
 //!   it verifies every listener accepts before readiness turns green.
+//! - [`HealthChecker`]: active HTTP health checks with rise/fall.
 //! - [`ShutdownWatcher`]: once pingora stops accepting, exit 0 as soon as nothing is in
 //!   flight instead of sleeping the whole grace period; at the grace deadline exit 1.
 
 mod control;
+mod health;
 mod shutdown;
 
 pub use control::Control;
+pub use health::HealthChecker;
 pub use shutdown::ShutdownWatcher;
 
 use std::sync::Arc;

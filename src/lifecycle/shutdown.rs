@@ -1,4 +1,5 @@
-//! Exit as soon as the proxy is idle after pingora stops accepting, or at the grace deadline.
+//! Exit as soon as the proxy is idle after pingora stops accepting; at `shutdown.grace` end
+//! the rest politely (as at a drain deadline), log what was abandoned, and exit 1.
 
 use std::{sync::Arc, time::Duration};
 
@@ -6,7 +7,16 @@ use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use tokio::time::Instant;
 
-use crate::state::AppState;
+use crate::{
+    drain::enforce::end_item,
+    state::{
+        tracking::{EndReason, Kind},
+        AppState,
+    },
+};
+
+/// How long polite ends (final chunk, close frames) get to reach clients before exit.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// Background service that ends the process once shutdown has begun and nothing is in flight.
 pub struct ShutdownWatcher {
@@ -23,34 +33,71 @@ impl BackgroundService for ShutdownWatcher {
         }
         let grace = self.state.config().shutdown.grace;
         let deadline = grace.map(|g| Instant::now() + g);
-        let mut zero_seen = false;
-        loop {
-            let idle = self.state.idle.notified();
-            let active = self.state.active();
-            if active == 0 {
-                // Seen idle twice, 50 ms apart: a request whose headers were being read when
-                // the listeners closed has had time to get its context.
-                if zero_seen {
-                    tracing::info!("idle: exiting");
-                    std::process::exit(0);
-                }
-                zero_seen = true;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        wait_idle(&self.state, deadline).await;
+        if self.state.active() == 0 {
+            tracing::info!("idle: exiting");
+            std::process::exit(0);
+        }
+        end_everything(&self.state);
+        wait_idle(&self.state, Some(Instant::now() + FINAL_FLUSH)).await;
+        tracing::warn!(
+            still_in_flight = self.state.active(),
+            "exiting after shutdown.grace"
+        );
+        std::process::exit(1);
+    }
+}
+
+/// Wait until nothing is in flight (seen twice, 50 ms apart, so a request whose headers were
+/// being read when the listeners closed has had time to be counted) or `deadline`.
+async fn wait_idle(state: &AppState, deadline: Option<Instant>) {
+    let mut zero_seen = false;
+    loop {
+        let idle = state.idle.notified();
+        if state.active() == 0 {
+            if zero_seen {
+                return;
             }
-            zero_seen = false;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                tracing::warn!(
-                    abandoned = active,
-                    "shutdown.grace reached with work in flight; exiting"
-                );
-                std::process::exit(1);
-            }
-            let tick = Duration::from_millis(100);
-            tokio::select! {
-                _ = idle => {}
-                _ = tokio::time::sleep(tick) => {}
-            }
+            zero_seen = true;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        zero_seen = false;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        tokio::select! {
+            _ = idle => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+/// End every tracked item politely and log each one, plus a summary by kind.
+fn end_everything(state: &AppState) {
+    let now = std::time::Instant::now();
+    let mut by_kind = [0usize; 3];
+    for b in state.registry.all() {
+        for item in b.items.all() {
+            let kind = item.kind();
+            let ended = end_item(&item, EndReason::Shutdown);
+            by_kind[kind as usize] += 1;
+            tracing::warn!(
+                backend = %b.id,
+                kind = kind.as_str(),
+                path = %item.uri.path(),
+                route = %item.route,
+                age_s = item.age(now).as_secs_f64(),
+                client = ?item.client,
+                ended_politely = ended,
+                "abandoned at shutdown.grace"
+            );
+        }
+    }
+    tracing::warn!(
+        http = by_kind[Kind::Http as usize],
+        sse = by_kind[Kind::Sse as usize],
+        websocket = by_kind[Kind::WebSocket as usize],
+        "shutdown.grace reached: ending in-flight work"
+    );
 }

@@ -1,13 +1,19 @@
-//! The data path: `impl ProxyHttp` — route, pick, connect with retries, forward headers.
+//! The data path: `impl ProxyHttp` — route, pick, hold, connect with retries, forward headers.
 //!
 //! Hook order per request: `new_ctx` (process-wide in-flight guard) → `request_filter`
-//! (route + pool from one config snapshot; 404/503 answered here) → `upstream_peer` (backend
-//! pick, per-backend in-flight guard; may run again on retry) → `fail_to_connect` (mark the
-//! backend failed and allow a retry on another one) → `upstream_request_filter`
-//! (X-Forwarded-*) → … → `fail_to_proxy` (JSON error body). Counters go down in `Drop` of the
-//! guards held in [`Ctx`], so every path — including a dropped task — brings them back.
+//! (route + pool from one config snapshot; 404 and maintenance answered here; held while no
+//! backend is available) → `upstream_peer` (backend pick, per-backend tracking guard; may run
+//! again on retry, and holds when every backend refused) → `connected_to_upstream` (socket
+//! registered for deadline ends) → `fail_to_connect` (passive health, retry elsewhere) →
+//! `upstream_request_filter` (X-Forwarded-*) → response filters (SSE/WebSocket
+//! classification) → `fail_to_proxy` (JSON errors, polite ends) → `logging` (statistics).
+//! Counters go down in `Drop` of the guards held in [`Ctx`], so every path — including a
+//! dropped task — brings them back.
 
 mod errors;
+mod finish;
+mod headers;
+mod hold;
 
 use std::{sync::Arc, time::Instant};
 
@@ -21,14 +27,15 @@ use pingora::{
 };
 
 use crate::{
-    config::runtime::{Pool, Route},
+    config::runtime::{Maintenance, Pool, Route, RuntimeConfig},
     drain::enforce::WS_CLOSE_1001,
     state::{
-        stats::StreamEnd,
-        tracking::{EndReason, Kind, Tracking},
+        tracking::{Kind, Tracking},
         ActiveGuard, AppState,
     },
 };
+use finish::{end_politely, record_stats};
+use headers::{forward_headers, is_event_stream, request_host};
 
 pub use errors::json_error_body;
 
@@ -52,9 +59,122 @@ pub struct Ctx {
     backend: Option<Tracking>,
     /// Indexes (in `pool.backends`) that refused or timed out on connect.
     failed: Vec<u32>,
+    /// When holding must give up (set on first hold).
+    hold_deadline: Option<tokio::time::Instant>,
     upgrade: bool,
     started: Instant,
     _active: ActiveGuard,
+}
+
+/// Where a request goes, decided on one snapshot.
+enum Routed {
+    To(Arc<Route>, Arc<Pool>),
+    NoRoute,
+    Maintenance(Arc<Maintenance>),
+    /// The route exists but no pool of its split has an available backend.
+    Unavailable(Arc<Route>),
+}
+
+fn route_on(cfg: &RuntimeConfig, req: &RequestHeader) -> Routed {
+    let host = request_host(req).unwrap_or_default();
+    let Some(route) = cfg.route(host, req.uri.path(), &req.method) else {
+        return Routed::NoRoute;
+    };
+    if let Some(m) = cfg
+        .maintenance
+        .as_ref()
+        .filter(|m| m.matches(&route.name, &req.method))
+    {
+        return Routed::Maintenance(m.clone());
+    }
+    match route.pick_pool() {
+        Some(pool) => Routed::To(route.clone(), pool.clone()),
+        None => Routed::Unavailable(route.clone()),
+    }
+}
+
+impl Proxy {
+    /// Hold until a pool of the request's route has an available backend (re-routing on
+    /// the newest snapshot at every wake-up), the hold times out, or the queue is full.
+    /// `Ok(true)` = a response was already sent.
+    async fn hold_for_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: Arc<Route>,
+    ) -> Result<bool> {
+        let Some(_held) = self.enter_hold(&route, ctx) else {
+            return refuse_held(session, &route, "hold queue full").await;
+        };
+        let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
+        loop {
+            let state = &self.state;
+            let woke = hold::wait(state, deadline, || {
+                !matches!(
+                    route_on(&state.config(), session.req_header()),
+                    Routed::Unavailable(_)
+                )
+            })
+            .await;
+            match route_on(&self.state.config(), session.req_header()) {
+                Routed::To(r, p) => {
+                    ctx.route = Some(r);
+                    ctx.pool = Some(p);
+                    return Ok(false);
+                }
+                Routed::NoRoute => return respond_no_route(session).await,
+                Routed::Maintenance(m) => {
+                    errors::respond_maintenance(session, &m).await?;
+                    return Ok(true);
+                }
+                Routed::Unavailable(_) if !woke => {
+                    route
+                        .stats
+                        .hold_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return refuse_held(
+                        session,
+                        &route,
+                        "no backend became available within hold.timeout",
+                    )
+                    .await;
+                }
+                Routed::Unavailable(_) => {}
+            }
+        }
+    }
+
+    /// Join the route's hold queue (the deadline is set on the first hold of a request).
+    /// `None` when holding is off (`hold.timeout: 0`) or the queue is full.
+    fn enter_hold(&self, route: &Route, ctx: &mut Ctx) -> Option<hold::Held> {
+        if route.hold.timeout.is_zero() {
+            return None;
+        }
+        let deadline = *ctx
+            .hold_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + route.hold.timeout);
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        hold::Held::acquire(&route.stats.held, route.hold.max_queued)
+    }
+}
+
+async fn respond_no_route(session: &mut Session) -> Result<bool> {
+    errors::respond(
+        session,
+        404,
+        "no_route",
+        "no route matches this host and path",
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn refuse_held(session: &mut Session, route: &Route, why: &str) -> Result<bool> {
+    let msg = format!("route {:?} has no available backend: {why}", route.name);
+    errors::respond(session, 503, "no_available_backend", &msg).await?;
+    Ok(true)
 }
 
 #[async_trait]
@@ -67,6 +187,7 @@ impl ProxyHttp for Proxy {
             pool: None,
             backend: None,
             failed: Vec::new(),
+            hold_deadline: None,
             upgrade: false,
             started: Instant::now(),
             _active: ActiveGuard::new(self.state.clone()),
@@ -74,72 +195,100 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let cfg = self.state.config();
-        let req = session.req_header();
-        let host = request_host(req).unwrap_or_default();
-        let Some(route) = cfg.route(host, req.uri.path(), &req.method) else {
-            errors::respond(
-                session,
-                404,
-                "no_route",
-                "no route matches this host and path",
-            )
-            .await?;
-            return Ok(true);
-        };
-        if let Some(m) = cfg
-            .maintenance
-            .as_ref()
-            .filter(|m| m.matches(&route.name, &req.method))
-        {
-            errors::respond_maintenance(session, m).await?;
-            return Ok(true);
-        }
-        let Some(pool) = route.pick_pool() else {
-            let msg = format!("route {:?} has no available backend", route.name);
-            errors::respond(session, 503, "no_available_backend", &msg).await?;
-            return Ok(true);
-        };
         ctx.upgrade = session.is_upgrade_req();
+        if self.state.is_shutting_down() {
+            // Answer with `Connection: close` from the moment shutdown begins, so clients move
+            // to fresh connections (the new process after an upgrade) before the listeners
+            // close and idle keep-alive connections are dropped under them.
+            session.set_keepalive(None);
+        }
+        let cfg = self.state.config();
         let timeout = if ctx.upgrade {
             cfg.timeouts.websocket_idle
         } else {
             cfg.timeouts.client_read
         };
+        let routed = route_on(&cfg, session.req_header());
+        drop(cfg);
         session.set_read_timeout(timeout);
-        ctx.pool = Some(pool.clone());
-        ctx.route = Some(route.clone());
-        Ok(false)
+        match routed {
+            Routed::To(route, pool) => {
+                ctx.route = Some(route);
+                ctx.pool = Some(pool);
+                Ok(false)
+            }
+            Routed::NoRoute => respond_no_route(session).await,
+            Routed::Maintenance(m) => {
+                errors::respond_maintenance(session, &m).await?;
+                Ok(true)
+            }
+            Routed::Unavailable(route) => self.hold_for_route(session, ctx, route).await,
+        }
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(pool), Some(route)) = (ctx.pool.as_ref(), ctx.route.as_ref()) else {
-            return Err(Error::explain(HTTPStatus(500), "no route chosen"));
-        };
-        let Some((_idx, b)) = pool.pick(&ctx.failed) else {
-            return Err(if ctx.failed.is_empty() {
-                Error::explain(
+        let b = loop {
+            let (Some(pool), Some(route)) = (ctx.pool.clone(), ctx.route.clone()) else {
+                return Err(Error::explain(HTTPStatus(500), "no route chosen"));
+            };
+            if let Some((_idx, b)) = pool.pick(&ctx.failed) {
+                break (route, b.state.clone(), b.addr);
+            }
+            // Every backend refused (or went away): hold until one may be back, then route
+            // again on the newest snapshot with a clean slate.
+            let Some(_held) = self.enter_hold(&route, ctx) else {
+                return Err(if ctx.failed.is_empty() {
+                    Error::explain(
+                        HTTPStatus(503),
+                        format!("pool {:?} has no available backend", pool.name),
+                    )
+                } else {
+                    Error::explain(
+                        HTTPStatus(502),
+                        format!("no backend of pool {:?} could be reached", pool.name),
+                    )
+                });
+            };
+            let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
+            let state = &self.state;
+            if !hold::wait(state, deadline, || {
+                matches!(
+                    route_on(&state.config(), session.req_header()),
+                    Routed::To(..)
+                )
+            })
+            .await
+            {
+                route
+                    .stats
+                    .hold_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Error::explain(
                     HTTPStatus(503),
-                    format!("pool {:?} has no available backend", pool.name),
-                )
-            } else {
-                Error::explain(
-                    HTTPStatus(502),
-                    format!("no backend of pool {:?} could be reached", pool.name),
-                )
-            });
+                    format!(
+                        "no backend of route {:?} became available within hold.timeout",
+                        route.name
+                    ),
+                ));
+            }
+            if let Routed::To(r, p) = route_on(&self.state.config(), session.req_header()) {
+                ctx.route = Some(r);
+                ctx.pool = Some(p);
+                ctx.failed.clear();
+            }
         };
+        let (route, backend, addr) = b;
         // Replacing the guard drops the previous attempt's count (a retry is counted once).
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         ctx.backend = Some(Tracking::new(
-            b.state.clone(),
+            backend,
             route.name.clone(),
             session.req_header().uri.clone(),
             client,
         ));
         let cfg = self.state.config();
         let t = &cfg.timeouts;
-        let mut peer = HttpPeer::new(b.addr, false, String::new());
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
         peer.options.idle_timeout = Some(t.upstream_keepalive);
@@ -169,6 +318,11 @@ impl ProxyHttp for Proxy {
         let (Some(route), Some(pool)) = (&ctx.route, &ctx.pool) else {
             return e;
         };
+        if let Some(hc) = &pool.health_check {
+            if st.record_passive_failure(hc.fall) {
+                tracing::warn!(backend = %st.id, "backend unhealthy after consecutive connect failures");
+            }
+        }
         if let Some(idx) = pool
             .backends
             .iter()
@@ -176,22 +330,24 @@ impl ProxyHttp for Proxy {
         {
             ctx.failed.push(idx as u32);
         }
-        let retry =
+        let elsewhere =
             ctx.failed.len() <= route.retries as usize && pool.has_available_except(&ctx.failed);
-        tracing::warn!(
-            backend = %st.id,
-            error = e.etype().as_str(),
-            retry,
-            "upstream connect failed"
-        );
-        if retry {
+        // With a hold configured, a request whose backends all refused waits for one to come
+        // back instead of failing (upstream_peer holds; the hold deadline bounds it).
+        let hold = !route.hold.timeout.is_zero()
+            && ctx
+                .hold_deadline
+                .is_none_or(|d| tokio::time::Instant::now() < d);
+        let retry = elsewhere || hold;
+        tracing::warn!(backend = %st.id, error = e.etype().as_str(), retry, "upstream connect failed");
+        if elsewhere {
             // Relaxed: a statistics counter.
             route
                 .stats
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // Nothing reached the backend yet, so any method is safe to retry elsewhere.
+        // Nothing reached the backend yet, so any method is safe to retry.
         e.set_retry(retry);
         e
     }
@@ -207,6 +363,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(t) = &ctx.backend {
             t.item().set_fd(Some(fd));
+            t.backend().record_connect_ok();
         }
         Ok(())
     }
@@ -302,109 +459,4 @@ impl ProxyHttp for Proxy {
             "request done"
         );
     }
-}
-
-/// Finish a response that was ended on purpose (drain deadline or shutdown grace): SSE gets
-/// a clean end of body (final chunk) so EventSource reconnects; a WebSocket client gets close
-/// 1001; a plain request that has no response yet gets 503 JSON.
-async fn end_politely(session: &mut Session, kind: Kind, why: Option<EndReason>) -> FailToProxy {
-    let started = session.response_written().is_some();
-    let res = match (kind, started) {
-        (Kind::Sse, true) => session.write_response_body(Some(Bytes::new()), true).await,
-        (Kind::WebSocket, true) => {
-            session
-                .write_response_body(Some(Bytes::from_static(&WS_CLOSE_1001)), true)
-                .await
-        }
-        (_, false) => {
-            let msg = match why {
-                Some(EndReason::Shutdown) => "tidegate is shutting down",
-                _ => "the backend was drained and its deadline passed",
-            };
-            errors::respond(session, 503, "ended", msg).await
-        }
-        (Kind::Http, true) => Ok(()),
-    };
-    if let Err(e) = res {
-        tracing::debug!(error = %e, "could not finish an ended response");
-    }
-    FailToProxy {
-        error_code: if started { 0 } else { 503 },
-        can_reuse_downstream: false,
-    }
-}
-
-/// Request counters and duration by route × pool; stream ends by reason.
-fn record_stats(ctx: &Ctx, status: u16, e: Option<&Error>) {
-    let Some(route) = &ctx.route else { return };
-    let pool = ctx.pool.as_ref().map_or("none", |p| &*p.name);
-    if let Some(s) = route.stats.for_pool(pool) {
-        s.observe(status, ctx.started.elapsed());
-    }
-    let Some(t) = &ctx.backend else { return };
-    let kind = t.item().kind();
-    if kind.is_stream() {
-        let why = if t.item().ended().is_some() {
-            StreamEnd::Deadline
-        } else {
-            match e.map(|e| e.esource()) {
-                None => StreamEnd::Completed,
-                Some(pingora::ErrorSource::Downstream) => StreamEnd::Client,
-                Some(_) => StreamEnd::Upstream,
-            }
-        };
-        t.backend()
-            .pool
-            .streams_ended
-            .record(kind == Kind::WebSocket, why);
-    }
-}
-
-fn is_event_stream(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
-}
-
-/// The request's host: `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-/// X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host (set), plus a Host
-/// header for HTTP/2 clients whose authority came in the URI.
-fn forward_headers(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
-    let host = request_host(session.req_header()).map(str::to_owned);
-    if let Some(ip) = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    {
-        let xff = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        upstream.insert_header("x-forwarded-for", xff)?;
-    }
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-    if let Some(h) = host {
-        if upstream.headers.get(http::header::HOST).is_none() {
-            upstream.insert_header(http::header::HOST, h.as_str())?;
-        }
-        upstream.insert_header("x-forwarded-host", h)?;
-    }
-    Ok(())
 }

@@ -164,6 +164,10 @@ pub struct BackendState {
     pub drain: DrainCell,
     healthy: AtomicBool,
     connect_failures: AtomicU64,
+    /// Rise/fall streak behind `healthy` (active checks).
+    pub health: Mutex<super::health::HealthStreak>,
+    /// Consecutive failed connection attempts (passive health).
+    passive_failures: std::sync::atomic::AtomicU32,
 }
 
 impl BackendState {
@@ -177,6 +181,8 @@ impl BackendState {
             drain: DrainCell::default(),
             healthy: AtomicBool::new(true),
             connect_failures: AtomicU64::new(0),
+            health: Mutex::new(super::health::HealthStreak::default()),
+            passive_failures: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -204,6 +210,25 @@ impl BackendState {
     /// Count a failed connection attempt.
     pub fn record_connect_failure(&self) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connect failed: after `fall` in a row the backend is unhealthy until its next
+    /// passing check. Returns true when this failure made it unhealthy.
+    pub fn record_passive_failure(&self, fall: u32) -> bool {
+        // Relaxed: a streak counter; the health flag is the published state.
+        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= fall && self.healthy() {
+            self.set_healthy(false);
+            return true;
+        }
+        false
+    }
+
+    /// A connect succeeded: the passive streak restarts (a load, no store, when already 0).
+    pub fn record_connect_ok(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Connection attempts that failed since start.

@@ -3,6 +3,7 @@
 //! that the hot path never touches.
 
 pub mod backend;
+pub mod health;
 pub mod overrides;
 pub mod persist;
 pub mod stats;
@@ -40,6 +41,9 @@ pub struct AppState {
     active: AtomicU64,
     /// Woken when the process-wide in-flight count drops to zero.
     pub idle: Notify,
+    /// Woken when a backend may have become available (health, undrain, split, reload):
+    /// held requests re-route.
+    pub availability: Notify,
     pub started: Instant,
     /// Unix time of the start (the first successful config load).
     pub started_unix: f64,
@@ -86,6 +90,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             active: AtomicU64::new(0),
             idle: Notify::new(),
+            availability: Notify::new(),
             started: Instant::now(),
             started_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -131,7 +136,9 @@ impl AppState {
                     .flat_map(|p| p.backends.iter().map(|b| b.id.clone()))
                     .collect();
                 let declared = self.apply_declared(&cfg);
+                self.apply_health(&cfg);
                 self.config.store(Arc::new(cfg));
+                self.availability_changed();
                 self.registry.retain_live(&live);
                 match tokio::runtime::Handle::try_current() {
                     Ok(h) => {
@@ -161,6 +168,35 @@ impl AppState {
                 stats.failed += 1;
                 stats.last_error = Some(e.to_string());
                 Err(e)
+            }
+        }
+    }
+
+    /// Wake held requests: something may have become available.
+    pub fn availability_changed(&self) {
+        self.availability.notify_waiters();
+    }
+
+    /// Health defaults of a config about to be published: pools without checks are healthy;
+    /// a backend first seen in a pool with checks starts unhealthy (until its first pass)
+    /// unless `start_healthy`. Existing backends keep their health across reloads.
+    pub fn apply_health(&self, cfg: &RuntimeConfig) {
+        for p in cfg.pools.values() {
+            for b in &p.backends {
+                let mut h = b.state.health.lock().unwrap_or_else(|e| e.into_inner());
+                match &p.health_check {
+                    None => {
+                        if h.initialized {
+                            h.reset();
+                        }
+                        b.state.set_healthy(true);
+                    }
+                    Some(hc) if !h.initialized => {
+                        h.initialized = true;
+                        b.state.set_healthy(hc.start_healthy);
+                    }
+                    Some(_) => {}
+                }
             }
         }
     }
@@ -200,6 +236,7 @@ impl AppState {
         }
         *self.overrides() = next;
         self.config.store(Arc::new(cfg));
+        self.availability_changed();
         drop(_serial);
         self.persist();
         Ok(out)

@@ -72,6 +72,9 @@ impl RoutePoolStats {
 #[derive(Debug)]
 pub struct RouteStats {
     pub retries: Arc<AtomicU64>,
+    /// Requests held right now (no backend available).
+    pub held: Arc<AtomicU64>,
+    pub hold_timeouts: Arc<AtomicU64>,
     /// One entry per pool of the config (overrides may route to any of them).
     pub pools: Vec<(Arc<str>, Arc<RoutePoolStats>)>,
 }
@@ -136,6 +139,8 @@ impl StreamEnds {
 pub struct StatsMaps {
     route_pool: HashMap<(Arc<str>, Arc<str>), Arc<RoutePoolStats>>,
     retries: HashMap<Arc<str>, Arc<AtomicU64>>,
+    held: HashMap<Arc<str>, Arc<AtomicU64>>,
+    hold_timeouts: HashMap<Arc<str>, Arc<AtomicU64>>,
 }
 
 impl StatsMaps {
@@ -143,6 +148,8 @@ impl StatsMaps {
     pub fn route(&mut self, route: &str, pools: &[Arc<str>]) -> RouteStats {
         let r: Arc<str> = route.into();
         let retries = self.retries.entry(r.clone()).or_default().clone();
+        let held = self.held.entry(r.clone()).or_default().clone();
+        let hold_timeouts = self.hold_timeouts.entry(r.clone()).or_default().clone();
         let pools = pools
             .iter()
             .map(|p| {
@@ -155,6 +162,11 @@ impl StatsMaps {
                 )
             })
             .collect();
-        RouteStats { retries, pools }
+        RouteStats {
+            retries,
+            held,
+            hold_timeouts,
+            pools,
+        }
     }
 }
