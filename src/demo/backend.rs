@@ -7,6 +7,7 @@
 //! | `/events/push` | SSE fed by [`Backend::push`] (tests control exactly when events leave) |
 //! | `/ws` | WebSocket echo |
 //! | `/status/N` | answers with status N |
+//! | `/readyz` | 200, or 503 after [`Backend::set_ready`]`(false)` (health checks) |
 //! | `/headers` | the request headers as JSON |
 //! | `/upload` | reads the request body, answers `received N bytes` |
 //! | `/bytes?n=N` | streams N bytes in 64 KiB chunks |
@@ -41,6 +42,8 @@ pub struct Backend {
     pub name: String,
     hits: AtomicU64,
     sse_open: AtomicU64,
+    readyz_hits: AtomicU64,
+    ready: std::sync::atomic::AtomicBool,
     push_tx: broadcast::Sender<String>,
 }
 
@@ -51,6 +54,8 @@ impl Backend {
             name: name.to_string(),
             hits: AtomicU64::new(0),
             sse_open: AtomicU64::new(0),
+            readyz_hits: AtomicU64::new(0),
+            ready: std::sync::atomic::AtomicBool::new(true),
             push_tx: broadcast::channel(1024).0,
         })
     }
@@ -58,6 +63,16 @@ impl Backend {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Make `/readyz` answer 200 (true) or 503 (false).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// `/readyz` requests so far (health checks).
+    pub fn readyz_hits(&self) -> u64 {
+        self.readyz_hits.load(Ordering::Relaxed)
     }
 
     /// Open SSE responses right now.
@@ -92,8 +107,17 @@ impl Backend {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        self.hits.fetch_add(1, Ordering::Relaxed);
         let path = req.uri().path().to_string();
+        if path == "/readyz" {
+            // Health checks are not app traffic: counted apart.
+            self.readyz_hits.fetch_add(1, Ordering::Relaxed);
+            let ok = self.ready.load(Ordering::Relaxed);
+            return self.text(
+                if ok { 200 } else { 503 },
+                format!("{}\n", if ok { "ready" } else { "not ready" }),
+            );
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
         let q = |k: &str| query(req.uri().query(), k);
         match path.as_str() {
             "/slow" => {

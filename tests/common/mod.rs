@@ -257,6 +257,11 @@ impl BackendProcess {
     /// Start one named `name` and wait until it accepts connections.
     pub async fn start(name: &str) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_on(name, addr).await
+    }
+
+    /// Start one on a given address (to bring a killed backend back on its port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
         let child = Command::new(binary())
             .args(["backend", "--listen", &addr.to_string(), "--name", name])
             .stdout(Stdio::null())
