@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn status(tg: &Tidegate) -> serde_json::Value {
-    get(&tg.admin_url("/api/v1/status")).await.unwrap().json()
-}
-
 fn healthy(s: &serde_json::Value, pool: &str, name: &str) -> Option<bool> {
     s["pools"][pool]["backends"]
         .as_array()?
