@@ -226,6 +226,9 @@ fn start(state: &Arc<AppState>, r: &Resolved, body: &[u8]) -> Result<AdminRespon
         Ok(epoch) => {
             enforce::spawn(r.target.clone(), state.registry.clone(), epoch);
             tracing::info!(drain = %r.label(), in_flight = r.in_flight(), "drain started");
+            state
+                .ramps
+                .cancel_for_pool(&r.pool.name, &format!("pool {} was drained", r.pool.name));
             state.persist();
             Ok(json(202, &r.status(state)))
         }
@@ -237,6 +240,9 @@ fn undrain(state: &Arc<AppState>, r: &Resolved) -> Result<AdminResponse, ApiErro
     match r.cell().undrain() {
         Ok(()) => {
             tracing::info!(drain = %r.label(), "undrained");
+            state
+                .ramps
+                .cancel_for_pool(&r.pool.name, &format!("pool {} was undrained", r.pool.name));
             state.persist();
             state.availability_changed();
             Ok(json(200, &r.status(state)))

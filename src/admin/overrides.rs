@@ -1,14 +1,14 @@
-//! Override endpoints: `POST|DELETE /api/v1/routes/{route}/split` and
-//! `POST|DELETE /api/v1/maintenance`.
+//! Override endpoints: `POST|DELETE /api/v1/routes/{route}/split` (optionally a ramp with
+//! `over`/`step`) and `POST|DELETE /api/v1/maintenance`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{json, AdminResponse, ApiError};
 use crate::{
-    config::{build::SPLIT_MAX, duration::HumanDuration, runtime::RuntimeConfig},
+    config::{build::SPLIT_MAX, duration::HumanDuration},
     drain::view,
     state::{overrides::MaintenanceOverride, AppState},
 };
@@ -27,12 +27,10 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::field("body", &format!("invalid JSON: {e}")))
 }
 
-/// The split view of one route (effective, file, whether overridden).
-pub fn route_json(
-    cfg: &RuntimeConfig,
-    ov: &crate::state::overrides::Overrides,
-    route: &str,
-) -> Value {
+/// The split view of one route: effective, file, whether overridden, the latest ramp.
+pub fn route_json(state: &AppState, route: &str) -> Value {
+    let cfg = state.config();
+    let ov = state.overrides_snapshot();
     let Some(r) = cfg.routes.iter().find(|r| &*r.name == route) else {
         return Value::Null;
     };
@@ -46,10 +44,79 @@ pub fn route_json(
         .iter()
         .map(|(p, w)| (p.to_string(), json!(w)))
         .collect();
-    json!({"route": route, "split": split, "file_split": file, "override": ov.splits.contains_key(route)})
+    json!({
+        "route": route,
+        "split": split,
+        "file_split": file,
+        "override": ov.splits.contains_key(route),
+        "ramp": state.ramps.get(route),
+    })
 }
 
-/// `POST` sets the route's split override; `DELETE` returns it to the file's split.
+/// `over` and `step` of a ramp request (`step` defaults to a tenth of `over`).
+fn ramp_timing(
+    over: &Option<String>,
+    step: &Option<String>,
+) -> Result<Option<(Duration, Duration)>, ApiError> {
+    let Some(over) = over else {
+        return match step {
+            Some(_) => Err(ApiError::field("step", "needs `over`")),
+            None => Ok(None),
+        };
+    };
+    let over = HumanDuration::parse(over)
+        .map_err(|e| ApiError::field("over", &e))?
+        .0;
+    let step = match step {
+        Some(s) => {
+            HumanDuration::parse(s)
+                .map_err(|e| ApiError::field("step", &e))?
+                .0
+        }
+        None => over / 10,
+    };
+    if over.is_zero() || over > Duration::from_secs(24 * 3600) {
+        return Err(ApiError::field("over", "must be between 1ms and 24h"));
+    }
+    if step < Duration::from_millis(100) || step > over {
+        return Err(ApiError::field(
+            "step",
+            "must be at least 100ms and at most `over`",
+        ));
+    }
+    Ok(Some((over, step)))
+}
+
+/// Validate a split body against the current config.
+fn checked_split(state: &AppState, b: &SplitBody) -> Result<BTreeMap<String, u32>, ApiError> {
+    if b.split.is_empty() {
+        return Err(ApiError::field("split", "name at least one pool"));
+    }
+    let cfg = state.config();
+    let mut split = BTreeMap::new();
+    for (pool, w) in &b.split {
+        if !cfg.pools.contains_key(pool.as_str()) {
+            return Err(ApiError::new(
+                400,
+                "unknown_pool",
+                format!("split.{pool}: unknown pool {pool:?}"),
+            ));
+        }
+        if !(0..=SPLIT_MAX).contains(w) {
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                format!("split.{pool}: {w} is out of range (0..={SPLIT_MAX})"),
+            ));
+        }
+        // In range checked above.
+        split.insert(pool.clone(), *w as u32);
+    }
+    Ok(split)
+}
+
+/// `POST` sets the route's split override now (200), or starts a ramp to it (202);
+/// `DELETE` returns it to the file's split. Either cancels a running ramp of the route.
 pub fn split(
     state: &Arc<AppState>,
     delete: bool,
@@ -64,52 +131,32 @@ pub fn split(
         ));
     }
     if delete {
+        state.ramps.cancel(route, "replaced by a new split request");
         state.change_overrides(|ov, _| {
             ov.splits.remove(route);
             Ok::<(), ApiError>(())
         })?;
         tracing::info!(route, "split override cleared; back to the file's split");
-    } else {
-        let b: SplitBody = parse(body)?;
-        if b.over.is_some() || b.step.is_some() {
-            return Err(ApiError::new(
-                501,
-                "not_implemented",
-                "split ramps (over/step) are not available yet; set the split directly",
-            ));
-        }
-        if b.split.is_empty() {
-            return Err(ApiError::field("split", "name at least one pool"));
-        }
-        let mut split = BTreeMap::new();
-        for (pool, w) in &b.split {
-            if !state.config().pools.contains_key(pool.as_str()) {
-                return Err(ApiError::new(
-                    400,
-                    "unknown_pool",
-                    format!("split.{pool}: unknown pool {pool:?}"),
-                ));
-            }
-            if !(0..=SPLIT_MAX).contains(w) {
-                return Err(ApiError::new(
-                    400,
-                    "bad_request",
-                    format!("split.{pool}: {w} is out of range (0..={SPLIT_MAX})"),
-                ));
-            }
-            // In range checked above.
-            split.insert(pool.clone(), *w as u32);
-        }
-        tracing::info!(route, split = ?split, "split override set");
-        state.change_overrides(|ov, _| {
-            ov.splits.insert(route.to_string(), split);
-            Ok::<(), ApiError>(())
-        })?;
+        return Ok(json(200, &route_json(state, route)));
     }
-    Ok(json(
-        200,
-        &route_json(&state.config(), &state.overrides_snapshot(), route),
-    ))
+    let b: SplitBody = parse(body)?;
+    let ramp = ramp_timing(&b.over, &b.step)?;
+    let split = checked_split(state, &b)?;
+    match ramp {
+        Some((over, step)) => {
+            state.start_ramp(route, split, over, step);
+            Ok(json(202, &route_json(state, route)))
+        }
+        None => {
+            state.ramps.cancel(route, "replaced by a new split request");
+            tracing::info!(route, split = ?split, "split override set");
+            state.change_overrides(|ov, _| {
+                ov.splits.insert(route.to_string(), split);
+                Ok::<(), ApiError>(())
+            })?;
+            Ok(json(200, &route_json(state, route)))
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

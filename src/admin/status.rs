@@ -85,7 +85,7 @@ pub fn status(state: &AppState) -> AdminResponse {
         .routes
         .iter()
         .map(|r| {
-            let mut v = super::overrides::route_json(&cfg, &ov, &r.name);
+            let mut v = super::overrides::route_json(state, &r.name);
             v["name"] = json!(&*r.name);
             v["match"] =
                 json!({"host": r.hosts, "path_prefix": r.path_prefix, "methods": r.methods});

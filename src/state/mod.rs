@@ -6,6 +6,7 @@ pub mod backend;
 pub mod health;
 pub mod overrides;
 pub mod persist;
+pub mod ramp;
 pub mod stats;
 pub mod tracking;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     active: AtomicU64,
     /// Woken when the process-wide in-flight count drops to zero.
     pub idle: Notify,
+    /// Split ramps by route.
+    pub ramps: ramp::Ramps,
     /// Woken when a backend may have become available (health, undrain, split, reload):
     /// held requests re-route.
     pub availability: Notify,
@@ -91,6 +94,7 @@ impl AppState {
             active: AtomicU64::new(0),
             idle: Notify::new(),
             availability: Notify::new(),
+            ramps: ramp::Ramps::default(),
             started: Instant::now(),
             started_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -135,6 +139,9 @@ impl AppState {
                     .values()
                     .flat_map(|p| p.backends.iter().map(|b| b.id.clone()))
                     .collect();
+                for r in summary.routes_changed.iter().chain(&summary.routes_removed) {
+                    self.ramps.cancel(r, "a config reload changed the route");
+                }
                 let declared = self.apply_declared(&cfg);
                 self.apply_health(&cfg);
                 self.config.store(Arc::new(cfg));

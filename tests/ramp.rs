@@ -1,0 +1,161 @@
+//! Split ramps (`over`/`step`) and slow start move the distribution as configured
+//! (shortened windows, tolerant bounds).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn config(blue: &std::net::SocketAddr, green: &std::net::SocketAddr, pool_extra: &str) -> String {
+    format!(
+        r#"
+config_watch: false
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+routes:
+  - name: app
+    split: {{ blue: 100, green: 0 }}
+pools:
+  blue:
+    backends: [{{ address: "{blue}" }}]
+  green:
+    backends: [{{ address: "{green}" }}]{pool_extra}
+"#
+    )
+}
+
+async fn api(tg: &Tidegate, method: &str, path: &str, body: &str) -> Resp {
+    send(&client(), method, &tg.admin_url(path), &[], body)
+        .await
+        .expect("admin request")
+}
+
+async fn ramp(tg: &Tidegate) -> serde_json::Value {
+    let st = api(tg, "GET", "/api/v1/status", "").await.json();
+    st["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "app")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ramp_moves_the_split_in_steps_and_completes() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, "")).await;
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/routes/app/split",
+        r#"{"split":{"blue":0,"green":100},"over":"2s","step":"500ms"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["ramp"]["state"], "running");
+    assert_eq!(j["ramp"]["steps_total"], 4);
+    assert_eq!(
+        j["split"]["blue"], 100,
+        "the first step applies after one step"
+    );
+    // Mid-way the split is between the ends.
+    let mid = wait_for("step 2", Duration::from_secs(10), || async {
+        let r = ramp(&tg).await;
+        (r["ramp"]["steps_done"] == 2).then_some(r)
+    })
+    .await;
+    let gw = mid["split"]["green"].as_u64().unwrap();
+    assert!((25..=75).contains(&gw), "mid-ramp split {mid}");
+    let done = wait_for("ramp completed", Duration::from_secs(10), || async {
+        let r = ramp(&tg).await;
+        (r["ramp"]["state"] == "completed").then_some(r)
+    })
+    .await;
+    assert_eq!(done["split"]["green"], 100);
+    assert_eq!(done["split"]["blue"], 0);
+    assert_eq!(done["override"], true);
+    for _ in 0..10 {
+        assert_eq!(
+            get(&tg.url("/")).await.unwrap().backend().as_deref(),
+            Some("green")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ramp_is_cancelled_by_a_new_split_a_drain_or_a_reload() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, "")).await;
+    let slow = r#"{"split":{"blue":0,"green":100},"over":"1h","step":"10m"}"#;
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        (
+            "POST",
+            "/api/v1/routes/app/split",
+            r#"{"split":{"blue":50,"green":50}}"#,
+            "replaced by a new split request",
+        ),
+        (
+            "POST",
+            "/api/v1/pools/green/drain",
+            "",
+            "pool green was drained",
+        ),
+        (
+            "POST",
+            "/api/v1/config/reload",
+            "",
+            "a config reload changed the route",
+        ),
+    ];
+    for (method, path, body, reason) in cases {
+        if path.ends_with("/reload") {
+            std::fs::write(
+                &tg.config,
+                config(&blue.addr, &green.addr, "")
+                    .replace("blue: 100, green: 0", "blue: 90, green: 10")
+                    .replace("{listen}", &tg.listen.to_string())
+                    .replace("{admin}", &tg.admin.to_string()),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            api(&tg, "POST", "/api/v1/routes/app/split", slow)
+                .await
+                .status,
+            202
+        );
+        assert_eq!(ramp(&tg).await["ramp"]["state"], "running");
+        let r = api(&tg, method, path, body).await;
+        assert!(r.status < 300, "{path}: {}", r.body);
+        let j = ramp(&tg).await;
+        assert_eq!(j["ramp"]["state"], "cancelled", "{path}: {j}");
+        assert_eq!(j["ramp"]["reason"], reason);
+        if path.ends_with("/drain") {
+            assert_eq!(
+                api(&tg, "POST", "/api/v1/pools/green/undrain", "")
+                    .await
+                    .status,
+                200
+            );
+        }
+    }
+    // Bad ramp requests change nothing.
+    for body in [
+        r#"{"split":{"green":1},"over":"1s","step":"10ms"}"#,
+        r#"{"split":{"green":1},"step":"1s"}"#,
+        r#"{"split":{"green":1},"over":"later"}"#,
+    ] {
+        assert_eq!(
+            api(&tg, "POST", "/api/v1/routes/app/split", body)
+                .await
+                .status,
+            400,
+            "{body}"
+        );
+    }
+}
