@@ -157,7 +157,7 @@ impl AppState {
                 }
                 let split = interpolate(&from, &to, k, steps_total);
                 let applied = state.change_overrides(|ov, cfg| {
-                    if !cfg.routes.iter().any(|r| &*r.name == route) {
+                    if !cfg.routes.iter().any(|r| *r.name == route) {
                         return Err(());
                     }
                     ov.splits.insert(route.clone(), split.clone());
