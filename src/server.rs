@@ -71,6 +71,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let state = Arc::new(AppState::new(cfg, registry, absolute(&opts.config)));
     let cfg = state.config_full();
     state.apply_health(&cfg);
+    state.registry.set_live();
     // Overrides from the state file apply before the first request is routed.
     let mut restored = state.restore();
     restored.extend(state.apply_declared(&cfg));

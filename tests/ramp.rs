@@ -159,3 +159,69 @@ async fn a_ramp_is_cancelled_by_a_new_split_a_drain_or_a_reload() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_start_ramps_a_returning_backend_from_a_small_share() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let yaml = format!(
+        r#"
+config_watch: false
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+routes:
+  - name: app
+    split: {{ blue: 1 }}
+pools:
+  blue:
+    backends:
+      - {{ address: "{}", name: a }}
+      - {{ address: "{}", name: b }}
+    slow_start: 6s
+"#,
+        a.addr, b.addr
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let share_of_b = |n: usize| {
+        let url = tg.url("/");
+        async move {
+            let c = client();
+            let mut hits = 0;
+            for _ in 0..n {
+                if send(&c, "GET", &url, &[], "")
+                    .await
+                    .unwrap()
+                    .backend()
+                    .as_deref()
+                    == Some("b")
+                {
+                    hits += 1;
+                }
+            }
+            hits as f64 / n as f64
+        }
+    };
+    // Backends present at start take their full share at once.
+    let s = share_of_b(200).await;
+    assert!((0.4..=0.6).contains(&s), "even split at start: {s}");
+    assert_eq!(
+        api(&tg, "POST", "/api/v1/pools/blue/backends/b/drain", "")
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        api(&tg, "POST", "/api/v1/pools/blue/backends/b/undrain", "")
+            .await
+            .status,
+        200
+    );
+    // Right after undrain b gets 10 %..~30 % of its weight: well under an even share.
+    let early = share_of_b(100).await;
+    assert!(early < 0.3, "b took {early} right after undrain");
+    assert!(early > 0.0, "b must get some traffic while ramping");
+    // After the window, an even split again.
+    tokio::time::sleep(Duration::from_secs(6)).await; // the slow_start window itself
+    let late = share_of_b(200).await;
+    assert!((0.4..=0.6).contains(&late), "b after slow start: {late}");
+}

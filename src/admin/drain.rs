@@ -240,6 +240,9 @@ fn undrain(state: &Arc<AppState>, r: &Resolved) -> Result<AdminResponse, ApiErro
     match r.cell().undrain() {
         Ok(()) => {
             tracing::info!(drain = %r.label(), "undrained");
+            for b in r.target.backends(&state.registry) {
+                b.mark_available_now();
+            }
             state
                 .ramps
                 .cancel_for_pool(&r.pool.name, &format!("pool {} was undrained", r.pool.name));

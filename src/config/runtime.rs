@@ -194,11 +194,18 @@ impl Pool {
             .any(|(i, b)| !exclude.contains(&(i as u32)) && b.state.available())
     }
 
-    /// Next available backend by weight, skipping the indexes in `exclude`.
+    /// Next available backend by weight, skipping the indexes in `exclude`. Backends in
+    /// slow start are passed over part of the time; if that leaves none, any available one.
     pub fn pick(&self, exclude: &[u32]) -> Option<(u32, &Backend)> {
-        self.schedule
-            .pick(|i| !exclude.contains(&(i as u32)) && self.backends[i].state.available())
-            .map(|i| (i as u32, &self.backends[i]))
+        let base = |i: usize| !exclude.contains(&(i as u32)) && self.backends[i].state.available();
+        let picked = match self.slow_start {
+            Some(w) => self
+                .schedule
+                .pick(|i| base(i) && self.backends[i].state.slow_start_accept(w))
+                .or_else(|| self.schedule.pick(base)),
+            None => self.schedule.pick(base),
+        };
+        picked.map(|i| (i as u32, &self.backends[i]))
     }
 }
 

@@ -121,6 +121,9 @@ impl BackendState {
         }
         if let Some(v) = changed {
             self.set_healthy(v);
+            if v {
+                self.mark_available_now();
+            }
         }
         changed
     }

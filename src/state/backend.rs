@@ -168,6 +168,8 @@ pub struct BackendState {
     pub health: Mutex<super::health::HealthStreak>,
     /// Consecutive failed connection attempts (passive health).
     passive_failures: std::sync::atomic::AtomicU32,
+    /// When it last became available (ms on the process clock; 0 = since start): slow start.
+    available_since_ms: AtomicU64,
 }
 
 impl BackendState {
@@ -183,6 +185,7 @@ impl BackendState {
             connect_failures: AtomicU64::new(0),
             health: Mutex::new(super::health::HealthStreak::default()),
             passive_failures: std::sync::atomic::AtomicU32::new(0),
+            available_since_ms: AtomicU64::new(0),
         }
     }
 
@@ -231,6 +234,28 @@ impl BackendState {
         }
     }
 
+    /// It just became available (healthy again, undrained, added): slow start begins.
+    pub fn mark_available_now(&self) {
+        self.available_since_ms
+            .store(process_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Slow start: whether a pick may use this backend now. Within `window` of becoming
+    /// available it is kept with probability rising linearly from 10 % to 100 %.
+    pub fn slow_start_accept(&self, window: std::time::Duration) -> bool {
+        let since = self.available_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return true;
+        }
+        let elapsed = process_ms().saturating_sub(since) as f64;
+        let w = window.as_millis() as f64;
+        if elapsed >= w {
+            return true;
+        }
+        let share = 0.1 + 0.9 * elapsed / w;
+        unit_random() < share
+    }
+
     /// Connection attempts that failed since start.
     pub fn connect_failures(&self) -> u64 {
         self.connect_failures.load(Ordering::Relaxed)
@@ -240,6 +265,23 @@ impl BackendState {
     pub fn on_idle(&self) {
         self.drain.observe(self.counts.total());
     }
+}
+
+/// Milliseconds since the first call (a monotonic process clock).
+fn process_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A cheap uniform number in [0, 1): splitmix64 over a shared counter. Not for secrets.
+fn unit_random() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    // Relaxed: any interleaving still yields distinct inputs.
+    let mut z = COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[derive(Debug, Default)]
@@ -252,6 +294,8 @@ struct Maps {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Maps>,
+    /// Set once the first config is published: backends created after that slow-start.
+    live: AtomicBool,
     stats: Mutex<super::stats::StatsMaps>,
 }
 
@@ -259,6 +303,11 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         // Single inserts and retains cannot leave the maps inconsistent after a panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, new backends are additions (they slow-start).
+    pub fn set_live(&self) {
+        self.live.store(true, Ordering::Relaxed);
     }
 
     /// Request statistics of `route` across `pools` (counters survive reloads).
@@ -289,6 +338,9 @@ impl Registry {
             return s.clone();
         }
         let s = Arc::new(BackendState::new(pool, name));
+        if self.live.load(Ordering::Relaxed) {
+            s.mark_available_now();
+        }
         m.backends.insert(s.id.clone(), s.clone());
         s
     }
