@@ -20,9 +20,13 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = "/etc/tidegate/tidegate.yaml")]
         config: PathBuf,
-        /// Take over the listening sockets of a running tidegate (after sending it SIGQUIT).
+        /// Take over the listening sockets of a running tidegate (send it SIGQUIT).
         #[arg(short, long)]
         upgrade: bool,
+        /// Fork into the background and write `server.pid_file` (for systemd Type=forking,
+        /// which follows the main PID across graceful upgrades).
+        #[arg(short, long)]
+        daemon: bool,
     },
     /// Validate a config file and exit 0, or print the error on one line and exit 1.
     Check {

@@ -9,8 +9,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tidegate::logging::init();
     match cli.command {
-        Command::Run { config, upgrade } => {
-            match tidegate::server::run(tidegate::server::RunOptions { config, upgrade }) {
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            let opts = tidegate::server::RunOptions {
+                config,
+                upgrade,
+                daemon,
+            };
+            match tidegate::server::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tidegate: {e}");

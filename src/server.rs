@@ -36,6 +36,8 @@ pub enum StartError {
     },
     #[error("listener {name}: TLS setup failed: {message}")]
     Tls { name: String, message: String },
+    #[error("--daemon needs server.pid_file (systemd follows the main PID through it)")]
+    DaemonWithoutPidFile,
 }
 
 /// Options of `tidegate run`.
@@ -44,6 +46,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Take the listening sockets from a running tidegate (graceful upgrade).
     pub upgrade: bool,
+    /// Fork into the background, writing `server.pid_file`.
+    pub daemon: bool,
 }
 
 /// Start tidegate and block until it exits. Returns only on a fast stop; idle exits and
@@ -92,8 +96,13 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     if let Some(p) = &cfg.server.pid_file {
         conf.pid_file = p.to_string_lossy().into_owned();
     }
+    if opts.daemon && cfg.server.pid_file.is_none() {
+        return Err(StartError::DaemonWithoutPidFile);
+    }
+    conf.daemon = opts.daemon;
     let opt = Opt {
         upgrade: opts.upgrade,
+        daemon: opts.daemon,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
