@@ -1,8 +1,9 @@
-//! Command line: `tidegate run | check | backend`.
+//! Command line: `run`, `check`, the client verbs (`status`, `drain`, `undrain`, `shift`,
+//! `reload`, `maintenance`), `demo` and `backend`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// tidegate: a reverse proxy that owns draining.
 #[derive(Debug, Parser)]
@@ -10,6 +11,24 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options of every client verb.
+#[derive(Debug, Args, Clone)]
+pub struct ClientOpts {
+    /// Admin API URL; repeat for a fleet of proxies (default http://127.0.0.1:9901).
+    #[arg(long = "admin", value_name = "URL")]
+    pub admin: Vec<String>,
+    /// Read the bearer token from this file (default: $TIDEGATE_ADMIN_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::config::duration::HumanDuration::parse(s).map(|d| d.0)
 }
 
 /// Verbs.
@@ -33,6 +52,97 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = "/etc/tidegate/tidegate.yaml")]
         config: PathBuf,
+    },
+    /// Routes, splits, pools and backends with in-flight counts, across every --admin.
+    Status {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stop new traffic to POOL or POOL/BACKEND; with --wait, block until it is idle
+    /// (exit 0 drained, 1 timed out, 2 error).
+    Drain {
+        /// POOL or POOL/BACKEND.
+        target: String,
+        /// Wait until every proxy reports it drained.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 1).
+        #[arg(long, default_value = "10m", value_parser = duration)]
+        timeout: Duration,
+        /// Deadline for plain requests (default: the pool's `drain.requests_deadline`).
+        #[arg(long)]
+        requests_deadline: Option<String>,
+        /// Deadline for SSE and WebSocket streams (default: the pool's).
+        #[arg(long)]
+        streams_deadline: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Return POOL or POOL/BACKEND to active.
+    Undrain {
+        /// POOL or POOL/BACKEND.
+        target: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Set a route's split (POOL=WEIGHT …), at once or in steps with automatic rollback.
+    Shift {
+        /// Route name.
+        route: String,
+        /// POOL=WEIGHT pairs (0..=10000); pools not named keep their weight.
+        #[arg(required = true)]
+        weights: Vec<String>,
+        /// Move there in steps over this long.
+        #[arg(long, value_parser = duration)]
+        over: Option<Duration>,
+        /// Length of one step (default: a tenth of --over).
+        #[arg(long, value_parser = duration)]
+        step: Option<Duration>,
+        /// Roll back when the pools gaining weight exceed this error rate (0.05 = 5 %) in a step.
+        #[arg(long)]
+        max_error_rate: Option<f64>,
+        /// Requests a step must see before the error rate counts.
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Re-read the config file on every proxy and print what changed.
+    Reload {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Enter or leave maintenance mode (matching requests get 503 + Retry-After).
+    Maintenance {
+        /// on | off
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// Only these routes (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// Only these methods (repeatable), e.g. POST.
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// Retry-After to announce.
+        #[arg(long)]
+        retry_after: Option<String>,
+        /// Message in the JSON body.
+        #[arg(long)]
+        message: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Run blue and green demo apps with tidegate in front; --script walks a whole rollout.
+    Demo {
+        /// Walk a rollout by itself and exit 0.
+        #[arg(long)]
+        script: bool,
+        /// Client port of the demo proxy (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port of the demo proxy (0 = any free port).
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
     },
     /// Run a demo/test app instance (plain text, /slow, /events SSE, /ws echo).
     Backend {

@@ -10,10 +10,12 @@
 //! - [`metrics`]: Prometheus text rendered from live state
 //! - [`lifecycle`]: signals, reload triggers, idle-aware shutdown
 //! - [`server`]: assembly of the pingora server
-//! - [`demo`]: the demo/test backend app
+//! - [`client`]: the CLI's client verbs (status, drain, shift, reload, maintenance)
+//! - [`demo`]: the demo/test backend app and `tidegate demo`
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod drain;

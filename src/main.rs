@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tidegate::cli::{Cli, Command};
+use serde_json::json;
+use tidegate::{
+    cli::{Cli, ClientOpts, Command},
+    client::{self, exit, ClientError, DrainArgs, ShiftArgs},
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,46 +31,150 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => {
-            let registry = tidegate::state::backend::Registry::default();
-            match tidegate::config::load(&config, &registry) {
-                Ok(l) => {
-                    for w in &l.warnings {
-                        eprintln!("warning: {w}");
-                    }
-                    println!("{}: ok", config.display());
-                    ExitCode::SUCCESS
-                }
+        Command::Check { config } => check(&config),
+        Command::Backend { listen, name } => block_on(async move {
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
                 Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Backend { listen, name } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("tidegate: cannot start runtime: {e}");
+                    eprintln!("tidegate backend: cannot bind {listen}: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(listen).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("tidegate backend: cannot bind {listen}: {e}");
-                        return ExitCode::FAILURE;
-                    }
+            println!("backend {name} listening on {listen}");
+            tidegate::demo::backend::Backend::new(&name)
+                .serve(listener)
+                .await;
+            ExitCode::SUCCESS
+        }),
+        Command::Demo {
+            script,
+            port,
+            admin_port,
+        } => block_on(async move {
+            match tidegate::demo::run::run(script, port, admin_port).await {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("tidegate demo: {e}");
+                    ExitCode::from(exit::ERROR)
+                }
+            }
+        }),
+        verb => block_on(client_verb(verb)),
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    let registry = tidegate::state::backend::Registry::default();
+    match tidegate::config::load(config, &registry) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok", config.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("tidegate: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client_verb(verb: Command) -> ExitCode {
+    let opts = |c: &ClientOpts| client::fleet(&c.admin, c.token_file.as_deref());
+    let res: Result<u8, ClientError> = async {
+        match verb {
+            Command::Status { client } => client::status(&opts(&client)?, client.json).await,
+            Command::Drain {
+                target,
+                wait,
+                timeout,
+                requests_deadline,
+                streams_deadline,
+                client,
+            } => {
+                let args = DrainArgs {
+                    target,
+                    wait,
+                    timeout,
+                    requests_deadline,
+                    streams_deadline,
+                    json: client.json,
                 };
-                println!("backend {name} listening on {listen}");
-                let backend = tidegate::demo::backend::Backend::new(&name);
-                backend.serve(listener).await;
-                ExitCode::SUCCESS
-            })
+                client::drain(&opts(&client)?, args).await
+            }
+            Command::Undrain { target, client } => {
+                client::undrain(&opts(&client)?, &target, client.json).await
+            }
+            Command::Shift {
+                route,
+                weights,
+                over,
+                step,
+                max_error_rate,
+                min_requests,
+                client,
+            } => {
+                let args = ShiftArgs {
+                    route,
+                    weights,
+                    over,
+                    step,
+                    max_error_rate,
+                    min_requests,
+                };
+                client::shift(&opts(&client)?, args).await
+            }
+            Command::Reload { client } => client::reload(&opts(&client)?, client.json).await,
+            Command::Maintenance {
+                mode,
+                routes,
+                methods,
+                retry_after,
+                message,
+                client,
+            } => {
+                let mut body = json!({});
+                if !routes.is_empty() {
+                    body["routes"] = json!(routes);
+                }
+                if !methods.is_empty() {
+                    body["methods"] = json!(methods);
+                }
+                if let Some(r) = retry_after {
+                    body["retry_after"] = json!(r);
+                }
+                if let Some(m) = message {
+                    body["message"] = json!(m);
+                }
+                client::maintenance(&opts(&client)?, mode == "on", body, client.json).await
+            }
+            Command::Run { .. }
+            | Command::Check { .. }
+            | Command::Backend { .. }
+            | Command::Demo { .. } => Ok(exit::OK),
+        }
+    }
+    .await;
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tidegate: {e}");
+            ExitCode::from(exit::ERROR)
         }
     }
 }

@@ -275,3 +275,50 @@ async fn metrics_auth_protects_metrics_only_when_asked() {
         401
     );
 }
+
+#[test]
+fn grafana_dashboard_uses_only_our_metric_names() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).expect("dashboard is valid JSON");
+    let known = [
+        "tidegate_backend_in_flight",
+        "tidegate_backend_state",
+        "tidegate_backend_weight",
+        "tidegate_backend_healthy",
+        "tidegate_route_split_weight",
+        "tidegate_requests_total",
+        "tidegate_request_duration_seconds",
+        "tidegate_upstream_connect_failures_total",
+        "tidegate_retries_total",
+        "tidegate_streams_ended_total",
+        "tidegate_held_requests",
+        "tidegate_hold_timeouts_total",
+        "tidegate_config_reloads_total",
+        "tidegate_config_generation",
+        "tidegate_config_last_reload_success_timestamp_seconds",
+        "tidegate_shutting_down",
+        "tidegate_build_info",
+    ];
+    let mut exprs = 0;
+    for p in v["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            exprs += 1;
+            for w in e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("tidegate_"))
+            {
+                let base = w
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                assert!(known.contains(&base), "unknown metric {w} in {e}");
+            }
+        }
+    }
+    assert!(exprs >= 8);
+}

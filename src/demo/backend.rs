@@ -44,6 +44,7 @@ pub struct Backend {
     sse_open: AtomicU64,
     readyz_hits: AtomicU64,
     ready: std::sync::atomic::AtomicBool,
+    failing: std::sync::atomic::AtomicBool,
     push_tx: broadcast::Sender<String>,
 }
 
@@ -56,6 +57,7 @@ impl Backend {
             sse_open: AtomicU64::new(0),
             readyz_hits: AtomicU64::new(0),
             ready: std::sync::atomic::AtomicBool::new(true),
+            failing: std::sync::atomic::AtomicBool::new(false),
             push_tx: broadcast::channel(1024).0,
         })
     }
@@ -68,6 +70,11 @@ impl Backend {
     /// Make `/readyz` answer 200 (true) or 503 (false).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Make plain requests (the catch-all route) answer 500 (a bad release).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
     }
 
     /// `/readyz` requests so far (health checks).
@@ -153,6 +160,9 @@ impl Backend {
             _ => {
                 // Drain any request body so uploads work.
                 let _ = req.into_body().collect().await;
+                if self.failing.load(Ordering::Relaxed) {
+                    return self.text(500, format!("{} is broken\n", self.name));
+                }
                 self.text(200, format!("hello from {}\n", self.name))
             }
         }
