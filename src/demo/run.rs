@@ -17,6 +17,15 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use super::backend::Backend;
 use crate::client::{self, Admin, DrainArgs, ShiftArgs};
 
+/// Removes the demo's temp directory on drop.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Kills the proxy child on drop.
 struct Proxy(Child);
 
@@ -78,6 +87,7 @@ pub async fn run(script: bool, port: u16, admin_port: u16) -> Result<u8, String>
         .spawn()
         .map_err(|e| format!("cannot start tidegate: {e}"))?;
     let _proxy = Proxy(child);
+    let _cleanup = RemoveDir(dir.clone());
     let admin = Admin::new(&format!("127.0.0.1:{admin_port}"), None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !matches!(
@@ -152,6 +162,21 @@ async fn walk(url: &str, admin: &Admin, blue: &Arc<Backend>) -> Result<u8, Strin
         return Ok(code);
     }
     println!("3. New requests go to green; the stream on blue keeps flowing:");
+    let mut by_backend = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..10 {
+        let req = http::Request::get(format!("{url}/"))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let r = http.request(req).await.map_err(|e| e.to_string())?;
+        let b = r
+            .headers()
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        *by_backend.entry(b).or_default() += 1;
+    }
+    println!("   10 new requests: {by_backend:?}");
     let n = blue.push("still streaming from blue");
     println!("   event sent to {n} open blue stream(s)");
     println!("4. Drain blue and wait; the stream ends by itself in 2 s:");
