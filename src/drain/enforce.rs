@@ -23,17 +23,6 @@ pub enum Target {
 }
 
 impl Target {
-    /// The drain cell of the target.
-    pub fn cell<'a>(
-        &'a self,
-        pool: &'a Option<Arc<crate::state::backend::PoolState>>,
-    ) -> Option<&'a DrainCell> {
-        match self {
-            Target::Pool(_) => pool.as_ref().map(|p| &p.drain),
-            Target::Backend(b) => Some(&b.drain),
-        }
-    }
-
     /// Backends whose work counts for this drain (removed-but-busy ones included).
     pub fn backends(&self, registry: &Registry) -> Vec<Arc<BackendState>> {
         match self {
@@ -81,12 +70,13 @@ pub fn spawn(target: Target, registry: Arc<Registry>, epoch: u64) {
 }
 
 async fn run(target: Target, registry: Arc<Registry>, epoch: u64, streams: bool) {
-    let pool_state = match &target {
-        Target::Pool(p) => Some(registry.pool(p)),
-        Target::Backend(_) => None,
-    };
-    let Some(cell) = target.cell(&pool_state) else {
-        return;
+    let pool_state;
+    let cell: &DrainCell = match &target {
+        Target::Pool(p) => {
+            pool_state = registry.pool(p);
+            &pool_state.drain
+        }
+        Target::Backend(b) => &b.drain,
     };
     let machine = cell.snapshot();
     let Some(at) = machine.deadline_at(streams) else {

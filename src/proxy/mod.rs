@@ -37,8 +37,6 @@ use crate::{
 use finish::{end_politely, record_stats};
 use headers::{forward_headers, is_event_stream, request_host};
 
-pub use errors::json_error_body;
-
 /// The proxy application; one instance is shared by every listener's service.
 pub struct Proxy {
     state: Arc<AppState>,
