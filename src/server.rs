@@ -10,7 +10,7 @@ use std::{
 use async_trait::async_trait;
 use pingora::{
     apps::HttpServerOptions,
-    listeners::tls::TlsSettings,
+    listeners::{tls::TlsSettings, L4BufferSettings, ListenerConfig},
     proxy::ProxyServiceBuilder,
     server::{configuration::Opt, RunArgs, Server, ShutdownWatch},
     services::background::{background_service, BackgroundService},
@@ -21,6 +21,21 @@ use crate::{
     lifecycle::{Control, HealthChecker, ShutdownWatcher, Signals},
     proxy::Proxy,
     state::{backend::Registry, AppState},
+};
+
+/// Downstream socket buffers. pingora's default puts a 64 KiB read buffer (zero-filled) in
+/// front of every client connection. On a plain listener, pingora parses request heads from
+/// its own 4 KiB buffer and reads bodies into its own body buffer, so a socket read buffer
+/// only adds a copy: none. rustls reads TLS records in small pieces, so a TLS listener keeps
+/// one record's worth. The write side keeps pingora's one-MSS buffer, which coalesces a
+/// response's head and first body bytes into one write.
+const PLAIN_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
+const TLS_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(16 * 1024 + 512),
+    write: None,
 };
 
 /// Why `tidegate run` could not start.
@@ -118,7 +133,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             .build();
         let addr = l.addr.to_string();
         match &l.tls {
-            None => svc.add_tcp(&addr),
+            None => svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(PLAIN_BUFFERS)),
             Some(t) => {
                 let tls_err = |e: pingora::BError| StartError::Tls {
                     name: l.name.clone(),
@@ -128,7 +143,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
                     TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
                         .map_err(tls_err)?;
                 tls.enable_h2();
-                svc.add_tls_with_settings(&addr, None, tls);
+                svc.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(TLS_BUFFERS));
             }
         }
         server.add_service(svc);
