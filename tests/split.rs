@@ -146,4 +146,24 @@ pools:
         .unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
+    // X-Forwarded-*: the client's address appended to the chain it sent, proto and host set
+    // (a spoofed proto replaced).
+    let r = send(
+        &c,
+        "GET",
+        &tg.url("/headers"),
+        &[
+            ("host", "www.example.com"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    let h = r.json();
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(h["x-forwarded-host"], "www.example.com", "{h}");
+    assert_eq!(h["host"], "www.example.com", "{h}");
 }
