@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 /// mimalloc: pingora allocates per request and per chunk; glibc malloc costs about a third
-/// more CPU per proxied request here (scripts/compare).
+/// more CPU per proxied request here (scripts/compare). The `system-alloc` feature turns it
+/// off, for heap profilers that watch malloc (valgrind's massif, heaptrack).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
