@@ -2,7 +2,7 @@
 //!
 //! Every struct denies unknown keys, so a typo is an error rather than a silent default.
 //! Defaults live in named functions so `conf/tidegate.yaml` and the code cannot drift apart
-//! unnoticed (the reference config is checked in CI). Validation happens in `build.rs`.
+//! unnoticed (the reference config is checked in CI). Validation happens in `build/`.
 
 use std::{collections::BTreeMap, path::PathBuf};
 

@@ -1,4 +1,4 @@
-//! The validated, immutable runtime config one `ArcSwap` publishes. Built by `build.rs`.
+//! The validated, immutable runtime config one `ArcSwap` publishes. Built by `build/`.
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

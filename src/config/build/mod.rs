@@ -1,0 +1,107 @@
+//! Validation: file structs → `RuntimeConfig`. Every rule is a typed `ConfigError` naming
+//! the key path. Backend states are looked up in the registry by id so counters survive.
+//!
+//! `listeners.rs` checks listeners and the admin endpoint, `pools.rs` pools, backends and
+//! health checks, `routes.rs` routes, matches and splits; this file assembles the result.
+
+mod listeners;
+mod pools;
+mod routes;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{SocketAddr, ToSocketAddrs},
+    path::Path,
+    sync::Arc,
+};
+
+use super::{error::ConfigError, file::*, runtime::*};
+use crate::{
+    routing::{HostPattern, RouteMatch, Router, Schedule},
+    state::backend::Registry,
+};
+use listeners::{build_admin, build_listeners};
+use pools::build_pools;
+use routes::build_routes;
+
+/// Split weights: 0 (no new traffic) to 10000.
+pub const SPLIT_MAX: i64 = 10_000;
+/// Backend weights: 1 to 1000 (the schedule's cycle grows with the sum of weights).
+pub const WEIGHT_MAX: i64 = 1_000;
+
+/// Build the runtime config. `env` reads environment variables (injectable for tests).
+/// Non-fatal findings (e.g. a route that can receive no traffic) go into `warnings`.
+pub fn build(
+    file: FileConfig,
+    registry: &Registry,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<RuntimeConfig, ConfigError> {
+    let listeners = build_listeners(&file.listeners)?;
+    let admin = build_admin(&file.admin, env, warnings)?;
+    let pools = build_pools(&file.pools, registry)?;
+    let (routes, router) = build_routes(&file.routes, &pools, registry, warnings)?;
+    let t = &file.timeouts;
+    if t.connect.0.is_zero() {
+        return Err(invalid("timeouts.connect", "must be greater than 0"));
+    }
+    Ok(RuntimeConfig {
+        generation: 0,
+        listeners,
+        admin,
+        state_file: file.state_file,
+        config_watch: file.config_watch,
+        timeouts: Timeouts {
+            connect: t.connect.0,
+            client_read: t.client_read.non_zero(),
+            upstream_read: t.upstream_read.non_zero(),
+            websocket_idle: t.websocket_idle.non_zero(),
+            upstream_keepalive: t.upstream_keepalive.0,
+        },
+        server: ServerSettings {
+            threads: file.server.threads,
+            upgrade_sock: file.server.upgrade_sock,
+            pid_file: file.server.pid_file,
+        },
+        routes,
+        router: Arc::new(router),
+        pools,
+        shutdown: Shutdown {
+            delay: file.shutdown.delay.0,
+            grace: file.shutdown.grace.non_zero(),
+        },
+        maintenance: None,
+    })
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn dup(path: String, what: &'static str, name: &str, first: String) -> ConfigError {
+    ConfigError::Duplicate {
+        path,
+        what,
+        name: name.to_string(),
+        first: Some(first),
+    }
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("invalid name {name:?}: use 1-64 of [A-Za-z0-9._-]"),
+        ))
+    }
+}

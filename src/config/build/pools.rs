@@ -1,0 +1,119 @@
+//! Pools: backends (addresses, weights, registry state) and health checks.
+
+use super::{listeners::resolve_backend, *};
+
+pub(super) fn build_pools(
+    file: &BTreeMap<String, FilePool>,
+    registry: &Registry,
+) -> Result<BTreeMap<Arc<str>, Arc<Pool>>, ConfigError> {
+    let mut pools = BTreeMap::new();
+    for (pname, p) in file {
+        let path = format!("pools.{pname}");
+        check_name(&path, pname)?;
+        if p.backends.is_empty() {
+            return Err(ConfigError::Empty {
+                path: format!("{path}.backends"),
+                what: "a pool needs at least one backend",
+            });
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(p.backends.len());
+        for (i, b) in p.backends.iter().enumerate() {
+            let bpath = format!("{path}.backends[{i}]");
+            let addr = resolve_backend(&format!("{bpath}.address"), &b.address)?;
+            let name = b.name.clone().unwrap_or_else(|| b.address.clone());
+            if b.name.is_some() {
+                check_name(&format!("{bpath}.name"), &name)?;
+            }
+            if let Some(first) = seen.insert(name.clone(), i) {
+                let key = if b.name.is_some() { "name" } else { "address" };
+                return Err(dup(
+                    format!("{bpath}.{key}"),
+                    "backend",
+                    &name,
+                    format!("{path}.backends[{first}]"),
+                ));
+            }
+            if !(1..=WEIGHT_MAX).contains(&b.weight) {
+                return Err(ConfigError::OutOfRange {
+                    path: format!("{bpath}.weight"),
+                    value: b.weight,
+                    min: 1,
+                    max: WEIGHT_MAX,
+                });
+            }
+            let state = registry.get_or_create(pname, &name);
+            backends.push(Backend {
+                id: state.id.clone(),
+                name: state.name.clone(),
+                address: b.address.clone(),
+                addr,
+                // In range checked above.
+                weight: b.weight as u32,
+                declared_draining: b.state == FileState::Draining,
+                state,
+            });
+        }
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let health_check = match &p.health_check {
+            Some(h) => Some(build_health_check(&format!("{path}.health_check"), h)?),
+            None => None,
+        };
+        let name: Arc<str> = pname.as_str().into();
+        pools.insert(
+            name.clone(),
+            Arc::new(Pool {
+                name,
+                schedule: Schedule::new(&weights),
+                backends,
+                drain: DrainSettings {
+                    requests_deadline: p.drain.requests_deadline.non_zero(),
+                    streams_deadline: p.drain.streams_deadline.non_zero(),
+                    close_spread: p.drain.close_spread.0,
+                },
+                health_check,
+                slow_start: p.slow_start.non_zero(),
+                declared_draining: p.state == FileState::Draining,
+            }),
+        );
+    }
+    Ok(pools)
+}
+
+fn build_health_check(path: &str, h: &FileHealthCheck) -> Result<HealthCheck, ConfigError> {
+    if !h.path.starts_with('/') {
+        return Err(invalid(format!("{path}.path"), "must start with '/'"));
+    }
+    if !(100..=599).contains(&h.expected_status) {
+        return Err(ConfigError::OutOfRange {
+            path: format!("{path}.expected_status"),
+            value: h.expected_status.into(),
+            min: 100,
+            max: 599,
+        });
+    }
+    for (k, d) in [("interval", h.interval), ("timeout", h.timeout)] {
+        if d.0.is_zero() {
+            return Err(invalid(format!("{path}.{k}"), "must be greater than 0"));
+        }
+    }
+    for (k, v) in [("rise", h.rise), ("fall", h.fall)] {
+        if !(1..=100).contains(&v) {
+            return Err(ConfigError::OutOfRange {
+                path: format!("{path}.{k}"),
+                value: v.into(),
+                min: 1,
+                max: 100,
+            });
+        }
+    }
+    Ok(HealthCheck {
+        path: h.path.clone(),
+        expected_status: h.expected_status,
+        interval: h.interval.0,
+        timeout: h.timeout.0,
+        rise: h.rise,
+        fall: h.fall,
+        start_healthy: h.start_healthy,
+    })
+}

@@ -1,0 +1,193 @@
+//! Routes: matches (host patterns, path prefixes, methods), splits over pools, hold and
+//! retry settings, and the router built from them.
+
+use super::*;
+
+type Routes = (Vec<Arc<Route>>, Router);
+
+pub(super) fn build_routes(
+    file: &[FileRoute],
+    pools: &BTreeMap<Arc<str>, Arc<Pool>>,
+    registry: &Registry,
+    warnings: &mut Vec<String>,
+) -> Result<Routes, ConfigError> {
+    let pool_names: Vec<Arc<str>> = pools.keys().cloned().collect();
+    if file.is_empty() {
+        return Err(ConfigError::Empty {
+            path: "routes".into(),
+            what: "at least one route is required",
+        });
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut keys: HashMap<(String, String, Option<Vec<String>>), usize> = HashMap::new();
+    let mut routes = Vec::with_capacity(file.len());
+    let mut matches = Vec::with_capacity(file.len());
+    for (i, r) in file.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        check_name(&format!("{path}.name"), &r.name)?;
+        if let Some(first) = names.insert(&r.name, i) {
+            return Err(dup(
+                format!("{path}.name"),
+                "route name",
+                &r.name,
+                format!("routes[{first}]"),
+            ));
+        }
+        let m = build_match(&format!("{path}.match"), &r.matcher)?;
+        let method_key = m.methods.as_ref().map(|ms| {
+            let mut v: Vec<String> = ms.iter().map(|m| m.to_string()).collect();
+            v.sort();
+            v
+        });
+        for h in r.matcher.host.to_vec() {
+            let key = (
+                h.to_ascii_lowercase(),
+                m.path_prefix.clone(),
+                method_key.clone(),
+            );
+            if let Some(first) = keys.insert(key, i) {
+                return Err(dup(
+                    format!("{path}.match"),
+                    "match (host, path_prefix, methods)",
+                    &format!("{h} {}", m.path_prefix),
+                    format!("routes[{first}]"),
+                ));
+            }
+        }
+        if r.split.is_empty() {
+            return Err(ConfigError::Empty {
+                path: format!("{path}.split"),
+                what: "a split needs at least one pool",
+            });
+        }
+        let mut split = Vec::with_capacity(r.split.len());
+        for (pool, w) in &r.split {
+            let spath = format!("{path}.split.{pool}");
+            let p = pools
+                .get(pool.as_str())
+                .ok_or_else(|| ConfigError::UnknownPool {
+                    path: spath.clone(),
+                    pool: pool.clone(),
+                    known: pools
+                        .keys()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            if !(0..=SPLIT_MAX).contains(w) {
+                return Err(ConfigError::OutOfRange {
+                    path: spath,
+                    value: *w,
+                    min: 0,
+                    max: SPLIT_MAX,
+                });
+            }
+            // In range checked above.
+            split.push((p.clone(), *w as u32));
+        }
+        if split.iter().all(|(_, w)| *w == 0) {
+            warnings.push(format!(
+                "{path}.split: every weight is 0; route {:?} receives no traffic",
+                r.name
+            ));
+        }
+        if r.retries > 10 {
+            return Err(ConfigError::OutOfRange {
+                path: format!("{path}.retries"),
+                value: r.retries.into(),
+                min: 0,
+                max: 10,
+            });
+        }
+        if r.hold.max_queued > 1_000_000 {
+            return Err(ConfigError::OutOfRange {
+                path: format!("{path}.hold.max_queued"),
+                value: r.hold.max_queued.into(),
+                min: 0,
+                max: 1_000_000,
+            });
+        }
+        let weights: Vec<u32> = split.iter().map(|(_, w)| *w).collect();
+        routes.push(Arc::new(Route {
+            name: r.name.as_str().into(),
+            hosts: r.matcher.host.to_vec(),
+            path_prefix: m.path_prefix.clone(),
+            methods: method_key,
+            schedule: Schedule::new(&weights),
+            file_split: split.iter().map(|(p, w)| (p.name.clone(), *w)).collect(),
+            split,
+            retries: r.retries,
+            hold: Hold {
+                timeout: r.hold.timeout.0,
+                max_queued: r.hold.max_queued,
+            },
+            stats: Arc::new(registry.route_stats(&r.name, &pool_names)),
+        }));
+        matches.push(m);
+    }
+    Ok((routes, Router::new(&matches)))
+}
+
+fn build_match(path: &str, m: &FileMatch) -> Result<RouteMatch, ConfigError> {
+    let hosts_in = m.host.to_vec();
+    if hosts_in.is_empty() {
+        return Err(ConfigError::Empty {
+            path: format!("{path}.host"),
+            what: "at least one host pattern is required",
+        });
+    }
+    let hosts = hosts_in
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            HostPattern::parse(h).map_err(|e| {
+                let p = if hosts_in.len() > 1 {
+                    format!("{path}.host[{i}]")
+                } else {
+                    format!("{path}.host")
+                };
+                invalid(p, e)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !m.path_prefix.starts_with('/') {
+        return Err(invalid(
+            format!("{path}.path_prefix"),
+            format!("{:?} must start with '/'", m.path_prefix),
+        ));
+    }
+    let methods = match &m.methods {
+        None => None,
+        Some(ms) if ms.is_empty() => {
+            return Err(ConfigError::Empty {
+                path: format!("{path}.methods"),
+                what: "omit methods to match every method",
+            })
+        }
+        Some(ms) => Some(
+            ms.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let up = s.to_ascii_uppercase();
+                    if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return Err(invalid(
+                            format!("{path}.methods[{i}]"),
+                            format!("invalid method {s:?}"),
+                        ));
+                    }
+                    http::Method::from_bytes(up.as_bytes()).map_err(|_| {
+                        invalid(
+                            format!("{path}.methods[{i}]"),
+                            format!("invalid method {s:?}"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(RouteMatch {
+        hosts,
+        path_prefix: m.path_prefix.clone(),
+        methods,
+    })
+}
