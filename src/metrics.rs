@@ -5,8 +5,13 @@
 use std::fmt::Write;
 
 use crate::{
+    config::RuntimeConfig,
     drain::machine::Phase,
-    state::{stats, tracking::Kind, AppState},
+    state::{
+        stats::{self, RouteStats},
+        tracking::Kind,
+        AppState,
+    },
 };
 
 /// Metric names, fixed by DESIGN.md.
@@ -248,55 +253,50 @@ fn routes(state: &AppState, out: &mut String) {
             let _ = writeln!(out, "{}_count{{{labels}}} {count}", names::REQUEST_DURATION);
         }
     }
-    header(
+    per_route(
         out,
+        &cfg,
         names::RETRIES,
         "counter",
         "Retries on another backend after a connect failure, by route.",
+        |s| &s.retries,
     );
-    for r in &cfg.routes {
-        let _ = writeln!(
-            out,
-            "{}{{route=\"{}\"}} {}",
-            names::RETRIES,
-            esc(&r.name),
-            r.stats.retries.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
 }
 
 fn holds(state: &AppState, out: &mut String) {
     let cfg = state.config();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    header(
+    per_route(
         out,
+        &cfg,
         names::HELD,
         "gauge",
         "Requests held right now because no backend of the route is available.",
+        |s| &s.held,
     );
-    for r in &cfg.routes {
-        let _ = writeln!(
-            out,
-            "{}{{route=\"{}\"}} {}",
-            names::HELD,
-            esc(&r.name),
-            load(&r.stats.held)
-        );
-    }
-    header(
+    per_route(
         out,
+        &cfg,
         names::HOLD_TIMEOUTS,
         "counter",
         "Held requests answered 503 because hold.timeout ran out.",
+        |s| &s.hold_timeouts,
     );
+}
+
+/// One sample per route of a route-level statistic.
+fn per_route(
+    out: &mut String,
+    cfg: &RuntimeConfig,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&RouteStats) -> &std::sync::atomic::AtomicU64,
+) {
+    header(out, name, kind, help);
     for r in &cfg.routes {
-        let _ = writeln!(
-            out,
-            "{}{{route=\"{}\"}} {}",
-            names::HOLD_TIMEOUTS,
-            esc(&r.name),
-            load(&r.stats.hold_timeouts)
-        );
+        // Relaxed: statistics.
+        let v = value(&r.stats).load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{route=\"{}\"}} {v}", esc(&r.name));
     }
 }
 

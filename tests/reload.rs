@@ -3,13 +3,7 @@
 
 mod common;
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::*;
 
@@ -37,25 +31,7 @@ async fn rewriting_the_file_under_load_moves_the_split_without_failures() {
     let green = TestBackend::start("green").await;
     let tg = Tidegate::start(&config(&blue.addr, &green.addr, 100, 0)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (url, stop, failures, ok) = (tg.url("/"), stop.clone(), failures.clone(), ok.clone());
-        load.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                match send(&c, "GET", &url, &[], "").await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failures.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(tg.url("/"), 4);
     wait_for("traffic on blue", Duration::from_secs(10), || async {
         (blue.app.hits() > 50).then_some(())
     })
@@ -91,16 +67,9 @@ async fn rewriting_the_file_under_load_moves_the_split_without_failures() {
         (blue.app.hits() > mid.0 + 20 && green.app.hits() > mid.1 + 20).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "failed requests during reloads"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 150);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "failed requests during reloads");
+    assert!(ok > 150);
     assert!(tg.logs().contains("config reloaded"), "{}", tg.logs());
 }
 

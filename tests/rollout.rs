@@ -4,13 +4,7 @@
 
 mod common;
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -40,24 +34,7 @@ pools:
     let tg = Tidegate::start(&yaml).await;
 
     // Constant plain load.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..3 {
-        let (url, stop, ok, failed) = (tg.url("/"), stop.clone(), ok.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                match send(&c, "GET", &url, &[], "").await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(tg.url("/"), 3);
 
     // 50 SSE streams of 30 events each (every 200 ms), all on blue.
     let mut sse = Vec::new();
@@ -147,14 +124,7 @@ pools:
         answered.saturating_duration_since(last_end) < Duration::from_secs(2),
         "drained answered late"
     );
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the rollout"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 100);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed during the rollout");
+    assert!(ok > 100);
 }

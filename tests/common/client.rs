@@ -174,3 +174,55 @@ pub async fn ws_connect(url: &str) -> Ws {
     }
     panic!("WebSocket tunnel through the proxy failed 3 times in a row");
 }
+
+/// Constant plain-request load: `workers` keep-alive clients sending `GET url` back to back
+/// until [`Load::stop`]. Every answer other than a 200 is a failure, printed as it happens.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: String, workers: usize) -> Self {
+        use std::sync::{atomic::Ordering::Relaxed, Arc};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let workers = (0..workers)
+            .map(|_| {
+                let (url, stop, ok, failed) =
+                    (url.clone(), stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Relaxed) {
+                        match send(&c, "GET", &url, &[], "").await {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Relaxed),
+                            other => {
+                                eprintln!("failed request: {other:?}");
+                                failed.fetch_add(1, Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            workers,
+        }
+    }
+
+    /// Stop the workers, wait for them, and return (succeeded, failed).
+    pub async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stop.store(true, Relaxed);
+        for w in self.workers {
+            w.await.expect("load worker panicked");
+        }
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
