@@ -153,6 +153,11 @@ pub type Ws =
 /// retried (at most 3 attempts, reported on stderr). A proxy that cannot carry WebSocket at
 /// all still fails here.
 pub async fn ws_connect(url: &str) -> Ws {
+    ws_connect_counted(url).await.0
+}
+
+/// [`ws_connect`], also saying how many upgrades it took (each one is a 101 the proxy counts).
+pub async fn ws_connect_counted(url: &str) -> (Ws, u32) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     for attempt in 1..=3 {
@@ -168,7 +173,7 @@ pub async fn ws_connect(url: &str) -> Ws {
             .await
             .expect("ws probe send");
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Pong(p)))) if &p[..] == b"probe" => return ws,
+            Ok(Some(Ok(Message::Pong(p)))) if &p[..] == b"probe" => return (ws, attempt),
             other => eprintln!("ws tunnel died right after the upgrade (pingora #946), attempt {attempt}: {other:?}"),
         }
     }
