@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::{
     http::{RequestHeader, ResponseHeader},
+    modules::http::HttpModules,
     prelude::*,
     proxy::{FailToProxy, ProxyHttp, Session},
     ErrorType::HTTPStatus,
@@ -178,6 +179,11 @@ async fn refuse_held(session: &mut Session, route: &Route, why: &str) -> Result<
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
+
+    /// No downstream modules. pingora's default adds a response compression module, disabled,
+    /// that still costs every request a context allocation and a filter call per header and
+    /// body chunk; tidegate never compresses (event streams must pass through unbuffered).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
