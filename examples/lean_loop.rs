@@ -11,7 +11,7 @@
 //! As `bare_pingora`: requests under `/events` go to EVENTS_UPSTREAM, everything else to
 //! APP_UPSTREAM. Only what the comparison sends is handled: HTTP/1.1 requests without a body,
 //! responses of any framing, streamed chunk by chunk. Anything else closes the connection.
-//! One worker thread, mimalloc.
+//! One worker thread, mimalloc, and no socket read buffer (as tidegate's plain listeners).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use pingora::{
     apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream},
     connectors::http::Connector,
+    listeners::{L4BufferSettings, ListenerConfig},
     prelude::*,
     protocols::http::ServerSession,
     server::{configuration::ServerConf, Server, ShutdownWatch},
@@ -100,7 +101,13 @@ fn main() -> Result<(), String> {
         connector: Connector::new(None),
     };
     let mut svc = Service::new("lean".into(), app);
-    svc.add_tcp(listen);
+    // As tidegate's plain listeners: no socket read buffer (pingora parses from its own).
+    svc.add_listener(
+        ListenerConfig::tcp(listen.clone()).l4_buffer(L4BufferSettings {
+            read: Some(0),
+            write: None,
+        }),
+    );
     server.add_service(svc);
     server.run_forever()
 }
