@@ -180,10 +180,12 @@ async fn every_metric_after_traffic_of_each_kind() {
         .clone();
     assert_eq!(failures, dead["connect_failures"].as_f64().unwrap());
     assert!(failures >= 1.0);
-    assert_eq!(
-        v(r#"tidegate_retries_total{route="app"}"#),
-        failures,
-        "every failed connect was retried"
+    // Requests' failed connects were retried; the background probe of the down backend
+    // counts its failed connects too, so failures can only be higher.
+    let retries = v(r#"tidegate_retries_total{route="app"}"#);
+    assert!(
+        retries >= 1.0 && retries <= failures,
+        "retries {retries}, connect failures {failures}"
     );
     assert_eq!(
         v(r#"tidegate_streams_ended_total{pool="blue",kind="sse",reason="completed"}"#),

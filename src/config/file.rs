@@ -175,6 +175,24 @@ pub struct FileRoute {
     pub retries: u32,
     #[serde(default)]
     pub hold: FileHold,
+    /// Which requests that already reached a backend may be sent again to another one when
+    /// that backend closes or resets the connection before any response byte.
+    #[serde(default)]
+    pub retry_sent: FileRetrySent,
+}
+
+/// Retry policy for requests that already reached a backend (nginx's `proxy_next_upstream`
+/// default: idempotent methods only).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileRetrySent {
+    /// Never send a request twice.
+    Never,
+    /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 idempotent methods).
+    #[default]
+    Idempotent,
+    /// Every method, POST and PATCH included (nginx `non_idempotent`).
+    All,
 }
 
 /// Default retries on connect failure.
@@ -264,6 +282,10 @@ pub struct FilePool {
     pub backends: Vec<FileBackend>,
     #[serde(default)]
     pub health_check: Option<FileHealthCheck>,
+    /// Passive health for pools without `health_check`: refused or timed-out connects mark
+    /// a backend down, and a background probe brings it back.
+    #[serde(default)]
+    pub passive_health: FilePassiveHealth,
     #[serde(default)]
     pub drain: FileDrain,
     #[serde(default)]
@@ -335,6 +357,42 @@ fn default_rise() -> u32 {
 }
 fn default_fall() -> u32 {
     3
+}
+
+/// Passive health: `fall` failed connects in a row mark a backend down; while down it is
+/// probed (a TCP connect) every `probe_interval`, doubling up to `probe_max_interval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePassiveHealth {
+    #[serde(default = "default_passive_fall")]
+    pub fall: u32,
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: HumanDuration,
+    #[serde(default = "default_probe_max_interval")]
+    pub probe_max_interval: HumanDuration,
+}
+
+impl Default for FilePassiveHealth {
+    fn default() -> Self {
+        Self {
+            fall: default_passive_fall(),
+            probe_interval: default_probe_interval(),
+            probe_max_interval: default_probe_max_interval(),
+        }
+    }
+}
+
+/// Default failed connects in a row before a backend is down (nginx `max_fails=1`).
+pub fn default_passive_fall() -> u32 {
+    1
+}
+/// Default first probe delay of a down backend.
+pub fn default_probe_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(50))
+}
+/// Default longest delay between probes of a down backend.
+pub fn default_probe_max_interval() -> HumanDuration {
+    secs(1)
 }
 
 /// Drain deadlines of a pool.

@@ -131,6 +131,8 @@ pub struct Route {
     pub schedule: Schedule,
     pub retries: u32,
     pub hold: Hold,
+    /// Which requests that reached a backend may be sent again elsewhere.
+    pub retry_sent: RetrySent,
     /// Request statistics (shared by every snapshot of this route).
     pub stats: Arc<crate::state::stats::RouteStats>,
 }
@@ -149,6 +151,7 @@ impl Route {
             file_split: self.file_split.clone(),
             retries: self.retries,
             hold: self.hold.clone(),
+            retry_sent: self.retry_sent,
             stats: self.stats.clone(),
         }
     }
@@ -158,6 +161,57 @@ impl Route {
         self.schedule
             .pick(|i| self.split[i].0.has_available())
             .map(|i| &self.split[i].0)
+    }
+
+    /// Pick a pool and a backend for a request that must avoid `skip`, falling back to any
+    /// pool of the split with weight > 0 when the scheduled one has nothing left (a drain
+    /// may race the pick). `None` only when the whole split has nothing for it.
+    pub fn pick_avoiding(
+        &self,
+        skip: &impl Fn(&BackendState) -> bool,
+    ) -> Option<(&Arc<Pool>, &Backend)> {
+        let scheduled = self
+            .schedule
+            .pick(|i| self.split[i].0.has_available_avoiding(skip))
+            .and_then(|i| {
+                let p = &self.split[i].0;
+                p.pick_avoiding(skip).map(|(_, b)| (p, b))
+            });
+        scheduled.or_else(|| {
+            self.split
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .find_map(|(p, _)| p.pick_avoiding(skip).map(|(_, b)| (p, b)))
+        })
+    }
+}
+
+/// Which requests that already reached a backend are sent again to another one when that
+/// backend closes or resets the connection before any response byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetrySent {
+    Never,
+    Idempotent,
+    All,
+}
+
+impl RetrySent {
+    /// Whether a request with `method` may be sent again.
+    pub fn allows(self, method: &http::Method) -> bool {
+        match self {
+            RetrySent::Never => false,
+            RetrySent::All => true,
+            // RFC 9110 9.2.2; CONNECT is never idempotent.
+            RetrySent::Idempotent => matches!(
+                *method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
+                    | http::Method::PUT
+                    | http::Method::DELETE
+            ),
+        }
     }
 }
 
@@ -176,6 +230,7 @@ pub struct Pool {
     pub schedule: Schedule,
     pub drain: DrainSettings,
     pub health_check: Option<HealthCheck>,
+    pub passive: PassiveHealth,
     pub slow_start: Option<Duration>,
     pub declared_draining: bool,
 }
@@ -186,18 +241,23 @@ impl Pool {
         self.backends.iter().any(|b| b.state.available())
     }
 
-    /// Whether a backend outside `exclude` could take the request (no schedule slot used).
-    pub fn has_available_except(&self, exclude: &[u32]) -> bool {
+    /// Whether a backend not in `skip` could take the request (no schedule slot used).
+    pub fn has_available_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> bool {
         self.backends
             .iter()
-            .enumerate()
-            .any(|(i, b)| !exclude.contains(&(i as u32)) && b.state.available())
+            .any(|b| b.state.available() && !skip(&b.state))
     }
 
-    /// Next available backend by weight, skipping the indexes in `exclude`. Backends in
-    /// slow start are passed over part of the time; if that leaves none, any available one.
-    pub fn pick(&self, exclude: &[u32]) -> Option<(u32, &Backend)> {
-        let base = |i: usize| !exclude.contains(&(i as u32)) && self.backends[i].state.available();
+    /// Next available backend by weight.
+    pub fn pick(&self) -> Option<(u32, &Backend)> {
+        self.pick_avoiding(&|_| false)
+    }
+
+    /// Next available backend by weight, skipping those `skip` names (backends this request
+    /// already failed on). Backends in slow start are passed over part of the time; if that
+    /// leaves none, any available one.
+    pub fn pick_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> Option<(u32, &Backend)> {
+        let base = |i: usize| self.backends[i].state.available() && !skip(&self.backends[i].state);
         let picked = match self.slow_start {
             Some(w) => self
                 .schedule
@@ -230,6 +290,15 @@ pub struct DrainSettings {
     pub requests_deadline: Option<Duration>,
     pub streams_deadline: Option<Duration>,
     pub close_spread: Duration,
+}
+
+/// Passive health of a pool without active checks: `fall` failed connects in a row mark a
+/// backend down; it is probed from `probe_interval` doubling to `probe_max_interval`.
+#[derive(Clone, Debug)]
+pub struct PassiveHealth {
+    pub fall: u32,
+    pub probe_interval: Duration,
+    pub probe_max_interval: Duration,
 }
 
 /// Active health check settings.

@@ -48,7 +48,14 @@ impl BackgroundService for HealthChecker {
                         if let Err(why) = &ok {
                             tracing::debug!(backend = %st.id, why, "health check failed");
                         }
-                        if let Some(healthy) = st.record_check(ok.is_ok(), hc.rise, hc.fall) {
+                        // A pass also ends a passive failure streak: requests held after
+                        // failing to connect here may try again.
+                        let recovered = ok.is_ok() && st.record_connect_ok();
+                        let changed = st.record_check(ok.is_ok(), hc.rise, hc.fall);
+                        if recovered && changed.is_none() {
+                            state.availability_changed();
+                        }
+                        if let Some(healthy) = changed {
                             if healthy {
                                 tracing::info!(backend = %st.id, "backend healthy");
                             } else {
@@ -115,10 +122,7 @@ impl BackendState {
     /// Apply one check result; returns the new health when it changed.
     pub fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = h.record(ok, rise, fall, self.healthy());
-        if ok {
-            self.record_connect_ok();
-        }
+        let changed = h.record(ok, rise, fall, self.checks_pass());
         if let Some(v) = changed {
             self.set_healthy(v);
             if v {

@@ -10,6 +10,7 @@
 
 mod control;
 mod health;
+pub mod probe;
 mod shutdown;
 
 pub use control::Control;

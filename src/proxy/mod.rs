@@ -14,6 +14,7 @@ mod errors;
 mod finish;
 mod headers;
 mod hold;
+mod pick;
 
 use std::{sync::Arc, time::Instant};
 
@@ -24,7 +25,6 @@ use pingora::{
     modules::http::HttpModules,
     prelude::*,
     proxy::{FailToProxy, ProxyHttp, Session},
-    ErrorType::HTTPStatus,
 };
 
 use crate::{
@@ -50,14 +50,20 @@ impl Proxy {
     }
 }
 
+/// Connect attempts one request may make in all (holds and retries included).
+const MAX_ATTEMPTS: u32 = 12;
+
 /// Per-request context. Field order matters only for `Drop`: the backend guard goes before
 /// the process-wide one.
 pub struct Ctx {
     route: Option<Arc<Route>>,
     pool: Option<Arc<Pool>>,
     backend: Option<Tracking>,
-    /// Indexes (in `pool.backends`) that refused or timed out on connect.
-    failed: Vec<u32>,
+    /// Backends this request failed on (refused or timed-out connects, fresh connections
+    /// that died before answering).
+    failed: pick::Failed,
+    /// Connect attempts so far (bounded by [`MAX_ATTEMPTS`]).
+    attempts: u32,
     /// When holding must give up (set on first hold).
     hold_deadline: Option<tokio::time::Instant>,
     upgrade: bool,
@@ -190,7 +196,8 @@ impl ProxyHttp for Proxy {
             route: None,
             pool: None,
             backend: None,
-            failed: Vec::new(),
+            failed: pick::Failed::default(),
+            attempts: 0,
             hold_deadline: None,
             upgrade: false,
             started: Instant::now(),
@@ -231,57 +238,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let b = loop {
-            let (Some(pool), Some(route)) = (ctx.pool.clone(), ctx.route.clone()) else {
-                return Err(Error::explain(HTTPStatus(500), "no route chosen"));
-            };
-            if let Some((_idx, b)) = pool.pick(&ctx.failed) {
-                break (route, b.state.clone(), b.addr);
-            }
-            // Every backend refused (or went away): hold until one may be back, then route
-            // again on the newest snapshot with a clean slate.
-            let Some(_held) = self.enter_hold(&route, ctx) else {
-                return Err(if ctx.failed.is_empty() {
-                    Error::explain(
-                        HTTPStatus(503),
-                        format!("pool {:?} has no available backend", pool.name),
-                    )
-                } else {
-                    Error::explain(
-                        HTTPStatus(502),
-                        format!("no backend of pool {:?} could be reached", pool.name),
-                    )
-                });
-            };
-            let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
-            let state = &self.state;
-            if !hold::wait(state, deadline, || {
-                matches!(
-                    route_on(&state.config(), session.req_header()),
-                    Routed::To(..)
-                )
-            })
-            .await
-            {
-                route
-                    .stats
-                    .hold_timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(Error::explain(
-                    HTTPStatus(503),
-                    format!(
-                        "no backend of route {:?} became available within hold.timeout",
-                        route.name
-                    ),
-                ));
-            }
-            if let Routed::To(r, p) = route_on(&self.state.config(), session.req_header()) {
-                ctx.route = Some(r);
-                ctx.pool = Some(p);
-                ctx.failed.clear();
-            }
-        };
-        let (route, backend, addr) = b;
+        let (route, backend, addr) = self.choose_backend(session, ctx).await?;
+        ctx.attempts += 1;
         // Replacing the guard drops the previous attempt's count (a retry is counted once).
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         ctx.backend = Some(Tracking::new(
@@ -319,39 +277,83 @@ impl ProxyHttp for Proxy {
         let st = guard.backend().clone();
         drop(guard);
         st.record_connect_failure();
-        let (Some(route), Some(pool)) = (&ctx.route, &ctx.pool) else {
+        let (Some(route), Some(pool)) = (ctx.route.clone(), ctx.pool.clone()) else {
             return e;
         };
-        if let Some(hc) = &pool.health_check {
-            if st.record_passive_failure(hc.fall) {
-                tracing::warn!(backend = %st.id, "backend unhealthy after consecutive connect failures");
+        match &pool.health_check {
+            Some(hc) => {
+                if st.record_checked_failure(hc.fall) {
+                    tracing::warn!(backend = %st.id, "backend unhealthy after consecutive connect failures");
+                }
+            }
+            None => {
+                if st.passive.fail(pool.passive.fall) {
+                    tracing::warn!(backend = %st.id, "backend down: connects keep failing; probing in the background");
+                }
+                crate::lifecycle::probe::ensure(&self.state, &st);
             }
         }
-        if let Some(idx) = pool
-            .backends
-            .iter()
-            .position(|b| Arc::ptr_eq(&b.state, &st))
-        {
-            ctx.failed.push(idx as u32);
-        }
-        let elsewhere =
-            ctx.failed.len() <= route.retries as usize && pool.has_available_except(&ctx.failed);
-        // With a hold configured, a request whose backends all refused waits for one to come
-        // back instead of failing (upstream_peer holds; the hold deadline bounds it).
-        let hold = !route.hold.timeout.is_zero()
-            && ctx
-                .hold_deadline
-                .is_none_or(|d| tokio::time::Instant::now() < d);
-        let retry = elsewhere || hold;
+        ctx.failed.push(&st);
+        // Nothing reached the backend yet, so any method is safe to send elsewhere, or to
+        // hold until a backend comes back (upstream_peer decides which).
+        let elsewhere = pick::elsewhere(&route, ctx);
+        let retry = ctx.attempts < MAX_ATTEMPTS && (elsewhere || pick::may_hold(&route, ctx));
         tracing::warn!(backend = %st.id, error = e.etype().as_str(), retry, "upstream connect failed");
-        if elsewhere {
+        if retry && elsewhere {
             // Relaxed: a statistics counter.
             route
                 .stats
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // Nothing reached the backend yet, so any method is safe to retry.
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        reused: bool,
+    ) -> Box<Error> {
+        // Only an upstream that closed or reset the connection before any response byte
+        // (pingora marks those "retry if reused") is a candidate; the route's `retry_sent`
+        // decides by method, and the body must still be in pingora's retry buffer.
+        let candidate = e.esource() == &pingora::ErrorSource::Upstream
+            && matches!(e.retry, pingora::RetryType::ReusedOnly)
+            && !session.as_ref().retry_buffer_truncated();
+        let Some(route) = ctx.route.clone().filter(|_| candidate) else {
+            e.set_retry(false);
+            return e;
+        };
+        let allowed = route.retry_sent.allows(&session.req_header().method);
+        if allowed && !reused {
+            // A fresh connection that died: the backend itself failed, try another one.
+            if let Some(t) = &ctx.backend {
+                ctx.failed.push(t.backend());
+            }
+        }
+        // A stale keep-alive connection says nothing about the backend: any may take it,
+        // the same one on a fresh connection included.
+        let retry = allowed
+            && ctx.attempts < MAX_ATTEMPTS
+            && (pick::elsewhere(&route, ctx) || pick::may_hold(&route, ctx));
+        if retry {
+            // Relaxed: a statistics counter.
+            route
+                .stats
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::warn!(
+            backend = ctx.backend.as_ref().map(|b| &*b.backend().id),
+            error = e.etype().as_str(),
+            reused,
+            retry,
+            "backend closed the connection before answering"
+        );
         e.set_retry(retry);
         e
     }
@@ -367,7 +369,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(t) = &ctx.backend {
             t.item().set_fd(Some(fd));
-            t.backend().record_connect_ok();
+            if t.backend().record_connect_ok() {
+                // It had been failing: requests held after failing on it may try again.
+                self.state.availability_changed();
+            }
         }
         Ok(())
     }

@@ -166,8 +166,8 @@ pub struct BackendState {
     connect_failures: AtomicU64,
     /// Rise/fall streak behind `healthy` (active checks).
     pub health: Mutex<super::health::HealthStreak>,
-    /// Consecutive failed connection attempts (passive health).
-    passive_failures: std::sync::atomic::AtomicU32,
+    /// Passive health: failed connects in a row, down flag, probe claim.
+    pub passive: super::passive::Passive,
     /// When it last became available (ms on the process clock; 0 = since start): slow start.
     available_since_ms: AtomicU64,
 }
@@ -184,7 +184,7 @@ impl BackendState {
             healthy: AtomicBool::new(true),
             connect_failures: AtomicU64::new(0),
             health: Mutex::new(super::health::HealthStreak::default()),
-            passive_failures: std::sync::atomic::AtomicU32::new(0),
+            passive: Default::default(),
             available_since_ms: AtomicU64::new(0),
         }
     }
@@ -199,8 +199,14 @@ impl BackendState {
         !self.drain.is_draining() && !self.pool.drain.is_draining() && self.healthy()
     }
 
-    /// Health as last decided by checks.
+    /// Health: active checks pass (or none are configured) and connects are not failing
+    /// passively.
     pub fn healthy(&self) -> bool {
+        self.checks_pass() && !self.passive.is_down()
+    }
+
+    /// Health as last decided by active checks (true when the pool has none).
+    pub fn checks_pass(&self) -> bool {
         // Relaxed: a flag read.
         self.healthy.load(Ordering::Relaxed)
     }
@@ -215,23 +221,24 @@ impl BackendState {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A connect failed: after `fall` in a row the backend is unhealthy until its next
-    /// passing check. Returns true when this failure made it unhealthy.
-    pub fn record_passive_failure(&self, fall: u32) -> bool {
-        // Relaxed: a streak counter; the health flag is the published state.
-        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= fall && self.healthy() {
+    /// A connect failed in a pool with active checks: after `fall` in a row the backend is
+    /// unhealthy until its next passing check. Returns true when this made it unhealthy.
+    pub fn record_checked_failure(&self, fall: u32) -> bool {
+        // The streak counts here; `down` stays for pools without checks (they have no
+        // checker to clear it), so the health flag is the published state.
+        let n = self.passive.streak().saturating_add(1);
+        self.passive.fail(u32::MAX);
+        if n >= fall && self.checks_pass() {
             self.set_healthy(false);
             return true;
         }
         false
     }
 
-    /// A connect succeeded: the passive streak restarts (a load, no store, when already 0).
-    pub fn record_connect_ok(&self) {
-        if self.passive_failures.load(Ordering::Relaxed) != 0 {
-            self.passive_failures.store(0, Ordering::Relaxed);
-        }
+    /// A connect succeeded. Returns true when the backend had been failing (held requests
+    /// that failed on it may try it again). One atomic load when it was not.
+    pub fn record_connect_ok(&self) -> bool {
+        self.passive.ok()
     }
 
     /// It just became available (healthy again, undrained, added): slow start begins.

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod health;
 pub mod overrides;
+pub mod passive;
 pub mod persist;
 pub mod ramp;
 pub mod stats;

@@ -72,12 +72,43 @@ pub(super) fn build_pools(
                     close_spread: p.drain.close_spread.0,
                 },
                 health_check,
+                passive: build_passive(&format!("{path}.passive_health"), &p.passive_health)?,
                 slow_start: p.slow_start.non_zero(),
                 declared_draining: p.state == FileState::Draining,
             }),
         );
     }
     Ok(pools)
+}
+
+fn build_passive(path: &str, p: &FilePassiveHealth) -> Result<PassiveHealth, ConfigError> {
+    if !(1..=100).contains(&p.fall) {
+        return Err(ConfigError::OutOfRange {
+            path: format!("{path}.fall"),
+            value: p.fall.into(),
+            min: 1,
+            max: 100,
+        });
+    }
+    for (k, d) in [
+        ("probe_interval", p.probe_interval),
+        ("probe_max_interval", p.probe_max_interval),
+    ] {
+        if d.0 < std::time::Duration::from_millis(10) {
+            return Err(invalid(format!("{path}.{k}"), "must be at least 10ms"));
+        }
+    }
+    if p.probe_max_interval.0 < p.probe_interval.0 {
+        return Err(invalid(
+            format!("{path}.probe_max_interval"),
+            "must not be shorter than probe_interval",
+        ));
+    }
+    Ok(PassiveHealth {
+        fall: p.fall,
+        probe_interval: p.probe_interval.0,
+        probe_max_interval: p.probe_max_interval.0,
+    })
 }
 
 fn build_health_check(path: &str, h: &FileHealthCheck) -> Result<HealthCheck, ConfigError> {

@@ -117,6 +117,11 @@ pub(super) fn build_routes(
             file_split: split.iter().map(|(p, w)| (p.name.clone(), *w)).collect(),
             split,
             retries: r.retries,
+            retry_sent: match r.retry_sent {
+                FileRetrySent::Never => RetrySent::Never,
+                FileRetrySent::Idempotent => RetrySent::Idempotent,
+                FileRetrySent::All => RetrySent::All,
+            },
             hold: Hold {
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,

@@ -1,0 +1,157 @@
+//! Choosing the backend for one attempt: the request's pool first, then any pool of its split
+//! on the newest snapshot, then the hold queue. Backends this request failed on are skipped
+//! until they recover (their passive recovery epoch moves), so a refusing backend is never
+//! hammered by the requests waiting for it.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use pingora::{http::RequestHeader, prelude::*, proxy::Session, ErrorType::HTTPStatus};
+
+use super::{headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
+use crate::{
+    config::runtime::{Pool, Route, RuntimeConfig},
+    state::backend::BackendState,
+};
+
+/// Backends one request failed on, each with the recovery epoch it had then.
+#[derive(Default)]
+pub(super) struct Failed(Vec<(Arc<BackendState>, u64)>);
+
+impl Failed {
+    /// Remember a failure on `b` (again: the epoch is refreshed).
+    pub fn push(&mut self, b: &Arc<BackendState>) {
+        let epoch = b.passive.recovered();
+        match self.0.iter_mut().find(|(s, _)| Arc::ptr_eq(s, b)) {
+            Some(entry) => entry.1 = epoch,
+            None => self.0.push((b.clone(), epoch)),
+        }
+    }
+
+    /// Backends failed on and not recovered since.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `b` must be skipped: this request failed on it and it has not recovered.
+    pub fn skips(&self, b: &BackendState) -> bool {
+        self.0
+            .iter()
+            .any(|(s, e)| std::ptr::eq(&**s, b) && b.passive.recovered() == *e)
+    }
+
+    /// Forget backends that recovered (they count against the retry budget no more).
+    fn forget_recovered(&mut self) {
+        self.0.retain(|(s, e)| s.passive.recovered() == *e);
+    }
+}
+
+/// Whether another backend of the route's split could take the request now, within its
+/// retry budget (no schedule slot used).
+pub(super) fn elsewhere(route: &Route, ctx: &Ctx) -> bool {
+    ctx.failed.len() <= route.retries as usize
+        && route
+            .split
+            .iter()
+            .any(|(p, w)| *w > 0 && p.has_available_avoiding(&|b| ctx.failed.skips(b)))
+}
+
+/// Whether the request may still wait in the route's hold queue.
+pub(super) fn may_hold(route: &Route, ctx: &Ctx) -> bool {
+    !route.hold.timeout.is_zero()
+        && ctx
+            .hold_deadline
+            .is_none_or(|d| tokio::time::Instant::now() < d)
+}
+
+/// Route `req` again on `cfg` and pick a backend outside `failed`.
+fn reroute<'a>(
+    cfg: &'a RuntimeConfig,
+    req: &RequestHeader,
+    failed: &Failed,
+) -> Option<(
+    &'a Arc<Route>,
+    &'a Arc<Pool>,
+    &'a crate::config::runtime::Backend,
+)> {
+    let host = request_host(req).unwrap_or_default();
+    let route = cfg.route(host, req.uri.path(), &req.method)?;
+    let (pool, b) = route.pick_avoiding(&|b| failed.skips(b))?;
+    Some((route, pool, b))
+}
+
+type Chosen = (Arc<Route>, Arc<BackendState>, SocketAddr);
+
+impl Proxy {
+    /// The backend for the next attempt, holding while the whole split has none for this
+    /// request (woken by a recovery, an undrain, a split change or a reload).
+    pub(super) async fn choose_backend(&self, session: &Session, ctx: &mut Ctx) -> Result<Chosen> {
+        loop {
+            let (Some(route), Some(pool)) = (ctx.route.clone(), ctx.pool.clone()) else {
+                return Err(Error::explain(HTTPStatus(500), "no route chosen"));
+            };
+            if ctx.attempts >= MAX_ATTEMPTS {
+                return Err(Error::explain(
+                    HTTPStatus(502),
+                    format!("no backend of route {:?} could be reached", route.name),
+                ));
+            }
+            if ctx.failed.len() <= route.retries as usize {
+                if let Some((_, b)) = pool.pick_avoiding(&|b| ctx.failed.skips(b)) {
+                    return Ok((route, b.state.clone(), b.addr));
+                }
+                // The chosen pool has nothing left for this request (a drain raced the
+                // pick, or its backends failed): any pool of the split, newest snapshot.
+                let cfg = self.state.config();
+                if let Some((r, p, b)) = reroute(&cfg, session.req_header(), &ctx.failed) {
+                    let chosen = (r.clone(), b.state.clone(), b.addr);
+                    ctx.route = Some(r.clone());
+                    ctx.pool = Some(p.clone());
+                    return Ok(chosen);
+                }
+            }
+            let Some(_held) = self.enter_hold(&route, ctx) else {
+                return Err(if ctx.failed.is_empty() {
+                    Error::explain(
+                        HTTPStatus(503),
+                        format!("route {:?} has no available backend", route.name),
+                    )
+                } else {
+                    Error::explain(
+                        HTTPStatus(502),
+                        format!("no backend of route {:?} could be reached", route.name),
+                    )
+                });
+            };
+            let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
+            let state = &self.state;
+            let failed = &ctx.failed;
+            let woke = hold::wait(state, deadline, || {
+                reroute(&state.config(), session.req_header(), failed).is_some()
+            })
+            .await;
+            if !woke {
+                route
+                    .stats
+                    .hold_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Error::explain(
+                    HTTPStatus(503),
+                    format!(
+                        "no backend of route {:?} became available within hold.timeout",
+                        route.name
+                    ),
+                ));
+            }
+            ctx.failed.forget_recovered();
+            let cfg = self.state.config();
+            if let Some((r, p, _)) = reroute(&cfg, session.req_header(), &ctx.failed) {
+                ctx.route = Some(r.clone());
+                ctx.pool = Some(p.clone());
+            }
+        }
+    }
+}
