@@ -26,9 +26,18 @@ impl HumanDuration {
                 "invalid duration {s:?}: add a unit, e.g. \"{t}s\" or \"{t}ms\""
             ));
         }
-        humantime::parse_duration(t)
-            .map(Self)
-            .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 10m, 1h)"))
+        humantime::parse_duration(t).map(Self).map_err(|e| {
+            // humantime's messages name byte offsets ("expected number at 0"); say
+            // what is wrong in the config's own terms.
+            let why = match e {
+                humantime::DurationError::UnknownUnit { unit, .. } => {
+                    format!("unknown unit {unit:?}")
+                }
+                humantime::DurationError::NumberOverflow => "too large".into(),
+                _ => "not a duration".into(),
+            };
+            format!("invalid duration {s:?}: {why} (examples: 500ms, 30s, 10m, 1h)")
+        })
     }
 
     /// `None` for zero ("no limit"), else the duration.

@@ -16,6 +16,20 @@ pub enum ConfigError {
         column: Option<usize>,
         message: String,
     },
+    #[error("not a text file{}: {message}", at_line(Some(*line), Some(*column)))]
+    Encoding {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: duplicate key {key:?}{}{}", first_line.map(|l| format!(" (first at line {l})")).unwrap_or_default(), at_line(*line, *column))]
+    DuplicateKey {
+        path: String,
+        key: String,
+        first_line: Option<usize>,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
     #[error("{path}: {message}{}", at_line(*line, *column))]
     Schema {
         path: String,
@@ -71,8 +85,11 @@ impl ConfigError {
     /// The key path the error is about, when it has one.
     pub fn path(&self) -> Option<&str> {
         match self {
-            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::Read { .. }
+            | ConfigError::Syntax { .. }
+            | ConfigError::Encoding { .. } => None,
             ConfigError::Schema { path, .. }
+            | ConfigError::DuplicateKey { path, .. }
             | ConfigError::UnknownPool { path, .. }
             | ConfigError::OutOfRange { path, .. }
             | ConfigError::BadAddress { path, .. }
@@ -89,6 +106,8 @@ impl ConfigError {
         match self {
             ConfigError::Read { .. } => "read",
             ConfigError::Syntax { .. } => "syntax",
+            ConfigError::Encoding { .. } => "encoding",
+            ConfigError::DuplicateKey { .. } => "duplicate",
             ConfigError::Schema { .. } => "schema",
             ConfigError::UnknownPool { .. } => "unknown_pool",
             ConfigError::OutOfRange { .. } => "out_of_range",

@@ -230,11 +230,57 @@ fn default_path_prefix() -> String {
 }
 
 /// `host: "a"` or `host: ["a", "b"]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    // Hand-written rather than `#[serde(untagged)]`, whose only error is "data did not match
+    // any variant of untagged enum": this one says what was expected and where.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a host pattern or a list of host patterns")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = a.next_element::<HostString>()? {
+                    v.push(s.0);
+                }
+                Ok(OneOrMany::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One host pattern in a list.
+struct HostString(String);
+
+impl<'de> Deserialize<'de> for HostString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HostString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a host pattern")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HostString, E> {
+                Ok(HostString(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl OneOrMany {

@@ -7,6 +7,7 @@ pub mod build;
 pub mod duration;
 pub mod error;
 pub mod file;
+mod parse;
 pub mod runtime;
 
 use std::path::Path;
@@ -23,56 +24,27 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Parse YAML text into file structs, with the key path (and line) of any error.
-pub fn parse(text: &str) -> Result<file::FileConfig, ConfigError> {
-    // Syntax first, so a broken document is reported as such rather than as a schema error
-    // at whatever key the parser had reached.
-    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        let loc = e.location();
-        let mut message = e.to_string();
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        return Err(ConfigError::Syntax {
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message,
-        });
-    }
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let (line, column) = match inner.location() {
-            Some(l) => (Some(l.line()), Some(l.column())),
-            None => (None, None),
-        };
-        let mut message = inner.to_string();
-        // serde_yaml appends " at line X column Y"; we print the location our own way.
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        let path = if path.is_empty() || path == "." {
-            "(top level)".into()
-        } else {
-            path
-        };
-        ConfigError::Schema {
-            path,
-            line,
-            column,
-            message,
-        }
-    })
-}
+pub use parse::{parse, parse_bytes};
 
 /// Read, parse and validate `path`. Backend states come from `registry` (shared across reloads).
 pub fn load(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
         source,
     })?;
-    load_str(&text, registry, &|k| std::env::var(k).ok())
+    load_bytes(&bytes, registry, &|k| std::env::var(k).ok())
+}
+
+/// Parse and validate a file's bytes (UTF-8, a byte order mark allowed).
+pub fn load_bytes(
+    bytes: &[u8],
+    registry: &Registry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let file = parse_bytes(bytes)?;
+    let mut warnings = Vec::new();
+    let config = build::build(file, registry, env, &mut warnings)?;
+    Ok(Loaded { config, warnings })
 }
 
 /// Parse and validate YAML text (tests and benches use this directly).

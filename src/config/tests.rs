@@ -94,7 +94,7 @@ fn each_kind_of_error_names_its_key_path() {
             "    match: {",
             "    mach: {",
             "schema",
-            "unknown field `mach`",
+            "unknown key `mach`",
         ),
         (
             "name: app",

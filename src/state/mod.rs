@@ -118,13 +118,13 @@ impl AppState {
     pub fn reload(&self) -> Result<ReloadSummary, ConfigError> {
         let mut stats = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.config.load_full();
-        let text = std::fs::read_to_string(&self.config_path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read(&self.config_path).map_err(|source| ConfigError::Read {
             file: self.config_path.clone(),
             source,
         });
-        let text_hash = text.as_ref().map(|t| hash(t.as_bytes())).unwrap_or(0);
+        let text_hash = text.as_ref().map(|t| hash(t)).unwrap_or(0);
         let built =
-            text.and_then(|t| config::load_str(&t, &self.registry, &|k| std::env::var(k).ok()));
+            text.and_then(|t| config::load_bytes(&t, &self.registry, &|k| std::env::var(k).ok()));
         match built {
             Ok(loaded) => {
                 self.loaded_hash.store(text_hash, Ordering::Relaxed);

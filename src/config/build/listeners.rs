@@ -113,7 +113,12 @@ fn check_tls(path: &str, cert: &Path, key: &Path) -> Result<(), ConfigError> {
         message,
     };
     for (sub, p) in [("cert", cert), ("key", key)] {
-        std::fs::metadata(p).map_err(|e| tls_err(sub, format!("{}: {e}", p.display())))?;
+        std::fs::metadata(p).map_err(|e| {
+            tls_err(
+                sub,
+                format!("cannot read {}: {}", p.display(), io_reason(&e)),
+            )
+        })?;
     }
     pingora::tls::install_default_crypto_provider();
     let (chain, key_der) =
@@ -186,4 +191,18 @@ pub(super) fn build_admin(
         token,
         metrics_auth: a.metrics_auth,
     })
+}
+
+/// An I/O error as a person reads it: "no such file or directory", without "(os error 2)".
+pub(super) fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = match s.find(" (os error") {
+        Some(i) => &s[..i],
+        None => &s,
+    };
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
