@@ -25,6 +25,7 @@
 //! 404 for unknown paths, 405 with `Allow` for a known path and the wrong method.
 
 mod auth;
+mod body;
 mod drain;
 mod overrides;
 mod routes;

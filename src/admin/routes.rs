@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, Method, Request};
 use serde_json::json;
 
-use super::{auth, drain, error, json, overrides, status, AdminResponse};
+use super::{auth, body, drain, error, json, overrides, status, AdminResponse};
 use crate::state::AppState;
 
 /// Route one admin request.
@@ -42,10 +42,14 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> AdminRespo
                 return unauthorized();
             }
             let query = req.uri().query().map(str::to_owned);
+            let content_type = req.headers().get(http::header::CONTENT_TYPE).cloned();
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return error(413, "body_too_large", "request body over 64 KiB"),
             };
+            if let Err(e) = body::check(content_type.as_ref(), &body) {
+                return e.response();
+            }
             api(state, &method, p, query.as_deref(), &body).await
         }
         _ => error(404, "not_found", &format!("no admin endpoint at {path}")),

@@ -1,0 +1,179 @@
+//! Admin request bodies: only what is documented changes state. A body, when present, must
+//! be one JSON object with no repeated key; serde would otherwise accept an array for a
+//! struct (`["1s","1h"]` as a drain body, `[]` as maintenance) and keep the last of two
+//! equal keys. Checked once, before any handler runs.
+//!
+//! Content types: `application/json` (and `…+json`), none, or
+//! `application/x-www-form-urlencoded` — what `curl -d` sends by default — are read as JSON;
+//! anything else is a 415.
+
+use std::{collections::HashSet, fmt};
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+use super::ApiError;
+
+/// Check the `Content-Type` and the body of an admin API request.
+pub fn check(content_type: Option<&http::HeaderValue>, body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    if let Some(ct) = content_type {
+        let mime = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let json = mime == "application/json" || mime.ends_with("+json");
+        if !json && mime != "application/x-www-form-urlencoded" {
+            return Err(ApiError::new(
+                415,
+                "unsupported_media_type",
+                format!("the body must be JSON (Content-Type: application/json), not {mime:?}"),
+            ));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = Node {
+        path: String::new(),
+        top: true,
+    };
+    top.deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| {
+            let msg = e.to_string();
+            let msg = match msg.find(" at line ") {
+                Some(i) => &msg[..i],
+                None => &msg,
+            };
+            ApiError::field("body", &format!("invalid JSON body: {msg}"))
+        })
+}
+
+/// One JSON value at `path`; the top one must be an object.
+struct Node {
+    path: String,
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Node {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Node {
+    fn scalar<E: de::Error>(&self, what: &str) -> Result<(), E> {
+        if self.top {
+            return Err(E::custom(format!(
+                "expected a JSON object ({{...}}), found {what}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Node {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.scalar("a boolean")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.scalar("a number")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.scalar("a number")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.scalar("a number")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.scalar("a string")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.scalar("null")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        if self.top {
+            return Err(de::Error::custom(
+                "expected a JSON object ({...}), found an array",
+            ));
+        }
+        let mut i = 0;
+        while a
+            .next_element_seed(Node {
+                path: format!("{}[{i}]", self.path),
+                top: false,
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(k) = a.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                k.clone()
+            } else {
+                format!("{}.{k}", self.path)
+            };
+            if !seen.insert(k) {
+                return Err(de::Error::custom(format!("duplicate key {path:?}")));
+            }
+            a.next_value_seed(Node { path, top: false })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> bool {
+        check(None, body.as_bytes()).is_ok()
+    }
+
+    #[test]
+    fn only_one_object_without_repeated_keys() {
+        assert!(ok(""));
+        assert!(ok("  \n"));
+        assert!(ok("{}"));
+        assert!(ok(r#"{"split":{"blue":0,"green":100},"over":"1m"}"#));
+        for bad in [
+            "[]",
+            r#"["1s","1h","10s"]"#,
+            r#"[{"green":100}]"#,
+            "null",
+            "1",
+            r#""x""#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"split":{"blue":1,"blue":2}}"#,
+            "{} {}",
+            "{",
+        ] {
+            assert!(!ok(bad), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let ct = |s: &'static str| Some(http::HeaderValue::from_static(s));
+        assert!(check(ct("application/json; charset=utf-8").as_ref(), b"{}").is_ok());
+        assert!(check(ct("application/merge-patch+json").as_ref(), b"{}").is_ok());
+        assert!(check(ct("application/x-www-form-urlencoded").as_ref(), b"{}").is_ok());
+        let e = check(ct("text/plain").as_ref(), b"{}").unwrap_err();
+        assert_eq!(e.status, 415);
+        let e = check(ct("multipart/form-data; boundary=x").as_ref(), b"{}").unwrap_err();
+        assert_eq!(e.status, 415);
+    }
+}
