@@ -23,6 +23,9 @@ pools:
     )
 }
 
+/// (method, path, headers, body, expected status).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, u16);
+
 /// The status without the fields that move by themselves.
 async fn state_of(tg: &Tidegate) -> serde_json::Value {
     let mut s = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
@@ -41,7 +44,7 @@ async fn bodies_that_are_not_one_json_object_change_nothing() {
     let before = state_of(&tg).await;
     let c = client();
     let json_ct = [("content-type", "application/json")];
-    let cases: &[(&str, &str, &[(&str, &str)], &str, u16)] = &[
+    let cases: &[Case] = &[
         (
             "POST",
             "/api/v1/pools/blue/drain",
