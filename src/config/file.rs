@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub config_watch: bool,
     #[serde(default)]
     pub timeouts: FileTimeouts,
+    /// Client request hygiene at the edge (header limits, methods).
+    #[serde(default)]
+    pub http: FileHttp,
     #[serde(default)]
     pub server: FileServer,
     pub routes: Vec<FileRoute>,
@@ -133,6 +136,37 @@ pub fn default_websocket_idle() -> HumanDuration {
 /// Default idle time of pooled upstream keep-alive connections.
 pub fn default_upstream_keepalive() -> HumanDuration {
     secs(60)
+}
+
+/// Client request hygiene: nginx's defaults as the anchor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    /// Largest request line plus headers, in bytes; above it the answer is 431.
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: u64,
+    /// Forward header names that contain `_` (nginx `underscores_in_headers`); off, they are
+    /// dropped so `X_Forwarded_For` cannot pass for `X-Forwarded-For` behind a CGI-style app.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
+    /// Forward `TRACE` requests; off, they get 405.
+    #[serde(default)]
+    pub allow_trace: bool,
+}
+
+impl Default for FileHttp {
+    fn default() -> Self {
+        Self {
+            max_request_header_bytes: default_max_request_header_bytes(),
+            underscores_in_headers: false,
+            allow_trace: false,
+        }
+    }
+}
+
+/// Default header limit: 32 KiB (nginx's `large_client_header_buffers 4 8k` in total).
+pub fn default_max_request_header_bytes() -> u64 {
+    32 * 1024
 }
 
 /// Process-level settings (not reloadable).

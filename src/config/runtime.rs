@@ -18,6 +18,7 @@ pub struct RuntimeConfig {
     pub state_file: Option<PathBuf>,
     pub config_watch: bool,
     pub timeouts: Timeouts,
+    pub http: HttpSettings,
     pub server: ServerSettings,
     pub routes: Vec<Arc<Route>>,
     pub router: Arc<Router>,
@@ -99,6 +100,14 @@ pub struct Timeouts {
     pub upstream_read: Option<Duration>,
     pub websocket_idle: Option<Duration>,
     pub upstream_keepalive: Duration,
+}
+
+/// Client request hygiene (reloadable).
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub max_request_header_bytes: usize,
+    pub underscores_in_headers: bool,
+    pub allow_trace: bool,
 }
 
 /// Process-level settings (not reloadable).

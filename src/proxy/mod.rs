@@ -14,6 +14,7 @@ mod errors;
 mod finish;
 mod headers;
 mod hold;
+mod hygiene;
 mod pick;
 
 use std::{sync::Arc, time::Instant};
@@ -206,6 +207,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // RFC 9112 9.3.2: pipelined requests are answered one after the other, in order
+        // (pingora's default drops them and closes the connection).
+        session.as_mut().set_pipelining_enabled(true);
         ctx.upgrade = session.is_upgrade_req();
         if self.state.is_shutting_down() {
             // Answer with `Connection: close` from the moment shutdown begins, so clients move
@@ -214,6 +218,14 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
         }
         let cfg = self.state.config();
+        if let Err((code, kind, msg)) = hygiene::apply(session.req_header_mut(), &cfg.http) {
+            drop(cfg);
+            // The request was not read as meant: do not try to read another on this
+            // connection.
+            session.set_keepalive(None);
+            errors::respond(session, code, kind, &msg).await?;
+            return Ok(true);
+        }
         let timeout = if ctx.upgrade {
             cfg.timeouts.websocket_idle
         } else {
@@ -321,7 +333,13 @@ impl ProxyHttp for Proxy {
         // Only an upstream that closed or reset the connection before any response byte
         // (pingora marks those "retry if reused") is a candidate; the route's `retry_sent`
         // decides by method, and the body must still be in pingora's retry buffer.
-        let candidate = e.esource() == &pingora::ErrorSource::Upstream
+        // Work ended on purpose (a drain deadline, shutdown) is never sent again.
+        let ended = ctx
+            .backend
+            .as_ref()
+            .is_some_and(|t| t.item().ended().is_some());
+        let candidate = !ended
+            && e.esource() == &pingora::ErrorSource::Upstream
             && matches!(e.retry, pingora::RetryType::ReusedOnly)
             && !session.as_ref().retry_buffer_truncated();
         let Some(route) = ctx.route.clone().filter(|_| candidate) else {
@@ -336,10 +354,13 @@ impl ProxyHttp for Proxy {
             }
         }
         // A stale keep-alive connection says nothing about the backend: any may take it,
-        // the same one on a fresh connection included.
+        // the same one on a fresh connection included (and if that one is gone, the request
+        // is held like any whose connect failed). A fresh connection that died means the
+        // backend failed with the request in hand: like nginx, only another backend gets it,
+        // so a request that crashes its backend is not replayed against it.
         let retry = allowed
             && ctx.attempts < MAX_ATTEMPTS
-            && (pick::elsewhere(&route, ctx) || pick::may_hold(&route, ctx));
+            && (pick::elsewhere(&route, ctx) || (reused && pick::may_hold(&route, ctx)));
         if retry {
             // Relaxed: a statistics counter.
             route

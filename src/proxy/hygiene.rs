@@ -1,0 +1,280 @@
+//! Request hygiene at the edge, before routing (nginx's defaults as the anchor):
+//! a request line plus headers over `http.max_request_header_bytes` is a 431; HTTP/1.1
+//! without exactly one valid `Host` is a 400; `TRACE` is a 405 unless allowed; header names
+//! with `_` are dropped unless allowed; the path is normalized (RFC 3986 6.2.2: percent-
+//! encoded unreserved characters decoded, hex upper-cased, dot-segments removed) so routing
+//! and the backend see the same path, and a malformed one is a 400.
+
+use std::borrow::Cow;
+
+use pingora::http::RequestHeader;
+
+use crate::config::runtime::HttpSettings;
+
+/// Why a request is refused before routing: status, error kind, message.
+pub(super) type Refusal = (u16, &'static str, String);
+
+/// Check and normalize a request in place. `Err` = answer with that refusal.
+pub(super) fn apply(req: &mut RequestHeader, http: &HttpSettings) -> Result<(), Refusal> {
+    let size = header_bytes(req);
+    if size > http.max_request_header_bytes {
+        return Err((
+            431,
+            "request_header_too_large",
+            format!(
+                "request line and headers are {size} bytes; the limit is {}",
+                http.max_request_header_bytes
+            ),
+        ));
+    }
+    if req.method == http::Method::TRACE && !http.allow_trace {
+        return Err((405, "method_not_allowed", "TRACE is not allowed".into()));
+    }
+    check_host(req)?;
+    if !http.underscores_in_headers {
+        drop_underscored(req);
+    }
+    let normalized = match normalize_path(req.uri.path()) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(p)) => Some(p),
+        Err(why) => return Err((400, "bad_request", format!("invalid path: {why}"))),
+    };
+    if let Some(path) = normalized {
+        let pq = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri.clone().into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| (400, "bad_request", "invalid path".to_string()))?,
+        );
+        let uri = http::Uri::from_parts(parts)
+            .map_err(|_| (400, "bad_request", "invalid path".to_string()))?;
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
+/// Request line and header bytes as sent (close enough: names, values, separators).
+fn header_bytes(req: &RequestHeader) -> usize {
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method.as_str().len() + target + 11;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request has exactly one Host, and it is a valid authority.
+fn check_host(req: &RequestHeader) -> Result<(), Refusal> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err((400, "bad_request", "more than one Host header".into()));
+    }
+    let Some(host) = first else {
+        if req.version == http::Version::HTTP_11 && req.uri.authority().is_none() {
+            return Err((
+                400,
+                "bad_request",
+                "an HTTP/1.1 request needs a Host header".into(),
+            ));
+        }
+        return Ok(());
+    };
+    if !valid_authority(host.as_bytes()) {
+        return Err((400, "bad_request", "invalid Host header".into()));
+    }
+    Ok(())
+}
+
+/// `host [":" port]`: a reg-name or IPv4 (unreserved, sub-delims, pct-encoded) or an IP
+/// literal in brackets; port digits only. Empty is allowed (RFC 9112 3.2).
+fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = if a.first() == Some(&b'[') {
+        let Some(end) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let lit = &a[1..end];
+        if lit.is_empty()
+            || !lit
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        (&[][..], &a[end + 1..])
+    } else {
+        match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], &a[i..]),
+            None => (a, &[][..]),
+        }
+    };
+    let port_ok = port.is_empty()
+        || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
+    let host_ok = host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    port_ok && host_ok
+}
+
+fn drop_underscored(req: &mut RequestHeader) {
+    // Collected first: names are removed one by one (rare, so the allocation is too).
+    let names: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in names {
+        req.remove_header(&n);
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Normalize a path: `Borrowed` when it already is normal (the common case, no allocation).
+pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
+    let b = path.as_bytes();
+    let needs_work = b.windows(2).any(|w| w == b"/." || w[0] == b'%') || b.first() == Some(&b'%');
+    if !needs_work {
+        return Ok(Cow::Borrowed(path));
+    }
+    // 1. Percent-encoding: decode unreserved characters, upper-case the rest.
+    let mut dec = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err("bad percent-encoding");
+            };
+            let v = h * 16 + l;
+            if unreserved(v) {
+                dec.push(v);
+            } else {
+                dec.push(b'%');
+                dec.extend_from_slice(format!("{v:02X}").as_bytes());
+            }
+            i += 3;
+        } else {
+            dec.push(b[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII went in or came out (decoded bytes are unreserved ASCII).
+    let dec = String::from_utf8(dec).map_err(|_| "bad percent-encoding")?;
+    // 2. Remove dot-segments (RFC 3986 5.2.4), on whole segments.
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = dec.split('/').skip(1).collect();
+    let last = segs.len().saturating_sub(1);
+    let mut trailing = false;
+    for (n, seg) in segs.iter().enumerate() {
+        match *seg {
+            "." => trailing = n == last,
+            ".." => {
+                out.pop();
+                trailing = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut p = String::with_capacity(dec.len());
+    for s in &out {
+        p.push('/');
+        p.push_str(s);
+    }
+    if trailing || p.is_empty() {
+        p.push('/');
+    }
+    if p == path {
+        return Ok(Cow::Borrowed(path));
+    }
+    Ok(Cow::Owned(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_like_rfc_3986() {
+        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(n("/a/b").unwrap(), "/a/b");
+        assert!(matches!(normalize_path("/a/b"), Ok(Cow::Borrowed(_))));
+        assert_eq!(n("/../b/x").unwrap(), "/b/x");
+        assert_eq!(n("/%2e%2e/b/x").unwrap(), "/b/x");
+        assert_eq!(n("/%2E%2E/b/x").unwrap(), "/b/x");
+        assert_eq!(n("/a/./b/../c").unwrap(), "/a/c");
+        assert_eq!(n("/a/b/..").unwrap(), "/a/");
+        assert_eq!(n("/a/.").unwrap(), "/a/");
+        assert_eq!(n("/..").unwrap(), "/");
+        assert_eq!(n("/%61pi/x").unwrap(), "/api/x");
+        assert_eq!(
+            n("/a%2fb").unwrap(),
+            "/a%2Fb",
+            "an encoded slash stays encoded"
+        );
+        assert_eq!(n("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(n("/.well-known/x").unwrap(), "/.well-known/x");
+        assert_eq!(n("/a..b/c").unwrap(), "/a..b/c");
+        assert!(n("/a%zz").is_err());
+        assert!(n("/a%2").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "a.example",
+            "a.example:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "[::1]",
+            "",
+            "x_y",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "b.example evil",
+            "a/b",
+            "a:b",
+            "[::1",
+            "a@b",
+            "a:123456",
+            "a\"b",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+}
