@@ -3,7 +3,7 @@
 use std::{hint::black_box, sync::Arc};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tidegate::{config, metrics, state::backend::Registry, state::AppState};
+use tidegate::{config, metrics::Metrics, state::AppState};
 
 fn render_1000(c: &mut Criterion) {
     let mut yaml = String::from(
@@ -19,13 +19,17 @@ fn render_1000(c: &mut Criterion) {
             ));
         }
     }
-    let registry = Arc::new(Registry::default());
-    let loaded = config::load_str(&yaml, &registry, &|_| None).expect("bench config");
-    let state = AppState::new(loaded.config, registry, "/nonexistent/tidegate.yaml".into());
-    let text = metrics::render(&state);
+    let loaded = config::load_str(&yaml, &|_| None).expect("bench config");
+    let state = Arc::new(AppState::new(
+        loaded.spec,
+        "/nonexistent/tidegate.yaml".into(),
+        0,
+    ));
+    let metrics = Metrics::new(&state);
+    let text = metrics.render();
     assert!(text.lines().count() > 10_000);
     c.bench_function("metrics_render/1000_backends", |b| {
-        b.iter(|| black_box(metrics::render(&state)))
+        b.iter(|| black_box(metrics.render()))
     });
 }
 

@@ -7,7 +7,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tidegate::{
     config,
     routing::{HostPattern, RouteMatch, Router, Schedule},
-    state::backend::Registry,
 };
 
 fn route_match(c: &mut Criterion) {
@@ -80,9 +79,8 @@ fn config_build(c: &mut Criterion) {
             ));
         }
     }
-    let registry = Registry::default();
     c.bench_function("config_build/1000_backends", |b| {
-        b.iter(|| config::load_str(black_box(&yaml), &registry, &|_| None).unwrap())
+        b.iter(|| config::load_str(black_box(&yaml), &|_| None).unwrap())
     });
 }
 

@@ -1,28 +1,29 @@
 //! tidegate: a reverse proxy on pingora that owns draining.
 //!
-//! Map of the crate (see README "Development"):
-//! - [`config`]: YAML file structs → validation → immutable [`config::RuntimeConfig`]
-//! - [`state`]: `ArcSwap` of the config, backend registry, readiness, in-flight guards
-//! - [`routing`]: host/path match and the smooth weighted schedule (pure)
-//! - [`drain`]: drain state machine, deadline enforcement, status view
-//! - [`proxy`]: `impl ProxyHttp`
-//! - [`admin`]: admin API listener
-//! - [`metrics`]: Prometheus text rendered from live state
-//! - [`lifecycle`]: signals, reload triggers, idle-aware shutdown
-//! - [`server`]: assembly of the pingora server
-//! - [`client`]: the CLI's client verbs (status, drain, shift, reload, maintenance)
-//! - [`demo`]: the demo/test backend app and `tidegate demo`
+//! Layers, bottom to top (a module imports only from its own layer or below; README
+//! "Development" has the map and `tests/layers.rs` checks it):
+//! 1. pure: [`config`] (file → validated [`config::Spec`], diff), [`routing`] (route match,
+//!    weighted schedule), [`drain`] (drain state machine), [`health`] (rise/fall streak),
+//!    [`api`] (admin request/response types)
+//! 2. live state: [`state`] (registry, counts, tracking, the route table bound to the
+//!    registry, `ArcSwap` publication, overrides, statistics)
+//! 3. services: [`services`] (reload, drains, health checks, probes, ramps, persistence,
+//!    signals, shutdown)
+//! 4. edges: [`proxy`] (`impl ProxyHttp`), [`admin`] (axum API), [`metrics`] (prometheus),
+//!    [`client`] (the CLI's admin client)
+//! 5. [`server`] (assembles the pingora server), [`cli`], and the binary's `main`
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod demo;
 pub mod drain;
-pub mod lifecycle;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod services;
 pub mod state;

@@ -9,9 +9,11 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod demo;
+
 use clap::Parser;
-use serde_json::json;
 use tidegate::{
+    api::MaintenanceRequest,
     cli::{Cli, ClientOpts, Command},
     client::{self, exit, ClientError, DrainArgs, ShiftArgs},
 };
@@ -53,7 +55,10 @@ fn main() -> ExitCode {
                 daemon,
             };
             match tidegate::server::run(opts) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(why) => {
+                    tracing::debug!(reason = ?why, "exiting");
+                    ExitCode::from(why.code())
+                }
                 Err(e) => {
                     eprintln!("tidegate: {e}");
                     ExitCode::FAILURE
@@ -70,9 +75,7 @@ fn main() -> ExitCode {
                 }
             };
             println!("backend {name} listening on {listen}");
-            tidegate::demo::backend::Backend::new(&name)
-                .serve(listener)
-                .await;
+            demo::backend::Backend::new(&name).serve(listener).await;
             ExitCode::SUCCESS
         }),
         Command::Demo {
@@ -80,7 +83,7 @@ fn main() -> ExitCode {
             port,
             admin_port,
         } => block_on(async move {
-            match tidegate::demo::run::run(script, port, admin_port).await {
+            match demo::run::run(script, port, admin_port).await {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("tidegate demo: {e}");
@@ -93,8 +96,7 @@ fn main() -> ExitCode {
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
-    let registry = tidegate::state::backend::Registry::default();
-    match tidegate::config::load(config, &registry) {
+    match tidegate::config::load(config) {
         Ok(l) => {
             for w in &l.warnings {
                 eprintln!("warning: {w}");
@@ -177,19 +179,12 @@ async fn client_verb(verb: Command) -> ExitCode {
                 message,
                 client,
             } => {
-                let mut body = json!({});
-                if !routes.is_empty() {
-                    body["routes"] = json!(routes);
-                }
-                if !methods.is_empty() {
-                    body["methods"] = json!(methods);
-                }
-                if let Some(r) = retry_after {
-                    body["retry_after"] = json!(r);
-                }
-                if let Some(m) = message {
-                    body["message"] = json!(m);
-                }
+                let body = MaintenanceRequest {
+                    routes: (!routes.is_empty()).then_some(routes),
+                    methods: (!methods.is_empty()).then_some(methods),
+                    retry_after,
+                    message,
+                };
                 client::maintenance(&opts(&client)?, mode == "on", body, client.json).await
             }
             Command::Run { .. }

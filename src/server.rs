@@ -1,5 +1,6 @@
 //! Assemble and run the pingora server from a config file: one proxy service per listener,
-//! plus background services for the admin API, reload control and shutdown.
+//! plus background services for the admin API, reload control, health checks, drains and
+//! shutdown. [`run`] returns why the process should end; only `main` exits.
 
 use std::{
     net::TcpListener as StdTcpListener,
@@ -12,15 +13,27 @@ use pingora::{
     apps::HttpServerOptions,
     listeners::{tls::TlsSettings, L4BufferSettings, ListenerConfig},
     proxy::ProxyServiceBuilder,
-    server::{configuration::Opt, RunArgs, Server, ShutdownWatch},
+    server::{
+        configuration::{Opt, ServerConf},
+        RunArgs, Server, ShutdownWatch,
+    },
     services::background::{background_service, BackgroundService},
 };
 
 use crate::{
+    admin,
     config::{self, ConfigError},
-    lifecycle::{Control, HealthChecker, ShutdownWatcher, Signals},
+    metrics::Metrics,
     proxy::Proxy,
-    state::{backend::Registry, AppState},
+    services::{
+        control::Control,
+        drains::{self, DrainService},
+        health::HealthChecker,
+        persist, reload,
+        shutdown::ShutdownWatcher,
+        signals::Signals,
+    },
+    state::{AppState, ExitReason},
 };
 
 /// Downstream socket buffers. pingora's default puts a 64 KiB read buffer (zero-filled) in
@@ -53,6 +66,10 @@ pub enum StartError {
     Tls { name: String, message: String },
     #[error("--daemon needs server.pid_file (systemd follows the main PID through it)")]
     DaemonWithoutPidFile,
+    #[error("cannot daemonize: {0}")]
+    Daemon(String),
+    #[error("cannot start the server thread: {0}")]
+    Thread(String),
 }
 
 /// Options of `tidegate run`.
@@ -65,66 +82,108 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
-/// Start tidegate and block until it exits. Returns only on a fast stop; idle exits and
-/// grace-deadline exits end the process from the shutdown watcher.
-pub fn run(opts: RunOptions) -> Result<(), StartError> {
-    let registry = Arc::new(Registry::default());
-    let loaded = config::load(&opts.config, &registry)?;
+/// Start tidegate and block until it should end; returns why (`main` exits with its code).
+pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
+    let bytes = std::fs::read(&opts.config).map_err(|source| ConfigError::Read {
+        file: opts.config.clone(),
+        source,
+    })?;
+    let loaded = config::load_bytes(&bytes, &|k| std::env::var(k).ok())?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let cfg = loaded.config;
+    let spec = loaded.spec;
+    if opts.daemon && spec.server.pid_file.is_none() {
+        return Err(StartError::DaemonWithoutPidFile);
+    }
     if !opts.upgrade {
         // A plain bind fails against any holder, SO_REUSEPORT or not: a second tidegate on
         // the same admin port is a startup error, not a silent share.
-        drop(bind("admin", cfg.admin.addr)?);
-    }
-    let admin_listener = bind_admin(cfg.admin.addr)?;
-    if !opts.upgrade {
-        // pingora binds inside its services and only logs a failure; check first so a port in
-        // use is a clear startup error.
-        for l in &cfg.listeners {
+        drop(bind("admin", spec.admin.addr)?);
+        // pingora binds inside its services and only logs a failure; check first so a port
+        // in use is a clear startup error.
+        for l in &spec.listeners {
             drop(bind(&l.name, l.addr)?);
         }
     }
-    let state = Arc::new(AppState::new(cfg, registry, absolute(&opts.config)));
-    let cfg = state.config_full();
-    state.apply_health(&cfg);
-    state.registry.set_live();
-    // Overrides from the state file apply before the first request is routed.
-    let mut restored = state.restore();
-    restored.extend(state.apply_declared(&cfg));
+    if opts.daemon {
+        daemonize(spec.server.pid_file.as_deref())?;
+    }
+    let admin_listener = bind_admin(spec.admin.addr)?;
+    let state = Arc::new(AppState::new(
+        spec,
+        absolute(&opts.config),
+        reload::hash(&bytes),
+    ));
+    // Overrides from the state file and the file's declared drains apply before the first
+    // request is routed.
+    persist::restore(&state);
+    drains::follow_file(&state, &state.table());
+    let server = build_server(&opts, &state, admin_listener)?;
+    let table = state.table_full();
+    tracing::info!(
+        config = %opts.config.display(),
+        listeners = ?table.spec.listeners.iter().map(|l| l.addr.to_string()).collect::<Vec<_>>(),
+        admin = %table.spec.admin.addr,
+        "tidegate starting"
+    );
+    let st = state.clone();
+    // pingora's loop sleeps through its whole grace period after SIGTERM; it runs on its own
+    // thread so this one can return as soon as the shutdown service says the proxy is idle.
+    std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(Signals { state: st.clone() }),
+            });
+            st.process.request_exit(ExitReason::Stopped);
+        })
+        .map_err(|e| StartError::Thread(e.to_string()))?;
+    Ok(state.process.wait_exit())
+}
 
-    let mut conf = pingora::server::configuration::ServerConf {
-        threads: match cfg.server.threads {
+fn pingora_conf(spec: &crate::config::Spec, opts: &RunOptions) -> ServerConf {
+    let mut conf = ServerConf {
+        threads: match spec.server.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         },
-        // Our watcher exits as soon as the proxy is idle; this is only the hard stop.
-        grace_period_seconds: Some(cfg.shutdown.grace.map_or(u64::MAX / 4, |g| g.as_secs() + 1)),
+        // The shutdown service ends the process as soon as it is idle; this is only the hard
+        // stop.
+        grace_period_seconds: Some(
+            spec.shutdown
+                .grace
+                .map_or(u64::MAX / 4, |g| g.as_secs() + 1),
+        ),
         graceful_shutdown_timeout_seconds: Some(1),
-        // Retries are bounded by each route's `retries` and hold deadline, not by pingora.
+        // Retries are bounded by each route's `retries`, hold deadline and attempt limit.
         max_retries: 10_000,
-        upgrade_sock: cfg.server.upgrade_sock.to_string_lossy().into_owned(),
+        upgrade_sock: spec.server.upgrade_sock.to_string_lossy().into_owned(),
         ..Default::default()
     };
-    if let Some(p) = &cfg.server.pid_file {
+    if let Some(p) = &spec.server.pid_file {
         conf.pid_file = p.to_string_lossy().into_owned();
     }
-    if opts.daemon && cfg.server.pid_file.is_none() {
-        return Err(StartError::DaemonWithoutPidFile);
-    }
-    conf.daemon = opts.daemon;
+    // tidegate daemonizes itself (before any thread exists); pingora must not fork again.
+    conf.daemon = false;
+    let _ = opts;
+    conf
+}
+
+fn build_server(
+    opts: &RunOptions,
+    state: &Arc<AppState>,
+    admin_listener: StdTcpListener,
+) -> Result<Server, StartError> {
+    let spec = state.table().spec.clone();
     let opt = Opt {
         upgrade: opts.upgrade,
-        daemon: opts.daemon,
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let mut server = Server::new_with_opt_and_conf(opt, pingora_conf(&spec, opts));
     server.bootstrap();
     let sconf = server.configuration.clone();
-
-    for l in &cfg.listeners {
+    for l in &spec.listeners {
         let mut options = HttpServerOptions::default();
         options.h2c = l.h2c;
         let mut svc = ProxyServiceBuilder::new(&sconf, Proxy::new(state.clone()))
@@ -148,41 +207,50 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         }
         server.add_service(svc);
     }
+    let ctx = admin::Ctx {
+        state: state.clone(),
+        metrics: Arc::new(Metrics::new(state)),
+    };
     server.add_service(background_service(
         "admin",
         AdminService {
             listener: Mutex::new(Some(admin_listener)),
-            state: state.clone(),
+            ctx,
         },
     ));
-    server.add_service(background_service(
-        "control",
-        Control {
-            state: state.clone(),
-            restored: Mutex::new(restored),
-        },
-    ));
-    server.add_service(background_service(
-        "health",
-        HealthChecker {
-            state: state.clone(),
-        },
-    ));
+    let st = || state.clone();
+    server.add_service(background_service("control", Control { state: st() }));
+    server.add_service(background_service("health", HealthChecker { state: st() }));
+    server.add_service(background_service("drains", DrainService { state: st() }));
     server.add_service(background_service(
         "shutdown",
-        ShutdownWatcher {
-            state: state.clone(),
-        },
+        ShutdownWatcher { state: st() },
     ));
-    tracing::info!(
-        config = %opts.config.display(),
-        listeners = ?cfg.listeners.iter().map(|l| l.addr.to_string()).collect::<Vec<_>>(),
-        admin = %cfg.admin.addr,
-        "tidegate starting"
-    );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { state }),
-    });
+    Ok(server)
+}
+
+/// Fork into the background (the parent exits 0), start a new session, write the pid file.
+/// Called before any thread is started.
+fn daemonize(pid_file: Option<&Path>) -> Result<(), StartError> {
+    // SAFETY: fork(2) with no other thread running (nothing has spawned one yet); the child
+    // only continues this single-threaded program.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(StartError::Daemon(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    if pid > 0 {
+        // The parent's job is done; its exit status tells systemd the fork worked.
+        // SAFETY: _exit(2) ends the parent at once, without running the child's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: setsid(2) in the fresh child detaches it from the terminal's session.
+    unsafe { libc::setsid() };
+    if let Some(p) = pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| StartError::Daemon(format!("pid file {}: {e}", p.display())))?;
+    }
     Ok(())
 }
 
@@ -219,7 +287,7 @@ fn absolute(p: &Path) -> PathBuf {
 /// Runs the admin API on the listener bound at startup.
 struct AdminService {
     listener: Mutex<Option<StdTcpListener>>,
-    state: Arc<AppState>,
+    ctx: admin::Ctx,
 }
 
 #[async_trait]
@@ -236,10 +304,14 @@ impl BackgroundService for AdminService {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "admin listener setup failed; exiting");
-                std::process::exit(1);
+                self.ctx
+                    .state
+                    .process
+                    .request_exit(ExitReason::Failed(format!("admin listener: {e}")));
+                return;
             }
         };
         // Not stopped at shutdown: health, status and metrics stay up until the process exits.
-        crate::admin::serve(listener, self.state.clone()).await;
+        admin::serve(listener, self.ctx.clone()).await;
     }
 }

@@ -10,12 +10,24 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Parse exposition text into `series → value` (series = name{labels} as written).
+/// A series as `name{labels}` with its labels sorted by name: the order labels are written
+/// in is not part of the exposition format's meaning (the prometheus crate sorts them).
+fn canon(series: &str) -> String {
+    let Some((name, rest)) = series.split_once('{') else {
+        return series.to_string();
+    };
+    // Our label values hold no commas.
+    let mut labels: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+    labels.sort();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
 fn parse(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
+            Some((canon(k), v.parse().ok()?))
         })
         .collect()
 }
@@ -108,7 +120,7 @@ async fn every_metric_after_traffic_of_each_kind() {
         .starts_with("text/plain; version=0.0.4"));
     let m = parse(&r.body);
     let v = |k: &str| {
-        *m.get(k)
+        *m.get(&canon(k))
             .unwrap_or_else(|| panic!("missing series {k}\n{}", r.body))
     };
     let st = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();

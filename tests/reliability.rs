@@ -252,7 +252,7 @@ async fn connect_timeouts_are_held_for_too() {
     // The app starts accepting on its listener (the queue drains).
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let app = tidegate::demo::backend::Backend::new("app");
+    let app = common::backend::Backend::new("app");
     let serving = tokio::spawn(app.clone().serve(listener));
     drop(fill);
     let up_at = Instant::now();

@@ -1,19 +1,30 @@
-//! Bearer-token check for `/api/v1/*`: constant-time compare; the token is never logged.
+//! Bearer-token check for `/api/v1/*` (and `/metrics` with `metrics_auth`): constant-time
+//! compare with `subtle`; the token is never logged.
 
-use crate::config::runtime::Secret;
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::Request,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+use crate::{config::spec::Secret, state::AppState};
 
 /// Whether the request's `Authorization` header carries `expected` (or no token is set).
 pub fn authorized(expected: Option<&Secret>, header: Option<&http::HeaderValue>) -> bool {
     let Some(expected) = expected else {
         return true;
     };
-    let Some(given) = header.and_then(|h| h.to_str().ok()) else {
+    let Some(given) = header.and_then(|h| h.to_str().ok()).and_then(strip_bearer) else {
         return false;
     };
-    let Some(given) = strip_bearer(given) else {
-        return false;
-    };
-    constant_time_eq(given.as_bytes(), expected.0.as_bytes())
+    // Only the expected token's length can be learned from timing.
+    bool::from(given.as_bytes().ct_eq(expected.0.as_bytes()))
 }
 
 fn strip_bearer(h: &str) -> Option<&str> {
@@ -21,15 +32,30 @@ fn strip_bearer(h: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// Compare without an early exit on the first differing byte; the length of the expected
-/// token is the only thing a timing observer can learn.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, y) in b.iter().enumerate() {
-        let x = a.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
+/// 401 with `WWW-Authenticate: Bearer`.
+pub fn unauthorized() -> Response {
+    let mut r = ApiError::new(401, "unauthorized", "missing or wrong bearer token").into_response();
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"tidegate\""),
+    );
+    r
+}
+
+/// Middleware: the API needs the token when one is configured.
+pub async fn require(
+    State(state): State<Arc<AppState>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let ok = authorized(
+        state.table().spec.admin.token.as_ref(),
+        req.headers().get(http::header::AUTHORIZATION),
+    );
+    if !ok {
+        return unauthorized();
     }
-    diff == 0
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -9,9 +9,48 @@
 
 use std::{collections::HashSet, fmt};
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use axum::{
+    body::{Body, Bytes},
+    http::Request,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http_body_util::{BodyExt, Limited};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-use super::ApiError;
+use super::{ApiError, MAX_BODY};
+
+/// Middleware: read the body (at most 64 KiB), check it, hand it on.
+pub async fn check_layer(req: Request<Body>, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return ApiError::new(413, "body_too_large", "request body over 64 KiB").into_response()
+        }
+    };
+    if let Err(e) = check(parts.headers.get(http::header::CONTENT_TYPE), &bytes) {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// A checked body as `T` (empty = `T::default()`); unknown or ill-typed fields are a 400
+/// naming the body.
+pub fn parse<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => &msg[..i],
+            None => &msg,
+        };
+        ApiError::field("body", &format!("invalid JSON body: {msg}"))
+    })
+}
 
 /// Check the `Content-Type` and the body of an admin API request.
 pub fn check(content_type: Option<&http::HeaderValue>, body: &[u8]) -> Result<(), ApiError> {

@@ -1,14 +1,15 @@
-//! Admin listener: a small hand-written HTTP/1.1 API on its own socket.
+//! Admin listener: axum on its own socket, with one route table.
 //!
 //! It runs in a pingora background service on a listener bound at startup, so it stays up
 //! through shutdown (pingora closes its own listeners at SIGTERM) and a deploy tool can watch
-//! the proxy drain. Endpoints:
+//! the proxy drain. Bodies are the shared types of [`crate::api`].
 //!
 //! | method | path | auth | what |
 //! |---|---|---|---|
 //! | GET | `/healthz` | no | liveness: 200 while the process runs |
 //! | GET | `/readyz` | no | 200 when listeners are up and not shutting down, else 503 |
 //! | GET | `/health` | no | `healthy` / `degraded` / `unhealthy`, uptime, config generation |
+//! | GET | `/metrics` | with `metrics_auth` | Prometheus text |
 //! | GET | `/api/v1/status` | token | generation, routes, splits, pools, backends, in-flight |
 //! | POST | `/api/v1/config/reload` | token | re-read the file: 200 + summary, or 422 + error |
 //! | POST | `/api/v1/pools/{pool}/drain` | token | start draining: 202 + drain status; 409 if already |
@@ -16,79 +17,111 @@
 //! | GET | `/api/v1/pools/{pool}/drain` | token | drain status: state, in-flight by kind, streams |
 //! | GET | `/api/v1/pools/{pool}/drain/wait?timeout=` | token | long-poll until drained or timeout |
 //! | … | `/api/v1/pools/{pool}/backends/{backend}/…` | token | the same four for one backend |
-//! | POST | `/api/v1/routes/{route}/split` | token | `{"split":{"blue":0,"green":100}}`: override the split |
+//! | GET | `/api/v1/routes/{route}/split` | token | the route's split, override and ramp |
+//! | POST, PUT | `/api/v1/routes/{route}/split` | token | override the split, or ramp to it |
 //! | DELETE | `/api/v1/routes/{route}/split` | token | back to the file's split |
-//! | POST | `/api/v1/maintenance` | token | enter: `{routes?, methods?, retry_after?, message?}` |
+//! | POST, PUT | `/api/v1/maintenance` | token | enter: `{routes?, methods?, retry_after?, message?}` |
 //! | DELETE | `/api/v1/maintenance` | token | exit |
 //!
-//! Errors are JSON (`{"error", "message", "status"}`): 401 with `WWW-Authenticate: Bearer`,
-//! 404 for unknown paths, 405 with `Allow` for a known path and the wrong method.
+//! Every error is JSON (`api::ErrorBody`): 401 with `WWW-Authenticate: Bearer`, 404 for
+//! unknown paths, 405 with `Allow`, 400 for bad input (before any handler changes state),
+//! 413 over 64 KiB, 415 for a body that is not JSON.
 
 mod auth;
 mod body;
 mod drain;
+mod edge;
 mod overrides;
-mod routes;
 mod status;
+mod view;
 
-use std::{convert::Infallible, sync::Arc};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
+use axum::{
+    extract::{DefaultBodyLimit, FromRef},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
 
-use crate::state::AppState;
+use crate::{api::ErrorBody, metrics::Metrics, state::AppState};
 
-/// Response type of every admin handler.
-pub type AdminResponse = Response<Full<Bytes>>;
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
 
-/// Serve the admin API on `listener` until the process exits.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(routes::handle(&state, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
-            }
-        });
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Ctx {
+    pub state: Arc<AppState>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl FromRef<Ctx> for Arc<AppState> {
+    fn from_ref(c: &Ctx) -> Self {
+        c.state.clone()
     }
 }
 
-/// A JSON response with Content-Length.
-pub fn json(status: u16, v: &serde_json::Value) -> AdminResponse {
-    let body = Bytes::from(format!("{v}\n"));
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(Full::new(body))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+impl FromRef<Ctx> for Arc<Metrics> {
+    fn from_ref(c: &Ctx) -> Self {
+        c.metrics.clone()
+    }
 }
 
-/// A JSON error response.
-pub fn error(status: u16, kind: &str, message: &str) -> AdminResponse {
-    json(
-        status,
-        &serde_json::json!({ "error": kind, "message": message, "status": status }),
-    )
+/// The admin API's route table.
+pub fn router(ctx: Ctx) -> Router {
+    let state = ctx.state.clone();
+    let pool = "/api/v1/pools/{pool}";
+    let backend = "/api/v1/pools/{pool}/backends/{backend}";
+    let api = Router::new()
+        .route("/api/v1/status", get(status::status))
+        .route("/api/v1/config/reload", post(status::reload))
+        .route(
+            &format!("{pool}/drain"),
+            get(drain::pool_status).post(drain::pool_drain),
+        )
+        .route(&format!("{pool}/undrain"), post(drain::pool_undrain))
+        .route(&format!("{pool}/drain/wait"), get(drain::pool_wait))
+        .route(
+            &format!("{backend}/drain"),
+            get(drain::backend_status).post(drain::backend_drain),
+        )
+        .route(&format!("{backend}/undrain"), post(drain::backend_undrain))
+        .route(&format!("{backend}/drain/wait"), get(drain::backend_wait))
+        .route(
+            "/api/v1/routes/{route}/split",
+            get(overrides::split_get)
+                .post(overrides::split_set)
+                .put(overrides::split_set)
+                .delete(overrides::split_clear),
+        )
+        .route(
+            "/api/v1/maintenance",
+            post(overrides::maintenance_on)
+                .put(overrides::maintenance_on)
+                .delete(overrides::maintenance_off),
+        )
+        .fallback(edge::not_found)
+        .layer(middleware::from_fn(body::check_layer))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require));
+    Router::new()
+        .route("/healthz", get(status::alive))
+        .route("/readyz", get(status::ready))
+        .route("/health", get(status::health))
+        .route("/metrics", get(status::metrics))
+        .merge(api)
+        .fallback(edge::not_found)
+        .layer(middleware::map_response(edge::json_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+/// Serve the admin API on `listener` until the process exits.
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Ctx) {
+    if let Err(e) = axum::serve(listener, router(ctx)).await {
+        tracing::error!(error = %e, "admin listener stopped");
+    }
 }
 
 /// A JSON API error, turned into a response at the edge.
@@ -121,13 +154,28 @@ impl ApiError {
             field: Some(field),
         }
     }
+}
 
-    /// The JSON response.
-    pub fn response(&self) -> AdminResponse {
-        let mut v = serde_json::json!({ "error": self.kind, "message": self.message, "status": self.status });
-        if let Some(f) = self.field {
-            v["field"] = serde_json::json!(f);
-        }
-        json(self.status, &v)
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.kind.to_string(),
+            message: self.message,
+            status: self.status,
+            field: self.field.map(str::to_string),
+        };
+        json(self.status, &body)
     }
+}
+
+/// A JSON response with `Cache-Control: no-store`.
+pub fn json<T: serde::Serialize>(status: u16, body: &T) -> Response {
+    let code =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (code, Json(body)).into_response();
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
 }

@@ -1,56 +1,28 @@
-//! Override endpoints: `POST|DELETE /api/v1/routes/{route}/split` (optionally a ramp with
-//! `over`/`step`) and `POST|DELETE /api/v1/maintenance`.
+//! Override endpoints: `GET|POST|PUT|DELETE /api/v1/routes/{route}/split` (optionally a
+//! ramp with `over`/`step`, rolled back by the server on errors with `max_error_rate`) and
+//! `POST|PUT|DELETE /api/v1/maintenance`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
-
-use super::{json, AdminResponse, ApiError};
-use crate::{
-    config::{build::SPLIT_MAX, duration::HumanDuration},
-    drain::view,
-    state::{overrides::MaintenanceOverride, AppState},
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    response::Response,
 };
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SplitBody {
-    split: BTreeMap<String, i64>,
-    #[serde(default)]
-    over: Option<String>,
-    #[serde(default)]
-    step: Option<String>,
-}
+use super::{body, json, view, ApiError};
+use crate::{
+    api,
+    config::{build::SPLIT_MAX, duration::HumanDuration},
+    services::{persist, ramps},
+    state::{overrides::MaintenanceOverride, process::unix_now, AppState},
+};
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::field("body", &format!("invalid JSON: {e}")))
-}
+type St = State<Arc<AppState>>;
 
-/// The split view of one route: effective, file, whether overridden, the latest ramp.
-pub fn route_json(state: &AppState, route: &str) -> Value {
-    let cfg = state.config();
-    let ov = state.overrides_snapshot();
-    let Some(r) = cfg.routes.iter().find(|r| &*r.name == route) else {
-        return Value::Null;
-    };
-    let split: serde_json::Map<_, _> = r
-        .split
-        .iter()
-        .map(|(p, w)| (p.name.to_string(), json!(w)))
-        .collect();
-    let file: serde_json::Map<_, _> = r
-        .file_split
-        .iter()
-        .map(|(p, w)| (p.to_string(), json!(w)))
-        .collect();
-    json!({
-        "route": route,
-        "split": split,
-        "file_split": file,
-        "override": ov.splits.contains_key(route),
-        "ramp": state.ramps.get(route),
-    })
+fn route_view(state: &AppState, route: &str) -> Result<api::RouteSplit, ApiError> {
+    view::route_split(state, route)
+        .ok_or_else(|| ApiError::new(404, "unknown_route", format!("no route named {route:?}")))
 }
 
 /// `over` and `step` of a ramp request (`step` defaults to a tenth of `over`).
@@ -88,11 +60,14 @@ fn ramp_timing(
 }
 
 /// Validate a split body against the current config.
-fn checked_split(state: &AppState, b: &SplitBody) -> Result<BTreeMap<String, u32>, ApiError> {
+fn checked_split(
+    state: &AppState,
+    b: &api::SplitRequest,
+) -> Result<BTreeMap<String, u32>, ApiError> {
     if b.split.is_empty() {
         return Err(ApiError::field("split", "name at least one pool"));
     }
-    let cfg = state.config();
+    let cfg = state.table();
     let mut split = BTreeMap::new();
     for (pool, w) in &b.split {
         if !cfg.pools.contains_key(pool.as_str()) {
@@ -115,102 +90,107 @@ fn checked_split(state: &AppState, b: &SplitBody) -> Result<BTreeMap<String, u32
     Ok(split)
 }
 
-/// `POST` sets the route's split override now (200), or starts a ramp to it (202);
-/// `DELETE` returns it to the file's split. Either cancels a running ramp of the route.
-pub fn split(
-    state: &Arc<AppState>,
-    delete: bool,
-    route: &str,
-    body: &[u8],
-) -> Result<AdminResponse, ApiError> {
-    if !state.config().routes.iter().any(|r| &*r.name == route) {
-        return Err(ApiError::new(
-            404,
-            "unknown_route",
-            format!("no route named {route:?}"),
-        ));
+/// `GET /api/v1/routes/{route}/split`.
+pub async fn split_get(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
+    Ok(json(200, &route_view(&s, &route)?))
+}
+
+/// `POST|PUT`: the route's split override now (200), or a ramp to it (202).
+pub async fn split_set(
+    State(s): St,
+    Path(route): Path<String>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    route_view(&s, &route)?;
+    let req: api::SplitRequest = body::parse(&b)?;
+    let timing = ramp_timing(&req.over, &req.step)?;
+    let split = checked_split(&s, &req)?;
+    if let Some(r) = req.max_error_rate {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(ApiError::field("max_error_rate", "must be between 0 and 1"));
+        }
+        if timing.is_none() {
+            return Err(ApiError::field("max_error_rate", "needs `over` (a ramp)"));
+        }
     }
-    if delete {
-        state.ramps.cancel(route, "replaced by a new split request");
-        state.change_overrides(|ov, _| {
-            ov.splits.remove(route);
+    let Some((over, step)) = timing else {
+        s.ramps.cancel(&route, "replaced by a new split request");
+        tracing::info!(route, split = ?split, "split override set");
+        s.change_overrides(|ov, _| {
+            ov.splits.insert(route.clone(), split);
             Ok::<(), ApiError>(())
         })?;
-        tracing::info!(route, "split override cleared; back to the file's split");
-        return Ok(json(200, &route_json(state, route)));
-    }
-    let b: SplitBody = parse(body)?;
-    let ramp = ramp_timing(&b.over, &b.step)?;
-    let split = checked_split(state, &b)?;
-    match ramp {
-        Some((over, step)) => {
-            state.start_ramp(route, split, over, step);
-            Ok(json(202, &route_json(state, route)))
-        }
-        None => {
-            state.ramps.cancel(route, "replaced by a new split request");
-            tracing::info!(route, split = ?split, "split override set");
-            state.change_overrides(|ov, _| {
-                ov.splits.insert(route.to_string(), split);
-                Ok::<(), ApiError>(())
-            })?;
-            Ok(json(200, &route_json(state, route)))
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MaintenanceBody {
-    #[serde(default)]
-    routes: Option<Vec<String>>,
-    #[serde(default)]
-    methods: Option<Vec<String>>,
-    #[serde(default)]
-    retry_after: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-/// The maintenance view.
-pub fn maintenance_json(m: &Option<MaintenanceOverride>) -> Value {
-    match m {
-        None => json!({"maintenance": false}),
-        Some(m) => json!({
-            "maintenance": true,
-            "routes": m.routes,
-            "methods": m.methods,
-            "retry_after_seconds": m.retry_after_seconds,
-            "message": m.message,
-            "since": m.since,
-        }),
-    }
-}
-
-/// `POST` enters maintenance (optionally scoped to routes and methods); `DELETE` exits.
-pub fn maintenance(
-    state: &Arc<AppState>,
-    delete: bool,
-    body: &[u8],
-) -> Result<AdminResponse, ApiError> {
-    if delete {
-        let was = state.change_overrides(|ov, _| Ok::<_, ApiError>(ov.maintenance.take()))?;
-        if was.is_none() {
-            return Err(ApiError::new(409, "conflict", "not in maintenance"));
-        }
-        tracing::info!("maintenance off");
-        return Ok(json(200, &maintenance_json(&None)));
-    }
-    let b: MaintenanceBody = if body.iter().all(u8::is_ascii_whitespace) {
-        MaintenanceBody::default()
-    } else {
-        parse(body)?
+        persist::save(&s);
+        return Ok(json(200, &route_view(&s, &route)?));
     };
+    let plan = ramps::Plan {
+        to: split,
+        over,
+        step,
+        max_error_rate: req.max_error_rate,
+        min_requests: req.min_requests.unwrap_or(1),
+    };
+    ramps::start(&s, &route, plan);
+    Ok(json(202, &route_view(&s, &route)?))
+}
+
+/// `DELETE`: back to the file's split (cancels a running ramp).
+pub async fn split_clear(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
+    route_view(&s, &route)?;
+    s.ramps.cancel(&route, "replaced by a new split request");
+    s.change_overrides(|ov, _| {
+        ov.splits.remove(&route);
+        Ok::<(), ApiError>(())
+    })?;
+    persist::save(&s);
+    tracing::info!(route, "split override cleared; back to the file's split");
+    Ok(json(200, &route_view(&s, &route)?))
+}
+
+/// `DELETE /api/v1/maintenance`: exit (409 if not in maintenance).
+pub async fn maintenance_off(State(s): St) -> Result<Response, ApiError> {
+    let was = s.change_overrides(|ov, _| Ok::<_, ApiError>(ov.maintenance.take()))?;
+    if was.is_none() {
+        return Err(ApiError::new(409, "conflict", "not in maintenance"));
+    }
+    persist::save(&s);
+    tracing::info!("maintenance off");
+    Ok(json(200, &view::maintenance(&None)))
+}
+
+fn methods(ms: &Option<Vec<String>>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(ms) = ms else { return Ok(None) };
+    ms.iter()
+        .map(|m| {
+            let up = m.to_ascii_uppercase();
+            match http::Method::from_bytes(up.as_bytes()) {
+                Ok(_) if !up.is_empty() && up.bytes().all(|c| c.is_ascii_uppercase()) => Ok(up),
+                _ => Err(ApiError::field("methods", &format!("invalid method {m:?}"))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn retry_after(v: &Option<String>) -> Result<u64, ApiError> {
+    let Some(s) = v else { return Ok(30) };
+    let d = HumanDuration::parse(s)
+        .map_err(|e| ApiError::field("retry_after", &e))?
+        .0;
+    if d.as_secs() > 86_400 {
+        return Err(ApiError::field("retry_after", "longer than a day"));
+    }
+    Ok(d.as_secs().max(1))
+}
+
+/// `POST|PUT /api/v1/maintenance`: enter (optionally scoped to routes and methods).
+pub async fn maintenance_on(State(s): St, b: Bytes) -> Result<Response, ApiError> {
+    let b: api::MaintenanceRequest = body::parse(&b)?;
     if let Some(routes) = &b.routes {
-        let cfg = state.config();
+        let table = s.table();
         if let Some(bad) = routes
             .iter()
-            .find(|r| !cfg.routes.iter().any(|x| &*x.name == r.as_str()))
+            .find(|r| !table.routes.iter().any(|x| &*x.name == r.as_str()))
         {
             return Err(ApiError::new(
                 400,
@@ -219,46 +199,19 @@ pub fn maintenance(
             ));
         }
     }
-    let methods = match &b.methods {
-        None => None,
-        Some(ms) => Some(
-            ms.iter()
-                .map(|m| {
-                    let up = m.to_ascii_uppercase();
-                    match http::Method::from_bytes(up.as_bytes()) {
-                        Ok(_) if !up.is_empty() && up.bytes().all(|c| c.is_ascii_uppercase()) => {
-                            Ok(up)
-                        }
-                        _ => Err(ApiError::field("methods", &format!("invalid method {m:?}"))),
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-    };
-    let retry_after = match &b.retry_after {
-        None => 30,
-        Some(s) => {
-            let d = HumanDuration::parse(s)
-                .map_err(|e| ApiError::field("retry_after", &e))?
-                .0;
-            if d.as_secs() > 86_400 {
-                return Err(ApiError::field("retry_after", "longer than a day"));
-            }
-            d.as_secs().max(1)
-        }
-    };
     let m = MaintenanceOverride {
+        methods: methods(&b.methods)?,
+        retry_after_seconds: retry_after(&b.retry_after)?,
         routes: b.routes,
-        methods,
-        retry_after_seconds: retry_after,
         message: b.message,
-        since: view::unix(std::time::SystemTime::now()),
+        since: unix_now(),
     };
     tracing::info!(routes = ?m.routes, methods = ?m.methods, "maintenance on");
-    let view = maintenance_json(&Some(m.clone()));
-    state.change_overrides(|ov, _| {
+    let shown = view::maintenance(&Some(m.clone()));
+    s.change_overrides(|ov, _| {
         ov.maintenance = Some(m);
         Ok::<(), ApiError>(())
     })?;
-    Ok(json(200, &view))
+    persist::save(&s);
+    Ok(json(200, &shown))
 }

@@ -1,37 +1,87 @@
-//! `GET /health` and `GET /api/v1/status`: the proxy's state as JSON.
+//! Health, readiness, status, metrics and reload endpoints.
 
 use std::{collections::HashSet, sync::Arc};
 
-use serde_json::{json, Value};
-
-use super::{json, AdminResponse};
-use crate::{
-    drain::{machine::Phase, view},
-    state::{backend::BackendState, AppState},
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
 };
 
-/// `healthy` | `degraded` (a drain, unhealthy backends, a pool with nothing available) |
-/// `unhealthy` (shutting down; 503).
-pub fn health(state: &AppState) -> AdminResponse {
-    let cfg = state.config();
-    let mut reasons = vec![];
-    for p in cfg.pools.values() {
-        let pool_phase = p.backends.first().map(|b| b.state.pool.drain.phase());
-        if let Some(ph) = pool_phase.filter(|ph| *ph != Phase::Active) {
-            reasons.push(format!("pool {} is {}", p.name, ph.as_str()));
-        } else if let Some(b) = p.backends.iter().find(|b| b.state.drain.is_draining()) {
-            reasons.push(format!(
-                "backend {} is {}",
-                b.id,
-                b.state.drain.phase().as_str()
-            ));
-        } else if p.backends.iter().all(|b| !b.state.available()) {
-            reasons.push(format!("pool {} has no available backend", p.name));
-        } else if p.backends.iter().any(|b| !b.state.healthy()) {
-            reasons.push(format!("pool {} has unhealthy backends", p.name));
-        }
+use super::{auth, json, view, ApiError};
+use crate::{
+    api,
+    drain::machine::Phase,
+    services::reload,
+    state::{table::Pool, AppState},
+};
+
+type St = State<Arc<AppState>>;
+
+/// `GET /healthz`.
+pub async fn alive() -> Response {
+    json(
+        200,
+        &api::Alive {
+            status: "ok".into(),
+        },
+    )
+}
+
+/// `GET /readyz`.
+pub async fn ready(State(state): St) -> Response {
+    if state.process.is_ready() {
+        return json(
+            200,
+            &api::Ready {
+                ready: true,
+                reason: None,
+            },
+        );
     }
-    if cfg.maintenance.is_some() {
+    let why = if state.is_shutting_down() {
+        "shutting down"
+    } else {
+        "starting"
+    };
+    json(
+        503,
+        &api::Ready {
+            ready: false,
+            reason: Some(why.into()),
+        },
+    )
+}
+
+/// Why a pool makes the proxy `degraded`, if it does.
+fn pool_reason(p: &Pool) -> Option<String> {
+    let pool_phase = p.backends.first().map(|b| b.state.pool.drain.phase());
+    if let Some(ph) = pool_phase.filter(|ph| *ph != Phase::Active) {
+        return Some(format!("pool {} is {}", p.name, ph.as_str()));
+    }
+    if let Some(b) = p.backends.iter().find(|b| b.state.drain.is_draining()) {
+        let phase = b.state.drain.phase();
+        return Some(format!("backend {} is {}", b.id, phase.as_str()));
+    }
+    if p.backends.iter().all(|b| !b.state.available()) {
+        return Some(format!("pool {} has no available backend", p.name));
+    }
+    if p.backends.iter().any(|b| !b.state.healthy()) {
+        return Some(format!("pool {} has unhealthy backends", p.name));
+    }
+    None
+}
+
+/// `GET /health`: `healthy` | `degraded` (a drain, unhealthy backends, a pool with nothing
+/// available, maintenance) | `unhealthy` (shutting down; 503).
+pub async fn health(State(state): St) -> Response {
+    let table = state.table();
+    let mut reasons: Vec<String> = table
+        .pools
+        .values()
+        .filter_map(|p| pool_reason(p))
+        .collect();
+    if table.maintenance.is_some() {
         reasons.push("maintenance mode is on".to_string());
     }
     let status = if state.is_shutting_down() {
@@ -41,115 +91,162 @@ pub fn health(state: &AppState) -> AdminResponse {
     } else {
         "degraded"
     };
-    let code = if status == "unhealthy" { 503 } else { 200 };
-    json(
-        code,
-        &json!({
-            "status": status,
-            "reasons": reasons,
-            "uptime_seconds": state.started.elapsed().as_secs(),
-            "generation": cfg.generation,
-        }),
+    let body = api::Health {
+        status: status.into(),
+        reasons,
+        uptime_seconds: state.process.started.elapsed().as_secs(),
+        generation: table.generation,
+    };
+    json(if status == "unhealthy" { 503 } else { 200 }, &body)
+}
+
+/// `GET /metrics`.
+pub async fn metrics(
+    State(state): St,
+    State(metrics): State<Arc<crate::metrics::Metrics>>,
+    headers: HeaderMap,
+) -> Response {
+    let spec = state.table().spec.clone();
+    if spec.admin.metrics_auth
+        && !auth::authorized(
+            spec.admin.token.as_ref(),
+            headers.get(http::header::AUTHORIZATION),
+        )
+    {
+        return auth::unauthorized();
+    }
+    let body = metrics.render();
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
     )
+        .into_response()
 }
 
-fn backend_json(b: &Arc<BackendState>, address: Option<&str>, weight: Option<u32>) -> Value {
-    let drain = b.drain.snapshot();
-    let oldest = b
-        .items
-        .all()
-        .into_iter()
-        .find(|i| i.kind().is_stream())
-        .map(|i| i.age(std::time::Instant::now()).as_secs_f64());
-    json!({
-        "id": &*b.id,
-        "name": &*b.name,
-        "address": address,
-        "weight": weight,
-        "state": drain.phase().as_str(),
-        "available": b.available(),
-        "healthy": b.healthy(),
-        "in_flight": b.counts.snapshot(),
-        "oldest_stream_age_seconds": oldest,
-        "drain_started_at": drain.started_at().map(view::unix),
-        "drained_at": drain.drained_at().map(view::unix),
-        "connect_failures": b.connect_failures(),
-    })
-}
-
-/// Generation, routes and splits, pools with drain state, backends, removed-but-busy work.
-pub fn status(state: &AppState) -> AdminResponse {
-    let cfg = state.config();
-    let ov = state.overrides_snapshot();
-    let routes: Vec<_> = cfg
-        .routes
+fn pool_status(p: &Pool, live: &mut HashSet<String>) -> api::PoolStatus {
+    let backends = p
+        .backends
         .iter()
-        .map(|r| {
-            let mut v = super::overrides::route_json(state, &r.name);
-            v["name"] = json!(&*r.name);
-            v["match"] =
-                json!({"host": r.hosts, "path_prefix": r.path_prefix, "methods": r.methods});
-            v["retries"] = json!(r.retries);
+        .map(|b| {
+            live.insert(b.id.to_string());
+            let mut v = view::backend_status(&b.state, Some(&b.spec.address), Some(b.spec.weight));
+            v.file_state = Some(file_state(b.spec.declared_draining));
             v
         })
         .collect();
-    let mut live: HashSet<&str> = HashSet::new();
-    let pools: serde_json::Map<_, _> = cfg
-        .pools
-        .values()
-        .map(|p| {
-            let backends: Vec<_> = p
-                .backends
-                .iter()
-                .map(|b| {
-                    live.insert(&b.id);
-                    let mut v = backend_json(&b.state, Some(&b.address), Some(b.weight));
-                    v["file_state"] = json!(if b.declared_draining {
-                        "draining"
-                    } else {
-                        "active"
-                    });
-                    v
-                })
-                .collect();
-            let ps = &p.backends[0].state.pool;
-            let drain = ps.drain.snapshot();
-            (
-                p.name.to_string(),
-                json!({
-                    "state": drain.phase().as_str(),
-                    "file_state": if p.declared_draining { "draining" } else { "active" },
-                    "in_flight": ps.counts.snapshot(),
-                    "drain_started_at": drain.started_at().map(view::unix),
-                    "drained_at": drain.drained_at().map(view::unix),
-                    "backends": backends,
-                }),
-            )
+    let ps = &p.backends[0].state.pool;
+    let drain = ps.drain.snapshot();
+    api::PoolStatus {
+        state: drain.phase().as_str().to_string(),
+        file_state: file_state(p.spec.declared_draining),
+        in_flight: ps.counts.snapshot(),
+        drain_started_at: drain.started_at().map(crate::state::process::unix),
+        drained_at: drain.drained_at().map(crate::state::process::unix),
+        backends,
+    }
+}
+
+fn file_state(draining: bool) -> String {
+    if draining { "draining" } else { "active" }.to_string()
+}
+
+/// The whole status: generation, routes and splits, pools, backends, removed-but-busy work.
+pub fn status_of(state: &AppState) -> api::Status {
+    let table = state.table();
+    let routes = table
+        .routes
+        .iter()
+        .filter_map(|r| {
+            Some(api::RouteStatus {
+                split: view::route_split(state, &r.name)?,
+                name: r.name.to_string(),
+                matcher: api::RouteMatch {
+                    host: r.spec.hosts.clone(),
+                    path_prefix: r.spec.path_prefix.clone(),
+                    methods: r.spec.methods.clone(),
+                },
+                retries: r.spec.retries,
+            })
         })
         .collect();
-    let removed: Vec<_> = state
+    let mut live = HashSet::new();
+    let pools = table
+        .pools
+        .values()
+        .map(|p| (p.name.to_string(), pool_status(p, &mut live)))
+        .collect();
+    let removed = state
         .registry
         .all()
         .iter()
         .filter(|b| !live.contains(&*b.id) && b.in_flight() > 0)
         .map(|b| {
-            let mut v = backend_json(b, None, None);
-            v["state"] = json!("removed");
+            let mut v = view::backend_status(b, None, None);
+            v.state = "removed".into();
             v
         })
         .collect();
-    json(
-        200,
-        &json!({
-            "generation": cfg.generation,
-            "ready": state.is_ready(),
-            "shutting_down": state.is_shutting_down(),
-            "in_flight": state.active(),
-            "routes": routes,
-            "pools": pools,
-            "removed": removed,
-            "maintenance": super::overrides::maintenance_json(&ov.maintenance),
-            "reloads": state.reload_stats(),
-        }),
-    )
+    let r = state.process.reloads();
+    api::Status {
+        generation: table.generation,
+        ready: state.process.is_ready(),
+        shutting_down: state.is_shutting_down(),
+        in_flight: state.active(),
+        routes,
+        pools,
+        removed,
+        maintenance: view::maintenance(&state.overrides().maintenance),
+        reloads: api::Reloads {
+            succeeded: r.succeeded,
+            failed: r.failed,
+            last_success_unix: r.last_success_unix,
+            last_error: r.last_error,
+        },
+    }
+}
+
+/// `GET /api/v1/status`.
+pub async fn status(State(state): St) -> Response {
+    json(200, &status_of(&state))
+}
+
+/// `POST /api/v1/config/reload`.
+pub async fn reload(State(state): St) -> Result<Response, ApiError> {
+    let st = state.clone();
+    // File I/O and DNS resolution: off the admin runtime's async workers.
+    let res = tokio::task::spawn_blocking(move || reload::reload(&st))
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("reload task failed: {e}")))?;
+    Ok(match res {
+        Ok(summary) => {
+            tracing::info!(
+                generation = summary.generation,
+                source = "admin",
+                "config reloaded"
+            );
+            json(
+                200,
+                &api::Reloaded {
+                    reloaded: true,
+                    summary,
+                },
+            )
+        }
+        Err(e) => {
+            tracing::error!(source = "admin", error = %e, "config reload failed; keeping the running config");
+            json(
+                422,
+                &api::ConfigRefused {
+                    error: "invalid_config".into(),
+                    kind: e.kind().into(),
+                    path: e.path().map(str::to_string),
+                    message: e.to_string(),
+                    status: 422,
+                },
+            )
+        }
+    })
 }

@@ -8,9 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
-
 use super::{exit, seg, Admin, ClientError};
+use crate::{
+    api::{DrainRequest, DrainStatus},
+    config::duration::HumanDuration,
+    state::process::unix_now,
+};
 
 /// Arguments of `drain`.
 pub struct DrainArgs {
@@ -42,26 +45,17 @@ fn base_path(target: &str) -> Result<String, ClientError> {
 /// Start draining on every proxy (409 "already draining" is fine), then optionally wait.
 pub async fn drain(fleet: &[Admin], a: DrainArgs) -> Result<u8, ClientError> {
     let path = base_path(&a.target)?;
-    let mut body = json!({});
-    if let Some(d) = &a.requests_deadline {
-        body["requests_deadline"] = json!(d);
-    }
-    if let Some(d) = &a.streams_deadline {
-        body["streams_deadline"] = json!(d);
-    }
+    let body = DrainRequest {
+        requests_deadline: a.requests_deadline.clone(),
+        streams_deadline: a.streams_deadline.clone(),
+        close_spread: None,
+    };
     let mut last = Vec::new();
     for admin in fleet {
-        let (status, v) = admin
-            .call(
-                "POST",
-                &format!("{path}/drain"),
-                Some(&body),
-                Duration::from_secs(30),
-            )
+        // 409: already draining; the answer still carries the status.
+        let (_, v) = admin
+            .call::<_, DrainStatus>("POST", &format!("{path}/drain"), Some(&body), &[409])
             .await?;
-        if status >= 300 && status != 409 {
-            return Err(admin.api_error(status, &v));
-        }
         last.push(v);
     }
     if !a.wait {
@@ -81,18 +75,14 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             // Short long-polls, so the progress line moves and every proxy is asked in turn.
             statuses.push(
                 admin
-                    .ok("GET", &format!("{path}/drain/wait?timeout=1s"), None)
+                    .get::<DrainStatus>(&format!("{path}/drain/wait?timeout=1s"))
                     .await?,
             );
         }
-        let drained = statuses.iter().all(|s| s["drained"] == true);
+        let drained = statuses.iter().all(|s| s.drained);
         let (http, sse, ws) = statuses.iter().fold((0, 0, 0), |(h, s, w), v| {
-            let f = &v["in_flight"];
-            (
-                h + f["http"].as_u64().unwrap_or(0),
-                s + f["sse"].as_u64().unwrap_or(0),
-                w + f["websocket"].as_u64().unwrap_or(0),
-            )
+            let f = &v.in_flight;
+            (h + f.http, s + f.sse, w + f.websocket)
         });
         let elapsed = started.elapsed();
         let deadline = next_deadline(&statuses);
@@ -123,7 +113,7 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
                 eprintln!();
             }
             if a.json {
-                println!("{}", Value::Array(statuses));
+                println!("{}", serde_json::to_string(&statuses).unwrap_or_default());
             } else {
                 println!("{}: not drained after {}s (http {http}, sse {sse}, websocket {ws} still in flight)", a.target, elapsed.as_secs());
             }
@@ -133,19 +123,15 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
 }
 
 /// Seconds until the nearest deadline of any proxy's drain, if one is set.
-fn next_deadline(statuses: &[Value]) -> Option<f64> {
-    let now = crate::drain::view::unix(std::time::SystemTime::now());
+fn next_deadline(statuses: &[DrainStatus]) -> Option<f64> {
+    let now = unix_now();
     statuses
         .iter()
         .filter_map(|s| {
-            let start = s["started_at"].as_f64()?;
-            let d = &s["deadlines"];
-            let secs = |k: &str| {
-                d[k].as_str()
-                    .and_then(|v| crate::config::duration::HumanDuration::parse(v).ok())
-                    .and_then(|h| h.non_zero())
-            };
-            let next = [secs("requests_deadline"), secs("streams_deadline")]
+            let start = s.started_at?;
+            let d = s.deadlines.as_ref()?;
+            let secs = |v: &str| HumanDuration::parse(v).ok().and_then(|h| h.non_zero());
+            let next = [secs(&d.requests_deadline), secs(&d.streams_deadline)]
                 .into_iter()
                 .flatten()
                 .map(|x| start + x.as_secs_f64() - now)
@@ -156,19 +142,16 @@ fn next_deadline(statuses: &[Value]) -> Option<f64> {
         .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
 }
 
-fn print_result(target: &str, statuses: &[Value], json: bool) {
+fn print_result(target: &str, statuses: &[DrainStatus], json: bool) {
     if json {
-        println!("{}", Value::Array(statuses.to_vec()));
+        println!("{}", serde_json::to_string(statuses).unwrap_or_default());
         return;
     }
     for s in statuses {
-        let f = &s["in_flight"];
+        let f = &s.in_flight;
         println!(
             "{target}: {} (http {}, sse {}, websocket {})",
-            s["state"].as_str().unwrap_or("?"),
-            f["http"].as_u64().unwrap_or(0),
-            f["sse"].as_u64().unwrap_or(0),
-            f["websocket"].as_u64().unwrap_or(0)
+            s.state, f.http, f.sse, f.websocket
         );
     }
 }
@@ -178,17 +161,10 @@ pub async fn undrain(fleet: &[Admin], target: &str, json: bool) -> Result<u8, Cl
     let path = base_path(target)?;
     let mut out = Vec::new();
     for admin in fleet {
-        let (status, v) = admin
-            .call(
-                "POST",
-                &format!("{path}/undrain"),
-                None,
-                Duration::from_secs(30),
-            )
+        // 409: not draining; the answer still carries the status.
+        let (_, v) = admin
+            .call::<(), DrainStatus>("POST", &format!("{path}/undrain"), None, &[409])
             .await?;
-        if status >= 300 && status != 409 {
-            return Err(admin.api_error(status, &v));
-        }
         out.push(v);
     }
     print_result(target, &out, json);

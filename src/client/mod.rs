@@ -1,4 +1,5 @@
-//! Client verbs: talk to one or more tidegate admin APIs (`--admin URL`, repeatable: a fleet).
+//! Client verbs: talk to one or more tidegate admin APIs (`--admin URL`, repeatable: a
+//! fleet), reading and writing the shared [`crate::api`] types.
 //!
 //! `status`, `drain`, `undrain`, `shift`, `reload`, `maintenance` live in their own files; this
 //! file holds the HTTP client and the fleet helpers. Errors are one clear line and exit 2.
@@ -15,11 +16,13 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use serde_json::Value;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{de::DeserializeOwned, Serialize};
 
+use crate::api::ErrorBody;
 pub use drain::{drain, undrain, DrainArgs};
 pub use shift::{shift, ShiftArgs};
-pub use verbs::{maintenance, reload, status};
+pub use verbs::{maintenance, reload, status, table};
 
 /// Exit codes of client verbs.
 pub mod exit {
@@ -48,6 +51,9 @@ pub enum ClientError {
     Usage(String),
 }
 
+/// Default time limit of one call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One admin API endpoint with its token.
 #[derive(Clone)]
 pub struct Admin {
@@ -72,81 +78,102 @@ impl Admin {
         }
     }
 
-    /// A request; answers (status, JSON body). 401 and transport errors are `Err`.
-    pub async fn call(
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
+            admin: self.base.clone(),
+            reason,
+        }
+    }
+
+    /// A request; answers (status, body bytes). 401 and transport errors are `Err`.
+    pub async fn raw<B: Serialize>(
         &self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
         timeout: Duration,
-    ) -> Result<(u16, Value), ClientError> {
+    ) -> Result<(u16, Bytes), ClientError> {
         let mut b = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
-        let payload = body.map(|v| v.to_string()).unwrap_or_default();
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
+        let payload = match body {
+            Some(v) => {
+                b = b.header("content-type", "application/json");
+                serde_json::to_vec(v).map_err(|e| ClientError::Usage(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
         let req = b
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
-        let unreachable = |reason: String| ClientError::Unreachable {
-            admin: self.base.clone(),
-            reason,
-        };
         let fut = async {
             let resp = self
                 .http
                 .request(req)
                 .await
-                .map_err(|e| unreachable(error_chain(&e)))?;
+                .map_err(|e| self.unreachable(error_chain(&e)))?;
             let status = resp.status().as_u16();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| unreachable(e.to_string()))?
+                .map_err(|e| self.unreachable(e.to_string()))?
                 .to_bytes();
             Ok::<_, ClientError>((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
+            .map_err(|_| self.unreachable(format!("no answer within {timeout:?}")))??;
         if status == 401 {
             return Err(ClientError::Unauthorized {
                 admin: self.base.clone(),
             });
         }
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok((status, v))
+        Ok((status, bytes))
     }
 
-    /// A call whose non-2xx answer is an error with the API's message.
-    pub async fn ok(
+    /// A call whose answer is `T` for 2xx and for the statuses in `also`; any other status
+    /// is an error with the API's message.
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
-        let (status, v) = self
-            .call(method, path, body, Duration::from_secs(30))
-            .await?;
-        if status >= 300 {
-            return Err(self.api_error(status, &v));
+        body: Option<&B>,
+        also: &[u16],
+    ) -> Result<(u16, T), ClientError> {
+        let (status, bytes) = self.raw(method, path, body, CALL_TIMEOUT).await?;
+        if !(200..300).contains(&status) && !also.contains(&status) {
+            return Err(self.api_error(status, &bytes));
         }
-        Ok(v)
+        Ok((status, self.decode(status, &bytes)?))
+    }
+
+    /// `GET` of a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Ok(self.call::<(), T>("GET", path, None, &[]).await?.1)
+    }
+
+    /// The body as `T`, or an error that says the answer was not what the API promises.
+    pub fn decode<T: DeserializeOwned>(&self, status: u16, bytes: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Api {
+            admin: self.base.clone(),
+            status,
+            message: format!(
+                "unexpected answer ({e}): {}",
+                String::from_utf8_lossy(bytes)
+            ),
+        })
     }
 
     /// The API error of a non-2xx answer.
-    pub fn api_error(&self, status: u16, v: &Value) -> ClientError {
-        let message = v["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string());
+    pub fn api_error(&self, status: u16, bytes: &[u8]) -> ClientError {
+        let message = match serde_json::from_slice::<ErrorBody>(bytes) {
+            Ok(e) => e.message,
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        };
         ClientError::Api {
             admin: self.base.clone(),
             status,
@@ -154,16 +181,12 @@ impl Admin {
         }
     }
 
-    /// Raw text of a GET (for `/metrics`).
-    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
-        let (status, v) = self
-            .call("GET", path, None, Duration::from_secs(30))
-            .await?;
-        match v {
-            Value::String(s) if status < 300 => Ok(s),
-            other if status < 300 => Ok(other.to_string()),
-            other => Err(self.api_error(status, &other)),
-        }
+    /// Whether `/readyz` answers 200 within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        matches!(
+            self.raw::<()>("GET", "/readyz", None, timeout).await,
+            Ok((200, _))
+        )
     }
 }
 
@@ -202,14 +225,14 @@ pub fn fleet(
     Ok(list.iter().map(|a| Admin::new(a, token.clone())).collect())
 }
 
+/// Everything but RFC 3986 unreserved characters is escaped in a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encode a path segment (backend names hold `:`).
 pub fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, SEGMENT).to_string()
 }

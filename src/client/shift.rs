@@ -1,17 +1,14 @@
 //! `tidegate shift ROUTE POOL=W… [--over D --step D] [--max-error-rate R --min-requests N]`.
 //!
-//! Without `--over` the split is set at once. With it, the CLI moves the split in equal steps
-//! itself (on every proxy of the fleet), and after each step reads `/metrics`: when the pools
-//! gaining weight answered more than `R` of their requests with 5xx or connect failures
-//! (once at least `N` requests were seen in the step), it puts the original split back,
-//! says why, and exits 1.
+//! Without `--over` the split is set at once on every proxy. With it, every proxy runs the
+//! ramp itself (and, with `--max-error-rate`, watches its own counters and rolls back); this
+//! client only starts it, shows its progress and exits 0 when every proxy completed, or 1
+//! when one rolled back or stopped (then it puts the starting split back on the others).
 
 use std::{collections::BTreeMap, time::Duration};
 
-use serde_json::json;
-
-use super::{exit, Admin, ClientError};
-use crate::state::ramp::interpolate;
+use super::{exit, seg, Admin, ClientError};
+use crate::api::{RouteSplit, SplitRequest};
 
 /// Arguments of `shift`.
 pub struct ShiftArgs {
@@ -41,18 +38,18 @@ fn parse_weights(ws: &[String]) -> Result<BTreeMap<String, u32>, ClientError> {
         .collect()
 }
 
-async fn current_split(admin: &Admin, route: &str) -> Result<BTreeMap<String, u32>, ClientError> {
-    let s = admin.ok("GET", "/api/v1/status", None).await?;
-    let r = s["routes"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["name"] == route))
-        .ok_or_else(|| ClientError::Usage(format!("{}: no route named {route:?}", admin.base)))?;
-    Ok(r["split"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(p, w)| (p.clone(), w.as_u64().unwrap_or(0) as u32))
-        .collect())
+fn split_path(route: &str) -> String {
+    format!("/api/v1/routes/{}/split", seg(route))
+}
+
+fn request(split: &BTreeMap<String, u32>) -> SplitRequest {
+    SplitRequest {
+        split: split
+            .iter()
+            .map(|(p, w)| (p.clone(), i64::from(*w)))
+            .collect(),
+        ..Default::default()
+    }
 }
 
 async fn set_split(
@@ -62,109 +59,10 @@ async fn set_split(
 ) -> Result<(), ClientError> {
     for admin in fleet {
         admin
-            .ok(
-                "POST",
-                &format!("/api/v1/routes/{}/split", super::seg(route)),
-                Some(&json!({ "split": split })),
-            )
+            .call::<_, RouteSplit>("POST", &split_path(route), Some(&request(split)), &[])
             .await?;
     }
     Ok(())
-}
-
-/// Sum of the samples of `name` whose labels include every `(key, value)` in `want`.
-pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-            let (labels, value) = rest.rsplit_once("} ")?;
-            let ok = want
-                .iter()
-                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.trim().parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
-/// (requests, errors) of `pools` on `route`, summed over the fleet.
-async fn counts(fleet: &[Admin], route: &str, pools: &[String]) -> Result<(f64, f64), ClientError> {
-    let (mut total, mut errors) = (0.0, 0.0);
-    for admin in fleet {
-        let m = admin.text("/metrics").await?;
-        for p in pools {
-            total += metric_sum(
-                &m,
-                "tidegate_requests_total",
-                &[("route", route), ("pool", p)],
-            );
-            errors += metric_sum(
-                &m,
-                "tidegate_requests_total",
-                &[("route", route), ("pool", p), ("code_class", "5xx")],
-            );
-            let cf = metric_sum(
-                &m,
-                "tidegate_upstream_connect_failures_total",
-                &[("pool", p)],
-            );
-            errors += cf;
-            total += cf;
-        }
-    }
-    Ok((total, errors))
-}
-
-/// Run `shift`.
-pub async fn shift(fleet: &[Admin], a: ShiftArgs) -> Result<u8, ClientError> {
-    let first = fleet
-        .first()
-        .ok_or_else(|| ClientError::Usage("no --admin".into()))?;
-    let from = current_split(first, &a.route).await?;
-    let mut to = from.clone();
-    to.extend(parse_weights(&a.weights)?);
-    let Some(over) = a.over else {
-        set_split(fleet, &a.route, &to).await?;
-        println!("{}: split {}", a.route, fmt(&to));
-        return Ok(exit::OK);
-    };
-    let step = a.step.unwrap_or(over / 10).max(Duration::from_millis(100));
-    let n = (over.as_secs_f64() / step.as_secs_f64()).ceil().max(1.0) as u32;
-    let gaining: Vec<String> = to
-        .iter()
-        .filter(|(p, w)| **w > from.get(*p).copied().unwrap_or(0))
-        .map(|(p, _)| p.clone())
-        .collect();
-    println!(
-        "{}: shifting {} -> {} in {n} steps of {}s",
-        a.route,
-        fmt(&from),
-        fmt(&to),
-        step.as_secs_f64()
-    );
-    for k in 1..=n {
-        let before = counts(fleet, &a.route, &gaining).await?;
-        let split = interpolate(&from, &to, k, n);
-        set_split(fleet, &a.route, &split).await?;
-        println!("step {k}/{n}: {}", fmt(&split));
-        tokio::time::sleep(step).await;
-        let after = counts(fleet, &a.route, &gaining).await?;
-        let (total, errors) = (after.0 - before.0, after.1 - before.1);
-        if let Some(max) = a.max_error_rate {
-            if total >= a.min_requests as f64 && total > 0.0 && errors / total > max {
-                set_split(fleet, &a.route, &from).await?;
-                println!(
-                    "rolled back to {} at step {k}/{n}: error rate {:.1}% ({errors} of {total} requests to {}) is over {:.1}%",
-                    fmt(&from),
-                    errors / total * 100.0,
-                    gaining.join(", "),
-                    max * 100.0
-                );
-                return Ok(exit::NOT_DONE);
-            }
-        }
-    }
-    println!("{}: shifted to {}", a.route, fmt(&to));
-    Ok(exit::OK)
 }
 
 fn fmt(s: &BTreeMap<String, u32>) -> String {
@@ -174,30 +72,107 @@ fn fmt(s: &BTreeMap<String, u32>) -> String {
         .join(" ")
 }
 
+/// Run `shift`.
+pub async fn shift(fleet: &[Admin], a: ShiftArgs) -> Result<u8, ClientError> {
+    let first = fleet
+        .first()
+        .ok_or_else(|| ClientError::Usage("no --admin".into()))?;
+    let from = first.get::<RouteSplit>(&split_path(&a.route)).await?.split;
+    let mut to = from.clone();
+    to.extend(parse_weights(&a.weights)?);
+    let Some(over) = a.over else {
+        set_split(fleet, &a.route, &to).await?;
+        println!("{}: split {}", a.route, fmt(&to));
+        return Ok(exit::OK);
+    };
+    let step = a.step.unwrap_or(over / 10).max(Duration::from_millis(100));
+    let mut req = request(&to);
+    req.over = Some(format!("{}ms", over.as_millis()));
+    req.step = Some(format!("{}ms", step.as_millis()));
+    req.max_error_rate = a.max_error_rate;
+    req.min_requests = Some(a.min_requests);
+    for admin in fleet {
+        admin
+            .call::<_, RouteSplit>("POST", &split_path(&a.route), Some(&req), &[])
+            .await?;
+    }
+    println!(
+        "{}: shifting {} -> {} in steps of {}s{}",
+        a.route,
+        fmt(&from),
+        fmt(&to),
+        step.as_secs_f64(),
+        a.max_error_rate
+            .map(|r| format!(", rolled back above {:.1}% errors", r * 100.0))
+            .unwrap_or_default()
+    );
+    follow(fleet, &a.route, &from, &to, over + step * 2).await
+}
+
+/// Show the ramp's progress on the first proxy until every proxy is done.
+async fn follow(
+    fleet: &[Admin],
+    route: &str,
+    from: &BTreeMap<String, u32>,
+    to: &BTreeMap<String, u32>,
+    expected: Duration,
+) -> Result<u8, ClientError> {
+    let deadline = tokio::time::Instant::now() + expected + Duration::from_secs(30);
+    let mut shown = 0;
+    loop {
+        let mut views = Vec::with_capacity(fleet.len());
+        for admin in fleet {
+            views.push(admin.get::<RouteSplit>(&split_path(route)).await?);
+        }
+        if let Some(r) = views[0].ramp.as_ref().filter(|r| r.steps_done > shown) {
+            for k in shown + 1..r.steps_done {
+                println!("step {k}/{}", r.steps_total);
+            }
+            println!(
+                "step {}/{}: {}",
+                r.steps_done,
+                r.steps_total,
+                fmt(&views[0].split)
+            );
+            shown = r.steps_done;
+        }
+        let stopped = views.iter().zip(fleet).find_map(|(v, admin)| {
+            let r = v.ramp.as_ref()?;
+            (r.state == "rolled_back" || r.state == "cancelled").then(|| (admin, r.clone()))
+        });
+        if let Some((admin, r)) = stopped {
+            set_split(fleet, route, from).await?;
+            let verb = if r.state == "rolled_back" {
+                "rolled back"
+            } else {
+                "stopped"
+            };
+            println!(
+                "{verb} to {} on {}: {}",
+                fmt(from),
+                admin.base,
+                r.reason.unwrap_or_default()
+            );
+            return Ok(exit::NOT_DONE);
+        }
+        let done = views
+            .iter()
+            .all(|v| v.ramp.as_ref().is_some_and(|r| r.state == "completed"));
+        if done {
+            println!("{route}: shifted to {}", fmt(to));
+            return Ok(exit::OK);
+        }
+        if tokio::time::Instant::now() > deadline {
+            println!("{route}: the ramp did not finish in time; the split is left as it is");
+            return Ok(exit::NOT_DONE);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sums_matching_samples() {
-        let m = "tidegate_requests_total{route=\"app\",pool=\"green\",code_class=\"2xx\"} 7\ntidegate_requests_total{route=\"app\",pool=\"green\",code_class=\"5xx\"} 3\ntidegate_requests_total{route=\"app\",pool=\"blue\",code_class=\"5xx\"} 100\n";
-        assert_eq!(
-            metric_sum(
-                m,
-                "tidegate_requests_total",
-                &[("route", "app"), ("pool", "green")]
-            ),
-            10.0
-        );
-        assert_eq!(
-            metric_sum(
-                m,
-                "tidegate_requests_total",
-                &[("pool", "green"), ("code_class", "5xx")]
-            ),
-            3.0
-        );
-    }
 
     #[test]
     fn weights_parse_and_refuse_garbage() {

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
 use super::{exit, Admin, ClientError};
+use crate::api::{self, BackendStatus, MaintenanceRequest, MaintenanceStatus, Status};
 
 /// One table across every proxy (or `--json`: an array of status objects).
 pub async fn status(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
@@ -12,68 +11,74 @@ pub async fn status(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
     for admin in fleet {
         all.push((
             admin.base.clone(),
-            admin.ok("GET", "/api/v1/status", None).await?,
+            admin.get::<Status>("/api/v1/status").await?,
         ));
     }
     if as_json {
-        let arr: Vec<Value> = all
-            .into_iter()
-            .map(|(a, mut s)| {
-                s["admin"] = json!(a);
-                s
+        #[derive(serde::Serialize)]
+        struct WithAdmin<'a> {
+            admin: &'a str,
+            #[serde(flatten)]
+            status: &'a Status,
+        }
+        let arr: Vec<WithAdmin> = all
+            .iter()
+            .map(|(a, s)| WithAdmin {
+                admin: a,
+                status: s,
             })
             .collect();
-        println!("{}", Value::Array(arr));
+        println!("{}", serde_json::to_string(&arr).unwrap_or_default());
         return Ok(exit::OK);
     }
     print!("{}", table(&all));
     Ok(exit::OK)
 }
 
-/// The human table: one block of routes, then one row per backend and proxy.
-pub fn table(all: &[(String, Value)]) -> String {
+fn route_line(r: &api::RouteStatus) -> String {
+    let split: Vec<String> = r
+        .split
+        .split
+        .iter()
+        .map(|(p, w)| format!("{p}={w}"))
+        .collect();
+    let ramp = match &r.split.ramp {
+        Some(x) if x.is_running() => format!("  ramp {}/{}", x.steps_done, x.steps_total),
+        _ => String::new(),
+    };
+    let over = if r.split.overridden {
+        " (override)"
+    } else {
+        ""
+    };
+    format!(
+        "  route {:<16} split {}{over}{ramp}\n",
+        r.name,
+        split.join(" ")
+    )
+}
+
+/// The human table: one block of routes per proxy, then one row per backend and proxy.
+pub fn table(all: &[(String, Status)]) -> String {
     let mut out = String::new();
     for (admin, s) in all {
         out.push_str(&format!(
             "proxy {admin}  generation {}  in flight {}{}{}\n",
-            s["generation"],
-            s["in_flight"],
-            if s["shutting_down"] == true {
+            s.generation,
+            s.in_flight,
+            if s.shutting_down {
                 "  SHUTTING DOWN"
             } else {
                 ""
             },
-            if s["maintenance"]["maintenance"] == true {
+            if s.maintenance.maintenance {
                 "  MAINTENANCE"
             } else {
                 ""
             },
         ));
-        for r in s["routes"].as_array().into_iter().flatten() {
-            let split: Vec<String> = r["split"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(p, w)| format!("{p}={w}"))
-                .collect();
-            let ramp = match r["ramp"]["state"].as_str() {
-                Some("running") => format!(
-                    "  ramp {}/{}",
-                    r["ramp"]["steps_done"], r["ramp"]["steps_total"]
-                ),
-                _ => String::new(),
-            };
-            out.push_str(&format!(
-                "  route {:<16} split {}{}{}\n",
-                r["name"].as_str().unwrap_or("?"),
-                split.join(" "),
-                if r["override"] == true {
-                    " (override)"
-                } else {
-                    ""
-                },
-                ramp
-            ));
+        for r in &s.routes {
+            out.push_str(&route_line(r));
         }
     }
     out.push_str(&format!(
@@ -81,52 +86,69 @@ pub fn table(all: &[(String, Value)]) -> String {
         "BACKEND", "ADDRESS", "STATE", "HEALTHY", "HTTP", "SSE", "WEBSOCKET", "PROXY"
     ));
     for (admin, s) in all {
-        for (pool, p) in s["pools"].as_object().into_iter().flatten() {
-            for b in p["backends"].as_array().into_iter().flatten() {
-                let state = if p["state"] != "active" {
-                    p["state"].as_str().unwrap_or("?")
+        for (pool, p) in &s.pools {
+            for b in &p.backends {
+                let state = if p.state != "active" {
+                    &p.state
                 } else {
-                    b["state"].as_str().unwrap_or("?")
+                    &b.state
                 };
+                let id = format!("{pool}/{}", b.name);
                 out.push_str(&row(
-                    &format!("{pool}/{}", b["name"].as_str().unwrap_or("?")),
-                    b["address"].as_str().unwrap_or(""),
+                    &id,
+                    b.address.as_deref().unwrap_or(""),
                     state,
                     b,
                     admin,
                 ));
             }
         }
-        for b in s["removed"].as_array().into_iter().flatten() {
-            out.push_str(&row(
-                b["id"].as_str().unwrap_or("?"),
-                "",
-                "removed",
-                b,
-                admin,
-            ));
+        for b in &s.removed {
+            out.push_str(&row(&b.id, "", "removed", b, admin));
         }
     }
     out
 }
 
-fn row(id: &str, addr: &str, state: &str, b: &Value, admin: &str) -> String {
-    let f = &b["in_flight"];
+fn row(id: &str, addr: &str, state: &str, b: &BackendStatus, admin: &str) -> String {
+    let f = &b.in_flight;
     format!(
         "{id:<28} {addr:<24} {state:<10} {:>7} {:>6} {:>6} {:>10}  {admin}\n",
-        if b["healthy"] == true { "yes" } else { "no" },
-        f["http"].as_u64().unwrap_or(0),
-        f["sse"].as_u64().unwrap_or(0),
-        f["websocket"].as_u64().unwrap_or(0),
+        if b.healthy { "yes" } else { "no" },
+        f.http,
+        f.sse,
+        f.websocket,
     )
+}
+
+fn summary_line(s: &api::ReloadSummary) -> String {
+    let mut parts = Vec::new();
+    for (list, label) in [
+        (&s.routes_added, "routes added"),
+        (&s.routes_changed, "routes changed"),
+        (&s.routes_removed, "routes removed"),
+        (&s.pools_added, "pools added"),
+        (&s.pools_changed, "pools changed"),
+        (&s.pools_removed, "pools removed"),
+        (&s.needs_restart, "needs restart"),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{label}: {}", list.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        "no routing change".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// Reload every proxy; prints what changed. Exit 1 when a proxy refused the file.
 pub async fn reload(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
     let mut code = exit::OK;
     for admin in fleet {
-        let (status, v) = admin
-            .call(
+        let (status, bytes) = admin
+            .raw::<()>(
                 "POST",
                 "/api/v1/config/reload",
                 None,
@@ -134,62 +156,35 @@ pub async fn reload(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
             )
             .await?;
         if as_json {
-            println!("{v}");
+            println!("{}", String::from_utf8_lossy(&bytes).trim_end());
         }
         match status {
             200 => {
+                let r: api::Reloaded = admin.decode(status, &bytes)?;
                 if !as_json {
-                    let s = &v["summary"];
-                    let list = |k: &str| {
-                        s[k].as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|x| x.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            })
-                            .unwrap_or_default()
-                    };
-                    let mut parts = Vec::new();
-                    for (k, label) in [
-                        ("routes_added", "routes added"),
-                        ("routes_changed", "routes changed"),
-                        ("routes_removed", "routes removed"),
-                        ("pools_added", "pools added"),
-                        ("pools_changed", "pools changed"),
-                        ("pools_removed", "pools removed"),
-                        ("needs_restart", "needs restart"),
-                    ] {
-                        let l = list(k);
-                        if !l.is_empty() {
-                            parts.push(format!("{label}: {l}"));
-                        }
-                    }
-                    let what = if parts.is_empty() {
-                        "no routing change".to_string()
-                    } else {
-                        parts.join("; ")
-                    };
+                    let s = &r.summary;
                     println!(
-                        "{}: reloaded, generation {}: {what}",
-                        admin.base, s["generation"]
+                        "{}: reloaded, generation {}: {}",
+                        admin.base,
+                        s.generation,
+                        summary_line(s)
                     );
-                    for w in s["warnings"].as_array().into_iter().flatten() {
-                        println!("{}: warning: {}", admin.base, w.as_str().unwrap_or(""));
+                    for w in &s.warnings {
+                        println!("{}: warning: {w}", admin.base);
                     }
                 }
             }
             422 => {
+                let r: api::ConfigRefused = admin.decode(status, &bytes)?;
                 if !as_json {
                     println!(
                         "{}: refused, the running config is kept: {}",
-                        admin.base,
-                        v["message"].as_str().unwrap_or("invalid config")
+                        admin.base, r.message
                     );
                 }
                 code = exit::NOT_DONE;
             }
-            _ => return Err(admin.api_error(status, &v)),
+            _ => return Err(admin.api_error(status, &bytes)),
         }
     }
     Ok(code)
@@ -200,41 +195,38 @@ pub async fn reload(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
 pub async fn maintenance(
     fleet: &[Admin],
     on: bool,
-    body: Value,
+    body: MaintenanceRequest,
     as_json: bool,
 ) -> Result<u8, ClientError> {
     for admin in fleet {
-        let (status, v) = if on {
+        let (status, bytes) = if on {
             admin
-                .call(
+                .raw(
                     "POST",
                     "/api/v1/maintenance",
                     Some(&body),
-                    Duration::from_secs(30),
+                    super::CALL_TIMEOUT,
                 )
                 .await?
         } else {
             admin
-                .call(
-                    "DELETE",
-                    "/api/v1/maintenance",
-                    None,
-                    Duration::from_secs(30),
-                )
+                .raw::<()>("DELETE", "/api/v1/maintenance", None, super::CALL_TIMEOUT)
                 .await?
         };
         // `off` when not in maintenance (409) is already the wanted state.
         let already_off = status == 409 && !on;
         if status >= 300 && !already_off {
-            return Err(admin.api_error(status, &v));
+            return Err(admin.api_error(status, &bytes));
         }
         if as_json {
-            println!("{v}");
+            println!("{}", String::from_utf8_lossy(&bytes).trim_end());
         } else {
+            let m: Option<MaintenanceStatus> = admin.decode(status, &bytes).ok();
+            let state = m.map_or(on, |m| m.maintenance);
             println!(
                 "{}: maintenance {}",
                 admin.base,
-                if on { "on" } else { "off" }
+                if state { "on" } else { "off" }
             );
         }
     }

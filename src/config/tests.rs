@@ -21,19 +21,20 @@ pools:
 "#;
 
 fn load(text: &str) -> Result<Loaded, ConfigError> {
-    load_str(text, &Registry::default(), &|_| None)
+    load_str(text, &|_| None)
 }
 
 #[test]
 fn base_config_builds() {
     let l = load(BASE).unwrap();
-    let c = &l.config;
+    let c = &l.spec;
     assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.pools["blue"].backends[0].name.as_ref(), "127.0.0.1:3001");
+    assert_eq!(c.pools["blue"].backends[0].weight, 3);
     assert_eq!(
-        c.pools["blue"].backends[0].id.as_ref(),
-        "blue/127.0.0.1:3001"
+        c.routes[0].split,
+        vec![("blue".into(), 80), ("green".into(), 20)]
     );
-    assert_eq!(c.routes[0].schedule.len(), 5);
     assert!(l.warnings.is_empty());
 }
 
@@ -157,16 +158,13 @@ fn non_loopback_admin_needs_a_token() {
     let open = format!("{BASE}admin:\n  address: 0.0.0.0:9901\n");
     assert_eq!(err(&open).kind(), "security");
     let with_env = format!("{BASE}admin:\n  address: 0.0.0.0:9901\n  token_env: TG_T\n");
-    let l = load_str(&with_env, &Registry::default(), &|k| {
-        (k == "TG_T").then(|| "t0k".into())
-    })
-    .unwrap();
+    let l = load_str(&with_env, &|k| (k == "TG_T").then(|| "t0k".into())).unwrap();
     assert_eq!(
-        l.config.admin.token.as_ref().map(|s| s.0.as_str()),
+        l.spec.admin.token.as_ref().map(|s| s.0.as_str()),
         Some("t0k")
     );
     assert!(
-        !format!("{:?}", l.config.admin).contains("t0k"),
+        !format!("{:?}", l.spec.admin).contains("t0k"),
         "token must not appear in Debug"
     );
 }
@@ -178,11 +176,11 @@ fn all_zero_split_is_a_warning_not_an_error() {
 }
 
 #[test]
-fn registry_state_survives_rebuild() {
-    let reg = Registry::default();
-    let a = load_str(BASE, &reg, &|_| None).unwrap();
-    let st = &a.config.pools["blue"].backends[0].state;
-    st.drain.start(Default::default(), 0).unwrap();
-    let b = load_str(&BASE.replace("weight: 3", "weight: 5"), &reg, &|_| None).unwrap();
-    assert!(b.config.pools["blue"].backends[0].state.drain.is_draining());
+fn an_unchanged_spec_diffs_empty_and_a_weight_change_is_a_pool_change() {
+    let a = load(BASE).unwrap().spec;
+    let b = load(&BASE.replace("weight: 3", "weight: 5")).unwrap().spec;
+    assert_eq!(diff::Diff::between(&a, &a), diff::Diff::default());
+    let d = diff::Diff::between(&a, &b);
+    assert_eq!(d.pools_changed, vec!["blue".to_string()]);
+    assert!(d.routes_changed.is_empty() && d.needs_restart.is_empty());
 }

@@ -48,6 +48,8 @@ pub struct Backend {
     push_tx: broadcast::Sender<String>,
 }
 
+// Some methods are used only by the integration tests, which include this file by path.
+#[allow(dead_code)]
 impl Backend {
     /// A backend reporting `name`.
     pub fn new(name: &str) -> Arc<Self> {

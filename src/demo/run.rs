@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 use super::backend::Backend;
-use crate::client::{self, Admin, DrainArgs, ShiftArgs};
+use tidegate::client::{self, Admin, DrainArgs, ShiftArgs};
 
 /// Removes the demo's temp directory on drop.
 struct RemoveDir(PathBuf);
@@ -90,12 +90,7 @@ pub async fn run(script: bool, port: u16, admin_port: u16) -> Result<u8, String>
     let _cleanup = RemoveDir(dir.clone());
     let admin = Admin::new(&format!("127.0.0.1:{admin_port}"), None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        admin
-            .call("GET", "/readyz", None, Duration::from_secs(1))
-            .await,
-        Ok((200, _))
-    ) {
+    while !admin.ready(Duration::from_secs(1)).await {
         if tokio::time::Instant::now() > deadline {
             return Err(format!(
                 "tidegate did not become ready; see {}",

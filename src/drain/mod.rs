@@ -1,6 +1,5 @@
-//! Draining: the pure state machine (`machine`), deadline enforcement (`enforce`), and the
-//! status view the admin API and CLI read (`view`).
+//! Draining, the pure part: the state machine of one pool's or backend's drain (phases,
+//! deadlines, spread of forced ends), with `now` passed in. The live cells are in
+//! `state::drain_cell`; the drain service is `services::drains`.
 
-pub mod enforce;
 pub mod machine;
-pub mod view;

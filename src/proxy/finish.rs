@@ -7,13 +7,10 @@ use pingora::{
 };
 
 use super::{errors, Ctx};
-use crate::{
-    drain::enforce::WS_CLOSE_1001,
-    state::{
-        stats::StreamEnd,
-        tracking::{EndReason, Kind},
-    },
-};
+use crate::state::{counts::Kind, items::EndReason, stats::StreamEnd};
+
+/// WebSocket close frame, code 1001 ("going away"), server → client: unmasked.
+pub(super) const WS_CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 
 /// Finish a response that was ended on purpose (drain deadline or shutdown grace): SSE gets
 /// a clean end of body (final chunk) so EventSource reconnects; a WebSocket client gets close

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use pingora::http::RequestHeader;
 
-use crate::config::runtime::HttpSettings;
+use crate::config::spec::HttpSettings;
 
 /// Why a request is refused before routing: status, error kind, message.
 pub(super) type Refusal = (u16, &'static str, String);

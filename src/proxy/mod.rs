@@ -29,10 +29,11 @@ use pingora::{
 };
 
 use crate::{
-    config::runtime::{Maintenance, Pool, Route, RuntimeConfig},
-    drain::enforce::WS_CLOSE_1001,
+    services::probe,
     state::{
-        tracking::{Kind, Tracking},
+        counts::Kind,
+        table::{Maintenance, Pool, Route, Table},
+        tracking::Tracking,
         ActiveGuard, AppState,
     },
 };
@@ -81,7 +82,7 @@ enum Routed {
     Unavailable(Arc<Route>),
 }
 
-fn route_on(cfg: &RuntimeConfig, req: &RequestHeader) -> Routed {
+fn route_on(cfg: &Table, req: &RequestHeader) -> Routed {
     let host = request_host(req).unwrap_or_default();
     let Some(route) = cfg.route(host, req.uri.path(), &req.method) else {
         return Routed::NoRoute;
@@ -117,12 +118,12 @@ impl Proxy {
             let state = &self.state;
             let woke = hold::wait(state, deadline, || {
                 !matches!(
-                    route_on(&state.config(), session.req_header()),
+                    route_on(&state.table(), session.req_header()),
                     Routed::Unavailable(_)
                 )
             })
             .await;
-            match route_on(&self.state.config(), session.req_header()) {
+            match route_on(&self.state.table(), session.req_header()) {
                 Routed::To(r, p) => {
                     ctx.route = Some(r);
                     ctx.pool = Some(p);
@@ -134,10 +135,7 @@ impl Proxy {
                     return Ok(true);
                 }
                 Routed::Unavailable(_) if !woke => {
-                    route
-                        .stats
-                        .hold_timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    route.stats.hold_timeouts.inc();
                     return refuse_held(
                         session,
                         &route,
@@ -153,16 +151,16 @@ impl Proxy {
     /// Join the route's hold queue (the deadline is set on the first hold of a request).
     /// `None` when holding is off (`hold.timeout: 0`) or the queue is full.
     fn enter_hold(&self, route: &Route, ctx: &mut Ctx) -> Option<hold::Held> {
-        if route.hold.timeout.is_zero() {
+        if route.spec.hold.timeout.is_zero() {
             return None;
         }
         let deadline = *ctx
             .hold_deadline
-            .get_or_insert_with(|| tokio::time::Instant::now() + route.hold.timeout);
+            .get_or_insert_with(|| tokio::time::Instant::now() + route.spec.hold.timeout);
         if tokio::time::Instant::now() >= deadline {
             return None;
         }
-        hold::Held::acquire(&route.stats.held, route.hold.max_queued)
+        hold::Held::acquire(&route.stats.held, route.spec.hold.max_queued)
     }
 }
 
@@ -217,8 +215,8 @@ impl ProxyHttp for Proxy {
             // close and idle keep-alive connections are dropped under them.
             session.set_keepalive(None);
         }
-        let cfg = self.state.config();
-        if let Err((code, kind, msg)) = hygiene::apply(session.req_header_mut(), &cfg.http) {
+        let cfg = self.state.table();
+        if let Err((code, kind, msg)) = hygiene::apply(session.req_header_mut(), &cfg.spec.http) {
             drop(cfg);
             // The request was not read as meant: do not try to read another on this
             // connection.
@@ -227,9 +225,9 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         let timeout = if ctx.upgrade {
-            cfg.timeouts.websocket_idle
+            cfg.spec.timeouts.websocket_idle
         } else {
-            cfg.timeouts.client_read
+            cfg.spec.timeouts.client_read
         };
         let routed = route_on(&cfg, session.req_header());
         drop(cfg);
@@ -260,8 +258,8 @@ impl ProxyHttp for Proxy {
             session.req_header().uri.clone(),
             client,
         ));
-        let cfg = self.state.config();
-        let t = &cfg.timeouts;
+        let cfg = self.state.table();
+        let t = &cfg.spec.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
@@ -292,17 +290,17 @@ impl ProxyHttp for Proxy {
         let (Some(route), Some(pool)) = (ctx.route.clone(), ctx.pool.clone()) else {
             return e;
         };
-        match &pool.health_check {
+        match &pool.spec.health_check {
             Some(hc) => {
                 if st.record_checked_failure(hc.fall) {
                     tracing::warn!(backend = %st.id, "backend unhealthy after consecutive connect failures");
                 }
             }
             None => {
-                if st.passive.fail(pool.passive.fall) {
+                if st.passive.fail(pool.spec.passive.fall) {
                     tracing::warn!(backend = %st.id, "backend down: connects keep failing; probing in the background");
                 }
-                crate::lifecycle::probe::ensure(&self.state, &st);
+                probe::ensure(&self.state, &st);
             }
         }
         ctx.failed.push(&st);
@@ -312,11 +310,7 @@ impl ProxyHttp for Proxy {
         let retry = ctx.attempts < MAX_ATTEMPTS && (elsewhere || pick::may_hold(&route, ctx));
         tracing::warn!(backend = %st.id, error = e.etype().as_str(), retry, "upstream connect failed");
         if retry && elsewhere {
-            // Relaxed: a statistics counter.
-            route
-                .stats
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            route.stats.retries.inc();
         }
         e.set_retry(retry);
         e
@@ -346,7 +340,7 @@ impl ProxyHttp for Proxy {
             e.set_retry(false);
             return e;
         };
-        let allowed = route.retry_sent.allows(&session.req_header().method);
+        let allowed = route.spec.retry_sent.allows(&session.req_header().method);
         if allowed && !reused {
             // A fresh connection that died: the backend itself failed, try another one.
             if let Some(t) = &ctx.backend {
@@ -362,11 +356,7 @@ impl ProxyHttp for Proxy {
             && ctx.attempts < MAX_ATTEMPTS
             && (pick::elsewhere(&route, ctx) || (reused && pick::may_hold(&route, ctx)));
         if retry {
-            // Relaxed: a statistics counter.
-            route
-                .stats
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            route.stats.retries.inc();
         }
         tracing::warn!(
             backend = ctx.backend.as_ref().map(|b| &*b.backend().id),
@@ -443,7 +433,7 @@ impl ProxyHttp for Proxy {
             if let Some(t) = &ctx.backend {
                 if t.item().kind() == Kind::WebSocket && t.item().ended().is_some() {
                     let mut b = body.take().map(|b| b.to_vec()).unwrap_or_default();
-                    b.extend_from_slice(&WS_CLOSE_1001);
+                    b.extend_from_slice(&finish::WS_CLOSE_1001);
                     *body = Some(Bytes::from(b));
                 }
             }

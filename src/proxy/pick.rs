@@ -8,9 +8,9 @@ use std::{net::SocketAddr, sync::Arc};
 use pingora::{http::RequestHeader, prelude::*, proxy::Session, ErrorType::HTTPStatus};
 
 use super::{headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
-use crate::{
-    config::runtime::{Pool, Route, RuntimeConfig},
-    state::backend::BackendState,
+use crate::state::{
+    backend::BackendState,
+    table::{Backend, Pool, Route, Table},
 };
 
 /// Backends one request failed on, each with the recovery epoch it had then.
@@ -52,7 +52,7 @@ impl Failed {
 /// Whether another backend of the route's split could take the request now, within its
 /// retry budget (no schedule slot used).
 pub(super) fn elsewhere(route: &Route, ctx: &Ctx) -> bool {
-    ctx.failed.len() <= route.retries as usize
+    ctx.failed.len() <= route.spec.retries as usize
         && route
             .split
             .iter()
@@ -61,7 +61,7 @@ pub(super) fn elsewhere(route: &Route, ctx: &Ctx) -> bool {
 
 /// Whether the request may still wait in the route's hold queue.
 pub(super) fn may_hold(route: &Route, ctx: &Ctx) -> bool {
-    !route.hold.timeout.is_zero()
+    !route.spec.hold.timeout.is_zero()
         && ctx
             .hold_deadline
             .is_none_or(|d| tokio::time::Instant::now() < d)
@@ -69,14 +69,10 @@ pub(super) fn may_hold(route: &Route, ctx: &Ctx) -> bool {
 
 /// Route `req` again on `cfg` and pick a backend outside `failed`.
 fn reroute<'a>(
-    cfg: &'a RuntimeConfig,
+    cfg: &'a Table,
     req: &RequestHeader,
     failed: &Failed,
-) -> Option<(
-    &'a Arc<Route>,
-    &'a Arc<Pool>,
-    &'a crate::config::runtime::Backend,
-)> {
+) -> Option<(&'a Arc<Route>, &'a Arc<Pool>, &'a Backend)> {
     let host = request_host(req).unwrap_or_default();
     let route = cfg.route(host, req.uri.path(), &req.method)?;
     let (pool, b) = route.pick_avoiding(&|b| failed.skips(b))?;
@@ -99,15 +95,15 @@ impl Proxy {
                     format!("no backend of route {:?} could be reached", route.name),
                 ));
             }
-            if ctx.failed.len() <= route.retries as usize {
+            if ctx.failed.len() <= route.spec.retries as usize {
                 if let Some((_, b)) = pool.pick_avoiding(&|b| ctx.failed.skips(b)) {
-                    return Ok((route, b.state.clone(), b.addr));
+                    return Ok((route, b.state.clone(), b.spec.addr));
                 }
                 // The chosen pool has nothing left for this request (a drain raced the
                 // pick, or its backends failed): any pool of the split, newest snapshot.
-                let cfg = self.state.config();
+                let cfg = self.state.table();
                 if let Some((r, p, b)) = reroute(&cfg, session.req_header(), &ctx.failed) {
-                    let chosen = (r.clone(), b.state.clone(), b.addr);
+                    let chosen = (r.clone(), b.state.clone(), b.spec.addr);
                     ctx.route = Some(r.clone());
                     ctx.pool = Some(p.clone());
                     return Ok(chosen);
@@ -130,14 +126,11 @@ impl Proxy {
             let state = &self.state;
             let failed = &ctx.failed;
             let woke = hold::wait(state, deadline, || {
-                reroute(&state.config(), session.req_header(), failed).is_some()
+                reroute(&state.table(), session.req_header(), failed).is_some()
             })
             .await;
             if !woke {
-                route
-                    .stats
-                    .hold_timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                route.stats.hold_timeouts.inc();
                 return Err(Error::explain(
                     HTTPStatus(503),
                     format!(
@@ -147,7 +140,7 @@ impl Proxy {
                 ));
             }
             ctx.failed.forget_recovered();
-            let cfg = self.state.config();
+            let cfg = self.state.table();
             if let Some((r, p, _)) = reroute(&cfg, session.req_header(), &ctx.failed) {
                 ctx.route = Some(r.clone());
                 ctx.pool = Some(p.clone());

@@ -1,183 +1,198 @@
-//! Shared process state: the published config (`ArcSwap`), the backend registry, readiness and
-//! process-wide in-flight count. Reloads go through [`AppState::reload`], serialized by a lock
-//! that the hot path never touches.
+//! Live state: the published route table (`ArcSwap`), the backend registry, statistics,
+//! runtime overrides, the process's lifecycle flags. Everything here is data with atomic or
+//! briefly locked updates; the tasks that drive it live in `services`.
+//!
+//! Publishing is serialized by one lock (`publish`) that the hot path never touches: a new
+//! spec ([`AppState::publish_spec`]) or new overrides ([`AppState::change_overrides`]) make
+//! a new [`Table`], stored with one `ArcSwap::store`.
 
 pub mod backend;
-pub mod health;
+pub mod counts;
+pub mod drain_cell;
+pub mod items;
 pub mod overrides;
 pub mod passive;
-pub mod persist;
-pub mod ramp;
+pub mod process;
+pub mod ramps;
+pub mod registry;
 pub mod stats;
+pub mod table;
 pub mod tracking;
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Instant, SystemTime},
+    sync::{Arc, Mutex},
 };
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
-use crate::config::{self, ConfigError, RuntimeConfig};
-use backend::Registry;
+use crate::config::{diff::Diff, Spec};
+use drain_cell::Target;
+use registry::Registry;
+use stats::Stats;
+use table::Table;
 
-/// Everything shared between the proxy, admin API and background tasks.
+pub use process::{ActiveGuard, ExitReason, Process, ReloadStats};
+
+/// A drain whose deadline tasks the drain service must run: its target and epoch.
+pub type Enforce = (Target, u64);
+
+/// Everything shared between the proxy, the admin API and the services.
 #[derive(Debug)]
 pub struct AppState {
-    config: ArcSwap<RuntimeConfig>,
+    table: ArcSwap<Table>,
+    /// Serializes publications; holds the overrides and the hash of the file last published.
+    publish: Mutex<Published>,
     pub registry: Arc<Registry>,
+    pub stats: Stats,
     pub config_path: PathBuf,
-    reload_lock: Mutex<ReloadStats>,
-    /// Split and maintenance overrides; changed only while holding `reload_lock`.
-    overrides: Mutex<overrides::Overrides>,
-    /// Hash of the file text last published, so a watch event without a change is a no-op.
-    loaded_hash: AtomicU64,
-    ready: AtomicBool,
-    shutting_down: AtomicBool,
-    active: AtomicU64,
-    /// Woken when the process-wide in-flight count drops to zero.
-    pub idle: Notify,
-    /// Split ramps by route.
-    pub ramps: ramp::Ramps,
+    /// Readiness, shutdown, process-wide in-flight count, reload counters.
+    pub process: Process,
     /// Woken when a backend may have become available (health, undrain, split, reload):
     /// held requests re-route.
     pub availability: Notify,
-    pub started: Instant,
-    /// Unix time of the start (the first successful config load).
-    pub started_unix: f64,
+    /// Split ramps by route (status; the drivers are in `services::ramps`).
+    pub ramps: ramps::Ramps,
+    /// Drains whose deadline tasks the drain service starts.
+    enforce: (
+        mpsc::UnboundedSender<Enforce>,
+        Mutex<Option<mpsc::UnboundedReceiver<Enforce>>>,
+    ),
 }
 
-/// Counters of reload outcomes (also kept for metrics).
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct ReloadStats {
-    pub succeeded: u64,
-    pub failed: u64,
-    pub last_success_unix: Option<f64>,
-    pub last_error: Option<String>,
-}
-
-/// What a successful reload changed.
-#[derive(Debug, Serialize)]
-pub struct ReloadSummary {
-    pub generation: u64,
-    pub changed: bool,
-    pub routes_added: Vec<String>,
-    pub routes_removed: Vec<String>,
-    pub routes_changed: Vec<String>,
-    pub pools_added: Vec<String>,
-    pub pools_removed: Vec<String>,
-    pub pools_changed: Vec<String>,
-    /// Settings that only apply after a restart (listeners, admin address, server).
-    pub needs_restart: Vec<String>,
-    pub warnings: Vec<String>,
+#[derive(Debug, Default)]
+struct Published {
+    overrides: overrides::Overrides,
+    file_hash: u64,
 }
 
 impl AppState {
-    /// Wrap an initial config (generation 1).
-    pub fn new(mut cfg: RuntimeConfig, registry: Arc<Registry>, config_path: PathBuf) -> Self {
-        cfg.generation = 1;
-        let loaded_hash = std::fs::read(&config_path).map(|t| hash(&t)).unwrap_or(0);
+    /// Bind and publish the first spec (generation 1).
+    pub fn new(spec: Spec, config_path: PathBuf, file_hash: u64) -> Self {
+        let registry = Arc::new(Registry::default());
+        let stats = Stats::default();
+        let mut warnings = Vec::new();
+        let table = Table::bind(
+            Arc::new(spec),
+            1,
+            &Default::default(),
+            &registry,
+            &stats,
+            &mut warnings,
+        );
+        apply_health(&table);
+        // From now on, new backends are additions (they slow-start).
+        registry.set_live();
+        let (tx, rx) = mpsc::unbounded_channel();
         Self {
-            loaded_hash: AtomicU64::new(loaded_hash),
-            overrides: Mutex::new(overrides::Overrides::default()),
-            config: ArcSwap::from_pointee(cfg),
+            table: ArcSwap::from_pointee(table),
+            publish: Mutex::new(Published {
+                overrides: Default::default(),
+                file_hash,
+            }),
             registry,
+            stats,
             config_path,
-            reload_lock: Mutex::new(ReloadStats::default()),
-            ready: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            active: AtomicU64::new(0),
-            idle: Notify::new(),
+            process: Process::new(),
             availability: Notify::new(),
-            ramps: ramp::Ramps::default(),
-            started: Instant::now(),
-            started_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            ramps: Default::default(),
+            enforce: (tx, Mutex::new(Some(rx))),
         }
     }
 
-    /// The current config snapshot. Cheap; no lock.
-    pub fn config(&self) -> arc_swap::Guard<Arc<RuntimeConfig>> {
-        self.config.load()
+    /// The current table. Cheap; no lock.
+    pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.table.load()
     }
 
-    /// The current snapshot as an owned `Arc` (for work that outlives a request hook).
-    pub fn config_full(&self) -> Arc<RuntimeConfig> {
-        self.config.load_full()
+    /// The current table as an owned `Arc` (for work that outlives a request hook).
+    pub fn table_full(&self) -> Arc<Table> {
+        self.table.load_full()
     }
 
-    /// Re-read the config file; on success publish it with one store. On error nothing
-    /// changes and the error is returned (and remembered for status/metrics).
-    pub fn reload(&self) -> Result<ReloadSummary, ConfigError> {
-        let mut stats = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.config.load_full();
-        let text = std::fs::read(&self.config_path).map_err(|source| ConfigError::Read {
-            file: self.config_path.clone(),
-            source,
-        });
-        let text_hash = text.as_ref().map(|t| hash(t)).unwrap_or(0);
-        let built =
-            text.and_then(|t| config::load_bytes(&t, &self.registry, &|k| std::env::var(k).ok()));
-        match built {
-            Ok(loaded) => {
-                self.loaded_hash.store(text_hash, Ordering::Relaxed);
-                let mut cfg = loaded.config;
-                let mut summary = diff(&old, &cfg);
-                summary.warnings = loaded.warnings;
-                cfg.generation = old.generation + 1;
-                summary.generation = cfg.generation;
-                let ov = self.overrides().clone();
-                let cfg = overrides::apply(&cfg, &ov, &mut summary.warnings);
-                let live = cfg
-                    .pools
-                    .values()
-                    .flat_map(|p| p.backends.iter().map(|b| b.id.clone()))
-                    .collect();
-                for r in summary.routes_changed.iter().chain(&summary.routes_removed) {
-                    self.ramps.cancel(r, "a config reload changed the route");
-                }
-                let declared = self.apply_declared(&cfg);
-                self.apply_health(&cfg);
-                self.config.store(Arc::new(cfg));
-                self.availability_changed();
-                self.registry.retain_live(&live);
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) => {
-                        let _guard = h.enter();
-                        for (target, epoch) in declared {
-                            crate::drain::enforce::spawn(target, self.registry.clone(), epoch);
-                        }
-                    }
-                    Err(_) if !declared.is_empty() => {
-                        tracing::warn!(
-                            "declared drains started without deadline tasks (no runtime)"
-                        )
-                    }
-                    Err(_) => {}
-                }
-                // The file may have started or ended a drain; overrides are re-saved as well.
-                self.persist();
-                stats.succeeded += 1;
-                stats.last_success_unix = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs_f64());
-                stats.last_error = None;
-                Ok(summary)
-            }
-            Err(e) => {
-                stats.failed += 1;
-                stats.last_error = Some(e.to_string());
-                Err(e)
-            }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
+        // Plain data replaced in single assignments.
+        self.publish.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hash of the config file text last published.
+    pub fn file_hash(&self) -> u64 {
+        self.lock().file_hash
+    }
+
+    /// Publish a new spec (a reload): bind it with the current overrides as the next
+    /// generation, let `before_store` act on the bound table (declared drains) while
+    /// publication is still serialized, store it, wake held requests, and prune live state
+    /// that the new table no longer names and that is idle. Returns the diff.
+    pub fn publish_spec(
+        &self,
+        spec: Spec,
+        file_hash: u64,
+        warnings: &mut Vec<String>,
+        before_store: impl FnOnce(&Table),
+    ) -> (Diff, u64) {
+        let mut p = self.lock();
+        let old = self.table.load_full();
+        let diff = Diff::between(&old.spec, &spec);
+        let generation = old.generation + 1;
+        let table = Table::bind(
+            Arc::new(spec),
+            generation,
+            &p.overrides,
+            &self.registry,
+            &self.stats,
+            warnings,
+        );
+        apply_health(&table);
+        before_store(&table);
+        self.table.store(Arc::new(table));
+        p.file_hash = file_hash;
+        drop(p);
+        self.availability_changed();
+        self.prune();
+        (diff, generation)
+    }
+
+    /// Change the overrides with `f` (which may refuse), then publish the derived table with
+    /// one store. Serialized with reloads. The caller persists (`services::persist`).
+    pub fn change_overrides<T, E>(
+        &self,
+        f: impl FnOnce(&mut overrides::Overrides, &Table) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut p = self.lock();
+        let current = self.table.load_full();
+        let mut next = p.overrides.clone();
+        let out = f(&mut next, &current)?;
+        let mut warnings = Vec::new();
+        let table = current.with_overrides(&next, &mut warnings);
+        for w in warnings {
+            tracing::warn!("{w}");
         }
+        p.overrides = next;
+        self.table.store(Arc::new(table));
+        drop(p);
+        self.availability_changed();
+        Ok(out)
+    }
+
+    /// A copy of the current overrides.
+    pub fn overrides(&self) -> overrides::Overrides {
+        self.lock().overrides.clone()
+    }
+
+    /// Forget registry entries and statistics the table no longer names, once idle.
+    pub fn prune(&self) {
+        let t = self.table.load();
+        let live: HashSet<Arc<str>> = t.backends().map(|(_, b)| b.id.clone()).collect();
+        self.registry.retain_live(&live);
+        let pairs = t
+            .routes
+            .iter()
+            .flat_map(|r| t.pools.keys().map(move |p| (r.name.clone(), p.clone())))
+            .collect();
+        self.stats.retain(&pairs);
     }
 
     /// Wake held requests: something may have become available.
@@ -185,218 +200,50 @@ impl AppState {
         self.availability.notify_waiters();
     }
 
-    /// Health defaults of a config about to be published: pools without checks are healthy;
-    /// a backend first seen in a pool with checks starts unhealthy (until its first pass)
-    /// unless `start_healthy`. Existing backends keep their health across reloads.
-    pub fn apply_health(&self, cfg: &RuntimeConfig) {
-        for p in cfg.pools.values() {
-            for b in &p.backends {
-                let mut h = b.state.health.lock().unwrap_or_else(|e| e.into_inner());
-                match &p.health_check {
-                    None => {
-                        if h.initialized {
-                            h.reset();
-                        }
-                        b.state.set_healthy(true);
-                    }
-                    Some(hc) if !h.initialized => {
-                        h.initialized = true;
-                        b.state.set_healthy(hc.start_healthy);
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
+    /// Ask the drain service to run the deadline tasks of a drain.
+    pub fn enforce(&self, target: Target, epoch: u64) {
+        // The receiver lives as long as the drain service; before it starts, commands queue.
+        let _ = self.enforce.0.send((target, epoch));
     }
 
-    /// Whether the file's content differs from what was last published.
-    pub fn config_file_changed(&self) -> bool {
-        match std::fs::read(&self.config_path) {
-            Ok(t) => hash(&t) != self.loaded_hash.load(Ordering::Relaxed),
-            // Unreadable (mid-swap, removed): let reload report it.
-            Err(_) => true,
-        }
-    }
-
-    fn overrides(&self) -> std::sync::MutexGuard<'_, overrides::Overrides> {
-        self.overrides.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A copy of the current overrides.
-    pub fn overrides_snapshot(&self) -> overrides::Overrides {
-        self.overrides().clone()
-    }
-
-    /// Change the overrides with `f` (which may refuse), then publish the derived snapshot
-    /// with one store and save the state file. Serialized with reloads.
-    pub fn change_overrides<T, E>(
-        &self,
-        f: impl FnOnce(&mut overrides::Overrides, &RuntimeConfig) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.config.load_full();
-        let mut next = self.overrides().clone();
-        let out = f(&mut next, &current)?;
-        let mut warnings = Vec::new();
-        let cfg = overrides::apply(&current, &next, &mut warnings);
-        for w in warnings {
-            tracing::warn!("{w}");
-        }
-        *self.overrides() = next;
-        self.config.store(Arc::new(cfg));
-        self.availability_changed();
-        drop(_serial);
-        self.persist();
-        Ok(out)
-    }
-
-    /// Replace the overrides wholesale (state file restore at start).
-    pub fn set_overrides(&self, ov: overrides::Overrides) {
-        let _ = self.change_overrides(|o, _| {
-            *o = ov;
-            Ok::<(), ()>(())
-        });
-    }
-
-    /// Reload outcome counters.
-    pub fn reload_stats(&self) -> ReloadStats {
-        self.reload_lock
+    /// The drain service's end of the queue (taken once).
+    pub fn take_enforce_queue(&self) -> Option<mpsc::UnboundedReceiver<Enforce>> {
+        self.enforce
+            .1
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Mark the proxy ready (listeners verified) or not.
-    pub fn set_ready(&self, on: bool) {
-        self.ready.store(on, Ordering::Release);
-    }
-
-    /// Ready for traffic: listeners up and not shutting down.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_shutting_down()
-    }
-
-    /// Enter shutdown (readiness fails from now on).
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
+            .take()
     }
 
     /// Process-wide requests in flight (including streams).
     pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Acquire)
+        self.process.active()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.process.is_shutting_down()
     }
 }
 
-/// RAII process-wide in-flight count, made when a request context is created.
-#[derive(Debug)]
-pub struct ActiveGuard(Arc<AppState>);
-
-impl ActiveGuard {
-    /// Count one more request.
-    pub fn new(state: Arc<AppState>) -> Self {
-        // Relaxed: nothing is published through the increment.
-        state.active.fetch_add(1, Ordering::Relaxed);
-        Self(state)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        // AcqRel: order the last decrement before a shutdown waiter re-reads zero.
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+/// Health defaults of a table about to be published: pools without checks count as
+/// healthy; a backend first seen in a pool with checks starts unhealthy (until its first
+/// pass) unless `start_healthy`. Existing backends keep their health across reloads.
+fn apply_health(table: &Table) {
+    for (p, b) in table.backends() {
+        let mut h = b.state.health.lock().unwrap_or_else(|e| e.into_inner());
+        match &p.spec.health_check {
+            None => {
+                if h.initialized {
+                    h.reset();
+                }
+                b.state.set_healthy(true);
+            }
+            Some(hc) if !h.initialized => {
+                h.initialized = true;
+                b.state.set_healthy(hc.start_healthy);
+            }
+            Some(_) => {}
         }
-    }
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-fn diff(old: &RuntimeConfig, new: &RuntimeConfig) -> ReloadSummary {
-    let route_sig = |r: &config::runtime::Route| {
-        format!(
-            "{:?}{}{:?}{:?}{}",
-            r.hosts,
-            r.path_prefix,
-            r.methods,
-            r.split
-                .iter()
-                .map(|(p, w)| (p.name.to_string(), *w))
-                .collect::<Vec<_>>(),
-            r.retries
-        )
-    };
-    let pool_sig = |p: &config::runtime::Pool| {
-        format!(
-            "{:?}{:?}",
-            p.backends
-                .iter()
-                .map(|b| (b.id.to_string(), b.addr, b.weight))
-                .collect::<Vec<_>>(),
-            p.health_check
-        )
-    };
-    let (mut ra, mut rr, mut rc) = (vec![], vec![], vec![]);
-    for r in &new.routes {
-        match old.routes.iter().find(|o| o.name == r.name) {
-            None => ra.push(r.name.to_string()),
-            Some(o) if route_sig(o) != route_sig(r) => rc.push(r.name.to_string()),
-            _ => {}
-        }
-    }
-    for o in &old.routes {
-        if !new.routes.iter().any(|r| r.name == o.name) {
-            rr.push(o.name.to_string());
-        }
-    }
-    let (mut pa, mut pr, mut pc) = (vec![], vec![], vec![]);
-    for (n, p) in &new.pools {
-        match old.pools.get(n) {
-            None => pa.push(n.to_string()),
-            Some(o) if pool_sig(o) != pool_sig(p) => pc.push(n.to_string()),
-            _ => {}
-        }
-    }
-    for n in old.pools.keys() {
-        if !new.pools.contains_key(n) {
-            pr.push(n.to_string());
-        }
-    }
-    let mut needs_restart = vec![];
-    if old.listeners != new.listeners {
-        needs_restart.push("listeners".to_string());
-    }
-    if old.admin.addr != new.admin.addr {
-        needs_restart.push("admin.address".to_string());
-    }
-    if old.server != new.server {
-        needs_restart.push("server".to_string());
-    }
-    let changed = !(ra.is_empty()
-        && rr.is_empty()
-        && rc.is_empty()
-        && pa.is_empty()
-        && pr.is_empty()
-        && pc.is_empty());
-    ReloadSummary {
-        generation: 0,
-        changed,
-        routes_added: ra,
-        routes_removed: rr,
-        routes_changed: rc,
-        pools_added: pa,
-        pools_removed: pr,
-        pools_changed: pc,
-        needs_restart,
-        warnings: vec![],
     }
 }

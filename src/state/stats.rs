@@ -1,15 +1,22 @@
-//! Request statistics for metrics: per route × pool counters and a duration histogram, per
-//! route retries, per pool stream ends. Kept in the registry by name, so they survive
-//! reloads; attached to each route snapshot, so the hot path only does atomic adds.
+//! Request statistics, on the `prometheus` crate: per route × pool request counters (by
+//! status class) and a duration histogram, per route retries and hold timeouts (metric
+//! vectors the metrics edge registers in its own registry), the held-requests gauge (an
+//! atomic: it also decides admission), and per pool stream ends.
+//!
+//! Handles are looked up once per route × pool when a table is bound and kept in the route,
+//! so the hot path does one atomic add per counter and no label lookup. Counters survive
+//! reloads (kept by name); a route's series go when the route leaves the config.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
 pub const BUCKETS: [f64; 12] = [
@@ -19,13 +26,19 @@ pub const BUCKETS: [f64; 12] = [
 /// Status classes counted: `1xx`..`5xx`, and `none` for requests that got no response.
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
-/// Counters of one route × pool.
-#[derive(Debug, Default)]
+/// Metric names of the vectors kept here (fixed by DESIGN.md).
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "tidegate_requests_total";
+    pub const REQUEST_DURATION: &str = "tidegate_request_duration_seconds";
+    pub const RETRIES: &str = "tidegate_retries_total";
+    pub const HOLD_TIMEOUTS: &str = "tidegate_hold_timeouts_total";
+}
+
+/// Counter handles of one route × pool.
+#[derive(Debug)]
 pub struct RoutePoolStats {
-    requests: [AtomicU64; 6],
-    buckets: [AtomicU64; 12],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    requests: [IntCounter; 6],
+    duration: Histogram,
 }
 
 impl RoutePoolStats {
@@ -35,46 +48,23 @@ impl RoutePoolStats {
             100..=599 => (status / 100 - 1) as usize,
             _ => 5,
         };
-        // Relaxed: independent counters read only by the metrics scrape.
-        self.requests[class].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.requests[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Requests by class, in [`CLASSES`] order.
     pub fn requests(&self) -> [u64; 6] {
-        std::array::from_fn(|i| self.requests[i].load(Ordering::Relaxed))
-    }
-
-    /// Cumulative bucket counts (Prometheus `le` semantics), count, and sum in seconds.
-    pub fn histogram(&self) -> ([u64; 12], u64, f64) {
-        let mut cum = [0u64; 12];
-        let mut acc = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            acc += b.load(Ordering::Relaxed);
-            cum[i] = acc;
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        (
-            cum,
-            count,
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        )
+        std::array::from_fn(|i| self.requests[i].get())
     }
 }
 
-/// Statistics of one route, attached to its snapshot.
+/// Statistics of one route, attached to its table entry.
 #[derive(Debug)]
 pub struct RouteStats {
-    pub retries: Arc<AtomicU64>,
-    /// Requests held right now (no backend available).
+    pub retries: IntCounter,
+    /// Requests held right now (no backend available); also the admission count.
     pub held: Arc<AtomicU64>,
-    pub hold_timeouts: Arc<AtomicU64>,
+    pub hold_timeouts: IntCounter,
     /// One entry per pool of the config (overrides may route to any of them).
     pub pools: Vec<(Arc<str>, Arc<RoutePoolStats>)>,
 }
@@ -86,6 +76,12 @@ impl RouteStats {
             .iter()
             .find(|(p, _)| &**p == pool)
             .map(|(_, s)| &**s)
+    }
+
+    /// Requests held right now.
+    pub fn held(&self) -> u64 {
+        // Relaxed: a statistic read.
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -125,6 +121,7 @@ pub struct StreamEnds([[AtomicU64; 4]; 2]);
 impl StreamEnds {
     /// Count one end (`websocket` false = SSE).
     pub fn record(&self, websocket: bool, why: StreamEnd) {
+        // Relaxed: statistics read only by the metrics scrape.
         self.0[usize::from(websocket)][why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -134,39 +131,133 @@ impl StreamEnds {
     }
 }
 
-/// Stats by name, surviving reloads.
-#[derive(Debug, Default)]
-pub struct StatsMaps {
-    route_pool: HashMap<(Arc<str>, Arc<str>), Arc<RoutePoolStats>>,
-    retries: HashMap<Arc<str>, Arc<AtomicU64>>,
-    held: HashMap<Arc<str>, Arc<AtomicU64>>,
-    hold_timeouts: HashMap<Arc<str>, Arc<AtomicU64>>,
+/// The metric vectors and the handles handed out, by name.
+#[derive(Debug)]
+pub struct Stats {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub hold_timeouts: IntCounterVec,
+    handles: Mutex<Handles>,
 }
 
-impl StatsMaps {
-    /// The stats for `route` across `pools`, reusing counters of earlier configs.
-    pub fn route(&mut self, route: &str, pools: &[Arc<str>]) -> RouteStats {
+#[derive(Debug, Default)]
+struct Handles {
+    route_pool: HashMap<(Arc<str>, Arc<str>), Arc<RoutePoolStats>>,
+    held: HashMap<Arc<str>, Arc<AtomicU64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        // Static names and label sets: construction cannot fail.
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+        };
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::REQUEST_DURATION,
+                "Time from request arrival to the end of the response (streams: their whole life).",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "pool"],
+        )
+        .expect("valid metric definition");
+        Self {
+            requests: counter(
+                names::REQUESTS_TOTAL,
+                "Requests finished, by route, pool and status class (none = no response sent).",
+                &["route", "pool", "code_class"],
+            ),
+            duration,
+            retries: counter(
+                names::RETRIES,
+                "Retries on another backend after a connect failure or a dead connection, by route.",
+                &["route"],
+            ),
+            hold_timeouts: counter(
+                names::HOLD_TIMEOUTS,
+                "Held requests answered 503 because hold.timeout ran out.",
+                &["route"],
+            ),
+            handles: Mutex::default(),
+        }
+    }
+}
+
+impl Stats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handles> {
+        // Single inserts and retains cannot leave the maps inconsistent after a panic.
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stats for `route` across `pools`, reusing counters of earlier tables.
+    pub fn route(&self, route: &str, pools: &[Arc<str>]) -> RouteStats {
+        let mut h = self.lock();
         let r: Arc<str> = route.into();
-        let retries = self.retries.entry(r.clone()).or_default().clone();
-        let held = self.held.entry(r.clone()).or_default().clone();
-        let hold_timeouts = self.hold_timeouts.entry(r.clone()).or_default().clone();
+        let held = h.held.entry(r.clone()).or_default().clone();
         let pools = pools
             .iter()
             .map(|p| {
-                (
-                    p.clone(),
-                    self.route_pool
-                        .entry((r.clone(), p.clone()))
-                        .or_default()
-                        .clone(),
-                )
+                let s = h
+                    .route_pool
+                    .entry((r.clone(), p.clone()))
+                    .or_insert_with(|| {
+                        Arc::new(RoutePoolStats {
+                            requests: std::array::from_fn(|i| {
+                                self.requests.with_label_values(&[route, &**p, CLASSES[i]])
+                            }),
+                            duration: self.duration.with_label_values(&[route, &**p]),
+                        })
+                    })
+                    .clone();
+                (p.clone(), s)
             })
             .collect();
         RouteStats {
-            retries,
+            retries: self.retries.with_label_values(&[route]),
             held,
-            hold_timeouts,
+            hold_timeouts: self.hold_timeouts.with_label_values(&[route]),
             pools,
         }
+    }
+
+    /// Forget statistics (and their series) of route × pool pairs no longer in the table.
+    pub fn retain(&self, live: &HashSet<(Arc<str>, Arc<str>)>) {
+        let mut h = self.lock();
+        let gone: Vec<(Arc<str>, Arc<str>)> = h
+            .route_pool
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        for (r, p) in &gone {
+            h.route_pool.remove(&(r.clone(), p.clone()));
+            for c in CLASSES {
+                let _ = self.requests.remove_label_values(&[&**r, &**p, c]);
+            }
+            let _ = self.duration.remove_label_values(&[&**r, &**p]);
+        }
+        let routes: HashSet<Arc<str>> = live.iter().map(|(r, _)| r.clone()).collect();
+        let gone_routes: Vec<Arc<str>> = h
+            .held
+            .keys()
+            .filter(|r| !routes.contains(*r))
+            .cloned()
+            .collect();
+        for r in gone_routes {
+            h.held.remove(&r);
+            let _ = self.retries.remove_label_values(&[&*r]);
+            let _ = self.hold_timeouts.remove_label_values(&[&*r]);
+        }
+    }
+
+    /// Number of route × pool entries.
+    pub fn len(&self) -> usize {
+        self.lock().route_pool.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -13,7 +13,12 @@ use std::{
 };
 
 pub use client::*;
-use tidegate::demo::backend::Backend;
+
+/// The demo app (part of the binary), compiled into the tests as well.
+#[path = "../../src/demo/backend.rs"]
+pub mod backend;
+
+use backend::Backend;
 
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel does not hand it out again
 /// at once).

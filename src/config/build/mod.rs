@@ -1,5 +1,5 @@
-//! Validation: file structs → `RuntimeConfig`. Every rule is a typed `ConfigError` naming
-//! the key path. Backend states are looked up in the registry by id so counters survive.
+//! Validation: file structs → [`Spec`]. Every rule is a typed `ConfigError` naming the key
+//! path. Nothing live is touched: binding to the registry happens when a spec is published.
 //!
 //! `listeners.rs` checks listeners and the admin endpoint, `pools.rs` pools, backends and
 //! health checks, `routes.rs` routes, matches and splits; this file assembles the result.
@@ -15,11 +15,8 @@ use std::{
     sync::Arc,
 };
 
-use super::{error::ConfigError, file::*, runtime::*};
-use crate::{
-    routing::{HostPattern, RouteMatch, Router, Schedule},
-    state::backend::Registry,
-};
+use super::{error::ConfigError, file::*, spec::*};
+use crate::routing::{HostPattern, RouteMatch, Router};
 use listeners::{build_admin, build_listeners};
 use pools::build_pools;
 use routes::build_routes;
@@ -29,18 +26,17 @@ pub const SPLIT_MAX: i64 = 10_000;
 /// Backend weights: 1 to 1000 (the schedule's cycle grows with the sum of weights).
 pub const WEIGHT_MAX: i64 = 1_000;
 
-/// Build the runtime config. `env` reads environment variables (injectable for tests).
-/// Non-fatal findings (e.g. a route that can receive no traffic) go into `warnings`.
+/// Validate the file into a [`Spec`]. `env` reads environment variables (injectable for
+/// tests). Non-fatal findings (e.g. a route that can receive no traffic) go into `warnings`.
 pub fn build(
     file: FileConfig,
-    registry: &Registry,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
-) -> Result<RuntimeConfig, ConfigError> {
+) -> Result<Spec, ConfigError> {
     let listeners = build_listeners(&file.listeners)?;
     let admin = build_admin(&file.admin, env, warnings)?;
-    let pools = build_pools(&file.pools, registry)?;
-    let (routes, router) = build_routes(&file.routes, &pools, registry, warnings)?;
+    let pools = build_pools(&file.pools)?;
+    let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
         return Err(invalid("timeouts.connect", "must be greater than 0"));
@@ -54,8 +50,7 @@ pub fn build(
             max: 1024 * 1024,
         });
     }
-    Ok(RuntimeConfig {
-        generation: 0,
+    Ok(Spec {
         http: HttpSettings {
             // In range checked above.
             max_request_header_bytes: h.max_request_header_bytes as usize,
@@ -85,7 +80,6 @@ pub fn build(
             delay: file.shutdown.delay.0,
             grace: file.shutdown.grace.non_zero(),
         },
-        maintenance: None,
     })
 }
 

@@ -4,8 +4,7 @@ use super::{listeners::resolve_backend, *};
 
 pub(super) fn build_pools(
     file: &BTreeMap<String, FilePool>,
-    registry: &Registry,
-) -> Result<BTreeMap<Arc<str>, Arc<Pool>>, ConfigError> {
+) -> Result<BTreeMap<Arc<str>, Arc<PoolSpec>>, ConfigError> {
     let mut pools = BTreeMap::new();
     for (pname, p) in file {
         let path = format!("pools.{pname}");
@@ -42,19 +41,15 @@ pub(super) fn build_pools(
                     max: WEIGHT_MAX,
                 });
             }
-            let state = registry.get_or_create(pname, &name);
-            backends.push(Backend {
-                id: state.id.clone(),
-                name: state.name.clone(),
+            backends.push(BackendSpec {
+                name: name.as_str().into(),
                 address: b.address.clone(),
                 addr,
                 // In range checked above.
                 weight: b.weight as u32,
                 declared_draining: b.state == FileState::Draining,
-                state,
             });
         }
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let health_check = match &p.health_check {
             Some(h) => Some(build_health_check(&format!("{path}.health_check"), h)?),
             None => None,
@@ -62,9 +57,8 @@ pub(super) fn build_pools(
         let name: Arc<str> = pname.as_str().into();
         pools.insert(
             name.clone(),
-            Arc::new(Pool {
+            Arc::new(PoolSpec {
                 name,
-                schedule: Schedule::new(&weights),
                 backends,
                 drain: DrainSettings {
                     requests_deadline: p.drain.requests_deadline.non_zero(),

@@ -3,15 +3,13 @@
 
 use super::*;
 
-type Routes = (Vec<Arc<Route>>, Router);
+type Routes = (Vec<Arc<RouteSpec>>, Router);
 
 pub(super) fn build_routes(
     file: &[FileRoute],
-    pools: &BTreeMap<Arc<str>, Arc<Pool>>,
-    registry: &Registry,
+    pools: &BTreeMap<Arc<str>, Arc<PoolSpec>>,
     warnings: &mut Vec<String>,
 ) -> Result<Routes, ConfigError> {
-    let pool_names: Vec<Arc<str>> = pools.keys().cloned().collect();
     if file.is_empty() {
         return Err(ConfigError::Empty {
             path: "routes".into(),
@@ -83,7 +81,7 @@ pub(super) fn build_routes(
                 });
             }
             // In range checked above.
-            split.push((p.clone(), *w as u32));
+            split.push((p.name.clone(), *w as u32));
         }
         if split.iter().all(|(_, w)| *w == 0) {
             warnings.push(format!(
@@ -107,14 +105,11 @@ pub(super) fn build_routes(
                 max: 1_000_000,
             });
         }
-        let weights: Vec<u32> = split.iter().map(|(_, w)| *w).collect();
-        routes.push(Arc::new(Route {
+        routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
             path_prefix: m.path_prefix.clone(),
             methods: method_key,
-            schedule: Schedule::new(&weights),
-            file_split: split.iter().map(|(p, w)| (p.name.clone(), *w)).collect(),
             split,
             retries: r.retries,
             retry_sent: match r.retry_sent {
@@ -126,7 +121,6 @@ pub(super) fn build_routes(
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,
             },
-            stats: Arc::new(registry.route_stats(&r.name, &pool_names)),
         }));
         matches.push(m);
     }

@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
-    config::runtime::PassiveHealth,
+    config::spec::PassiveHealth,
     state::{backend::BackendState, AppState},
 };
 
@@ -39,18 +39,22 @@ fn target(
     state: &AppState,
     backend: &Arc<BackendState>,
 ) -> Option<(SocketAddr, PassiveHealth, Duration)> {
-    let cfg = state.config();
-    let pool = cfg.pools.get(&*backend.pool.name)?;
+    let table = state.table();
+    let pool = table.pools.get(&*backend.pool.name)?;
     let b = pool
         .backends
         .iter()
         .find(|b| Arc::ptr_eq(&b.state, backend))?;
-    Some((b.addr, pool.passive.clone(), cfg.timeouts.connect))
+    Some((
+        b.spec.addr,
+        pool.spec.passive.clone(),
+        table.spec.timeouts.connect,
+    ))
 }
 
 fn held_anywhere(state: &AppState) -> bool {
     state
-        .config()
+        .table()
         .routes
         .iter()
         .any(|r| r.stats.held.load(std::sync::atomic::Ordering::Relaxed) > 0)
@@ -74,8 +78,8 @@ async fn run(state: &Arc<AppState>, backend: &Arc<BackendState>) {
             d
         };
         tokio::time::sleep(wait).await;
-        if !backend.passive.is_failing() {
-            // A request got through meanwhile.
+        if !backend.passive.is_failing() || state.is_shutting_down() {
+            // A request got through meanwhile, or nothing new will be routed any more.
             return;
         }
         let ok = matches!(

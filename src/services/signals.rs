@@ -1,21 +1,6 @@
-//! Process lifecycle: signals, reload triggers, listener verification and idle-aware exit.
-//!
-//! - [`Signals`]: SIGTERM fails readiness at once, waits `shutdown.delay`, then lets pingora
-//!   stop accepting; SIGQUIT hands listeners to an upgraded process; SIGINT stops at once.
-//! - [`Control`]: SIGHUP and a watch on the config file's directory trigger reloads; at start
-//!   it verifies every listener accepts before readiness turns green.
-//! - [`HealthChecker`]: active HTTP health checks with rise/fall.
-//! - [`ShutdownWatcher`]: once pingora stops accepting, exit 0 as soon as nothing is in
-//!   flight instead of sleeping the whole grace period; at the grace deadline exit 1.
-
-mod control;
-mod health;
-pub mod probe;
-mod shutdown;
-
-pub use control::Control;
-pub use health::HealthChecker;
-pub use shutdown::ShutdownWatcher;
+//! Signals, for pingora's `Server::run`: SIGTERM fails readiness at once, waits
+//! `shutdown.delay`, then lets pingora stop accepting; SIGQUIT hands listeners to an upgraded
+//! process; SIGINT stops at once.
 
 use std::sync::Arc;
 
@@ -43,8 +28,8 @@ impl ShutdownSignalWatch for Signals {
         };
         tokio::select! {
             _ = term.recv() => {
-                self.state.begin_shutdown();
-                let delay = self.state.config().shutdown.delay;
+                self.state.process.begin_shutdown();
+                let delay = self.state.table().spec.shutdown.delay;
                 tracing::info!(delay_ms = delay.as_millis() as u64, in_flight = self.state.active(),
                     "SIGTERM: readiness off; still serving during shutdown.delay");
                 tokio::time::sleep(delay).await;
@@ -52,7 +37,7 @@ impl ShutdownSignalWatch for Signals {
                 ShutdownSignal::GracefulTerminate
             }
             _ = quit.recv() => {
-                self.state.begin_shutdown();
+                self.state.process.begin_shutdown();
                 tracing::info!("SIGQUIT: handing listeners to the upgraded process");
                 ShutdownSignal::GracefulUpgrade
             }

@@ -12,24 +12,17 @@ use notify::{RecursiveMode, Watcher};
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use tokio::sync::mpsc;
 
-use crate::state::AppState;
+use crate::state::{AppState, ExitReason};
 
 /// Background service for reloads and readiness.
 pub struct Control {
     pub state: Arc<AppState>,
-    /// Drains restored from the state file before start, whose deadline tasks start here.
-    pub restored: std::sync::Mutex<Vec<(crate::drain::enforce::Target, u64)>>,
 }
 
 #[async_trait]
 impl BackgroundService for Control {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let state = self.state.clone();
-        let restored =
-            std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()));
-        for (target, epoch) in restored {
-            crate::drain::enforce::spawn(target, state.registry.clone(), epoch);
-        }
         tokio::spawn(verify_listeners(state.clone()));
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -40,7 +33,7 @@ impl BackgroundService for Control {
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         // Read once at start: turning the watch on or off needs a restart.
-        let _watcher = if state.config().config_watch {
+        let _watcher = if state.table().spec.config_watch {
             watch_dir(&state.config_path, tx)
         } else {
             drop(tx);
@@ -57,6 +50,8 @@ impl BackgroundService for Control {
                     while rx.try_recv().is_ok() {}
                     reload(&state, "file_watch", true).await;
                 }
+                // A reload after the listeners closed would change nothing that matters.
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -65,10 +60,10 @@ impl BackgroundService for Control {
 async fn reload(state: &Arc<AppState>, source: &'static str, only_if_changed: bool) {
     let st = state.clone();
     let res = tokio::task::spawn_blocking(move || {
-        if only_if_changed && !st.config_file_changed() {
+        if only_if_changed && !super::reload::file_changed(&st) {
             return None;
         }
-        Some(st.reload())
+        Some(super::reload::reload(&st))
     })
     .await;
     match res {
@@ -120,7 +115,8 @@ fn watch_dir(
 /// failures inside its service and carries on, so a missing listener must end the process here.
 async fn verify_listeners(state: Arc<AppState>) {
     let addrs: Vec<(String, SocketAddr)> = state
-        .config()
+        .table()
+        .spec
         .listeners
         .iter()
         .map(|l| (l.name.clone(), connectable(l.addr)))
@@ -132,14 +128,17 @@ async fn verify_listeners(state: Arc<AppState>) {
                 Ok(_) => break,
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     tracing::error!(listener = %name, address = %addr, error = %e, "listener is not accepting connections; exiting");
-                    std::process::exit(1);
+                    state.process.request_exit(ExitReason::Failed(format!(
+                        "listener {name} ({addr}) is not accepting connections: {e}"
+                    )));
+                    return;
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     }
-    state.set_ready(true);
-    tracing::info!(generation = state.config().generation, "tidegate ready");
+    state.process.set_ready(true);
+    tracing::info!(generation = state.table().generation, "tidegate ready");
 }
 
 fn connectable(a: SocketAddr) -> SocketAddr {

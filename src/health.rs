@@ -1,4 +1,4 @@
-//! Health of one backend as a pure rise/fall streak (the checker and the proxy feed it).
+//! Health of one backend as a pure rise/fall streak (the health-check service feeds it).
 
 /// Consecutive results since the last change, and whether the backend was ever checked.
 #[derive(Debug, Default)]

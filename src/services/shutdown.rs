@@ -7,18 +7,14 @@ use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use tokio::time::Instant;
 
-use crate::{
-    drain::enforce::end_item,
-    state::{
-        tracking::{EndReason, Kind},
-        AppState,
-    },
-};
+use super::drains::end_item;
+use crate::state::{counts::Kind, items::EndReason, AppState, ExitReason};
 
 /// How long polite ends (final chunk, close frames) get to reach clients before exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
-/// Background service that ends the process once shutdown has begun and nothing is in flight.
+/// Background service that asks for the process to end once shutdown has begun and nothing
+/// is in flight (or `shutdown.grace` ran out); `server::run` returns the reason to `main`.
 pub struct ShutdownWatcher {
     pub state: Arc<AppState>,
 }
@@ -31,20 +27,21 @@ impl BackgroundService for ShutdownWatcher {
                 return;
             }
         }
-        let grace = self.state.config().shutdown.grace;
+        let grace = self.state.table().spec.shutdown.grace;
         let deadline = grace.map(|g| Instant::now() + g);
         wait_idle(&self.state, deadline).await;
         if self.state.active() == 0 {
             tracing::info!("idle: exiting");
-            std::process::exit(0);
+            self.state.process.request_exit(ExitReason::Idle);
+            return;
         }
         end_everything(&self.state);
         wait_idle(&self.state, Some(Instant::now() + FINAL_FLUSH)).await;
-        tracing::warn!(
-            still_in_flight = self.state.active(),
-            "exiting after shutdown.grace"
-        );
-        std::process::exit(1);
+        let still_in_flight = self.state.active();
+        tracing::warn!(still_in_flight, "exiting after shutdown.grace");
+        self.state
+            .process
+            .request_exit(ExitReason::GraceExpired { still_in_flight });
     }
 }
 
@@ -53,7 +50,7 @@ impl BackgroundService for ShutdownWatcher {
 async fn wait_idle(state: &AppState, deadline: Option<Instant>) {
     let mut zero_seen = false;
     loop {
-        let idle = state.idle.notified();
+        let idle = state.process.idle.notified();
         if state.active() == 0 {
             if zero_seen {
                 return;

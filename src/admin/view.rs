@@ -1,0 +1,147 @@
+//! Live state as the API's types: drain status, backend status, route splits, maintenance.
+
+use std::{sync::Arc, time::Instant};
+
+use crate::{
+    api,
+    config::duration::HumanDuration,
+    drain::machine::{Machine, Phase},
+    services::drains::Resolved,
+    state::{backend::BackendState, overrides::MaintenanceOverride, process::unix, AppState},
+};
+
+fn dur(d: Option<std::time::Duration>) -> String {
+    match d {
+        Some(d) => HumanDuration(d).to_string(),
+        None => "0".into(),
+    }
+}
+
+/// The drain status of a resolved target.
+pub fn drain_status(state: &AppState, r: &Resolved) -> api::DrainStatus {
+    r.cell().observe(r.in_flight().total());
+    let backends = r.target.backends(&state.registry);
+    let mut v = drain_view(&r.cell().snapshot(), r.in_flight(), &backends, r.removed);
+    v.pool = r.pool.name.to_string();
+    if let Some(b) = &r.backend {
+        v.backend = Some(b.id.to_string());
+        v.pool_state = Some(r.pool.drain.phase().as_str().to_string());
+    }
+    v
+}
+
+/// `{state, drained, in_flight, started_at, drained_at, deadlines, streams, oldest…}`;
+/// `state` is `removed` when the target is no longer in the config.
+fn drain_view(
+    machine: &Machine,
+    counts: api::InFlight,
+    backends: &[Arc<BackendState>],
+    removed: bool,
+) -> api::DrainStatus {
+    let now = Instant::now();
+    let streams: Vec<api::StreamInfo> = backends
+        .iter()
+        .flat_map(|b| b.items.all().into_iter().map(move |i| (b.clone(), i)))
+        .filter(|(_, i)| i.kind().is_stream())
+        .map(|(b, i)| api::StreamInfo {
+            backend: b.id.to_string(),
+            kind: i.kind().as_str().to_string(),
+            route: i.route.to_string(),
+            path: i.uri.path().to_string(),
+            client: i.client.map(|c| c.to_string()),
+            started_at: unix(i.started_wall),
+            age_seconds: i.age(now).as_secs_f64(),
+        })
+        .collect();
+    let oldest = streams
+        .iter()
+        .map(|s| s.age_seconds)
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+    let phase = machine.phase();
+    let d = machine.deadlines();
+    api::DrainStatus {
+        state: if removed { "removed" } else { phase.as_str() }.to_string(),
+        drained: phase == Phase::Drained || (removed && counts.total() == 0),
+        in_flight: counts,
+        started_at: machine.started_at().map(unix),
+        drained_at: machine.drained_at().map(unix),
+        deadlines: (phase != Phase::Active).then(|| api::DrainDeadlines {
+            requests_deadline: dur(d.requests),
+            streams_deadline: dur(d.streams),
+            close_spread: dur(Some(d.close_spread)),
+        }),
+        streams,
+        oldest_stream_age_seconds: oldest,
+        pool: String::new(),
+        backend: None,
+        pool_state: None,
+        waited_seconds: None,
+    }
+}
+
+/// One backend in the status (`address`/`weight` only for configured ones).
+pub fn backend_status(
+    b: &BackendState,
+    address: Option<&str>,
+    weight: Option<u32>,
+) -> api::BackendStatus {
+    let drain = b.drain.snapshot();
+    let oldest = b
+        .items
+        .all()
+        .into_iter()
+        .find(|i| i.kind().is_stream())
+        .map(|i| i.age(Instant::now()).as_secs_f64());
+    api::BackendStatus {
+        id: b.id.to_string(),
+        name: b.name.to_string(),
+        address: address.map(str::to_string),
+        weight,
+        state: drain.phase().as_str().to_string(),
+        available: b.available(),
+        healthy: b.healthy(),
+        in_flight: b.counts.snapshot(),
+        oldest_stream_age_seconds: oldest,
+        drain_started_at: drain.started_at().map(unix),
+        drained_at: drain.drained_at().map(unix),
+        connect_failures: b.connect_failures(),
+        file_state: None,
+    }
+}
+
+/// The split view of one route, if it exists.
+pub fn route_split(state: &AppState, route: &str) -> Option<api::RouteSplit> {
+    let table = state.table();
+    let r = table.routes.iter().find(|r| &*r.name == route)?;
+    Some(api::RouteSplit {
+        route: route.to_string(),
+        split: r
+            .split
+            .iter()
+            .map(|(p, w)| (p.name.to_string(), *w))
+            .collect(),
+        file_split: r
+            .spec
+            .split
+            .iter()
+            .map(|(p, w)| (p.to_string(), *w))
+            .collect(),
+        overridden: state.overrides().splits.contains_key(route),
+        ramp: state.ramps.get(route),
+    })
+}
+
+/// Maintenance as shown.
+pub fn maintenance(m: &Option<MaintenanceOverride>) -> api::MaintenanceStatus {
+    match m {
+        None => api::MaintenanceStatus::default(),
+        Some(m) => api::MaintenanceStatus {
+            maintenance: true,
+            routes: Some(m.routes.clone()),
+            methods: Some(m.methods.clone()),
+            retry_after_seconds: Some(m.retry_after_seconds),
+            message: Some(m.message.clone()),
+            since: Some(m.since),
+        },
+    }
+}

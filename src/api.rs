@@ -1,0 +1,335 @@
+//! The admin API's request and response bodies, shared by the admin server (which builds
+//! them) and the CLI client (which reads them): one definition of every field.
+//!
+//! Durations: request bodies take strings with a unit (`"30s"`, `"10m"`, `"0"` = no
+//! limit), as in the config file; responses give the same strings for configured
+//! durations (deadlines), and plain seconds (`…_seconds`, floats) for ages, waits and Unix
+//! times (`…_at`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `{error, message, status, field?}`: every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    pub status: u16,
+    /// The offending request field, for 400s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Alive {
+    pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ready {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub status: String,
+    pub reasons: Vec<String>,
+    pub uptime_seconds: u64,
+    pub generation: u64,
+}
+
+/// In-flight work by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub http: u64,
+    pub sse: u64,
+    pub websocket: u64,
+}
+
+impl InFlight {
+    /// Sum over kinds.
+    pub fn total(&self) -> u64 {
+        self.http + self.sse + self.websocket
+    }
+}
+
+/// `GET /api/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub generation: u64,
+    pub ready: bool,
+    pub shutting_down: bool,
+    /// Process-wide requests and streams in flight.
+    pub in_flight: u64,
+    pub routes: Vec<RouteStatus>,
+    pub pools: BTreeMap<String, PoolStatus>,
+    /// Backends no longer in the config that still have work in flight.
+    pub removed: Vec<BackendStatus>,
+    pub maintenance: MaintenanceStatus,
+    pub reloads: Reloads,
+}
+
+/// Reload counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Reloads {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub last_success_unix: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+/// A route's split: effective, as in the file, whether overridden, its latest ramp.
+/// Also the answer of `POST|DELETE /api/v1/routes/{route}/split`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteSplit {
+    pub route: String,
+    pub split: BTreeMap<String, u32>,
+    pub file_split: BTreeMap<String, u32>,
+    #[serde(rename = "override")]
+    pub overridden: bool,
+    pub ramp: Option<Ramp>,
+}
+
+/// One route in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteStatus {
+    #[serde(flatten)]
+    pub split: RouteSplit,
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    pub retries: u32,
+}
+
+/// What a route matches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteMatch {
+    pub host: Vec<String>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<String>>,
+}
+
+/// A split ramp's progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// `running`, `completed`, `cancelled` or `rolled_back`.
+    pub state: String,
+    pub from: BTreeMap<String, u32>,
+    pub to: BTreeMap<String, u32>,
+    pub over_seconds: f64,
+    pub step_seconds: f64,
+    pub steps_done: u32,
+    pub steps_total: u32,
+    pub started_at: f64,
+    /// Why it stopped early (cancelled or rolled back).
+    pub reason: Option<String>,
+    /// Roll back when the pools gaining weight fail more than this share of requests.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// Requests a step must see before its error rate counts.
+    #[serde(default)]
+    pub min_requests: u64,
+}
+
+impl Ramp {
+    /// Whether it still moves.
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// One pool in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// `active`, `draining` or `drained`.
+    pub state: String,
+    /// `state:` as written in the file.
+    pub file_state: String,
+    pub in_flight: InFlight,
+    pub drain_started_at: Option<f64>,
+    pub drained_at: Option<f64>,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// `pool/name`.
+    pub id: String,
+    pub name: String,
+    /// `None` for a removed backend.
+    pub address: Option<String>,
+    pub weight: Option<u32>,
+    /// `active`, `draining`, `drained` or `removed`.
+    pub state: String,
+    pub available: bool,
+    pub healthy: bool,
+    pub in_flight: InFlight,
+    pub oldest_stream_age_seconds: Option<f64>,
+    pub drain_started_at: Option<f64>,
+    pub drained_at: Option<f64>,
+    pub connect_failures: u64,
+    /// `state:` as written in the file (configured backends only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_state: Option<String>,
+}
+
+/// Maintenance mode as shown: `{"maintenance": false}` or the whole setting.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MaintenanceStatus {
+    pub maintenance: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Option<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Option<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<f64>,
+}
+
+/// `POST /api/v1/pools/{pool}[/backends/{backend}]/drain`: every field optional (absent =
+/// the pool's configured value; `"0"` = wait forever).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_deadline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams_deadline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_spread: Option<String>,
+}
+
+/// The drain status of a pool or backend (`GET …/drain`, `…/drain/wait`, drain, undrain).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrainStatus {
+    /// `active`, `draining`, `drained` or `removed`.
+    pub state: String,
+    pub drained: bool,
+    pub in_flight: InFlight,
+    pub started_at: Option<f64>,
+    pub drained_at: Option<f64>,
+    pub deadlines: Option<DrainDeadlines>,
+    pub streams: Vec<StreamInfo>,
+    pub oldest_stream_age_seconds: Option<f64>,
+    pub pool: String,
+    /// `pool/name` when the target is one backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The pool's own state, when the target is one backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_state: Option<String>,
+    /// How long a `drain/wait` blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_seconds: Option<f64>,
+}
+
+/// Deadlines of a drain, as duration strings (`"0"` = none).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrainDeadlines {
+    pub requests_deadline: String,
+    pub streams_deadline: String,
+    pub close_spread: String,
+}
+
+/// One stream in flight.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub backend: String,
+    /// `sse` or `websocket`.
+    pub kind: String,
+    pub route: String,
+    pub path: String,
+    pub client: Option<String>,
+    pub started_at: f64,
+    pub age_seconds: f64,
+}
+
+/// A 409 on drain or undrain: the current status plus why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrainConflict {
+    #[serde(flatten)]
+    pub drain: DrainStatus,
+    pub error: String,
+    pub message: String,
+    pub status: u16,
+}
+
+/// `POST /api/v1/routes/{route}/split`: the split now, or a ramp to it with `over` (and
+/// `step`, default a tenth of `over`); with `max_error_rate` the server rolls the ramp back
+/// when the pools gaining weight fail more than that share of at least `min_requests`
+/// requests in a step.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRequest {
+    pub split: BTreeMap<String, i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+}
+
+/// `POST /api/v1/maintenance`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /api/v1/config/reload`, 200.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub reloaded: bool,
+    pub summary: ReloadSummary,
+}
+
+/// What a successful reload changed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadSummary {
+    pub generation: u64,
+    /// Whether routes or pools changed.
+    pub changed: bool,
+    pub routes_added: Vec<String>,
+    pub routes_removed: Vec<String>,
+    pub routes_changed: Vec<String>,
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    pub pools_changed: Vec<String>,
+    /// Settings that only apply after a restart (listeners, admin.address, server,
+    /// config_watch).
+    pub needs_restart: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// `POST /api/v1/config/reload`, 422.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigRefused {
+    pub error: String,
+    /// `syntax`, `encoding`, `schema`, `duplicate`, `out_of_range`, …
+    pub kind: String,
+    /// The key path, when the error has one.
+    pub path: Option<String>,
+    pub message: String,
+    pub status: u16,
+}

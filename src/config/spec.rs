@@ -1,0 +1,197 @@
+//! The validated config: plain data, no live state. `build/` makes it from the file; the
+//! state layer binds it to the backend registry when it is published (`state::table`), so a
+//! config that is refused never touches anything live.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use crate::routing::Router;
+
+/// One validated config file.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    pub state_file: Option<PathBuf>,
+    pub config_watch: bool,
+    pub timeouts: Timeouts,
+    pub http: HttpSettings,
+    pub server: ServerSettings,
+    /// In file order; `router` answers with an index into this list.
+    pub routes: Vec<Arc<RouteSpec>>,
+    pub router: Arc<Router>,
+    pub pools: BTreeMap<Arc<str>, Arc<PoolSpec>>,
+    pub shutdown: Shutdown,
+}
+
+/// A client-facing listener (not reloadable: a change needs a restart or upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub h2c: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM cert chain and key paths, verified loadable at build time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A bearer token. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Admin listener settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub addr: SocketAddr,
+    pub token: Option<Secret>,
+    pub metrics_auth: bool,
+}
+
+/// Proxy timeouts. `None` = no limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub client_read: Option<Duration>,
+    pub upstream_read: Option<Duration>,
+    pub websocket_idle: Option<Duration>,
+    pub upstream_keepalive: Duration,
+}
+
+/// Client request hygiene (reloadable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub max_request_header_bytes: usize,
+    pub underscores_in_headers: bool,
+    pub allow_trace: bool,
+}
+
+/// Process-level settings (not reloadable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub upgrade_sock: PathBuf,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Shutdown timing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shutdown {
+    pub delay: Duration,
+    /// `None` = wait forever for in-flight work.
+    pub grace: Option<Duration>,
+}
+
+/// One route: match → weighted split across pools (by name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub name: Arc<str>,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<String>>,
+    /// Pools with their weights (0 = no new traffic), as written in the file.
+    pub split: Vec<(Arc<str>, u32)>,
+    pub retries: u32,
+    pub hold: Hold,
+    /// Which requests that reached a backend may be sent again elsewhere.
+    pub retry_sent: RetrySent,
+}
+
+/// Which requests that already reached a backend are sent again to another one when that
+/// backend closes or resets the connection before any response byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetrySent {
+    Never,
+    Idempotent,
+    All,
+}
+
+impl RetrySent {
+    /// Whether a request with `method` may be sent again.
+    pub fn allows(self, method: &http::Method) -> bool {
+        match self {
+            RetrySent::Never => false,
+            RetrySent::All => true,
+            // RFC 9110 9.2.2; CONNECT is never idempotent.
+            RetrySent::Idempotent => matches!(
+                *method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
+                    | http::Method::PUT
+                    | http::Method::DELETE
+            ),
+        }
+    }
+}
+
+/// Hold settings of a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub timeout: Duration,
+    pub max_queued: u32,
+}
+
+/// A pool of backends: one version of the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: Arc<str>,
+    pub backends: Vec<BackendSpec>,
+    pub drain: DrainSettings,
+    pub health_check: Option<HealthCheck>,
+    pub passive: PassiveHealth,
+    pub slow_start: Option<Duration>,
+    pub declared_draining: bool,
+}
+
+/// One backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Defaults to the address.
+    pub name: Arc<str>,
+    /// As written in the file.
+    pub address: String,
+    /// Resolved when the file is loaded; no DNS on the hot path.
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub declared_draining: bool,
+}
+
+/// Drain deadlines of a pool. `None` = wait forever.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainSettings {
+    pub requests_deadline: Option<Duration>,
+    pub streams_deadline: Option<Duration>,
+    pub close_spread: Duration,
+}
+
+/// Passive health of a pool without active checks: `fall` failed connects in a row mark a
+/// backend down; it is probed from `probe_interval` doubling to `probe_max_interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub fall: u32,
+    pub probe_interval: Duration,
+    pub probe_max_interval: Duration,
+}
+
+/// Active health check settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub expected_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub start_healthy: bool,
+}

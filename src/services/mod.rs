@@ -1,0 +1,22 @@
+//! Services: the tasks that drive live state. Each owns its task (a pingora background
+//! service, or a task it spawns) and stops at shutdown where stopping makes sense.
+//!
+//! - [`reload`]: validate, then bind and publish (with the typed diff).
+//! - [`drains`]: the drain service: start, undrain, declared and restored drains, deadline
+//!   enforcement, pruning of removed backends once idle.
+//! - [`health`]: active HTTP health checks; [`probe`]: passive-health probes.
+//! - [`ramps`]: split ramps with rollback on errors.
+//! - [`persist`]: `state_file`, written durably and restored at start.
+//! - [`control`]: SIGHUP and the config directory watch; listener verification (readiness).
+//! - [`signals`]: SIGTERM / SIGQUIT / SIGINT for pingora; [`shutdown`]: end once idle, or
+//!   politely at `shutdown.grace`.
+
+pub mod control;
+pub mod drains;
+pub mod health;
+pub mod persist;
+pub mod probe;
+pub mod ramps;
+pub mod reload;
+pub mod shutdown;
+pub mod signals;

@@ -1,0 +1,137 @@
+//! `state_file`: runtime overrides (drains of pools and backends, split overrides,
+//! maintenance) saved after every change and restored at start, before the first request.
+//!
+//! Written crash-safe: a temp file in the same directory, fsync'd, renamed over the old one,
+//! then the directory fsync'd so the rename itself survives a power loss.
+
+use std::{
+    io::Write,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    drain::machine::{Deadlines, Machine, Phase},
+    state::{overrides::Overrides, process::unix, AppState},
+};
+
+/// The file's content.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    pub version: u32,
+    pub drains: Vec<SavedDrain>,
+    #[serde(default)]
+    pub overrides: Overrides,
+}
+
+/// One drain in progress (or finished and not undrained).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedDrain {
+    pub pool: String,
+    pub backend: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub requests_deadline_ms: Option<u64>,
+    pub streams_deadline_ms: Option<u64>,
+    pub close_spread_ms: u64,
+}
+
+fn saved_drain(pool: &str, backend: Option<&str>, m: &Machine) -> Option<SavedDrain> {
+    if m.phase() == Phase::Active {
+        return None;
+    }
+    let d = m.deadlines();
+    Some(SavedDrain {
+        pool: pool.to_string(),
+        backend: backend.map(str::to_string),
+        started_at: m.started_at().map_or(0.0, unix),
+        requests_deadline_ms: d.requests.map(|d| d.as_millis() as u64),
+        streams_deadline_ms: d.streams.map(|d| d.as_millis() as u64),
+        close_spread_ms: d.close_spread.as_millis() as u64,
+    })
+}
+
+/// Everything the state file holds, as of now.
+pub fn snapshot(state: &AppState) -> Saved {
+    let mut drains = Vec::new();
+    for p in state.registry.pools() {
+        drains.extend(saved_drain(&p.name, None, &p.drain.snapshot()));
+    }
+    for b in state.registry.all() {
+        drains.extend(saved_drain(
+            &b.pool.name,
+            Some(&b.name),
+            &b.drain.snapshot(),
+        ));
+    }
+    Saved {
+        version: 1,
+        drains,
+        overrides: state.overrides(),
+    }
+}
+
+/// Write the overrides to `state_file` (if configured). Errors are logged, not fatal: the
+/// running state is still right, only a restart would forget it.
+pub fn save(state: &AppState) {
+    let Some(path) = state.table().spec.state_file.clone() else {
+        return;
+    };
+    if let Err(e) = write_durably(&path, &snapshot(state)) {
+        tracing::error!(file = %path.display(), error = %e, "cannot write state_file");
+    }
+}
+
+/// Re-apply saved overrides at start, before any traffic; drains resume with their original
+/// start time (their deadline tasks start once the drain service runs).
+pub fn restore(state: &AppState) {
+    let Some(path) = state.table().spec.state_file.clone() else {
+        return;
+    };
+    let saved: Saved = match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "state_file is not valid; starting without overrides");
+                return;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot read state_file; starting without overrides");
+            return;
+        }
+    };
+    let _ = state.change_overrides(|o, _| {
+        *o = saved.overrides;
+        Ok::<(), ()>(())
+    });
+    for d in saved.drains {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
+        let deadlines = Deadlines {
+            requests: d.requests_deadline_ms.map(Duration::from_millis),
+            streams: d.streams_deadline_ms.map(Duration::from_millis),
+            close_spread: Duration::from_millis(d.close_spread_ms),
+        };
+        super::drains::restore(state, &d.pool, d.backend.as_deref(), started, deadlines);
+    }
+}
+
+fn write_durably(path: &Path, saved: &Saved) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,78 @@
+//! Reload: read the file, validate it (nothing live is touched), then bind and publish it as
+//! the next generation, following its declared drains before the store. A refused file
+//! changes nothing: the old table keeps serving, the error is counted and returned.
+
+use std::{collections::hash_map::DefaultHasher, hash::Hasher};
+
+use super::{drains, persist};
+use crate::{
+    api::ReloadSummary,
+    config::{self, ConfigError},
+    state::AppState,
+};
+
+/// Hash of a config file's bytes (a watch event without a change is a no-op).
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// Whether the file's content differs from what was last published (unreadable counts as
+/// changed, so the reload reports why).
+pub fn file_changed(state: &AppState) -> bool {
+    match std::fs::read(&state.config_path) {
+        Ok(t) => hash(&t) != state.file_hash(),
+        Err(_) => true,
+    }
+}
+
+/// Re-read the config file; publish it when valid. Blocking (file I/O, DNS): call it from a
+/// blocking thread.
+pub fn reload(state: &AppState) -> Result<ReloadSummary, ConfigError> {
+    let loaded = std::fs::read(&state.config_path)
+        .map_err(|source| ConfigError::Read {
+            file: state.config_path.clone(),
+            source,
+        })
+        .and_then(|bytes| {
+            let h = hash(&bytes);
+            config::load_bytes(&bytes, &|k| std::env::var(k).ok()).map(|l| (l, h))
+        });
+    let (loaded, file_hash) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            state.process.record_reload(Err(e.to_string()));
+            return Err(e);
+        }
+    };
+    let mut warnings = loaded.warnings;
+    let (diff, generation) = state.publish_spec(loaded.spec, file_hash, &mut warnings, |t| {
+        drains::follow_file(state, t)
+    });
+    for r in diff.routes_changed.iter().chain(&diff.routes_removed) {
+        state.ramps.cancel(r, "a config reload changed the route");
+    }
+    // The file may have started or ended a drain; overrides are re-saved as well.
+    persist::save(state);
+    state.process.record_reload(Ok(()));
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(ReloadSummary {
+        generation,
+        changed: diff.routing_changed(),
+        needs_restart: diff
+            .needs_restart
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
+        routes_added: diff.routes_added,
+        routes_removed: diff.routes_removed,
+        routes_changed: diff.routes_changed,
+        pools_added: diff.pools_added,
+        pools_removed: diff.pools_removed,
+        pools_changed: diff.pools_changed,
+        warnings,
+    })
+}

@@ -1,0 +1,157 @@
+//! Drain state of a pool or backend: the pure machine behind a lock, a lock-free flag for
+//! the hot path, the file's declared state, and a notifier for waiters.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::Notify;
+
+use crate::drain::machine::{Deadlines, Machine, Phase, TransitionError};
+
+/// for the hot path and a notifier for waiters.
+#[derive(Debug, Default)]
+pub struct DrainCell {
+    draining: AtomicBool,
+    machine: Mutex<Machine>,
+    epoch: AtomicU64,
+    /// Last `state:` the config file declared (true = draining).
+    declared: AtomicBool,
+    /// The current drain was started by the file's `state: draining`.
+    by_file: AtomicBool,
+    /// Woken on every transition (drain, drained, undrain).
+    pub changed: Notify,
+}
+
+impl DrainCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        // The machine is plain data updated in one assignment per transition.
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether new work must avoid it (draining or drained).
+    pub fn is_draining(&self) -> bool {
+        // Relaxed: a pick racing a drain may still land here; tracking counts it like any
+        // in-flight work and the drain waits for it.
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Begin a drain. Returns the drain's epoch (changes on every start/undrain).
+    pub fn start(&self, deadlines: Deadlines, in_flight: u64) -> Result<u64, TransitionError> {
+        let mut m = self.lock();
+        m.start((Instant::now(), SystemTime::now()), deadlines, in_flight)?;
+        self.draining.store(true, Ordering::Relaxed);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(m);
+        self.changed.notify_waiters();
+        Ok(epoch)
+    }
+
+    /// Restore a drain that began at `started` (from the state file).
+    pub fn restore(&self, started: SystemTime, deadlines: Deadlines, in_flight: u64) -> u64 {
+        let mut m = self.lock();
+        m.restore((Instant::now(), SystemTime::now()), started, deadlines);
+        m.observe(SystemTime::now(), in_flight);
+        self.draining.store(true, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Follow the file's declared state. Only a change of the declaration acts: newly
+    /// `draining` starts a drain (returns its epoch); back to `active` undrains a drain the
+    /// file started. So an API undrain of a file-declared drain holds until the file changes.
+    pub fn follow_file(&self, declared: bool, deadlines: Deadlines, in_flight: u64) -> Option<u64> {
+        let before = self.declared.swap(declared, Ordering::AcqRel);
+        match (before, declared) {
+            (false, true) if self.phase() == Phase::Active => {
+                let epoch = self.start(deadlines, in_flight).ok()?;
+                self.by_file.store(true, Ordering::Release);
+                Some(epoch)
+            }
+            (true, false) if self.by_file.load(Ordering::Acquire) => {
+                let _ = self.undrain();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Back to active.
+    pub fn undrain(&self) -> Result<(), TransitionError> {
+        let mut m = self.lock();
+        m.undrain()?;
+        self.by_file.store(false, Ordering::Release);
+        self.draining.store(false, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(m);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Record the current in-flight total (drained at zero).
+    pub fn observe(&self, in_flight: u64) {
+        if !self.is_draining() {
+            return;
+        }
+        let changed = {
+            let mut m = self.lock();
+            let before = m.phase();
+            m.observe(SystemTime::now(), in_flight);
+            before != m.phase()
+        };
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A copy of the machine for reporting.
+    pub fn snapshot(&self) -> Machine {
+        self.lock().clone()
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().phase()
+    }
+
+    /// Current epoch (deadline tasks stop when it moves on).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+}
+
+/// What is drained: a whole pool (by name, so its removed-but-busy backends count too) or
+/// one backend.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Pool(std::sync::Arc<str>),
+    Backend(std::sync::Arc<super::backend::BackendState>),
+}
+
+impl Target {
+    /// Backends whose work counts for this drain (removed-but-busy ones included).
+    pub fn backends(
+        &self,
+        registry: &super::registry::Registry,
+    ) -> Vec<std::sync::Arc<super::backend::BackendState>> {
+        match self {
+            Target::Pool(p) => registry
+                .all()
+                .into_iter()
+                .filter(|b| b.pool.name == *p)
+                .collect(),
+            Target::Backend(b) => vec![b.clone()],
+        }
+    }
+
+    /// `pool` or `pool/backend`, for logs.
+    pub fn name(&self) -> String {
+        match self {
+            Target::Pool(p) => p.to_string(),
+            Target::Backend(b) => b.id.to_string(),
+        }
+    }
+}
