@@ -126,79 +126,83 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 async fn client_verb(verb: Command) -> ExitCode {
-    let opts = |c: &ClientOpts| client::fleet(&c.admin, c.token_file.as_deref());
-    let res: Result<u8, ClientError> = async {
-        match verb {
-            Command::Status { client } => client::status(&opts(&client)?, client.json).await,
-            Command::Drain {
+    match run_verb(verb).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tidegate: {e}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn fleet(c: &ClientOpts) -> Result<Vec<client::Admin>, ClientError> {
+    client::fleet(&c.admin, c.token_file.as_deref())
+}
+
+// Long: one arm per client verb, mapping its arguments.
+async fn run_verb(verb: Command) -> Result<u8, ClientError> {
+    match verb {
+        Command::Status { client } => client::status(&fleet(&client)?, client.json).await,
+        Command::Drain {
+            target,
+            wait,
+            timeout,
+            requests_deadline,
+            streams_deadline,
+            client,
+        } => {
+            let args = DrainArgs {
                 target,
                 wait,
                 timeout,
                 requests_deadline,
                 streams_deadline,
-                client,
-            } => {
-                let args = DrainArgs {
-                    target,
-                    wait,
-                    timeout,
-                    requests_deadline,
-                    streams_deadline,
-                    json: client.json,
-                };
-                client::drain(&opts(&client)?, args).await
-            }
-            Command::Undrain { target, client } => {
-                client::undrain(&opts(&client)?, &target, client.json).await
-            }
-            Command::Shift {
+                json: client.json,
+            };
+            client::drain(&fleet(&client)?, args).await
+        }
+        Command::Undrain { target, client } => {
+            client::undrain(&fleet(&client)?, &target, client.json).await
+        }
+        Command::Shift {
+            route,
+            weights,
+            over,
+            step,
+            max_error_rate,
+            min_requests,
+            client,
+        } => {
+            let args = ShiftArgs {
                 route,
                 weights,
                 over,
                 step,
                 max_error_rate,
                 min_requests,
-                client,
-            } => {
-                let args = ShiftArgs {
-                    route,
-                    weights,
-                    over,
-                    step,
-                    max_error_rate,
-                    min_requests,
-                };
-                client::shift(&opts(&client)?, args).await
-            }
-            Command::Reload { client } => client::reload(&opts(&client)?, client.json).await,
-            Command::Maintenance {
-                mode,
-                routes,
-                methods,
+            };
+            client::shift(&fleet(&client)?, args).await
+        }
+        Command::Reload { client } => client::reload(&fleet(&client)?, client.json).await,
+        Command::Maintenance {
+            mode,
+            routes,
+            methods,
+            retry_after,
+            message,
+            client,
+        } => {
+            let body = MaintenanceRequest {
+                routes: (!routes.is_empty()).then_some(routes),
+                methods: (!methods.is_empty()).then_some(methods),
                 retry_after,
                 message,
-                client,
-            } => {
-                let body = MaintenanceRequest {
-                    routes: (!routes.is_empty()).then_some(routes),
-                    methods: (!methods.is_empty()).then_some(methods),
-                    retry_after,
-                    message,
-                };
-                client::maintenance(&opts(&client)?, mode == "on", body, client.json).await
-            }
-            Command::Run { .. }
-            | Command::Check { .. }
-            | Command::Backend { .. }
-            | Command::Demo { .. } => Ok(exit::OK),
+            };
+            client::maintenance(&fleet(&client)?, mode == "on", body, client.json).await
         }
-    }
-    .await;
-    match res {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("tidegate: {e}");
-            ExitCode::from(exit::ERROR)
-        }
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Backend { .. }
+        | Command::Demo { .. } => Ok(exit::OK),
     }
 }

@@ -117,7 +117,8 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
     ));
     // Overrides from the state file and the file's declared drains apply before the first
     // request is routed.
-    persist::restore(&state);
+    let saved = persist::restore(&state);
+    drains::resume(&state, saved);
     drains::follow_file(&state, &state.table());
     let server = build_server(&opts, &state, admin_listener)?;
     let table = state.table_full();

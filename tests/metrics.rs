@@ -350,3 +350,25 @@ fn grafana_dashboard_uses_only_our_metric_names() {
     }
     assert!(exprs >= 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_beside_ours() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, "")).await;
+    let m = parse(&get(&tg.admin_url("/metrics")).await.unwrap().body);
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let v = m.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(
+            *v > 0.0 || name == "process_cpu_seconds_total",
+            "{name} = {v}"
+        );
+    }
+    let rss = m["process_resident_memory_bytes"];
+    assert!(rss > 1e6 && rss < 1e10, "{rss}");
+}

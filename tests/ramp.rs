@@ -225,3 +225,48 @@ pools:
     let late = share_of_b(200).await;
     assert!((0.4..=0.6).contains(&late), "b after slow start: {late}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_rolls_a_ramp_back_on_errors() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, "")).await;
+    green.app.set_failing(true);
+    let load = Load::start(tg.url("/"), 2);
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/routes/app/split",
+        r#"{"split":{"blue":0,"green":100},"over":"2s","step":"500ms","max_error_rate":0.1,"min_requests":5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["ramp"]["max_error_rate"], 0.1);
+    let url = tg.admin_url("/api/v1/routes/app/split");
+    let done = wait_for("ramp rolled back", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let j = get(&url).await.ok()?.json();
+            (j["ramp"]["state"] == "rolled_back").then_some(j)
+        }
+    })
+    .await;
+    let _ = load.stop().await;
+    assert_eq!(done["split"]["blue"], 100, "{done}");
+    assert_eq!(done["split"]["green"], 0, "{done}");
+    let reason = done["ramp"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("green") && reason.contains("over 10.0%"),
+        "{reason}"
+    );
+    assert!(tg.logs().contains("split ramp rolled back"));
+    // Bad values are refused before anything moves.
+    for body in [
+        r#"{"split":{"green":100},"max_error_rate":0.1}"#,
+        r#"{"split":{"green":100},"over":"2s","max_error_rate":2}"#,
+    ] {
+        let r = api(&tg, "POST", "/api/v1/routes/app/split", body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["field"], "max_error_rate");
+    }
+}

@@ -217,3 +217,70 @@ async fn a_routed_request_finishes_on_its_snapshot() {
     assert_eq!(r.status, 200);
     assert_eq!(r.backend().as_deref(), Some("blue"));
 }
+
+/// Status and metrics without what moves by itself or counts the refusal itself.
+async fn observable(tg: &Tidegate) -> (serde_json::Value, String) {
+    let mut s = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    s.as_object_mut().unwrap().remove("reloads");
+    let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
+    let m = m
+        .lines()
+        .filter(|l| !l.contains("process_") && !l.contains("tidegate_config_reloads_total"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (s, m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_reload_leaves_nothing_behind() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let good = config(&blue.addr, &green.addr, 100, 0);
+    let tg = Tidegate::start(&good).await;
+    assert_eq!(get(&tg.url("/")).await.unwrap().status, 200);
+    let before = observable(&tg).await;
+    // A new pool and a new backend, in a file refused for another reason.
+    let bad = good
+        .replace(
+            "pools:\n",
+            "pools:\n  phantom:\n    backends: [{ address: \"127.0.0.1:9\" }]\n",
+        )
+        .replace(
+            &format!("[{{ address: \"{}\" }}]", green.addr),
+            &format!(
+                "[{{ address: \"{}\" }}, {{ address: \"127.0.0.1:8\" }}]",
+                green.addr
+            ),
+        )
+        .replace(
+            "split: { blue: 100, green: 0 }",
+            "split: { blue: 100, gren: 0 }",
+        );
+    tg.rewrite_config(&bad);
+    let r = post(&tg.admin_url("/api/v1/config/reload"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["kind"], "unknown_pool");
+    let after = observable(&tg).await;
+    assert_eq!(before.0, after.0, "status changed");
+    assert_eq!(before.1, after.1, "metrics changed");
+    assert!(!after.1.contains("phantom") && !after.1.contains("127.0.0.1:8"));
+    let r = get(&tg.admin_url("/api/v1/pools/phantom/drain"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    let out = std::process::Command::new(binary())
+        .args(["drain", "phantom", "--wait", "--timeout", "2s", "--admin"])
+        .arg(tg.admin_url(""))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let r = get(&tg.admin_url("/api/v1/pools/green/backends/127.0.0.1%3A8/drain"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    // The failure is counted where it should be.
+    let s = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    assert_eq!(s["reloads"]["failed"], 1);
+}

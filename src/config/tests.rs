@@ -46,6 +46,7 @@ fn err(text: &str) -> ConfigError {
 }
 
 #[test]
+// Long: one table of cases.
 fn each_kind_of_error_names_its_key_path() {
     let cases: &[(&str, &str, &str, &str)] = &[
         // (replace this, with this, expected kind, expected text in message)

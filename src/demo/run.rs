@@ -113,6 +113,7 @@ pub async fn run(script: bool, port: u16, admin_port: u16) -> Result<u8, String>
     walk(&url, &admin, &blue).await
 }
 
+// Long: the scripted rollout reads best as one story, step after step.
 async fn walk(url: &str, admin: &Admin, blue: &Arc<Backend>) -> Result<u8, String> {
     let fleet = vec![admin.clone()];
     let err = |e: client::ClientError| e.to_string();

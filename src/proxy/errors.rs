@@ -74,7 +74,7 @@ pub fn describe(e: &Error, code: u16) -> (&'static str, String) {
 /// 503 for maintenance mode: `Retry-After` and a JSON body that says when to retry.
 pub async fn respond_maintenance(
     session: &mut Session,
-    m: &crate::state::table::Maintenance,
+    m: &crate::state::overrides::Maintenance,
 ) -> Result<()> {
     let secs = m.retry_after.as_secs();
     let v = serde_json::json!({

@@ -165,35 +165,46 @@ pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
-    // 1. Percent-encoding: decode unreserved characters, upper-case the rest.
+    let p = remove_dot_segments(&decode_unreserved(b)?);
+    if p == path {
+        return Ok(Cow::Borrowed(path));
+    }
+    Ok(Cow::Owned(p))
+}
+
+/// Percent-encoding normalization: unreserved characters decoded, other escapes upper-cased.
+fn decode_unreserved(b: &[u8]) -> Result<String, &'static str> {
     let mut dec = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
-            let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            ) else {
-                return Err("bad percent-encoding");
-            };
-            let v = h * 16 + l;
-            if unreserved(v) {
-                dec.push(v);
-            } else {
-                dec.push(b'%');
-                dec.extend_from_slice(format!("{v:02X}").as_bytes());
-            }
-            i += 3;
-        } else {
+        if b[i] != b'%' {
             dec.push(b[i]);
             i += 1;
+            continue;
         }
+        let (Some(h), Some(l)) = (
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err("bad percent-encoding");
+        };
+        let v = h * 16 + l;
+        if unreserved(v) {
+            dec.push(v);
+        } else {
+            dec.push(b'%');
+            dec.extend_from_slice(format!("{v:02X}").as_bytes());
+        }
+        i += 3;
     }
     // Only ASCII went in or came out (decoded bytes are unreserved ASCII).
-    let dec = String::from_utf8(dec).map_err(|_| "bad percent-encoding")?;
-    // 2. Remove dot-segments (RFC 3986 5.2.4), on whole segments.
+    String::from_utf8(dec).map_err(|_| "bad percent-encoding")
+}
+
+/// RFC 3986 5.2.4 on whole segments; a trailing `.` or `..` leaves a trailing slash.
+fn remove_dot_segments(path: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
-    let segs: Vec<&str> = dec.split('/').skip(1).collect();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
     let last = segs.len().saturating_sub(1);
     let mut trailing = false;
     for (n, seg) in segs.iter().enumerate() {
@@ -209,7 +220,7 @@ pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
             }
         }
     }
-    let mut p = String::with_capacity(dec.len());
+    let mut p = String::with_capacity(path.len());
     for s in &out {
         p.push('/');
         p.push_str(s);
@@ -217,10 +228,7 @@ pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     if trailing || p.is_empty() {
         p.push('/');
     }
-    if p == path {
-        return Ok(Cow::Borrowed(path));
-    }
-    Ok(Cow::Owned(p))
+    p
 }
 
 #[cfg(test)]

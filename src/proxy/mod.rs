@@ -32,7 +32,8 @@ use crate::{
     services::probe,
     state::{
         counts::Kind,
-        table::{Maintenance, Pool, Route, Table},
+        overrides::Maintenance,
+        table::{Pool, Route, Table},
         tracking::Tracking,
         ActiveGuard, AppState,
     },

@@ -90,10 +90,7 @@ impl Proxy {
                 return Err(Error::explain(HTTPStatus(500), "no route chosen"));
             };
             if ctx.attempts >= MAX_ATTEMPTS {
-                return Err(Error::explain(
-                    HTTPStatus(502),
-                    format!("no backend of route {:?} could be reached", route.name),
-                ));
+                return Err(unreachable(&route));
             }
             if ctx.failed.len() <= route.spec.retries as usize {
                 if let Some((_, b)) = pool.pick_avoiding(&|b| ctx.failed.skips(b)) {
@@ -109,42 +106,59 @@ impl Proxy {
                     return Ok(chosen);
                 }
             }
-            let Some(_held) = self.enter_hold(&route, ctx) else {
-                return Err(if ctx.failed.is_empty() {
-                    Error::explain(
-                        HTTPStatus(503),
-                        format!("route {:?} has no available backend", route.name),
-                    )
-                } else {
-                    Error::explain(
-                        HTTPStatus(502),
-                        format!("no backend of route {:?} could be reached", route.name),
-                    )
-                });
-            };
-            let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
-            let state = &self.state;
-            let failed = &ctx.failed;
-            let woke = hold::wait(state, deadline, || {
-                reroute(&state.table(), session.req_header(), failed).is_some()
-            })
-            .await;
-            if !woke {
-                route.stats.hold_timeouts.inc();
-                return Err(Error::explain(
-                    HTTPStatus(503),
-                    format!(
-                        "no backend of route {:?} became available within hold.timeout",
-                        route.name
-                    ),
-                ));
-            }
-            ctx.failed.forget_recovered();
-            let cfg = self.state.table();
-            if let Some((r, p, _)) = reroute(&cfg, session.req_header(), &ctx.failed) {
-                ctx.route = Some(r.clone());
-                ctx.pool = Some(p.clone());
-            }
+            self.hold_until_available(session, ctx, &route).await?;
         }
     }
+
+    /// Wait in the route's hold queue until something this request can use is available,
+    /// then route it again on the newest table. `Err` when holding is off, the queue is
+    /// full or the hold times out.
+    async fn hold_until_available(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<()> {
+        let Some(_held) = self.enter_hold(route, ctx) else {
+            return Err(if ctx.failed.is_empty() {
+                Error::explain(
+                    HTTPStatus(503),
+                    format!("route {:?} has no available backend", route.name),
+                )
+            } else {
+                unreachable(route)
+            });
+        };
+        let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
+        let state = &self.state;
+        let failed = &ctx.failed;
+        let woke = hold::wait(state, deadline, || {
+            reroute(&state.table(), session.req_header(), failed).is_some()
+        })
+        .await;
+        if !woke {
+            route.stats.hold_timeouts.inc();
+            return Err(Error::explain(
+                HTTPStatus(503),
+                format!(
+                    "no backend of route {:?} became available within hold.timeout",
+                    route.name
+                ),
+            ));
+        }
+        ctx.failed.forget_recovered();
+        let cfg = self.state.table();
+        if let Some((r, p, _)) = reroute(&cfg, session.req_header(), &ctx.failed) {
+            ctx.route = Some(r.clone());
+            ctx.pool = Some(p.clone());
+        }
+        Ok(())
+    }
+}
+
+fn unreachable(route: &Route) -> Box<Error> {
+    Error::explain(
+        HTTPStatus(502),
+        format!("no backend of route {:?} could be reached", route.name),
+    )
 }

@@ -23,10 +23,11 @@ use crate::{
     state::{
         backend::{BackendState, PoolState},
         counts::Kind,
-        drain_cell::{DrainCell, Target},
+        drain_cell::DrainCell,
         items::{EndReason, Tracked},
         registry::Registry,
         table::Table,
+        target::Target,
         AppState,
     },
 };
@@ -241,15 +242,21 @@ pub fn follow_file(state: &AppState, table: &Table) {
     }
 }
 
-/// Resume a drain saved in `state_file`: it keeps its original start, so deadlines keep
-/// counting from then.
-pub fn restore(
-    state: &AppState,
-    pool: &str,
-    backend: Option<&str>,
-    started: SystemTime,
-    d: Deadlines,
-) {
+/// Resume the drains saved in `state_file` (see [`persist::restore`]).
+pub fn resume(state: &AppState, saved: Vec<persist::SavedDrain>) {
+    for d in saved {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
+        let deadlines = Deadlines {
+            requests: d.requests_deadline_ms.map(Duration::from_millis),
+            streams: d.streams_deadline_ms.map(Duration::from_millis),
+            close_spread: Duration::from_millis(d.close_spread_ms),
+        };
+        restore(state, &d.pool, d.backend.as_deref(), started, deadlines);
+    }
+}
+
+/// Resume one saved drain: it keeps its original start, so deadlines keep counting from then.
+fn restore(state: &AppState, pool: &str, backend: Option<&str>, started: SystemTime, d: Deadlines) {
     let (target, epoch) = match backend {
         None => {
             let p = state.registry.pool(pool);

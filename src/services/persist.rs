@@ -4,16 +4,12 @@
 //! Written crash-safe: a temp file in the same directory, fsync'd, renamed over the old one,
 //! then the directory fsync'd so the rename itself survives a power loss.
 
-use std::{
-    io::Write,
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::{io::Write, path::Path};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    drain::machine::{Deadlines, Machine, Phase},
+    drain::machine::{Machine, Phase},
     state::{overrides::Overrides, process::unix, AppState},
 };
 
@@ -86,39 +82,31 @@ pub fn save(state: &AppState) {
     }
 }
 
-/// Re-apply saved overrides at start, before any traffic; drains resume with their original
-/// start time (their deadline tasks start once the drain service runs).
-pub fn restore(state: &AppState) {
+/// Re-apply saved overrides at start, before any traffic. Returns the saved drains, for the
+/// drain service to resume ([`super::drains::resume`]).
+pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     let Some(path) = state.table().spec.state_file.clone() else {
-        return;
+        return Vec::new();
     };
     let saved: Saved = match std::fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "state_file is not valid; starting without overrides");
-                return;
+                return Vec::new();
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "cannot read state_file; starting without overrides");
-            return;
+            return Vec::new();
         }
     };
     let _ = state.change_overrides(|o, _| {
         *o = saved.overrides;
         Ok::<(), ()>(())
     });
-    for d in saved.drains {
-        let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
-        let deadlines = Deadlines {
-            requests: d.requests_deadline_ms.map(Duration::from_millis),
-            streams: d.streams_deadline_ms.map(Duration::from_millis),
-            close_spread: Duration::from_millis(d.close_spread_ms),
-        };
-        super::drains::restore(state, &d.pool, d.backend.as_deref(), started, deadlines);
-    }
+    saved.drains
 }
 
 fn write_durably(path: &Path, saved: &Saved) -> std::io::Result<()> {

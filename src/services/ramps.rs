@@ -96,6 +96,14 @@ pub fn start(state: &Arc<AppState>, route: &str, plan: Plan) -> Ramp {
     ramp
 }
 
+/// Pools whose weight grows from `from` to `to`.
+fn gaining(from: &BTreeMap<String, u32>, to: &BTreeMap<String, u32>) -> Vec<String> {
+    to.iter()
+        .filter(|(p, w)| **w > from.get(*p).copied().unwrap_or(0))
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
 /// Requests and failures so far of `pools` on `route`.
 fn counters(state: &AppState, route: &str, pools: &[String]) -> (u64, u64) {
     let table = state.table();
@@ -130,12 +138,7 @@ async fn drive(
     plan: Plan,
     n: u32,
 ) {
-    let gaining: Vec<String> = plan
-        .to
-        .iter()
-        .filter(|(p, w)| **w > from.get(*p).copied().unwrap_or(0))
-        .map(|(p, _)| p.clone())
-        .collect();
+    let gaining = gaining(&from, &plan.to);
     let watch = plan.max_error_rate.is_some();
     let start = tokio::time::Instant::now();
     let mut window = counters(state, route, &gaining);
@@ -148,17 +151,18 @@ async fn drive(
         }
         if let Some(max) = plan.max_error_rate {
             let now = counters(state, route, &gaining);
-            let (total, failed) = (now.0 - window.0, now.1 - window.1);
+            let seen = (now.0 - window.0, now.1 - window.1);
             window = now;
-            let rate = if total == 0 {
-                0.0
-            } else {
-                failed as f64 / total as f64
-            };
-            if k > 1 && total >= plan.min_requests.max(1) && rate > max {
+            // The window before the first step ran on the old split: not judged.
+            let judged = (k > 1)
+                .then(|| judge(seen, plan.min_requests, max))
+                .flatten();
+            if let Some(rate) = judged {
                 let why = format!(
-                    "error rate {:.1}% ({failed} of {total} requests to {}) at step {}/{n} is over {:.1}%",
+                    "error rate {:.1}% ({} of {} requests to {}) at step {}/{n} is over {:.1}%",
                     rate * 100.0,
+                    seen.1,
+                    seen.0,
                     gaining.join(", "),
                     k - 1,
                     max * 100.0
@@ -184,6 +188,16 @@ async fn drive(
         .ramps
         .update(route, epoch, |r| r.state = "completed".into());
     tracing::info!(route, "split ramp completed");
+}
+
+/// The failure rate of a step's `(requests, failures)`, when it counts (at least
+/// `min_requests`) and is over `max`.
+fn judge((total, failed): (u64, u64), min_requests: u64, max: f64) -> Option<f64> {
+    if total < min_requests.max(1) {
+        return None;
+    }
+    let rate = failed as f64 / total as f64;
+    (rate > max).then_some(rate)
 }
 
 /// Set `split` as the route's override; false when the route is gone.

@@ -122,36 +122,3 @@ impl DrainCell {
         self.epoch.load(Ordering::Acquire)
     }
 }
-
-/// What is drained: a whole pool (by name, so its removed-but-busy backends count too) or
-/// one backend.
-#[derive(Clone, Debug)]
-pub enum Target {
-    Pool(std::sync::Arc<str>),
-    Backend(std::sync::Arc<super::backend::BackendState>),
-}
-
-impl Target {
-    /// Backends whose work counts for this drain (removed-but-busy ones included).
-    pub fn backends(
-        &self,
-        registry: &super::registry::Registry,
-    ) -> Vec<std::sync::Arc<super::backend::BackendState>> {
-        match self {
-            Target::Pool(p) => registry
-                .all()
-                .into_iter()
-                .filter(|b| b.pool.name == *p)
-                .collect(),
-            Target::Backend(b) => vec![b.clone()],
-        }
-    }
-
-    /// `pool` or `pool/backend`, for logs.
-    pub fn name(&self) -> String {
-        match self {
-            Target::Pool(p) => p.to_string(),
-            Target::Backend(b) => b.id.to_string(),
-        }
-    }
-}

@@ -17,6 +17,7 @@ pub mod ramps;
 pub mod registry;
 pub mod stats;
 pub mod table;
+pub mod target;
 pub mod tracking;
 
 use std::{
@@ -29,10 +30,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{diff::Diff, Spec};
-use drain_cell::Target;
 use registry::Registry;
 use stats::Stats;
 use table::Table;
+use target::Target;
 
 pub use process::{ActiveGuard, ExitReason, Process, ReloadStats};
 

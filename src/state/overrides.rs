@@ -6,8 +6,6 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::table::Maintenance;
-
 /// Overrides as saved and applied.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,5 +48,26 @@ impl MaintenanceOverride {
                 .clone()
                 .unwrap_or_else(|| "down for maintenance".into()),
         }
+    }
+}
+
+/// Maintenance mode: matching requests get 503 + `Retry-After` + a JSON body.
+#[derive(Clone, Debug)]
+pub struct Maintenance {
+    /// Route names it applies to; `None` = every route.
+    pub routes: Option<Vec<String>>,
+    /// Methods it applies to; `None` = every method.
+    pub methods: Option<Vec<http::Method>>,
+    pub retry_after: Duration,
+    pub message: String,
+}
+
+impl Maintenance {
+    /// Whether a request on `route` with `method` is refused.
+    pub fn matches(&self, route: &str, method: &http::Method) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|rs| rs.iter().any(|r| r == route))
+            && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
     }
 }

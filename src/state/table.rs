@@ -5,11 +5,11 @@
 //! Binding happens only for a spec that is being published, so a refused config leaves the
 //! registry and the statistics untouched.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
     backend::BackendState,
-    overrides::Overrides,
+    overrides::{Maintenance, Overrides},
     registry::Registry,
     stats::{RouteStats, Stats},
 };
@@ -285,27 +285,6 @@ pub struct Backend {
     pub id: Arc<str>,
     pub spec: BackendSpec,
     pub state: Arc<BackendState>,
-}
-
-/// Maintenance mode: matching requests get 503 + `Retry-After` + a JSON body.
-#[derive(Clone, Debug)]
-pub struct Maintenance {
-    /// Route names it applies to; `None` = every route.
-    pub routes: Option<Vec<String>>,
-    /// Methods it applies to; `None` = every method.
-    pub methods: Option<Vec<http::Method>>,
-    pub retry_after: Duration,
-    pub message: String,
-}
-
-impl Maintenance {
-    /// Whether a request on `route` with `method` is refused.
-    pub fn matches(&self, route: &str, method: &http::Method) -> bool {
-        self.routes
-            .as_ref()
-            .is_none_or(|rs| rs.iter().any(|r| r == route))
-            && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
-    }
 }
 
 #[cfg(test)]

@@ -15,41 +15,7 @@ pub(super) fn build_pools(
                 what: "a pool needs at least one backend",
             });
         }
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut backends = Vec::with_capacity(p.backends.len());
-        for (i, b) in p.backends.iter().enumerate() {
-            let bpath = format!("{path}.backends[{i}]");
-            let addr = resolve_backend(&format!("{bpath}.address"), &b.address)?;
-            let name = b.name.clone().unwrap_or_else(|| b.address.clone());
-            if b.name.is_some() {
-                check_name(&format!("{bpath}.name"), &name)?;
-            }
-            if let Some(first) = seen.insert(name.clone(), i) {
-                let key = if b.name.is_some() { "name" } else { "address" };
-                return Err(dup(
-                    format!("{bpath}.{key}"),
-                    "backend",
-                    &name,
-                    format!("{path}.backends[{first}]"),
-                ));
-            }
-            if !(1..=WEIGHT_MAX).contains(&b.weight) {
-                return Err(ConfigError::OutOfRange {
-                    path: format!("{bpath}.weight"),
-                    value: b.weight,
-                    min: 1,
-                    max: WEIGHT_MAX,
-                });
-            }
-            backends.push(BackendSpec {
-                name: name.as_str().into(),
-                address: b.address.clone(),
-                addr,
-                // In range checked above.
-                weight: b.weight as u32,
-                declared_draining: b.state == FileState::Draining,
-            });
-        }
+        let backends = build_backends(&path, &p.backends)?;
         let health_check = match &p.health_check {
             Some(h) => Some(build_health_check(&format!("{path}.health_check"), h)?),
             None => None,
@@ -73,6 +39,46 @@ pub(super) fn build_pools(
         );
     }
     Ok(pools)
+}
+
+/// `pools.NAME.backends`: addresses, unique names, weights in range.
+fn build_backends(path: &str, file: &[FileBackend]) -> Result<Vec<BackendSpec>, ConfigError> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut backends = Vec::with_capacity(file.len());
+    for (i, b) in file.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        let addr = resolve_backend(&format!("{bpath}.address"), &b.address)?;
+        let name = b.name.clone().unwrap_or_else(|| b.address.clone());
+        if b.name.is_some() {
+            check_name(&format!("{bpath}.name"), &name)?;
+        }
+        if let Some(first) = seen.insert(name.clone(), i) {
+            let key = if b.name.is_some() { "name" } else { "address" };
+            return Err(dup(
+                format!("{bpath}.{key}"),
+                "backend",
+                &name,
+                format!("{path}.backends[{first}]"),
+            ));
+        }
+        if !(1..=WEIGHT_MAX).contains(&b.weight) {
+            return Err(ConfigError::OutOfRange {
+                path: format!("{bpath}.weight"),
+                value: b.weight,
+                min: 1,
+                max: WEIGHT_MAX,
+            });
+        }
+        backends.push(BackendSpec {
+            name: name.as_str().into(),
+            address: b.address.clone(),
+            addr,
+            // In range checked above.
+            weight: b.weight as u32,
+            declared_draining: b.state == FileState::Draining,
+        });
+    }
+    Ok(backends)
 }
 
 fn build_passive(path: &str, p: &FilePassiveHealth) -> Result<PassiveHealth, ConfigError> {

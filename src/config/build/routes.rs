@@ -37,74 +37,15 @@ pub(super) fn build_routes(
             v.sort();
             v
         });
-        for h in r.matcher.host.to_vec() {
-            let key = (
-                h.to_ascii_lowercase(),
-                m.path_prefix.clone(),
-                method_key.clone(),
-            );
-            if let Some(first) = keys.insert(key, i) {
-                return Err(dup(
-                    format!("{path}.match"),
-                    "match (host, path_prefix, methods)",
-                    &format!("{h} {}", m.path_prefix),
-                    format!("routes[{first}]"),
-                ));
-            }
-        }
-        if r.split.is_empty() {
-            return Err(ConfigError::Empty {
-                path: format!("{path}.split"),
-                what: "a split needs at least one pool",
-            });
-        }
-        let mut split = Vec::with_capacity(r.split.len());
-        for (pool, w) in &r.split {
-            let spath = format!("{path}.split.{pool}");
-            let p = pools
-                .get(pool.as_str())
-                .ok_or_else(|| ConfigError::UnknownPool {
-                    path: spath.clone(),
-                    pool: pool.clone(),
-                    known: pools
-                        .keys()
-                        .map(|k| k.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
-            if !(0..=SPLIT_MAX).contains(w) {
-                return Err(ConfigError::OutOfRange {
-                    path: spath,
-                    value: *w,
-                    min: 0,
-                    max: SPLIT_MAX,
-                });
-            }
-            // In range checked above.
-            split.push((p.name.clone(), *w as u32));
-        }
+        check_unique_match(&path, i, r, &method_key, &mut keys)?;
+        let split = build_split(&path, &r.split, pools)?;
         if split.iter().all(|(_, w)| *w == 0) {
             warnings.push(format!(
                 "{path}.split: every weight is 0; route {:?} receives no traffic",
                 r.name
             ));
         }
-        if r.retries > 10 {
-            return Err(ConfigError::OutOfRange {
-                path: format!("{path}.retries"),
-                value: r.retries.into(),
-                min: 0,
-                max: 10,
-            });
-        }
-        if r.hold.max_queued > 1_000_000 {
-            return Err(ConfigError::OutOfRange {
-                path: format!("{path}.hold.max_queued"),
-                value: r.hold.max_queued.into(),
-                min: 0,
-                max: 1_000_000,
-            });
-        }
+        check_limits(&path, r)?;
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
@@ -112,11 +53,7 @@ pub(super) fn build_routes(
             methods: method_key,
             split,
             retries: r.retries,
-            retry_sent: match r.retry_sent {
-                FileRetrySent::Never => RetrySent::Never,
-                FileRetrySent::Idempotent => RetrySent::Idempotent,
-                FileRetrySent::All => RetrySent::All,
-            },
+            retry_sent: retry_sent(r.retry_sent),
             hold: Hold {
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,
@@ -125,6 +62,101 @@ pub(super) fn build_routes(
         matches.push(m);
     }
     Ok((routes, Router::new(&matches)))
+}
+
+fn retry_sent(f: FileRetrySent) -> RetrySent {
+    match f {
+        FileRetrySent::Never => RetrySent::Never,
+        FileRetrySent::Idempotent => RetrySent::Idempotent,
+        FileRetrySent::All => RetrySent::All,
+    }
+}
+
+/// `routes[i].split`: known pools, weights in range.
+fn build_split(
+    path: &str,
+    file: &BTreeMap<String, i64>,
+    pools: &BTreeMap<Arc<str>, Arc<PoolSpec>>,
+) -> Result<Vec<(Arc<str>, u32)>, ConfigError> {
+    if file.is_empty() {
+        return Err(ConfigError::Empty {
+            path: format!("{path}.split"),
+            what: "a split needs at least one pool",
+        });
+    }
+    let mut split = Vec::with_capacity(file.len());
+    for (pool, w) in file {
+        let spath = format!("{path}.split.{pool}");
+        let p = pools
+            .get(pool.as_str())
+            .ok_or_else(|| ConfigError::UnknownPool {
+                path: spath.clone(),
+                pool: pool.clone(),
+                known: pools
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if !(0..=SPLIT_MAX).contains(w) {
+            return Err(ConfigError::OutOfRange {
+                path: spath,
+                value: *w,
+                min: 0,
+                max: SPLIT_MAX,
+            });
+        }
+        // In range checked above.
+        split.push((p.name.clone(), *w as u32));
+    }
+    Ok(split)
+}
+
+/// `retries` and `hold.max_queued` within their bounds.
+fn check_limits(path: &str, r: &FileRoute) -> Result<(), ConfigError> {
+    if r.retries > 10 {
+        return Err(ConfigError::OutOfRange {
+            path: format!("{path}.retries"),
+            value: r.retries.into(),
+            min: 0,
+            max: 10,
+        });
+    }
+    if r.hold.max_queued > 1_000_000 {
+        return Err(ConfigError::OutOfRange {
+            path: format!("{path}.hold.max_queued"),
+            value: r.hold.max_queued.into(),
+            min: 0,
+            max: 1_000_000,
+        });
+    }
+    Ok(())
+}
+
+/// No two routes with the same (host, path_prefix, methods).
+fn check_unique_match(
+    path: &str,
+    i: usize,
+    r: &FileRoute,
+    method_key: &Option<Vec<String>>,
+    keys: &mut HashMap<(String, String, Option<Vec<String>>), usize>,
+) -> Result<(), ConfigError> {
+    for h in r.matcher.host.to_vec() {
+        let key = (
+            h.to_ascii_lowercase(),
+            r.matcher.path_prefix.clone(),
+            method_key.clone(),
+        );
+        if let Some(first) = keys.insert(key, i) {
+            return Err(dup(
+                format!("{path}.match"),
+                "match (host, path_prefix, methods)",
+                &format!("{h} {}", r.matcher.path_prefix),
+                format!("routes[{first}]"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn build_match(path: &str, m: &FileMatch) -> Result<RouteMatch, ConfigError> {
@@ -155,7 +187,20 @@ fn build_match(path: &str, m: &FileMatch) -> Result<RouteMatch, ConfigError> {
             format!("{:?} must start with '/'", m.path_prefix),
         ));
     }
-    let methods = match &m.methods {
+    let methods = build_methods(path, &m.methods)?;
+    Ok(RouteMatch {
+        hosts,
+        path_prefix: m.path_prefix.clone(),
+        methods,
+    })
+}
+
+/// `match.methods`: absent = every method; listed ones must be real method tokens.
+fn build_methods(
+    path: &str,
+    methods: &Option<Vec<String>>,
+) -> Result<Option<Vec<http::Method>>, ConfigError> {
+    let methods = match methods {
         None => None,
         Some(ms) if ms.is_empty() => {
             return Err(ConfigError::Empty {
@@ -184,9 +229,5 @@ fn build_match(path: &str, m: &FileMatch) -> Result<RouteMatch, ConfigError> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    Ok(RouteMatch {
-        hosts,
-        path_prefix: m.path_prefix.clone(),
-        methods,
-    })
+    Ok(methods)
 }

@@ -1,0 +1,231 @@
+//! The config file as written: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown keys, so a typo is an error rather than a silent default.
+//! Defaults live in named functions so `conf/tidegate.yaml` and the code cannot drift apart
+//! unnoticed (the reference config is checked in CI). Validation happens in `build/`.
+//! Routes are in `routes.rs`, pools in `pools.rs`.
+
+mod pools;
+mod routes;
+
+pub use pools::*;
+pub use routes::*;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Deserialize;
+
+use super::duration::HumanDuration;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listeners: Vec<FileListener>,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// Reload when the file changes (directory watch). SIGHUP and the API always work.
+    #[serde(default = "default_true")]
+    pub config_watch: bool,
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    /// Client request hygiene at the edge (header limits, methods).
+    #[serde(default)]
+    pub http: FileHttp,
+    #[serde(default)]
+    pub server: FileServer,
+    pub routes: Vec<FileRoute>,
+    pub pools: BTreeMap<String, FilePool>,
+    #[serde(default)]
+    pub shutdown: FileShutdown,
+}
+
+/// One address tidegate accepts client traffic on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub name: String,
+    pub address: String,
+    /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+}
+
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub metrics_auth: bool,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+            token_env: None,
+            token_file: None,
+            metrics_auth: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Default admin address: loopback only.
+pub fn default_admin_address() -> String {
+    "127.0.0.1:9901".into()
+}
+
+/// Proxy timeouts, global.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    #[serde(default = "default_connect")]
+    pub connect: HumanDuration,
+    #[serde(default = "default_client_read")]
+    pub client_read: HumanDuration,
+    #[serde(default)]
+    pub upstream_read: HumanDuration,
+    #[serde(default = "default_websocket_idle")]
+    pub websocket_idle: HumanDuration,
+    #[serde(default = "default_upstream_keepalive")]
+    pub upstream_keepalive: HumanDuration,
+}
+
+impl Default for FileTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            client_read: default_client_read(),
+            upstream_read: HumanDuration::default(),
+            websocket_idle: default_websocket_idle(),
+            upstream_keepalive: default_upstream_keepalive(),
+        }
+    }
+}
+
+pub(super) fn secs(s: u64) -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(s))
+}
+/// Default upstream connect timeout.
+pub fn default_connect() -> HumanDuration {
+    secs(5)
+}
+/// Default client read timeout (pingora's own default).
+pub fn default_client_read() -> HumanDuration {
+    secs(60)
+}
+/// Default WebSocket client-silence limit.
+pub fn default_websocket_idle() -> HumanDuration {
+    secs(3600)
+}
+/// Default idle time of pooled upstream keep-alive connections.
+pub fn default_upstream_keepalive() -> HumanDuration {
+    secs(60)
+}
+
+/// Client request hygiene: nginx's defaults as the anchor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    /// Largest request line plus headers, in bytes; above it the answer is 431.
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: u64,
+    /// Forward header names that contain `_` (nginx `underscores_in_headers`); off, they are
+    /// dropped so `X_Forwarded_For` cannot pass for `X-Forwarded-For` behind a CGI-style app.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
+    /// Forward `TRACE` requests; off, they get 405.
+    #[serde(default)]
+    pub allow_trace: bool,
+}
+
+impl Default for FileHttp {
+    fn default() -> Self {
+        Self {
+            max_request_header_bytes: default_max_request_header_bytes(),
+            underscores_in_headers: false,
+            allow_trace: false,
+        }
+    }
+}
+
+/// Default header limit: 32 KiB (nginx's `large_client_header_buffers 4 8k` in total).
+pub fn default_max_request_header_bytes() -> u64 {
+    32 * 1024
+}
+
+/// Process-level settings (not reloadable).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Worker threads per listener; 0 = one per CPU.
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: None,
+        }
+    }
+}
+
+/// Default socket for graceful upgrades (absolute: old and new process must agree).
+pub fn default_upgrade_sock() -> PathBuf {
+    "/tmp/tidegate_upgrade.sock".into()
+}
+
+/// Process shutdown timing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShutdown {
+    #[serde(default = "default_shutdown_delay")]
+    pub delay: HumanDuration,
+    #[serde(default = "default_shutdown_grace")]
+    pub grace: HumanDuration,
+}
+
+impl Default for FileShutdown {
+    fn default() -> Self {
+        Self {
+            delay: default_shutdown_delay(),
+            grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_shutdown_delay() -> HumanDuration {
+    secs(0)
+}
+fn default_shutdown_grace() -> HumanDuration {
+    secs(60)
+}

@@ -1,0 +1,158 @@
+//! Pools as written: backends, health checks (active and passive), drain deadlines.
+
+use serde::Deserialize;
+
+use super::secs;
+use crate::config::duration::HumanDuration;
+
+/// A pool: one version of the app.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    pub backends: Vec<FileBackend>,
+    #[serde(default)]
+    pub health_check: Option<FileHealthCheck>,
+    /// Passive health for pools without `health_check`: refused or timed-out connects mark
+    /// a backend down, and a background probe brings it back.
+    #[serde(default)]
+    pub passive_health: FilePassiveHealth,
+    #[serde(default)]
+    pub drain: FileDrain,
+    #[serde(default)]
+    pub slow_start: HumanDuration,
+    #[serde(default)]
+    pub state: FileState,
+}
+
+/// Declared state of a pool or backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    #[default]
+    Active,
+    Draining,
+}
+
+/// One backend address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub address: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    #[serde(default)]
+    pub state: FileState,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+/// Active health check of a pool's backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    #[serde(default = "default_hc_status")]
+    pub expected_status: u16,
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    #[serde(default)]
+    pub start_healthy: bool,
+}
+
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_status() -> u16 {
+    200
+}
+fn default_hc_interval() -> HumanDuration {
+    secs(2)
+}
+fn default_hc_timeout() -> HumanDuration {
+    secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// Passive health: `fall` failed connects in a row mark a backend down; while down it is
+/// probed (a TCP connect) every `probe_interval`, doubling up to `probe_max_interval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePassiveHealth {
+    #[serde(default = "default_passive_fall")]
+    pub fall: u32,
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: HumanDuration,
+    #[serde(default = "default_probe_max_interval")]
+    pub probe_max_interval: HumanDuration,
+}
+
+impl Default for FilePassiveHealth {
+    fn default() -> Self {
+        Self {
+            fall: default_passive_fall(),
+            probe_interval: default_probe_interval(),
+            probe_max_interval: default_probe_max_interval(),
+        }
+    }
+}
+
+/// Default failed connects in a row before a backend is down (nginx `max_fails=1`).
+pub fn default_passive_fall() -> u32 {
+    1
+}
+/// Default first probe delay of a down backend.
+pub fn default_probe_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(50))
+}
+/// Default longest delay between probes of a down backend.
+pub fn default_probe_max_interval() -> HumanDuration {
+    secs(1)
+}
+
+/// Drain deadlines of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDrain {
+    #[serde(default = "default_requests_deadline")]
+    pub requests_deadline: HumanDuration,
+    #[serde(default = "default_streams_deadline")]
+    pub streams_deadline: HumanDuration,
+    #[serde(default = "default_close_spread")]
+    pub close_spread: HumanDuration,
+}
+
+impl Default for FileDrain {
+    fn default() -> Self {
+        Self {
+            requests_deadline: default_requests_deadline(),
+            streams_deadline: default_streams_deadline(),
+            close_spread: default_close_spread(),
+        }
+    }
+}
+
+fn default_requests_deadline() -> HumanDuration {
+    secs(30)
+}
+fn default_streams_deadline() -> HumanDuration {
+    secs(3600)
+}
+fn default_close_spread() -> HumanDuration {
+    secs(30)
+}
