@@ -3,6 +3,10 @@
 use std::{hint::black_box, sync::Arc};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+/// The allocator the binary runs with (see src/main.rs): a render allocates per sample.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tidegate::{config, metrics::Metrics, state::AppState};
 
 fn render_1000(c: &mut Criterion) {

@@ -13,7 +13,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::state::AppState;
 
-/// Metric names, fixed by DESIGN.md.
+/// Metric names, fixed by the product contract (README, Metrics).
 pub mod names {
     pub use crate::state::stats::names::*;
     pub const BACKEND_IN_FLIGHT: &str = "tidegate_backend_in_flight";

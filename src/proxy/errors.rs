@@ -9,10 +9,17 @@ use pingora::{
     ErrorType::{self, HTTPStatus},
 };
 
-/// `{"error": kind, "message": ..., "status": code}`.
+/// `{"error": kind, "message": ..., "status": code}`: the admin API's error body.
 pub fn json_error_body(code: u16, kind: &str, message: &str) -> Bytes {
-    let v = serde_json::json!({ "error": kind, "message": message, "status": code });
-    Bytes::from(format!("{v}\n"))
+    let body = crate::api::ErrorBody {
+        error: kind.to_string(),
+        message: message.to_string(),
+        status: code,
+        field: None,
+    };
+    let mut v = serde_json::to_vec(&body).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
 }
 
 /// Write a complete JSON error response.

@@ -26,7 +26,7 @@ pub const BUCKETS: [f64; 12] = [
 /// Status classes counted: `1xx`..`5xx`, and `none` for requests that got no response.
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
-/// Metric names of the vectors kept here (fixed by DESIGN.md).
+/// Metric names of the vectors kept here (fixed by the product contract; README, Metrics).
 pub mod names {
     pub const REQUESTS_TOTAL: &str = "tidegate_requests_total";
     pub const REQUEST_DURATION: &str = "tidegate_request_duration_seconds";
