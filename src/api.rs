@@ -150,6 +150,9 @@ impl Ramp {
 pub struct PoolStatus {
     /// `active`, `draining` or `drained`.
     pub state: String,
+    /// Whether the members are a runtime override (`PUT …/backends`).
+    #[serde(default)]
+    pub backends_override: bool,
     /// `state:` as written in the file.
     pub file_state: String,
     pub in_flight: InFlight,
@@ -332,4 +335,52 @@ pub struct ConfigRefused {
     pub path: Option<String>,
     pub message: String,
     pub status: u16,
+}
+
+/// One backend of `PUT /api/v1/pools/{pool}/backends` (also how a runtime override is saved).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendEntry {
+    /// `IP:PORT` or `HOST:PORT`.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `PUT /api/v1/pools/{pool}/backends` as an object (a bare array is accepted too).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsRequest {
+    pub backends: Vec<BackendEntry>,
+}
+
+/// A pool's members: from the file or a runtime override.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PoolBackends {
+    pub pool: String,
+    /// Whether the members are a runtime override (`DELETE` returns to the file).
+    #[serde(rename = "override")]
+    pub overridden: bool,
+    pub backends: Vec<BackendEntry>,
+    /// The members as written in the file.
+    pub file_backends: Vec<BackendEntry>,
+}
+
+/// What `PUT /api/v1/routes/{route}/checkpoint` records before a deploy, and
+/// `POST /api/v1/routes/{route}/rollback` restores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub route: String,
+    /// The effective split then.
+    pub split: BTreeMap<String, u32>,
+    /// Whether that split was an override (else it was the file's).
+    pub split_overridden: bool,
+    /// Pools of the split that were active (not draining) then.
+    pub active_pools: Vec<String>,
+    /// Runtime members of the split's pools then (`None`: the file's).
+    pub members: BTreeMap<String, Option<Vec<BackendEntry>>>,
+    pub taken_at: f64,
 }

@@ -16,7 +16,8 @@ pub struct Cli {
 /// Options of every client verb.
 #[derive(Debug, Args, Clone)]
 pub struct ClientOpts {
-    /// Admin API URL; repeat for a fleet of proxies (default http://127.0.0.1:9901).
+    /// Admin API URL; repeat for a fleet of proxies (default $TIDEGATE_ADMIN, else
+    /// http://127.0.0.1:9901).
     #[arg(long = "admin", value_name = "URL")]
     pub admin: Vec<String>,
     /// Read the bearer token from this file (default: $TIDEGATE_ADMIN_TOKEN).
@@ -52,6 +53,57 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = "/etc/tidegate/tidegate.yaml")]
         config: PathBuf,
+    },
+    /// Deploy ROUTE to POOL: checkpoint, members (--backend), wait for an available backend,
+    /// shift (at once or a ramp that rolls back on errors), drain the other pools and wait,
+    /// then run --then. Exit 0 done, 1 rolled back or timed out, 2 error.
+    Deploy {
+        /// Route to deploy.
+        route: String,
+        /// Pool that gets all the traffic.
+        #[arg(long)]
+        to: String,
+        /// Set the pool's members first (repeatable; HOST:PORT or IP:PORT).
+        #[arg(long = "backend", value_name = "ADDR")]
+        backends: Vec<String>,
+        /// How long the pool may take to have an available backend.
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        health_timeout: Duration,
+        /// Ramp over this long instead of shifting at once.
+        #[arg(long, value_parser = duration)]
+        over: Option<Duration>,
+        /// Ramp step (default a tenth of --over).
+        #[arg(long, value_parser = duration)]
+        step: Option<Duration>,
+        /// Roll the ramp back above this share of failed requests (e.g. 0.02).
+        #[arg(long)]
+        max_error_rate: Option<f64>,
+        /// Requests a ramp step must see before its error rate counts.
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        /// Give up waiting for the old pools to drain after this long (0 = wait forever).
+        #[arg(long, default_value = "0", value_parser = duration)]
+        drain_timeout: Duration,
+        /// Run this (sh -c) once the old pools are drained; they are in
+        /// $TIDEGATE_DRAINED_POOLS.
+        #[arg(long)]
+        then: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Put ROUTE back as it was before its last deploy (split, members) and undrain the old
+    /// pools.
+    Rollback {
+        /// Route to roll back.
+        route: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Exit 0 when every --admin answers /readyz with 200, 1 when one is not ready, 2 when
+    /// one cannot be reached (a Docker HEALTHCHECK that needs no curl).
+    Health {
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Routes, splits, pools and backends with in-flight counts, across every --admin.
     Status {

@@ -143,6 +143,36 @@ fn fleet(c: &ClientOpts) -> Result<Vec<client::Admin>, ClientError> {
 async fn run_verb(verb: Command) -> Result<u8, ClientError> {
     match verb {
         Command::Status { client } => client::status(&fleet(&client)?, client.json).await,
+        Command::Health { client } => client::health(&fleet(&client)?, client.json).await,
+        Command::Deploy {
+            route,
+            to,
+            backends,
+            health_timeout,
+            over,
+            step,
+            max_error_rate,
+            min_requests,
+            drain_timeout,
+            then,
+            client,
+        } => {
+            let args = client::DeployArgs {
+                route,
+                to,
+                backends,
+                health_timeout,
+                over,
+                step,
+                max_error_rate,
+                min_requests,
+                drain_timeout: (!drain_timeout.is_zero()).then_some(drain_timeout),
+                then,
+                json: client.json,
+            };
+            client::deploy(&fleet(&client)?, args).await
+        }
+        Command::Rollback { route, client } => client::rollback(&fleet(&client)?, &route).await,
         Command::Drain {
             target,
             wait,

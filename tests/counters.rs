@@ -85,7 +85,34 @@ async fn backend_killed_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_mid_request() {
     let mut blue = BackendProcess::start("blue").await;
-    let tg = Tidegate::start(&single(&blue.addr, "{}")).await;
+    let addr = blue.addr;
+    let tg = Tidegate::start(&single(&addr, "{}")).await;
+    // A GET (idempotent) in the app's hands when it dies is held and sent again once the app
+    // accepts again; a POST is not sent twice: 502.
+    let url = tg.url("/slow?ms=2000");
+    let slow = tokio::spawn(async move { get(&url).await });
+    let post_url = tg.url("/slow?ms=10000");
+    let posted = tokio::spawn(async move { post(&post_url, &[], "x").await });
+    wait_status(&tg, "requests counted", |s| {
+        s["pools"]["blue"]["in_flight"]["http"] == 2
+    })
+    .await;
+    blue.kill();
+    let r = posted.await.unwrap().expect("client gets an answer");
+    assert_eq!(r.status, 502, "{}", r.body);
+    let _back = BackendProcess::start_on("blue", addr).await;
+    let r = slow.await.unwrap().expect("client gets an answer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "slow hello from blue\n");
+    wait_zero(&tg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_mid_request_without_hold() {
+    let mut blue = BackendProcess::start("blue").await;
+    let yaml =
+        single(&blue.addr, "{}").replace("retries: 0", "retries: 0\n    hold: { timeout: 0 }");
+    let tg = Tidegate::start(&yaml).await;
     let url = tg.url("/slow?ms=10000");
     let slow = tokio::spawn(async move { get(&url).await });
     wait_status(&tg, "request counted", |s| {

@@ -135,6 +135,11 @@ async fn both_ways(
     let c = client();
     let mut out = Vec::new();
     for reuse in [false, true] {
+        // A fresh connection that died marks the killer failing until its probe connects.
+        wait_status(tg, "killer available", |s| {
+            s["pools"]["app"]["backends"][0]["available"] == true
+        })
+        .await;
         if reuse {
             let w = send(&c, "GET", &tg.url("/warm"), &[], "").await.unwrap();
             assert_eq!(w.backend().as_deref(), Some("killer"), "{w:?}");

@@ -29,7 +29,13 @@ pub async fn check_layer(req: Request<Body>, next: Next) -> Response {
             return ApiError::new(413, "body_too_large", "request body over 64 KiB").into_response()
         }
     };
-    if let Err(e) = check(parts.headers.get(http::header::CONTENT_TYPE), &bytes) {
+    // `PUT …/backends` takes the member list itself (an array) as well as `{backends: […]}`.
+    let array_ok = parts.uri.path().ends_with("/backends");
+    if let Err(e) = check_body(
+        parts.headers.get(http::header::CONTENT_TYPE),
+        &bytes,
+        array_ok,
+    ) {
         return e.into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -53,7 +59,17 @@ pub fn parse<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError
 }
 
 /// Check the `Content-Type` and the body of an admin API request.
-pub fn check(content_type: Option<&http::HeaderValue>, body: &[u8]) -> Result<(), ApiError> {
+#[cfg(test)]
+fn check(content_type: Option<&http::HeaderValue>, body: &[u8]) -> Result<(), ApiError> {
+    check_body(content_type, body, false)
+}
+
+/// [`check`], optionally allowing a top-level array of objects.
+pub fn check_body(
+    content_type: Option<&http::HeaderValue>,
+    body: &[u8],
+    array_ok: bool,
+) -> Result<(), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
@@ -79,6 +95,7 @@ pub fn check(content_type: Option<&http::HeaderValue>, body: &[u8]) -> Result<()
     let top = Node {
         path: String::new(),
         top: true,
+        array_ok,
     };
     top.deserialize(&mut de)
         .and_then(|()| de.end())
@@ -92,10 +109,11 @@ pub fn check(content_type: Option<&http::HeaderValue>, body: &[u8]) -> Result<()
         })
 }
 
-/// One JSON value at `path`; the top one must be an object.
+/// One JSON value at `path`; the top one must be an object (or, where allowed, an array).
 struct Node {
     path: String,
     top: bool,
+    array_ok: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Node {
@@ -140,7 +158,7 @@ impl<'de> Visitor<'de> for Node {
         self.scalar("null")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
-        if self.top {
+        if self.top && !self.array_ok {
             return Err(de::Error::custom(
                 "expected a JSON object ({...}), found an array",
             ));
@@ -150,6 +168,7 @@ impl<'de> Visitor<'de> for Node {
             .next_element_seed(Node {
                 path: format!("{}[{i}]", self.path),
                 top: false,
+                array_ok: false,
             })?
             .is_some()
         {
@@ -168,7 +187,11 @@ impl<'de> Visitor<'de> for Node {
             if !seen.insert(k) {
                 return Err(de::Error::custom(format!("duplicate key {path:?}")));
             }
-            a.next_value_seed(Node { path, top: false })?;
+            a.next_value_seed(Node {
+                path,
+                top: false,
+                array_ok: false,
+            })?;
         }
         Ok(())
     }

@@ -17,9 +17,12 @@
 //! | GET | `/api/v1/pools/{pool}/drain` | token | drain status: state, in-flight by kind, streams |
 //! | GET | `/api/v1/pools/{pool}/drain/wait?timeout=` | token | long-poll until drained or timeout |
 //! | … | `/api/v1/pools/{pool}/backends/{backend}/…` | token | the same four for one backend |
+//! | GET, PUT, DELETE | `/api/v1/pools/{pool}/backends` | token | runtime members of a pool |
 //! | GET | `/api/v1/routes/{route}/split` | token | the route's split, override and ramp |
 //! | POST, PUT | `/api/v1/routes/{route}/split` | token | override the split, or ramp to it |
 //! | DELETE | `/api/v1/routes/{route}/split` | token | back to the file's split |
+//! | PUT | `/api/v1/routes/{route}/checkpoint` | token | record the state before a deploy |
+//! | POST | `/api/v1/routes/{route}/rollback` | token | restore it, undrain the old pools |
 //! | POST, PUT | `/api/v1/maintenance` | token | enter: `{routes?, methods?, retry_after?, message?}` |
 //! | DELETE | `/api/v1/maintenance` | token | exit |
 //!
@@ -28,7 +31,9 @@
 //! 413 over 64 KiB, 415 for a body that is not JSON.
 
 mod auth;
+mod backends;
 mod body;
+mod deploy;
 mod drain;
 mod edge;
 mod overrides;
@@ -84,6 +89,12 @@ pub fn router(ctx: Ctx) -> Router {
         .route(&format!("{pool}/undrain"), post(drain::pool_undrain))
         .route(&format!("{pool}/drain/wait"), get(drain::pool_wait))
         .route(
+            &format!("{pool}/backends"),
+            get(backends::get)
+                .put(backends::put)
+                .delete(backends::delete),
+        )
+        .route(
             &format!("{backend}/drain"),
             get(drain::backend_status).post(drain::backend_drain),
         )
@@ -96,6 +107,11 @@ pub fn router(ctx: Ctx) -> Router {
                 .put(overrides::split_set)
                 .delete(overrides::split_clear),
         )
+        .route(
+            "/api/v1/routes/{route}/checkpoint",
+            axum::routing::put(deploy::checkpoint),
+        )
+        .route("/api/v1/routes/{route}/rollback", post(deploy::rollback))
         .route(
             "/api/v1/maintenance",
             post(overrides::maintenance_on)

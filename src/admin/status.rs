@@ -126,7 +126,7 @@ pub async fn metrics(
         .into_response()
 }
 
-fn pool_status(p: &Pool, live: &mut HashSet<String>) -> api::PoolStatus {
+fn pool_status(p: &Pool, live: &mut HashSet<String>, overridden: bool) -> api::PoolStatus {
     let backends = p
         .backends
         .iter()
@@ -141,6 +141,7 @@ fn pool_status(p: &Pool, live: &mut HashSet<String>) -> api::PoolStatus {
     let drain = ps.drain.snapshot();
     api::PoolStatus {
         state: drain.phase().as_str().to_string(),
+        backends_override: overridden,
         file_state: file_state(p.spec.declared_draining),
         in_flight: ps.counts.snapshot(),
         drain_started_at: drain.started_at().map(crate::state::process::unix),
@@ -173,10 +174,14 @@ pub fn status_of(state: &AppState) -> api::Status {
         })
         .collect();
     let mut live = HashSet::new();
+    let ov = state.overrides();
     let pools = table
         .pools
         .values()
-        .map(|p| (p.name.to_string(), pool_status(p, &mut live)))
+        .map(|p| {
+            let o = ov.members.contains_key(&*p.name);
+            (p.name.to_string(), pool_status(p, &mut live, o))
+        })
         .collect();
     let removed = state
         .registry
@@ -198,7 +203,7 @@ pub fn status_of(state: &AppState) -> api::Status {
         routes,
         pools,
         removed,
-        maintenance: view::maintenance(&state.overrides().maintenance),
+        maintenance: view::maintenance(&ov.maintenance),
         reloads: api::Reloads {
             succeeded: r.succeeded,
             failed: r.failed,

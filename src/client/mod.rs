@@ -4,6 +4,7 @@
 //! `status`, `drain`, `undrain`, `shift`, `reload`, `maintenance` live in their own files; this
 //! file holds the HTTP client and the fleet helpers. Errors are one clear line and exit 2.
 
+mod deploy;
 mod drain;
 mod shift;
 mod verbs;
@@ -20,9 +21,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api::ErrorBody;
+pub use deploy::{deploy, rollback, DeployArgs};
 pub use drain::{drain, undrain, DrainArgs};
 pub use shift::{shift, ShiftArgs};
-pub use verbs::{maintenance, reload, status, table};
+pub use verbs::{health, maintenance, reload, status, table};
 
 /// Exit codes of client verbs.
 pub mod exit {
@@ -218,7 +220,11 @@ pub fn fleet(
             .filter(|t| !t.trim().is_empty()),
     };
     let list = if admins.is_empty() {
-        vec!["http://127.0.0.1:9901".to_string()]
+        let default = std::env::var("TIDEGATE_ADMIN")
+            .ok()
+            .filter(|a| !a.trim().is_empty())
+            .unwrap_or_else(|| "http://127.0.0.1:9901".to_string());
+        vec![default]
     } else {
         admins.to_vec()
     };

@@ -38,7 +38,7 @@ fn parse_weights(ws: &[String]) -> Result<BTreeMap<String, u32>, ClientError> {
         .collect()
 }
 
-fn split_path(route: &str) -> String {
+pub(super) fn split_path(route: &str) -> String {
     format!("/api/v1/routes/{}/split", seg(route))
 }
 
@@ -110,7 +110,7 @@ pub async fn shift(fleet: &[Admin], a: ShiftArgs) -> Result<u8, ClientError> {
 }
 
 /// Show the ramp's progress on the first proxy until every proxy is done.
-async fn follow(
+pub(super) async fn follow(
     fleet: &[Admin],
     route: &str,
     from: &BTreeMap<String, u32>,

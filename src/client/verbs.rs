@@ -5,6 +5,37 @@ use std::time::Duration;
 use super::{exit, Admin, ClientError};
 use crate::api::{self, BackendStatus, MaintenanceRequest, MaintenanceStatus, Status};
 
+/// `/readyz` of every proxy: 0 all ready, 1 one is not (starting or shutting down).
+pub async fn health(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
+    let mut code = exit::OK;
+    for admin in fleet {
+        let (status, bytes) = admin
+            .raw::<()>("GET", "/readyz", None, Duration::from_secs(5))
+            .await?;
+        let r: Option<api::Ready> = admin.decode(status, &bytes).ok();
+        let ready = status == 200;
+        if as_json {
+            println!("{}", String::from_utf8_lossy(&bytes).trim_end());
+        } else {
+            let why = r.and_then(|r| r.reason).unwrap_or_default();
+            println!(
+                "{}: {}{}",
+                admin.base,
+                if ready { "ready" } else { "not ready" },
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                }
+            );
+        }
+        if !ready {
+            code = exit::NOT_DONE;
+        }
+    }
+    Ok(code)
+}
+
 /// One table across every proxy (or `--json`: an array of status objects).
 pub async fn status(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
     let mut all = Vec::with_capacity(fleet.len());

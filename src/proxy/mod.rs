@@ -16,6 +16,7 @@ mod headers;
 mod hold;
 mod hygiene;
 mod pick;
+mod retry;
 
 use std::{sync::Arc, time::Instant};
 
@@ -28,15 +29,12 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use crate::{
-    services::probe,
-    state::{
-        counts::Kind,
-        overrides::Maintenance,
-        table::{Pool, Route, Table},
-        tracking::Tracking,
-        ActiveGuard, AppState,
-    },
+use crate::state::{
+    counts::Kind,
+    overrides::Maintenance,
+    table::{Pool, Route, Table},
+    tracking::Tracking,
+    ActiveGuard, AppState,
 };
 use finish::{end_politely, record_stats};
 use headers::{forward_headers, is_event_stream, request_host};
@@ -67,6 +65,8 @@ pub struct Ctx {
     failed: pick::Failed,
     /// Connect attempts so far (bounded by [`MAX_ATTEMPTS`]).
     attempts: u32,
+    /// The backend's response header arrived (no retry after that).
+    answered: bool,
     /// When holding must give up (set on first hold).
     hold_deadline: Option<tokio::time::Instant>,
     upgrade: bool,
@@ -198,6 +198,7 @@ impl ProxyHttp for Proxy {
             backend: None,
             failed: pick::Failed::default(),
             attempts: 0,
+            answered: false,
             hold_deadline: None,
             upgrade: false,
             started: Instant::now(),
@@ -280,94 +281,20 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        let Some(guard) = ctx.backend.take() else {
-            return e;
-        };
-        let st = guard.backend().clone();
-        drop(guard);
-        st.record_connect_failure();
-        let (Some(route), Some(pool)) = (ctx.route.clone(), ctx.pool.clone()) else {
-            return e;
-        };
-        match &pool.spec.health_check {
-            Some(hc) => {
-                if st.record_checked_failure(hc.fall) {
-                    tracing::warn!(backend = %st.id, "backend unhealthy after consecutive connect failures");
-                }
-            }
-            None => {
-                if st.passive.fail(pool.spec.passive.fall) {
-                    tracing::warn!(backend = %st.id, "backend down: connects keep failing; probing in the background");
-                }
-                probe::ensure(&self.state, &st);
-            }
-        }
-        ctx.failed.push(&st);
-        // Nothing reached the backend yet, so any method is safe to send elsewhere, or to
-        // hold until a backend comes back (upstream_peer decides which).
-        let elsewhere = pick::elsewhere(&route, ctx);
-        let retry = ctx.attempts < MAX_ATTEMPTS && (elsewhere || pick::may_hold(&route, ctx));
-        tracing::warn!(backend = %st.id, error = e.etype().as_str(), retry, "upstream connect failed");
-        if retry && elsewhere {
-            route.stats.retries.inc();
-        }
-        e.set_retry(retry);
-        e
+        self.after_connect_failure(ctx, e)
     }
 
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
         session: &mut Session,
-        mut e: Box<Error>,
+        e: Box<Error>,
         ctx: &mut Ctx,
         reused: bool,
     ) -> Box<Error> {
-        // Only an upstream that closed or reset the connection before any response byte
-        // (pingora marks those "retry if reused") is a candidate; the route's `retry_sent`
-        // decides by method, and the body must still be in pingora's retry buffer.
-        // Work ended on purpose (a drain deadline, shutdown) is never sent again.
-        let ended = ctx
-            .backend
-            .as_ref()
-            .is_some_and(|t| t.item().ended().is_some());
-        let candidate = !ended
-            && e.esource() == &pingora::ErrorSource::Upstream
-            && matches!(e.retry, pingora::RetryType::ReusedOnly)
-            && !session.as_ref().retry_buffer_truncated();
-        let Some(route) = ctx.route.clone().filter(|_| candidate) else {
-            e.set_retry(false);
-            return e;
-        };
-        let allowed = route.spec.retry_sent.allows(&session.req_header().method);
-        if allowed && !reused {
-            // A fresh connection that died: the backend itself failed, try another one.
-            if let Some(t) = &ctx.backend {
-                ctx.failed.push(t.backend());
-            }
-        }
-        // A stale keep-alive connection says nothing about the backend: any may take it,
-        // the same one on a fresh connection included (and if that one is gone, the request
-        // is held like any whose connect failed). A fresh connection that died means the
-        // backend failed with the request in hand: like nginx, only another backend gets it,
-        // so a request that crashes its backend is not replayed against it.
-        let retry = allowed
-            && ctx.attempts < MAX_ATTEMPTS
-            && (pick::elsewhere(&route, ctx) || (reused && pick::may_hold(&route, ctx)));
-        if retry {
-            route.stats.retries.inc();
-        }
-        tracing::warn!(
-            backend = ctx.backend.as_ref().map(|b| &*b.backend().id),
-            error = e.etype().as_str(),
-            reused,
-            retry,
-            "backend closed the connection before answering"
-        );
-        e.set_retry(retry);
-        e
+        self.after_dead_connection(session, ctx, e, reused)
     }
 
     async fn connected_to_upstream(
@@ -395,6 +322,8 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // From here on nothing is sent twice: the answer has begun.
+        ctx.answered = true;
         let Some(t) = &ctx.backend else { return Ok(()) };
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
             t.set_kind(Kind::WebSocket);

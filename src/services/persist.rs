@@ -102,8 +102,22 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
             return Vec::new();
         }
     };
+    let mut ov = saved.overrides;
+    // Runtime members are saved as given: validate and resolve them again.
+    for (pool, entries) in &ov.backends {
+        match crate::config::build::runtime_backends(pool, entries) {
+            Ok(m) => {
+                ov.members.insert(pool.clone(), m);
+            }
+            Err(e) => {
+                tracing::error!(pool, error = %e, "saved backends override is not valid any more; using the file's");
+            }
+        }
+    }
+    let members = ov.members.clone();
+    ov.backends.retain(|p, _| members.contains_key(p));
     let _ = state.change_overrides(|o, _| {
-        *o = saved.overrides;
+        *o = ov;
         Ok::<(), ()>(())
     });
     saved.drains

@@ -167,14 +167,28 @@ impl AppState {
         let mut next = p.overrides.clone();
         let out = f(&mut next, &current)?;
         let mut warnings = Vec::new();
-        let table = current.with_overrides(&next, &mut warnings);
+        let table = if next.members == p.overrides.members {
+            current.with_overrides(&next, &mut warnings)
+        } else {
+            // New members: bind the pools again (registry states are kept by id).
+            Table::bind(
+                current.spec.clone(),
+                current.generation,
+                &next,
+                &self.registry,
+                &self.stats,
+                &mut warnings,
+            )
+        };
         for w in warnings {
             tracing::warn!("{w}");
         }
+        apply_health(&table);
         p.overrides = next;
         self.table.store(Arc::new(table));
         drop(p);
         self.availability_changed();
+        self.prune();
         Ok(out)
     }
 

@@ -1,10 +1,15 @@
-//! Runtime overrides of the file config: split weights per route and maintenance mode.
-//! (Drains are overrides too; they live in the registry's drain cells.) Overrides survive
-//! reloads (re-applied to every new snapshot) and restarts (`state_file`).
+//! Runtime overrides of the file config: split weights per route, a pool's members, and
+//! maintenance mode. (Drains are overrides too; they live in the registry's drain cells.)
+//! Overrides survive reloads (re-applied to every new table) and restarts (`state_file`).
 
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::{BackendEntry, Checkpoint},
+    config::spec::BackendSpec,
+};
 
 /// Overrides as saved and applied.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -15,6 +20,15 @@ pub struct Overrides {
     pub splits: BTreeMap<String, BTreeMap<String, u32>>,
     #[serde(default)]
     pub maintenance: Option<MaintenanceOverride>,
+    /// pool → its members as requested (saved as given; `members` holds them validated).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, Vec<BackendEntry>>,
+    /// pool → the validated, resolved form of `backends` (not saved: made again at start).
+    #[serde(skip)]
+    pub members: BTreeMap<String, Vec<BackendSpec>>,
+    /// route → the state before its last deploy (for `tidegate rollback`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checkpoints: BTreeMap<String, Checkpoint>,
 }
 
 /// Maintenance mode as requested through the API.

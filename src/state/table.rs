@@ -45,8 +45,24 @@ impl Table {
         let pools: BTreeMap<Arc<str>, Arc<Pool>> = spec
             .pools
             .values()
-            .map(|p| (p.name.clone(), Arc::new(Pool::bind(p.clone(), registry))))
+            .map(|p| {
+                let p = match ov.members.get(&*p.name) {
+                    Some(members) => Arc::new(PoolSpec {
+                        backends: members.clone(),
+                        ..(**p).clone()
+                    }),
+                    None => p.clone(),
+                };
+                (p.name.clone(), Arc::new(Pool::bind(p, registry)))
+            })
             .collect();
+        for pool in ov.members.keys() {
+            if !spec.pools.contains_key(pool.as_str()) {
+                warnings.push(format!(
+                    "backends override of pool {pool:?}: the pool no longer exists; ignored"
+                ));
+            }
+        }
         let names: Vec<Arc<str>> = pools.keys().cloned().collect();
         let routes = spec
             .routes

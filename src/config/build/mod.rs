@@ -83,6 +83,31 @@ pub fn build(
     })
 }
 
+/// Validate runtime members of pool `pool` exactly like the file's `pools.NAME.backends`
+/// (addresses resolved, names unique, weights in range). Blocking: names are resolved.
+pub fn runtime_backends(
+    pool: &str,
+    entries: &[crate::api::BackendEntry],
+) -> Result<Vec<BackendSpec>, ConfigError> {
+    if entries.is_empty() {
+        return Err(ConfigError::Empty {
+            path: "backends".into(),
+            what: "a pool needs at least one backend",
+        });
+    }
+    let file: Vec<FileBackend> = entries
+        .iter()
+        .map(|e| FileBackend {
+            address: e.address.clone(),
+            name: e.name.clone(),
+            weight: e.weight.unwrap_or(1),
+            state: FileState::Active,
+        })
+        .collect();
+    let _ = pool;
+    pools::build_backends("backends", &file)
+}
+
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),

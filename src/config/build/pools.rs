@@ -42,7 +42,10 @@ pub(super) fn build_pools(
 }
 
 /// `pools.NAME.backends`: addresses, unique names, weights in range.
-fn build_backends(path: &str, file: &[FileBackend]) -> Result<Vec<BackendSpec>, ConfigError> {
+pub(super) fn build_backends(
+    path: &str,
+    file: &[FileBackend],
+) -> Result<Vec<BackendSpec>, ConfigError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut backends = Vec::with_capacity(file.len());
     for (i, b) in file.iter().enumerate() {
