@@ -30,6 +30,7 @@ use crate::{
         drains::{self, DrainService},
         health::HealthChecker,
         persist, reload,
+        resolver::Resolver,
         shutdown::ShutdownWatcher,
         signals::Signals,
     },
@@ -223,6 +224,7 @@ fn build_server(
     server.add_service(background_service("control", Control { state: st() }));
     server.add_service(background_service("health", HealthChecker { state: st() }));
     server.add_service(background_service("drains", DrainService { state: st() }));
+    server.add_service(background_service("resolver", Resolver { state: st() }));
     server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { state: st() },

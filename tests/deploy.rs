@@ -283,3 +283,83 @@ async fn deploy_to_a_pool_that_never_comes_up_exits_1() {
         Some("blue")
     );
 }
+
+async fn backend_on(ip: &str, port: u16, name: &str) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind");
+    let app = common::backend::Backend::new(name);
+    tokio::spawn(app.serve(l))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backend_names_are_resolved_again_without_a_reload() {
+    let port = free_port();
+    let first = backend_on("127.0.0.1", port, "first").await;
+    let second = backend_on("127.0.0.2", port, "second").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 app.tidegate.test\n").unwrap();
+    let yaml = format!(
+        r#"
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+resolve_interval: 200ms
+routes:
+  - name: app
+    split: {{ app: 100 }}
+pools:
+  app:
+    backends: [{{ address: "app.tidegate.test:{port}", name: app }}]
+"#
+    );
+    let hosts_env = hosts.to_string_lossy().to_string();
+    let tg = Tidegate::spawn(&yaml, &[("TIDEGATE_HOSTS_FILE", &hosts_env)]);
+    tg.wait_ready().await;
+    // The name is not in the system resolver: unavailable until the resolver's first round,
+    // requests are held meanwhile.
+    let r = get(&tg.url("/")).await.unwrap();
+    assert_eq!(r.backend().as_deref(), Some("first"), "{}", r.body);
+    let gen = tg.generation().await;
+    // A stream stays on the old address while new requests follow the new one.
+    let mut sse = Sse::open(&tg.url("/events?interval_ms=100&count=30")).await;
+    assert!(sse
+        .next_data(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_some());
+    std::fs::write(&hosts, "127.0.0.2 app.tidegate.test\n").unwrap();
+    wait_for("new address followed", Duration::from_secs(5), || {
+        let u = tg.url("/");
+        async move { (get(&u).await.ok()?.backend()? == "second").then_some(()) }
+    })
+    .await;
+    assert_eq!(tg.generation().await, gen, "not a reload");
+    let s = status(&tg).await;
+    assert_eq!(s["pools"]["app"]["backends"][0]["id"], "app/app", "same id");
+    assert_eq!(
+        s["pools"]["app"]["backends"][0]["in_flight"]["sse"], 1,
+        "{s}"
+    );
+    let mut events = 1;
+    while let Ok(Some(_)) = sse.next_data(Duration::from_secs(5)).await {
+        events += 1;
+    }
+    assert_eq!(events, 30, "the stream on the old address finished");
+    // A failed lookup keeps the last good address, logged once.
+    std::fs::write(&hosts, "# nothing\n").unwrap();
+    // (the system resolver does not know the name either)
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_millis(800) {
+        let r = get(&tg.url("/")).await.unwrap();
+        assert_eq!(r.backend().as_deref(), Some("second"));
+    }
+    let logs = tg.logs();
+    assert_eq!(
+        logs.matches("backend name does not resolve").count(),
+        1,
+        "{logs}"
+    );
+    first.abort();
+    second.abort();
+}

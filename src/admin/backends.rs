@@ -105,23 +105,28 @@ async fn verify_members(s: &Arc<AppState>, pool: &str) {
         .timeouts
         .connect
         .min(std::time::Duration::from_secs(2));
-    let checks = p.backends.iter().map(|b| {
-        let (st, addr, fall) = (b.state.clone(), b.spec.addr, p.spec.passive.fall);
-        async move {
-            let up = matches!(
-                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
-                Ok(Ok(_))
-            );
-            if !up {
-                st.record_connect_failure();
-                // One failed connect is as good as `fall` of them for a member never seen up.
-                for _ in 0..fall {
-                    st.passive.fail(fall);
+    // A member whose name does not resolve yet is skipped anyway (and resolved later).
+    let checks = p
+        .backends
+        .iter()
+        .filter_map(|b| Some((b, b.addr?)))
+        .map(|(b, addr)| {
+            let (st, fall) = (b.state.clone(), p.spec.passive.fall);
+            async move {
+                let up = matches!(
+                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+                    Ok(Ok(_))
+                );
+                if !up {
+                    st.record_connect_failure();
+                    // One failed connect is as good as `fall` of them for a member never seen up.
+                    for _ in 0..fall {
+                        st.passive.fail(fall);
+                    }
                 }
+                (st, up)
             }
-            (st, up)
-        }
-    });
+        });
     for (st, up) in futures_util::future::join_all(checks).await {
         if !up {
             tracing::warn!(backend = %st.id, "new member does not accept connections; probing in the background");

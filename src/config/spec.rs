@@ -21,6 +21,8 @@ pub struct Spec {
     pub router: Arc<Router>,
     pub pools: BTreeMap<Arc<str>, Arc<PoolSpec>>,
     pub shutdown: Shutdown,
+    /// How often backend names are resolved again (`None`: never).
+    pub resolve_interval: Option<Duration>,
 }
 
 /// A client-facing listener (not reloadable: a change needs a restart or upgrade).
@@ -161,8 +163,9 @@ pub struct BackendSpec {
     pub name: Arc<str>,
     /// As written in the file.
     pub address: String,
-    /// Resolved when the file is loaded; no DNS on the hot path.
-    pub addr: SocketAddr,
+    /// Resolved when the file is loaded (`None`: a name that does not resolve yet); names are
+    /// resolved again in the background. No DNS on the hot path.
+    pub addr: Option<SocketAddr>,
     pub weight: u32,
     pub declared_draining: bool,
 }

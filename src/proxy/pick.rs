@@ -93,14 +93,17 @@ impl Proxy {
                 return Err(unreachable(&route));
             }
             if ctx.failed.len() <= route.spec.retries as usize {
-                if let Some((_, b)) = pool.pick_avoiding(&|b| ctx.failed.skips(b)) {
-                    return Ok((route, b.state.clone(), b.spec.addr));
+                let picked = pool.pick_avoiding(&|b| ctx.failed.skips(b));
+                if let Some((b, addr)) = picked.and_then(|(_, b)| Some((b, b.addr?))) {
+                    return Ok((route, b.state.clone(), addr));
                 }
                 // The chosen pool has nothing left for this request (a drain raced the
                 // pick, or its backends failed): any pool of the split, newest snapshot.
                 let cfg = self.state.table();
-                if let Some((r, p, b)) = reroute(&cfg, session.req_header(), &ctx.failed) {
-                    let chosen = (r.clone(), b.state.clone(), b.spec.addr);
+                let found = reroute(&cfg, session.req_header(), &ctx.failed);
+                if let Some((r, p, b, addr)) = found.and_then(|(r, p, b)| Some((r, p, b, b.addr?)))
+                {
+                    let chosen = (r.clone(), b.state.clone(), addr);
                     ctx.route = Some(r.clone());
                     ctx.pool = Some(p.clone());
                     return Ok(chosen);

@@ -94,7 +94,8 @@ fn watch_dir(
         _ => PathBuf::from("."),
     };
     let mut w = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Opening and reading the file (the reload itself does) is not a change.
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     }) {

@@ -48,14 +48,14 @@ impl HealthChecker {
             let Some(hc) = &pool.spec.health_check else {
                 continue;
             };
-            for b in &pool.backends {
+            for b in pool.backends.iter().filter(|b| b.addr.is_some()) {
                 let next = due.entry(b.id.clone()).or_insert(now);
                 if *next > now {
                     continue;
                 }
                 *next = now + hc.interval;
-                let (st, addr, hc, state) =
-                    (b.state.clone(), b.spec.addr, hc.clone(), self.state.clone());
+                let Some(addr) = b.addr else { continue };
+                let (st, hc, state) = (b.state.clone(), hc.clone(), self.state.clone());
                 tokio::spawn(async move { check(&state, &st, addr, &hc).await });
             }
         }

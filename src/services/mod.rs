@@ -7,6 +7,7 @@
 //! - [`health`]: active HTTP health checks; [`probe`]: passive-health probes.
 //! - [`ramps`]: split ramps with rollback on errors.
 //! - [`persist`]: `state_file`, written durably and restored at start.
+//! - [`resolver`]: backend names resolved again every `resolve_interval`.
 //! - [`control`]: SIGHUP and the config directory watch; listener verification (readiness).
 //! - [`signals`]: SIGTERM / SIGQUIT / SIGINT for pingora; [`shutdown`]: end once idle, or
 //!   politely at `shutdown.grace`.
@@ -18,5 +19,6 @@ pub mod persist;
 pub mod probe;
 pub mod ramps;
 pub mod reload;
+pub mod resolver;
 pub mod shutdown;
 pub mod signals;

@@ -46,7 +46,7 @@ fn target(
         .iter()
         .find(|b| Arc::ptr_eq(&b.state, backend))?;
     Some((
-        b.spec.addr,
+        b.addr?,
         pool.spec.passive.clone(),
         table.spec.timeouts.connect,
     ))

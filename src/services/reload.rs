@@ -18,11 +18,15 @@ pub fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Whether the file's content differs from what was last published (unreadable counts as
-/// changed, so the reload reports why).
+/// Whether the file's content differs from what was last published and from what was last
+/// refused (unreadable counts as changed, so the reload reports why). A broken file is
+/// reported once, not on every event in its directory.
 pub fn file_changed(state: &AppState) -> bool {
     match std::fs::read(&state.config_path) {
-        Ok(t) => hash(&t) != state.file_hash(),
+        Ok(t) => {
+            let h = hash(&t);
+            h != state.file_hash() && h != state.process.refused_hash()
+        }
         Err(_) => true,
     }
 }
@@ -42,6 +46,9 @@ pub fn reload(state: &AppState) -> Result<ReloadSummary, ConfigError> {
     let (loaded, file_hash) = match loaded {
         Ok(l) => l,
         Err(e) => {
+            if let Ok(bytes) = std::fs::read(&state.config_path) {
+                state.process.set_refused_hash(hash(&bytes));
+            }
             state.process.record_reload(Err(e.to_string()));
             return Err(e);
         }

@@ -167,19 +167,20 @@ impl AppState {
         let mut next = p.overrides.clone();
         let out = f(&mut next, &current)?;
         let mut warnings = Vec::new();
-        let table = if next.members == p.overrides.members {
-            current.with_overrides(&next, &mut warnings)
-        } else {
-            // New members: bind the pools again (registry states are kept by id).
-            Table::bind(
-                current.spec.clone(),
-                current.generation,
-                &next,
-                &self.registry,
-                &self.stats,
-                &mut warnings,
-            )
-        };
+        let table =
+            if next.members == p.overrides.members && next.addresses == p.overrides.addresses {
+                current.with_overrides(&next, &mut warnings)
+            } else {
+                // New members or addresses: bind the pools again (registry states are kept by id).
+                Table::bind(
+                    current.spec.clone(),
+                    current.generation,
+                    &next,
+                    &self.registry,
+                    &self.stats,
+                    &mut warnings,
+                )
+            };
         for w in warnings {
             tracing::warn!("{w}");
         }
@@ -190,6 +191,19 @@ impl AppState {
         self.availability_changed();
         self.prune();
         Ok(out)
+    }
+
+    /// Newest answers for backend names: publish a table with them when anything changed
+    /// (same generation: it is not a reload). Returns whether it did.
+    pub fn set_addresses(&self, addresses: table::Addresses) -> bool {
+        if self.lock().overrides.addresses == addresses {
+            return false;
+        }
+        self.change_overrides(|ov, _| {
+            ov.addresses = addresses;
+            Ok::<(), ()>(())
+        })
+        .is_ok()
     }
 
     /// A copy of the current overrides.

@@ -11,6 +11,9 @@ use crate::{
     config::spec::BackendSpec,
 };
 
+/// Newest DNS answers by backend address as written (`HOST:PORT`).
+pub type Addresses = std::collections::HashMap<String, std::net::SocketAddr>;
+
 /// Overrides as saved and applied.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +29,9 @@ pub struct Overrides {
     /// pool → the validated, resolved form of `backends` (not saved: made again at start).
     #[serde(skip)]
     pub members: BTreeMap<String, Vec<BackendSpec>>,
+    /// Newest answers for backend names (the resolver's; not saved).
+    #[serde(skip)]
+    pub addresses: Addresses,
     /// route → the state before its last deploy (for `tidegate rollback`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub checkpoints: BTreeMap<String, Checkpoint>,

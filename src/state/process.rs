@@ -33,6 +33,8 @@ pub struct Process {
     /// Unix time of the start.
     pub started_unix: f64,
     reloads: Mutex<ReloadStats>,
+    /// Hash of the file text a reload last refused (a watch event does not retry it).
+    refused_hash: AtomicU64,
     /// Why the process should end, once decided (read by `server::run`, which returns it
     /// to `main`: the only place that exits).
     exit: (Mutex<Option<ExitReason>>, Condvar),
@@ -71,6 +73,7 @@ impl Process {
             started: Instant::now(),
             started_unix: unix_now(),
             reloads: Mutex::new(ReloadStats::default()),
+            refused_hash: AtomicU64::new(0),
             exit: (Mutex::new(None), Condvar::new()),
         }
     }
@@ -126,6 +129,16 @@ impl Process {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Remember the hash of a refused file.
+    pub fn set_refused_hash(&self, h: u64) {
+        self.refused_hash.store(h, Ordering::Relaxed);
+    }
+
+    /// Hash of the file a reload last refused (0: none).
+    pub fn refused_hash(&self) -> u64 {
+        self.refused_hash.load(Ordering::Relaxed)
     }
 
     /// Count a reload outcome.

@@ -7,6 +7,8 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use super::overrides::Addresses;
+
 use super::{
     backend::BackendState,
     overrides::{Maintenance, Overrides},
@@ -53,7 +55,10 @@ impl Table {
                     }),
                     None => p.clone(),
                 };
-                (p.name.clone(), Arc::new(Pool::bind(p, registry)))
+                (
+                    p.name.clone(),
+                    Arc::new(Pool::bind(p, registry, &ov.addresses)),
+                )
             })
             .collect();
         for pool in ov.members.keys() {
@@ -239,7 +244,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn bind(spec: Arc<PoolSpec>, registry: &Registry) -> Pool {
+    fn bind(spec: Arc<PoolSpec>, registry: &Registry, addresses: &Addresses) -> Pool {
         let backends: Vec<Backend> = spec
             .backends
             .iter()
@@ -247,6 +252,7 @@ impl Pool {
                 let state = registry.get_or_create(&spec.name, &b.name);
                 Backend {
                     id: state.id.clone(),
+                    addr: addresses.get(&b.address).copied().or(b.addr),
                     spec: b.clone(),
                     state,
                 }
@@ -263,14 +269,12 @@ impl Pool {
 
     /// Whether any backend could take a new request now.
     pub fn has_available(&self) -> bool {
-        self.backends.iter().any(|b| b.state.available())
+        self.backends.iter().any(Backend::usable)
     }
 
     /// Whether a backend not in `skip` could take the request (no schedule slot used).
     pub fn has_available_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> bool {
-        self.backends
-            .iter()
-            .any(|b| b.state.available() && !skip(&b.state))
+        self.backends.iter().any(|b| b.usable() && !skip(&b.state))
     }
 
     /// Next available backend by weight.
@@ -282,7 +286,7 @@ impl Pool {
     /// already failed on). Backends in slow start are passed over part of the time; if that
     /// leaves none, any available one.
     pub fn pick_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> Option<(u32, &Backend)> {
-        let base = |i: usize| self.backends[i].state.available() && !skip(&self.backends[i].state);
+        let base = |i: usize| self.backends[i].usable() && !skip(&self.backends[i].state);
         let picked = match self.spec.slow_start {
             Some(w) => self
                 .schedule
@@ -301,6 +305,16 @@ pub struct Backend {
     pub id: Arc<str>,
     pub spec: BackendSpec,
     pub state: Arc<BackendState>,
+    /// Where to connect: the newest answer for its name, or the file's address. `None`: the
+    /// name has not resolved yet (the backend is skipped).
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+impl Backend {
+    /// Whether a new request may go here now.
+    pub fn usable(&self) -> bool {
+        self.addr.is_some() && self.state.available()
+    }
 }
 
 #[cfg(test)]

@@ -66,11 +66,18 @@ fn parse_socket_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError>
     })
 }
 
-/// Backend addresses may be names (`app:3000` in a compose network): resolved here, once,
-/// preferring IPv4 like most clients do for `localhost`.
-pub(super) fn resolve_backend(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+/// Backend addresses may be names (`app:3000` in a compose network): resolved here
+/// (preferring IPv4, like most clients do for `localhost`) and again in the background every
+/// `resolve_interval`. A name that does not resolve now is not an error: a stopped
+/// container's name disappears from Docker's DNS, and a reload must not fail for that. The
+/// backend stays unavailable until the name resolves (`Ok(None)`, with a warning).
+pub(super) fn resolve_backend(
+    path: &str,
+    value: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
     if let Ok(a) = value.parse::<SocketAddr>() {
-        return check_port(path, value, a);
+        return check_port(path, value, a).map(Some);
     }
     let bad = |reason: String| ConfigError::BadAddress {
         path: path.into(),
@@ -80,20 +87,32 @@ pub(super) fn resolve_backend(path: &str, value: &str) -> Result<SocketAddr, Con
     let Some((host, port)) = value.rsplit_once(':') else {
         return Err(bad("expected HOST:PORT".into()));
     };
-    if host.is_empty() || port.parse::<u16>().is_err() {
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !host_ok || !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
         return Err(bad("expected HOST:PORT with a port in 1..=65535".into()));
     }
-    let addrs: Vec<SocketAddr> = value
-        .to_socket_addrs()
-        .map_err(|e| bad(format!("cannot resolve: {e}")))?
-        .collect();
-    let a = addrs
+    match lookup(value) {
+        Some(a) => Ok(Some(a)),
+        None => {
+            warnings.push(format!(
+                "{path}: {value:?} does not resolve now; the backend is unavailable until it does"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// Resolve `HOST:PORT` (IPv4 preferred). Blocking.
+pub fn lookup(value: &str) -> Option<SocketAddr> {
+    let addrs: Vec<SocketAddr> = value.to_socket_addrs().ok()?.collect();
+    addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| bad("name resolved to no address".into()))?;
-    check_port(path, value, a)
 }
 
 fn check_port(path: &str, value: &str, a: SocketAddr) -> Result<SocketAddr, ConfigError> {

@@ -17,6 +17,7 @@ use std::{
 
 use super::{error::ConfigError, file::*, spec::*};
 use crate::routing::{HostPattern, RouteMatch, Router};
+pub use listeners::lookup;
 use listeners::{build_admin, build_listeners};
 use pools::build_pools;
 use routes::build_routes;
@@ -35,7 +36,7 @@ pub fn build(
 ) -> Result<Spec, ConfigError> {
     let listeners = build_listeners(&file.listeners)?;
     let admin = build_admin(&file.admin, env, warnings)?;
-    let pools = build_pools(&file.pools)?;
+    let pools = build_pools(&file.pools, warnings)?;
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
@@ -80,6 +81,7 @@ pub fn build(
             delay: file.shutdown.delay.0,
             grace: file.shutdown.grace.non_zero(),
         },
+        resolve_interval: file.resolve_interval.non_zero(),
     })
 }
 
@@ -104,8 +106,12 @@ pub fn runtime_backends(
             state: FileState::Active,
         })
         .collect();
-    let _ = pool;
-    pools::build_backends("backends", &file)
+    let mut warnings = Vec::new();
+    let members = pools::build_backends("backends", &file, &mut warnings)?;
+    for w in warnings {
+        tracing::warn!(pool, "{w}");
+    }
+    Ok(members)
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -4,6 +4,7 @@ use super::{listeners::resolve_backend, *};
 
 pub(super) fn build_pools(
     file: &BTreeMap<String, FilePool>,
+    warnings: &mut Vec<String>,
 ) -> Result<BTreeMap<Arc<str>, Arc<PoolSpec>>, ConfigError> {
     let mut pools = BTreeMap::new();
     for (pname, p) in file {
@@ -15,7 +16,7 @@ pub(super) fn build_pools(
                 what: "a pool needs at least one backend",
             });
         }
-        let backends = build_backends(&path, &p.backends)?;
+        let backends = build_backends(&path, &p.backends, warnings)?;
         let health_check = match &p.health_check {
             Some(h) => Some(build_health_check(&format!("{path}.health_check"), h)?),
             None => None,
@@ -45,12 +46,13 @@ pub(super) fn build_pools(
 pub(super) fn build_backends(
     path: &str,
     file: &[FileBackend],
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<BackendSpec>, ConfigError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut backends = Vec::with_capacity(file.len());
     for (i, b) in file.iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
-        let addr = resolve_backend(&format!("{bpath}.address"), &b.address)?;
+        let addr = resolve_backend(&format!("{bpath}.address"), &b.address, warnings)?;
         let name = b.name.clone().unwrap_or_else(|| b.address.clone());
         if b.name.is_some() {
             check_name(&format!("{bpath}.name"), &name)?;

@@ -40,6 +40,14 @@ pub struct FileConfig {
     pub pools: BTreeMap<String, FilePool>,
     #[serde(default)]
     pub shutdown: FileShutdown,
+    /// How often backend host names are resolved again; `0` = never.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: HumanDuration,
+}
+
+/// Default: resolve backend names again every 5 s.
+pub fn default_resolve_interval() -> HumanDuration {
+    secs(5)
 }
 
 /// One address tidegate accepts client traffic on.
