@@ -161,3 +161,33 @@ pools:
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// The Kubernetes example cannot run here; its embedded config must at least be valid.
+#[test]
+fn the_k8s_example_config_checks() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/k8s/sidecar.yaml"
+    ))
+    .unwrap();
+    let start = manifest
+        .find("  tidegate.yaml: |\n")
+        .expect("embedded config")
+        + 19;
+    let yaml: String = manifest[start..]
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("TIDEGATE_ADMIN_TOKEN", "example")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

@@ -84,12 +84,18 @@ struct Scene {
 impl Scene {
     fn new() -> Scene {
         let name = format!("tg-test-{}-{}", std::process::id(), free_port());
-        ok(&["network", "create", &name]);
+        let subnet = format!("10.231.{}.0/24", std::process::id() % 250);
+        ok(&["network", "create", "--subnet", &subnet, &name]);
         Scene {
             name,
             containers: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// An address of the scene's subnet.
+    fn ip(&self, host: u8) -> String {
+        format!("10.231.{}.{host}", std::process::id() % 250)
     }
 
     /// `docker run -d` on the scene's network with `alias`; returns the container name.
@@ -177,6 +183,7 @@ fn inspect(c: &str, fmt: &str) -> String {
 
 const CONFIG: &str = "listeners: [{ name: public, address: 0.0.0.0:8080 }]
 admin: { address: 0.0.0.0:9901, token_env: TIDEGATE_ADMIN_TOKEN }
+resolve_interval: 500ms
 state_file: /var/lib/tidegate/state.json
 shutdown: { delay: 1s, grace: 3s }
 routes:
@@ -248,7 +255,7 @@ async fn deploy_green_under_load_then_stop_blue() {
     image();
     let mut scene = Scene::new();
     let blue = scene.app("blue");
-    scene.app("green");
+    let green = scene.app("green");
     let (tg, listen, admin) = scene.tidegate(CONFIG);
     wait_for("tidegate ready", Duration::from_secs(30), || {
         let u = format!("{admin}/readyz");
@@ -316,6 +323,34 @@ async fn deploy_green_under_load_then_stop_blue() {
     let r = get(&format!("{listen}/")).await.unwrap();
     assert_eq!(r.backend().as_deref(), Some("green"));
 
+    // app-green recreated with a new IP: followed without a reload.
+    let old_ip = inspect(
+        &green,
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    );
+    ok(&["rm", "-f", &green]);
+    scene.containers.retain(|c| *c != green);
+    let ip = scene.ip(200);
+    let green = scene.run(
+        "app-green",
+        &["--no-healthcheck", "--ip", &ip],
+        &["backend", "--listen", "0.0.0.0:3000", "--name", "green2"],
+    );
+    let new_ip = inspect(
+        &green,
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    );
+    assert_ne!(old_ip, new_ip);
+    wait_for(
+        "the recreated green followed",
+        Duration::from_secs(15),
+        || {
+            let u = format!("{listen}/");
+            async move { (get(&u).await.ok()?.backend()? == "green2").then_some(()) }
+        },
+    )
+    .await;
+
     // A config change in the mounted directory is picked up.
     let gen = |admin: String| async move {
         let r = send(
@@ -369,4 +404,99 @@ async fn deploy_green_under_load_then_stop_blue() {
     assert_eq!(inspect(&tg, "{{.State.ExitCode}}"), "1");
     assert!(took < Duration::from_secs(15), "docker stop took {took:?}");
     eprintln!("docker stop with an open stream: {took:?}, exit 1");
+}
+
+/// The shipped compose example, started as its header says, deployed with its script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::await_holding_lock)] // serializes the Docker scenarios, as above
+async fn the_compose_example_deploys_with_its_script() {
+    if !engine() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    image();
+    let compose = if Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        vec!["docker", "compose"]
+    } else {
+        vec!["docker-compose"]
+    };
+    // A copy of docker/, so the example's files stay untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/docker");
+    let st = Command::new("cp")
+        .args(["-r", root])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let d = dir.path().join("docker");
+    let project = format!("tgtest{}", std::process::id());
+    let (port, admin_port) = (free_port(), free_port());
+    let env = [
+        ("COMPOSE_PROJECT_NAME", project.clone()),
+        ("TIDEGATE_IMAGE", IMAGE.to_string()),
+        ("TIDEGATE_PORT", port.to_string()),
+        ("TIDEGATE_ADMIN_PORT", admin_port.to_string()),
+    ];
+    let run = |args: &[&str]| {
+        let mut c = Command::new(compose[0]);
+        c.args(&compose[1..])
+            .args(["-p", &project, "-f"])
+            .arg(d.join("compose.yaml"))
+            .arg("--env-file")
+            .arg(d.join("compose/admin.env"))
+            .args(args);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    struct Down<F: Fn(&[&str]) -> Output>(F);
+    impl<F: Fn(&[&str]) -> Output> Drop for Down<F> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["down", "-v", "-t", "1"]);
+        }
+    }
+    let down = Down(run);
+    let o = (down.0)(&["up", "-d"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(
+        "compose tidegate serves blue",
+        Duration::from_secs(30),
+        || {
+            let u = format!("{base}/");
+            async move { (get(&u).await.ok()?.backend()? == "blue").then_some(()) }
+        },
+    )
+    .await;
+    let load = Load::start(format!("{base}/"), 2);
+    let mut cmd = Command::new(d.join("compose/deploy.sh"));
+    cmd.arg("green");
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{text}");
+    assert_eq!(
+        get(&format!("{base}/")).await.unwrap().backend().as_deref(),
+        Some("green")
+    );
+    let blue = String::from_utf8_lossy(&(down.0)(&["ps", "-q", "app-blue"]).stdout)
+        .trim()
+        .to_string();
+    assert_eq!(inspect(&blue, "{{.State.Running}}"), "false", "{text}");
 }
