@@ -26,9 +26,10 @@ pools:
 /// (method, path, headers, body, expected status).
 type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, u16);
 
-/// The status without the fields that move by themselves.
+/// The status once the last proxied request has finished (its guard drops just after the
+/// client has the answer), without the fields that move by themselves.
 async fn state_of(tg: &Tidegate) -> serde_json::Value {
-    let mut s = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    let mut s = wait_status(tg, "nothing in flight", |s| s["in_flight"] == 0).await;
     if let Some(o) = s.as_object_mut() {
         o.remove("uptime_seconds");
         o.remove("reloads");

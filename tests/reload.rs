@@ -220,7 +220,8 @@ async fn a_routed_request_finishes_on_its_snapshot() {
 
 /// Status and metrics without what moves by itself or counts the refusal itself.
 async fn observable(tg: &Tidegate) -> (serde_json::Value, String) {
-    let mut s = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    // Once the last proxied request's guard has dropped (just after its answer).
+    let mut s = wait_status(tg, "nothing in flight", |s| s["in_flight"] == 0).await;
     s.as_object_mut().unwrap().remove("reloads");
     let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
     let m = m
