@@ -191,3 +191,31 @@ fn the_k8s_example_config_checks() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// A backend name that does not resolve now (a stopped container) is a warning, not an error:
+/// the backend waits, unavailable, until the name resolves.
+#[test]
+fn an_unresolvable_backend_name_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(
+        &path,
+        GOOD.replace("127.0.0.1:3001", "app-not-running.invalid:3001"),
+    )
+    .unwrap();
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: pools.blue.backends[0].address: \"app-not-running.invalid:3001\" does not resolve now"),
+        "{out}"
+    );
+    // A malformed one still is an error.
+    std::fs::write(
+        &path,
+        GOOD.replace("127.0.0.1:3001", "app not running:3001"),
+    )
+    .unwrap();
+    let (code, out) = check(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("expected HOST:PORT"), "{out}");
+}
