@@ -343,3 +343,32 @@ pools:
     assert!(toggles >= 200, "{toggles} toggles");
     assert!(blue.app.hits() > 0 && green.app.hits() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_held_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let tg = Tidegate::start(&sidecar_yaml(dead_addr())).await;
+    // Mark the app down first, so the next request is held at once.
+    let c = client();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(300),
+        send(&c, "GET", &tg.url("/"), &[], ""),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(tg.listen).await.unwrap();
+    s.write_all(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for("held", Duration::from_secs(5), || async {
+        (metric(&tg, "tidegate_held_requests", "route=\"app\"").await >= 1.0).then_some(())
+    })
+    .await;
+    drop(s);
+    // The hold ends with the client, not at hold.timeout (30 s).
+    wait_for("slot freed", Duration::from_secs(3), || async {
+        (metric(&tg, "tidegate_held_requests", "route=\"app\"").await == 0.0).then_some(())
+    })
+    .await;
+    let status = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    assert_eq!(status["in_flight"], 0, "{status}");
+}

@@ -9,6 +9,8 @@ use std::sync::{
 
 use tokio::time::Instant;
 
+use pingora::{http::RequestHeader, proxy::Session};
+
 use crate::state::AppState;
 
 /// One held request, counted in the route's `held` gauge while it lives.
@@ -34,18 +36,65 @@ impl Drop for Held {
     }
 }
 
-/// Wait for an availability change or `deadline`. Returns false on timeout.
-/// `ready` is checked after registering for the wake-up, so a change between the caller's
-/// check and this wait is not missed.
-pub async fn wait(state: &AppState, deadline: Instant, ready: impl Fn() -> bool) -> bool {
+/// How a hold wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woke {
+    /// Something may have become available (or already was).
+    Changed,
+    /// `hold.timeout` ran out.
+    TimedOut,
+    /// The client closed its connection while waiting.
+    ClientGone,
+}
+
+/// Wait for an availability change, `deadline`, or the client going away. `ready` is checked
+/// after registering for the wake-up, so a change between the caller's check and this wait
+/// is not missed. For a request without a body the client connection is watched (an idle
+/// read that ends on close); a request with a body is not, as that would read its body.
+pub async fn wait(
+    state: &AppState,
+    session: &mut Session,
+    deadline: Instant,
+    ready: impl Fn() -> bool,
+) -> Woke {
     let changed = state.availability.notified();
     tokio::pin!(changed);
     changed.as_mut().enable();
     if ready() {
-        return true;
+        return Woke::Changed;
     }
+    let bodyless = bodyless(session.req_header());
+    let gone = async {
+        if !bodyless {
+            return std::future::pending().await;
+        }
+        match session.as_mut().read_body_or_idle(true).await {
+            Err(_) => {}
+            // Bytes of a pipelined next request: not a close; keep waiting.
+            Ok(_) => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
-        _ = &mut changed => true,
-        _ = tokio::time::sleep_until(deadline) => false,
+        _ = &mut changed => Woke::Changed,
+        _ = tokio::time::sleep_until(deadline) => Woke::TimedOut,
+        _ = gone => Woke::ClientGone,
     }
+}
+
+/// No `Content-Length` above 0 and no `Transfer-Encoding`: nothing to read but a close.
+fn bodyless(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    h.get(http::header::TRANSFER_ENCODING).is_none()
+        && h.get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// The error that ends a request whose client left during a hold (nothing is written).
+pub fn client_gone() -> Box<pingora::Error> {
+    pingora::Error::create(
+        pingora::ErrorType::ConnectionClosed,
+        pingora::ErrorSource::Downstream,
+        Some("the client went away while its request was held".into()),
+        None,
+    )
 }

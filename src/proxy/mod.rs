@@ -115,15 +115,18 @@ impl Proxy {
             return refuse_held(session, &route, "hold queue full").await;
         };
         let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
+        // The wait watches the client connection (`&mut session`): route on a copy.
+        let req = session.req_header().clone();
         loop {
             let state = &self.state;
-            let woke = hold::wait(state, deadline, || {
-                !matches!(
-                    route_on(&state.table(), session.req_header()),
-                    Routed::Unavailable(_)
-                )
+            let woke = hold::wait(state, session, deadline, || {
+                !matches!(route_on(&state.table(), &req), Routed::Unavailable(_))
             })
             .await;
+            if woke == hold::Woke::ClientGone {
+                return Err(hold::client_gone());
+            }
+            let woke = woke == hold::Woke::Changed;
             match route_on(&self.state.table(), session.req_header()) {
                 Routed::To(r, p) => {
                     ctx.route = Some(r);

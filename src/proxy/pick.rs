@@ -84,7 +84,11 @@ type Chosen = (Arc<Route>, Arc<BackendState>, SocketAddr);
 impl Proxy {
     /// The backend for the next attempt, holding while the whole split has none for this
     /// request (woken by a recovery, an undrain, a split change or a reload).
-    pub(super) async fn choose_backend(&self, session: &Session, ctx: &mut Ctx) -> Result<Chosen> {
+    pub(super) async fn choose_backend(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Chosen> {
         loop {
             let (Some(route), Some(pool)) = (ctx.route.clone(), ctx.pool.clone()) else {
                 return Err(Error::explain(HTTPStatus(500), "no route chosen"));
@@ -118,7 +122,7 @@ impl Proxy {
     /// full or the hold times out.
     async fn hold_until_available(
         &self,
-        session: &Session,
+        session: &mut Session,
         ctx: &mut Ctx,
         route: &Route,
     ) -> Result<()> {
@@ -135,10 +139,16 @@ impl Proxy {
         let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
         let state = &self.state;
         let failed = &ctx.failed;
-        let woke = hold::wait(state, deadline, || {
-            reroute(&state.table(), session.req_header(), failed).is_some()
+        // The wait watches the client connection (`&mut session`): route on a copy.
+        let req = session.req_header().clone();
+        let woke = hold::wait(state, session, deadline, || {
+            reroute(&state.table(), &req, failed).is_some()
         })
         .await;
+        if woke == hold::Woke::ClientGone {
+            return Err(hold::client_gone());
+        }
+        let woke = woke == hold::Woke::Changed;
         if !woke {
             route.stats.hold_timeouts.inc();
             return Err(Error::explain(
