@@ -34,18 +34,9 @@ impl Recorder {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
-                        let end = loop {
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p + 4;
-                            }
-                            let mut c = [0u8; 65536];
-                            match conn.read(&mut c).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&c[..n]),
-                            }
+                        let Some(head) = read_request(&mut conn, &mut buf).await else {
+                            return;
                         };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        buf.drain(..end);
                         let target = head.split(' ').nth(1).unwrap_or("").to_string();
                         s.lock().unwrap().push(head);
                         let resp = format!(
