@@ -308,20 +308,15 @@ pub struct Reloaded {
 }
 
 /// What a successful reload changed.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReloadSummary {
     pub generation: u64,
     /// Whether routes or pools changed.
     pub changed: bool,
-    pub routes_added: Vec<String>,
-    pub routes_removed: Vec<String>,
-    pub routes_changed: Vec<String>,
-    pub pools_added: Vec<String>,
-    pub pools_removed: Vec<String>,
-    pub pools_changed: Vec<String>,
-    /// Settings that only apply after a restart (listeners, admin.address, server,
-    /// config_watch).
-    pub needs_restart: Vec<String>,
+    /// Routes and pools added, removed or changed; settings that only apply after a restart
+    /// (`needs_restart`: listeners, admin.address, server, config_watch).
+    #[serde(flatten)]
+    pub diff: crate::config::diff::Diff,
     pub warnings: Vec<String>,
 }
 
@@ -383,4 +378,30 @@ pub struct Checkpoint {
     /// Runtime members of the split's pools then (`None`: the file's).
     pub members: BTreeMap<String, Option<Vec<BackendEntry>>>,
     pub taken_at: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::diff::{Diff, RestartKey};
+
+    #[test]
+    fn a_reload_summary_keeps_its_flat_json_shape() {
+        let s = ReloadSummary {
+            generation: 2,
+            changed: true,
+            diff: Diff {
+                routes_changed: vec!["app".into()],
+                needs_restart: vec![RestartKey::Listeners, RestartKey::AdminAddress],
+                ..Default::default()
+            },
+            warnings: vec![],
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["routes_changed"], serde_json::json!(["app"]));
+        assert_eq!(v["needs_restart"], serde_json::json!(["listeners", "admin.address"]));
+        assert_eq!(v["pools_added"], serde_json::json!([]));
+        let back: ReloadSummary = serde_json::from_value(v).unwrap();
+        assert_eq!(back.diff, s.diff);
+    }
 }

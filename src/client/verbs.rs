@@ -153,15 +153,21 @@ fn row(id: &str, addr: &str, state: &str, b: &BackendStatus, admin: &str) -> Str
 }
 
 fn summary_line(s: &api::ReloadSummary) -> String {
+    let d = &s.diff;
+    let restart: Vec<String> = d
+        .needs_restart
+        .iter()
+        .map(|k| k.as_str().to_string())
+        .collect();
     let mut parts = Vec::new();
     for (list, label) in [
-        (&s.routes_added, "routes added"),
-        (&s.routes_changed, "routes changed"),
-        (&s.routes_removed, "routes removed"),
-        (&s.pools_added, "pools added"),
-        (&s.pools_changed, "pools changed"),
-        (&s.pools_removed, "pools removed"),
-        (&s.needs_restart, "needs restart"),
+        (&d.routes_added, "routes added"),
+        (&d.routes_changed, "routes changed"),
+        (&d.routes_removed, "routes removed"),
+        (&d.pools_added, "pools added"),
+        (&d.pools_changed, "pools changed"),
+        (&d.pools_removed, "pools removed"),
+        (&restart, "needs restart"),
     ] {
         if !list.is_empty() {
             parts.push(format!("{label}: {}", list.join(", ")));

@@ -1,12 +1,12 @@
 //! What changed between two specs, by name: routes and pools added, removed or changed, and
 //! the settings a reload cannot apply (they need a restart or a graceful upgrade).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::spec::Spec;
 
 /// A typed diff of two specs (old → new).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diff {
     pub routes_added: Vec<String>,
     pub routes_removed: Vec<String>,
@@ -19,7 +19,7 @@ pub struct Diff {
 }
 
 /// A setting read at start only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartKey {
     #[serde(rename = "listeners")]
     Listeners,

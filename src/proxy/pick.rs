@@ -98,7 +98,7 @@ impl Proxy {
             }
             if ctx.failed.len() <= route.spec.retries as usize {
                 let picked = pool.pick_avoiding(&|b| ctx.failed.skips(b));
-                if let Some((b, addr)) = picked.and_then(|(_, b)| Some((b, b.addr?))) {
+                if let Some((b, addr)) = picked.and_then(|b| Some((b, b.addr?))) {
                     return Ok((route, b.state.clone(), addr));
                 }
                 // The chosen pool has nothing left for this request (a drain raced the

@@ -71,9 +71,9 @@ async fn reload(state: &Arc<AppState>, source: &'static str, only_if_changed: bo
         Ok(Some(Ok(s))) => tracing::info!(
             source,
             generation = s.generation,
-            routes_changed = ?s.routes_changed,
-            pools_changed = ?s.pools_changed,
-            needs_restart = ?s.needs_restart,
+            routes_changed = ?s.diff.routes_changed,
+            pools_changed = ?s.diff.pools_changed,
+            needs_restart = ?s.diff.needs_restart,
             "config reloaded"
         ),
         Ok(Some(Err(e))) => {

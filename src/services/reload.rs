@@ -69,17 +69,7 @@ pub fn reload(state: &AppState) -> Result<ReloadSummary, ConfigError> {
     Ok(ReloadSummary {
         generation,
         changed: diff.routing_changed(),
-        needs_restart: diff
-            .needs_restart
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect(),
-        routes_added: diff.routes_added,
-        routes_removed: diff.routes_removed,
-        routes_changed: diff.routes_changed,
-        pools_added: diff.pools_added,
-        pools_removed: diff.pools_removed,
-        pools_changed: diff.pools_changed,
+        diff,
         warnings,
     })
 }

@@ -250,14 +250,4 @@ impl Stats {
             let _ = self.hold_timeouts.remove_label_values(&[&*r]);
         }
     }
-
-    /// Number of route × pool entries.
-    pub fn len(&self) -> usize {
-        self.lock().route_pool.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -223,13 +223,13 @@ impl Route {
             .pick(|i| self.split[i].0.has_available_avoiding(skip))
             .and_then(|i| {
                 let p = &self.split[i].0;
-                p.pick_avoiding(skip).map(|(_, b)| (p, b))
+                p.pick_avoiding(skip).map(|b| (p, b))
             });
         scheduled.or_else(|| {
             self.split
                 .iter()
                 .filter(|(_, w)| *w > 0)
-                .find_map(|(p, _)| p.pick_avoiding(skip).map(|(_, b)| (p, b)))
+                .find_map(|(p, _)| p.pick_avoiding(skip).map(|b| (p, b)))
         })
     }
 }
@@ -277,15 +277,10 @@ impl Pool {
         self.backends.iter().any(|b| b.usable() && !skip(&b.state))
     }
 
-    /// Next available backend by weight.
-    pub fn pick(&self) -> Option<(u32, &Backend)> {
-        self.pick_avoiding(&|_| false)
-    }
-
     /// Next available backend by weight, skipping those `skip` names (backends this request
     /// already failed on). Backends in slow start are passed over part of the time; if that
     /// leaves none, any available one.
-    pub fn pick_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> Option<(u32, &Backend)> {
+    pub fn pick_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> Option<&Backend> {
         let base = |i: usize| self.backends[i].usable() && !skip(&self.backends[i].state);
         let picked = match self.spec.slow_start {
             Some(w) => self
@@ -294,7 +289,7 @@ impl Pool {
                 .or_else(|| self.schedule.pick(base)),
             None => self.schedule.pick(base),
         };
-        picked.map(|i| (i as u32, &self.backends[i]))
+        picked.map(|i| &self.backends[i])
     }
 }
 
