@@ -399,7 +399,10 @@ mod tests {
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["routes_changed"], serde_json::json!(["app"]));
-        assert_eq!(v["needs_restart"], serde_json::json!(["listeners", "admin.address"]));
+        assert_eq!(
+            v["needs_restart"],
+            serde_json::json!(["listeners", "admin.address"])
+        );
         assert_eq!(v["pools_added"], serde_json::json!([]));
         let back: ReloadSummary = serde_json::from_value(v).unwrap();
         assert_eq!(back.diff, s.diff);
