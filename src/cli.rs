@@ -33,6 +33,46 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Verbs.
+/// `tidegate spool …`.
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Spooled items, oldest first, with each route's depth.
+    List {
+        #[arg(long)]
+        route: Option<String>,
+        /// `pending` or `dead`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Queue dead items again: one by id, or all (`--all`, optionally of `--route`).
+    Retry {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, requires = "all")]
+        route: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Delete one item by id, or every item in `--state` (dead unless told), optionally of
+    /// `--route`.
+    Purge {
+        #[arg(conflicts_with_all = ["route", "state"])]
+        id: Option<i64>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, default_value = "dead", value_parser = ["dead", "pending"])]
+        state: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
@@ -163,6 +203,11 @@ pub enum Command {
     Reload {
         #[command(flatten)]
         client: ClientOpts,
+    },
+    /// The durable spool: list items, queue dead ones again, delete.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
     },
     /// Enter or leave maintenance mode (matching requests get 503 + Retry-After).
     Maintenance {

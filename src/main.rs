@@ -14,7 +14,7 @@ mod demo;
 use clap::Parser;
 use tidegate::{
     api::MaintenanceRequest,
-    cli::{Cli, ClientOpts, Command},
+    cli::{Cli, ClientOpts, Command, SpoolAction},
     client::{self, exit, ClientError, DrainArgs, ShiftArgs},
 };
 
@@ -140,6 +140,35 @@ fn fleet(c: &ClientOpts) -> Result<Vec<client::Admin>, ClientError> {
 }
 
 // Long: one arm per client verb, mapping its arguments.
+/// `tidegate spool …`.
+async fn spool(action: SpoolAction) -> Result<u8, ClientError> {
+    let (verb, c) = match action {
+        SpoolAction::List {
+            route,
+            state,
+            limit,
+            client,
+        } => (
+            client::SpoolVerb::List {
+                route,
+                state,
+                limit,
+            },
+            client,
+        ),
+        SpoolAction::Retry {
+            id, route, client, ..
+        } => (client::SpoolVerb::Retry { id, route }, client),
+        SpoolAction::Purge {
+            id,
+            route,
+            state,
+            client,
+        } => (client::SpoolVerb::Purge { id, route, state }, client),
+    };
+    client::spool(&fleet(&c)?, verb, c.json).await
+}
+
 async fn run_verb(verb: Command) -> Result<u8, ClientError> {
     match verb {
         Command::Status { client } => client::status(&fleet(&client)?, client.json).await,
@@ -214,6 +243,7 @@ async fn run_verb(verb: Command) -> Result<u8, ClientError> {
             client::shift(&fleet(&client)?, args).await
         }
         Command::Reload { client } => client::reload(&fleet(&client)?, client.json).await,
+        Command::Spool { action } => spool(action).await,
         Command::Maintenance {
             mode,
             routes,

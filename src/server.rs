@@ -33,6 +33,7 @@ use crate::{
         resolver::Resolver,
         shutdown::ShutdownWatcher,
         signals::Signals,
+        spool::{Spool, SpoolService},
     },
     state::{AppState, ExitReason},
 };
@@ -185,10 +186,11 @@ fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf(&spec, opts));
     server.bootstrap();
     let sconf = server.configuration.clone();
+    let spool = Spool::new(state.clone());
     for l in &spec.listeners {
         let mut options = HttpServerOptions::default();
         options.h2c = l.h2c;
-        let mut svc = ProxyServiceBuilder::new(&sconf, Proxy::new(state.clone()))
+        let mut svc = ProxyServiceBuilder::new(&sconf, Proxy::new(state.clone(), spool.clone()))
             .name(format!("listener {}", l.name))
             .server_options(options)
             .build();
@@ -210,6 +212,7 @@ fn build_server(
         server.add_service(svc);
     }
     let ctx = admin::Ctx {
+        spool: spool.clone(),
         state: state.clone(),
         metrics: Arc::new(Metrics::new(state)),
     };
@@ -225,6 +228,7 @@ fn build_server(
     server.add_service(background_service("health", HealthChecker { state: st() }));
     server.add_service(background_service("drains", DrainService { state: st() }));
     server.add_service(background_service("resolver", Resolver { state: st() }));
+    server.add_service(background_service("spool", SpoolService { spool }));
     server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { state: st() },

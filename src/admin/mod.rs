@@ -25,6 +25,11 @@
 //! | POST | `/api/v1/routes/{route}/rollback` | token | restore it, undrain the old pools |
 //! | POST, PUT | `/api/v1/maintenance` | token | enter: `{routes?, methods?, retry_after?, message?}` |
 //! | DELETE | `/api/v1/maintenance` | token | exit |
+//! | GET | `/api/v1/spool?route=&state=&limit=` | token | spooled items (oldest first) and depths |
+//! | DELETE | `/api/v1/spool?state=&route=` | token | purge dead (or pending) items |
+//! | POST | `/api/v1/spool/retry` | token | `{route?}`: dead items become pending again |
+//! | POST | `/api/v1/spool/{id}/retry` | token | one dead item becomes pending again |
+//! | DELETE | `/api/v1/spool/{id}` | token | delete one item |
 //!
 //! Every error is JSON (`api::ErrorBody`): 401 with `WWW-Authenticate: Bearer`, 404 for
 //! unknown paths, 405 with `Allow`, 400 for bad input (before any handler changes state),
@@ -37,6 +42,7 @@ mod deploy;
 mod drain;
 mod edge;
 mod overrides;
+mod spool;
 mod status;
 mod view;
 
@@ -50,7 +56,7 @@ use axum::{
     Json, Router,
 };
 
-use crate::{api::ErrorBody, metrics::Metrics, state::AppState};
+use crate::{api::ErrorBody, metrics::Metrics, services::spool::Spool, state::AppState};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -60,6 +66,13 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct Ctx {
     pub state: Arc<AppState>,
     pub metrics: Arc<Metrics>,
+    pub spool: Arc<Spool>,
+}
+
+impl FromRef<Ctx> for Arc<Spool> {
+    fn from_ref(c: &Ctx) -> Self {
+        c.spool.clone()
+    }
 }
 
 impl FromRef<Ctx> for Arc<AppState> {
@@ -112,6 +125,10 @@ pub fn router(ctx: Ctx) -> Router {
             axum::routing::put(deploy::checkpoint),
         )
         .route("/api/v1/routes/{route}/rollback", post(deploy::rollback))
+        .route("/api/v1/spool", get(spool::list).delete(spool::purge))
+        .route("/api/v1/spool/retry", post(spool::retry_all))
+        .route("/api/v1/spool/{id}", axum::routing::delete(spool::delete_one))
+        .route("/api/v1/spool/{id}/retry", post(spool::retry_one))
         .route(
             "/api/v1/maintenance",
             post(overrides::maintenance_on)

@@ -84,6 +84,13 @@ pub async fn health(State(state): St) -> Response {
     if table.maintenance.is_some() {
         reasons.push("maintenance mode is on".to_string());
     }
+    let spool = super::spool::depths(&state);
+    for d in spool.iter().filter(|d| d.dead > 0) {
+        reasons.push(format!(
+            "route {} has {} dead spooled requests",
+            d.route, d.dead
+        ));
+    }
     let status = if state.is_shutting_down() {
         "unhealthy"
     } else if reasons.is_empty() {
@@ -96,6 +103,7 @@ pub async fn health(State(state): St) -> Response {
         reasons,
         uptime_seconds: state.process.started.elapsed().as_secs(),
         generation: table.generation,
+        spool,
     };
     json(if status == "unhealthy" { 503 } else { 200 }, &body)
 }
@@ -204,6 +212,7 @@ pub fn status_of(state: &AppState) -> api::Status {
         pools,
         removed,
         maintenance: view::maintenance(&ov.maintenance),
+        spool: super::spool::depths(state),
         reloads: api::Reloads {
             succeeded: r.succeeded,
             failed: r.failed,

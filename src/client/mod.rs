@@ -7,6 +7,7 @@
 mod deploy;
 mod drain;
 mod shift;
+mod spool;
 mod verbs;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::api::ErrorBody;
 pub use deploy::{deploy, rollback, DeployArgs};
 pub use drain::{drain, undrain, DrainArgs};
 pub use shift::{shift, ShiftArgs};
+pub use spool::{spool, SpoolVerb};
 pub use verbs::{health, maintenance, reload, status, table};
 
 /// Exit codes of client verbs.

@@ -29,6 +29,8 @@ pub enum RestartKey {
     Server,
     #[serde(rename = "config_watch")]
     ConfigWatch,
+    #[serde(rename = "spool_store")]
+    SpoolStore,
 }
 
 impl RestartKey {
@@ -39,6 +41,7 @@ impl RestartKey {
             RestartKey::AdminAddress => "admin.address",
             RestartKey::Server => "server",
             RestartKey::ConfigWatch => "config_watch",
+            RestartKey::SpoolStore => "spool_store",
         }
     }
 }
@@ -82,6 +85,9 @@ impl Diff {
         }
         if old.config_watch != new.config_watch {
             d.needs_restart.push(RestartKey::ConfigWatch);
+        }
+        if old.spool_store != new.spool_store {
+            d.needs_restart.push(RestartKey::SpoolStore);
         }
         d
     }

@@ -23,6 +23,8 @@ pub struct Spec {
     pub shutdown: Shutdown,
     /// How often backend names are resolved again (`None`: never).
     pub resolve_interval: Option<Duration>,
+    /// Where spooled requests are kept (`None`: no route spools and none was configured).
+    pub spool_store: Option<SpoolStore>,
 }
 
 /// A client-facing listener (not reloadable: a change needs a restart or upgrade).
@@ -106,6 +108,53 @@ pub struct RouteSpec {
     pub hold: Hold,
     /// Which requests that reached a backend may be sent again elsewhere.
     pub retry_sent: RetrySent,
+    /// Durable spooling of requests while no backend is available.
+    pub spool: Option<SpoolSpec>,
+}
+
+/// A route's spool settings (reloadable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolSpec {
+    pub methods: Vec<http::Method>,
+    pub max_body: u64,
+    pub max_items: u64,
+    pub replay: ReplaySpec,
+}
+
+impl SpoolSpec {
+    /// Whether a request with `method` is spooled.
+    pub fn spools(&self, method: &http::Method) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// How spooled items are sent again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplaySpec {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub concurrency: u32,
+    pub timeout: Duration,
+}
+
+impl ReplaySpec {
+    /// The wait after failed attempt number `attempt` (1-based): `backoff` doubling, capped.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(30);
+        self.backoff
+            .saturating_mul(1u32 << shift)
+            .min(self.max_backoff)
+    }
+}
+
+/// Where spooled requests live (read at start only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpoolStore {
+    /// An embedded database file on this machine.
+    Embedded(PathBuf),
+    /// A PostgreSQL database (the URL may hold a password: never printed).
+    Postgres(Secret),
 }
 
 /// Which requests that already reached a backend are sent again to another one when that

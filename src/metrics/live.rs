@@ -1,6 +1,6 @@
 //! A collector over live state, read at scrape time: backends (in flight by kind, state,
 //! weight, health, connect failures), pools (stream ends), routes (effective split weights,
-//! held requests) and the process (reloads, generation, shutdown, build). Removed backends
+//! held requests, spool depth and age) and the process (reloads, generation, shutdown, build). Removed backends
 //! are listed while busy and vanish once idle, with no series left behind.
 
 use std::sync::{Arc, Weak};
@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// What the collector renders, with its help text, type and labels.
-const FAMILIES: [(&str, &str, MetricType, &[&str]); 13] = [
+const FAMILIES: [(&str, &str, MetricType, &[&str]); 15] = [
     (
         names::BACKEND_IN_FLIGHT,
         "Requests and streams in flight per backend, by kind.",
@@ -95,6 +95,18 @@ const FAMILIES: [(&str, &str, MetricType, &[&str]); 13] = [
         "Build information.",
         MetricType::GAUGE,
         &["version"],
+    ),
+    (
+        names::SPOOL_ITEMS,
+        "Spooled requests by route and state (pending, dead).",
+        MetricType::GAUGE,
+        &["route", "state"],
+    ),
+    (
+        names::SPOOL_OLDEST_AGE,
+        "Age of the oldest pending spooled request, by route (0 when none is pending).",
+        MetricType::GAUGE,
+        &["route"],
     ),
 ];
 
@@ -242,6 +254,23 @@ fn routes(state: &AppState, out: &mut Out) {
             out.push(6, &[&r.name, &p.name], f64::from(*w));
         }
         out.push(7, &[&r.name], r.stats.held() as f64);
+    }
+    let now = crate::state::process::unix_now();
+    for (name, d) in state.stats.spool_depths() {
+        let spools = table
+            .routes
+            .iter()
+            .any(|r| r.name == name && r.spec.spool.is_some());
+        if !spools && d.pending() + d.dead() == 0 {
+            continue;
+        }
+        out.push(13, &[&name, "pending"], d.pending() as f64);
+        out.push(13, &[&name, "dead"], d.dead() as f64);
+        let age = d
+            .oldest_ms()
+            .filter(|_| d.pending() > 0)
+            .map_or(0.0, |ms| (now - ms as f64 / 1000.0).max(0.0));
+        out.push(14, &[&name], age);
     }
 }
 

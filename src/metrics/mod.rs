@@ -29,6 +29,8 @@ pub mod names {
     pub const LAST_RELOAD_SUCCESS: &str = "tidegate_config_last_reload_success_timestamp_seconds";
     pub const SHUTTING_DOWN: &str = "tidegate_shutting_down";
     pub const BUILD_INFO: &str = "tidegate_build_info";
+    pub const SPOOL_ITEMS: &str = "tidegate_spool_items";
+    pub const SPOOL_OLDEST_AGE: &str = "tidegate_spool_oldest_age_seconds";
 }
 
 /// The proxy's metrics registry.
@@ -46,6 +48,7 @@ impl Metrics {
             Box::new(stats.duration.clone()),
             Box::new(stats.retries.clone()),
             Box::new(stats.hold_timeouts.clone()),
+            Box::new(stats.spool_replays.clone()),
             Box::new(live::Live::new(state)),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

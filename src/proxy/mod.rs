@@ -17,6 +17,7 @@ mod hold;
 mod hygiene;
 mod pick;
 mod retry;
+mod spool;
 
 use std::{sync::Arc, time::Instant};
 
@@ -29,6 +30,7 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
+use crate::services::spool::Spool;
 use crate::state::{
     counts::Kind,
     overrides::Maintenance,
@@ -42,12 +44,13 @@ use headers::{forward_headers, is_event_stream, request_host};
 /// The proxy application; one instance is shared by every listener's service.
 pub struct Proxy {
     state: Arc<AppState>,
+    spool: Arc<Spool>,
 }
 
 impl Proxy {
-    /// A proxy over the shared state.
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    /// A proxy over the shared state, spooling through `spool`.
+    pub fn new(state: Arc<AppState>, spool: Arc<Spool>) -> Self {
+        Self { state, spool }
     }
 }
 
@@ -67,6 +70,8 @@ pub struct Ctx {
     attempts: u32,
     /// The backend's response header arrived (no retry after that).
     answered: bool,
+    /// A connection to a backend was made (the request body may have been read).
+    connected: bool,
     /// When holding must give up (set on first hold).
     hold_deadline: Option<tokio::time::Instant>,
     upgrade: bool,
@@ -112,7 +117,12 @@ impl Proxy {
         route: Arc<Route>,
     ) -> Result<bool> {
         let Some(_held) = self.enter_hold(&route, ctx) else {
-            return refuse_held(session, &route, "hold queue full").await;
+            let why = if route.spec.hold.timeout.is_zero() {
+                "holding is off"
+            } else {
+                "hold queue full"
+            };
+            return self.refuse_held(session, &route, why).await;
         };
         let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
         // The wait watches the client connection (`&mut session`): route on a copy.
@@ -140,12 +150,8 @@ impl Proxy {
                 }
                 Routed::Unavailable(_) if !woke => {
                     route.stats.hold_timeouts.inc();
-                    return refuse_held(
-                        session,
-                        &route,
-                        "no backend became available within hold.timeout",
-                    )
-                    .await;
+                    let why = "no backend became available within hold.timeout";
+                    return self.refuse_held(session, &route, why).await;
                 }
                 Routed::Unavailable(_) => {}
             }
@@ -179,10 +185,17 @@ async fn respond_no_route(session: &mut Session) -> Result<bool> {
     Ok(true)
 }
 
-async fn refuse_held(session: &mut Session, route: &Route, why: &str) -> Result<bool> {
-    let msg = format!("route {:?} has no available backend: {why}", route.name);
-    errors::respond(session, 503, "no_available_backend", &msg).await?;
-    Ok(true)
+impl Proxy {
+    /// No backend for a request that waited (or could not): spool it if its route spools
+    /// its method, else 503.
+    async fn refuse_held(&self, session: &mut Session, route: &Route, why: &str) -> Result<bool> {
+        if let Some(spec) = spool::spools(route, session.req_header()) {
+            return self.spool_request(session, route, spec).await;
+        }
+        let msg = format!("route {:?} has no available backend: {why}", route.name);
+        errors::respond(session, 503, "no_available_backend", &msg).await?;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -202,6 +215,7 @@ impl ProxyHttp for Proxy {
             failed: pick::Failed::default(),
             attempts: 0,
             answered: false,
+            connected: false,
             hold_deadline: None,
             upgrade: false,
             started: Instant::now(),
@@ -239,6 +253,11 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(timeout);
         match routed {
             Routed::To(route, pool) => {
+                let queued = route.stats.spool.queued();
+                if let Some(spec) = spool::spools(&route, session.req_header()).filter(|_| queued) {
+                    // Items wait in the spool: this one goes behind them (arrival order).
+                    return self.spool_request(session, &route, spec).await;
+                }
                 ctx.route = Some(route);
                 ctx.pool = Some(pool);
                 Ok(false)
@@ -309,6 +328,7 @@ impl ProxyHttp for Proxy {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.connected = true;
         if let Some(t) = &ctx.backend {
             t.item().set_fd(Some(fd));
             if t.backend().record_connect_ok() {
@@ -388,6 +408,9 @@ impl ProxyHttp for Proxy {
             return end_politely(session, t.item().kind(), t.item().ended()).await;
         }
         let code = errors::status_for(e);
+        if let Some(done) = self.spool_failed(session, ctx, code).await {
+            return done;
+        }
         if code > 0 {
             let (kind, msg) = errors::describe(e, code);
             if let Err(we) = errors::respond(session, code, kind, &msg).await {

@@ -9,6 +9,8 @@
 //! - [`persist`]: `state_file`, written durably and restored at start.
 //! - [`resolver`]: backend names resolved again every `resolve_interval`.
 //! - [`control`]: SIGHUP and the config directory watch; listener verification (readiness).
+//! - [`spool`]: the durable spool for routes that spool requests while no backend is
+//!   available: store, group-commit writer, ordered replay.
 //! - [`signals`]: SIGTERM / SIGQUIT / SIGINT for pingora; [`shutdown`]: end once idle, or
 //!   politely at `shutdown.grace`.
 
@@ -22,3 +24,4 @@ pub mod reload;
 pub mod resolver;
 pub mod shutdown;
 pub mod signals;
+pub mod spool;

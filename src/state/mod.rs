@@ -15,6 +15,7 @@ pub mod passive;
 pub mod process;
 pub mod ramps;
 pub mod registry;
+pub mod spool;
 pub mod stats;
 pub mod table;
 pub mod target;

@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use super::spool::SpoolDepth;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
@@ -32,6 +33,7 @@ pub mod names {
     pub const REQUEST_DURATION: &str = "tidegate_request_duration_seconds";
     pub const RETRIES: &str = "tidegate_retries_total";
     pub const HOLD_TIMEOUTS: &str = "tidegate_hold_timeouts_total";
+    pub const SPOOL_REPLAYS: &str = "tidegate_spool_replays_total";
 }
 
 /// Counter handles of one route × pool.
@@ -67,6 +69,8 @@ pub struct RouteStats {
     pub hold_timeouts: IntCounter,
     /// One entry per pool of the config (overrides may route to any of them).
     pub pools: Vec<(Arc<str>, Arc<RoutePoolStats>)>,
+    /// The route's spool depth (kept by name, also while the route does not spool).
+    pub spool: Arc<SpoolDepth>,
 }
 
 impl RouteStats {
@@ -138,6 +142,8 @@ pub struct Stats {
     pub duration: HistogramVec,
     pub retries: IntCounterVec,
     pub hold_timeouts: IntCounterVec,
+    /// Replay outcomes by route and result (`delivered`, `retry`, `dead`).
+    pub spool_replays: IntCounterVec,
     handles: Mutex<Handles>,
 }
 
@@ -145,6 +151,8 @@ pub struct Stats {
 struct Handles {
     route_pool: HashMap<(Arc<str>, Arc<str>), Arc<RoutePoolStats>>,
     held: HashMap<Arc<str>, Arc<AtomicU64>>,
+    /// Never forgotten: items outlive their route in the store.
+    spool: HashMap<Arc<str>, Arc<SpoolDepth>>,
 }
 
 impl Default for Stats {
@@ -178,6 +186,11 @@ impl Default for Stats {
                 names::HOLD_TIMEOUTS,
                 "Held requests answered 503 because hold.timeout ran out.",
                 &["route"],
+            ),
+            spool_replays: counter(
+                names::SPOOL_REPLAYS,
+                "Replays of spooled requests, by route and result (delivered, retry, dead).",
+                &["route", "result"],
             ),
             handles: Mutex::default(),
         }
@@ -213,12 +226,31 @@ impl Stats {
                 (p.clone(), s)
             })
             .collect();
+        let spool = h.spool.entry(r.clone()).or_default().clone();
         RouteStats {
+            spool,
             retries: self.retries.with_label_values(&[route]),
             held,
             hold_timeouts: self.hold_timeouts.with_label_values(&[route]),
             pools,
         }
+    }
+
+    /// The spool depth of `route` (created on first use).
+    pub fn spool_depth(&self, route: &str) -> Arc<SpoolDepth> {
+        self.lock().spool.entry(route.into()).or_default().clone()
+    }
+
+    /// Every route's spool depth known to this process, by name.
+    pub fn spool_depths(&self) -> Vec<(Arc<str>, Arc<SpoolDepth>)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .spool
+            .iter()
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Forget statistics (and their series) of route × pool pairs no longer in the table.

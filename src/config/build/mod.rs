@@ -7,6 +7,7 @@
 mod listeners;
 mod pools;
 mod routes;
+mod spool;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -38,6 +39,7 @@ pub fn build(
     let admin = build_admin(&file.admin, env, warnings)?;
     let pools = build_pools(&file.pools, warnings)?;
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
+    let spool_store = spool::build_store(&file, &routes, env, warnings)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
         return Err(invalid("timeouts.connect", "must be greater than 0"));
@@ -82,6 +84,7 @@ pub fn build(
             grace: file.shutdown.grace.non_zero(),
         },
         resolve_interval: file.resolve_interval.non_zero(),
+        spool_store,
     })
 }
 

@@ -46,6 +46,10 @@ pub(super) fn build_routes(
             ));
         }
         check_limits(&path, r)?;
+        let spool = match &r.spool {
+            Some(f) => Some(super::spool::build_spool(&format!("{path}.spool"), f)?),
+            None => None,
+        };
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
@@ -54,6 +58,7 @@ pub(super) fn build_routes(
             split,
             retries: r.retries,
             retry_sent: retry_sent(r.retry_sent),
+            spool,
             hold: Hold {
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,
@@ -196,7 +201,7 @@ fn build_match(path: &str, m: &FileMatch) -> Result<RouteMatch, ConfigError> {
 }
 
 /// `match.methods`: absent = every method; listed ones must be real method tokens.
-fn build_methods(
+pub(super) fn build_methods(
     path: &str,
     methods: &Option<Vec<String>>,
 ) -> Result<Option<Vec<http::Method>>, ConfigError> {

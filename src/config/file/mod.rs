@@ -7,9 +7,11 @@
 
 mod pools;
 mod routes;
+mod spool;
 
 pub use pools::*;
 pub use routes::*;
+pub use spool::*;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -43,6 +45,8 @@ pub struct FileConfig {
     /// How often backend host names are resolved again; `0` = never.
     #[serde(default = "default_resolve_interval")]
     pub resolve_interval: HumanDuration,
+    #[serde(default)]
+    pub spool_store: Option<FileSpoolStore>,
 }
 
 /// Default: resolve backend names again every 5 s.

@@ -23,6 +23,9 @@ pub struct FileRoute {
     /// that backend closes or resets the connection before any response byte.
     #[serde(default)]
     pub retry_sent: FileRetrySent,
+    /// Store matching requests durably while no backend is available; replay them later.
+    #[serde(default)]
+    pub spool: Option<super::FileSpool>,
 }
 
 /// Retry policy for requests that already reached a backend (nginx's `proxy_next_upstream`

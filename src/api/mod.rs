@@ -6,6 +6,9 @@
 //! durations (deadlines), and plain seconds (`…_seconds`, floats) for ages, waits and Unix
 //! times (`…_at`).
 
+mod spool;
+pub use spool::*;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +46,9 @@ pub struct Health {
     pub reasons: Vec<String>,
     pub uptime_seconds: u64,
     pub generation: u64,
+    /// Spool depth by route (routes that spool, or hold items).
+    #[serde(default)]
+    pub spool: Vec<SpoolDepth>,
 }
 
 /// In-flight work by kind.
@@ -74,6 +80,9 @@ pub struct Status {
     pub removed: Vec<BackendStatus>,
     pub maintenance: MaintenanceStatus,
     pub reloads: Reloads,
+    /// Spool depth by route (routes that spool, or hold items).
+    #[serde(default)]
+    pub spool: Vec<SpoolDepth>,
 }
 
 /// Reload counters.

@@ -1,0 +1,184 @@
+//! Spooling a request: the body is read (at most `max_body`), stored durably through the
+//! spool's writer, and the client gets `202 Accepted` with the item's id, or the reason it
+//! was not stored: 413 (too large), 503 + `Retry-After` (store full, or unavailable). Never
+//! a 202 for an item that is not committed.
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::{
+    http::{RequestHeader, ResponseHeader},
+    prelude::*,
+    proxy::{FailToProxy, Session},
+};
+
+use super::{errors, headers::forward_headers, Ctx, Proxy};
+use crate::{
+    config::spec::SpoolSpec,
+    services::spool::{now_ms, store::NewItem, SpoolError, ID_HEADER},
+    state::table::Route,
+};
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and framing, not stored: the replay sets its own.
+const NOT_STORED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
+
+/// The route's spool settings if it spools this request's method.
+pub(super) fn spools<'a>(route: &'a Route, req: &RequestHeader) -> Option<&'a SpoolSpec> {
+    route.spec.spool.as_ref().filter(|s| s.spools(&req.method))
+}
+
+impl Proxy {
+    /// A request of a spooled route that ended without a backend (every one refused, or
+    /// the hold ran out while picking) and never reached one: spooled instead of `code`.
+    pub(super) async fn spool_failed(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        code: u16,
+    ) -> Option<FailToProxy> {
+        if ctx.connected || ctx.answered || !matches!(code, 502 | 503) {
+            return None;
+        }
+        let route = ctx.route.clone()?;
+        let spec = spools(&route, session.req_header())?;
+        let written = self.spool_request(session, &route, spec).await;
+        Some(FailToProxy {
+            error_code: if written.is_ok() { 202 } else { 0 },
+            can_reuse_downstream: false,
+        })
+    }
+
+    /// Store the request and answer; always `Ok(true)` once an answer was written.
+    pub(super) async fn spool_request(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        spec: &SpoolSpec,
+    ) -> Result<bool> {
+        let depth = &route.stats.spool;
+        if declared_length(session.req_header()).is_some_and(|n| n > spec.max_body) {
+            return too_large(session, spec).await;
+        }
+        if depth.total() >= spec.max_items {
+            let msg = format!("the spool of route {:?} is full ({} items)", route.name, spec.max_items);
+            tracing::warn!(route = %route.name, max_items = spec.max_items, "spool full; answering 503");
+            session.set_keepalive(None);
+            errors::respond(session, 503, "spool_full", &msg).await?;
+            return Ok(true);
+        }
+        let Some(body) = read_body(session, spec.max_body).await? else {
+            return too_large(session, spec).await;
+        };
+        let item = NewItem {
+            route: route.name.to_string(),
+            method: session.req_header().method.to_string(),
+            target: session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: stored_headers(session)?,
+            body,
+            created_ms: now_ms(),
+        };
+        let writing = depth.begin_write();
+        let written = self.spool.write(item).await;
+        drop(writing);
+        match written {
+            Ok(id) => accepted(session, &route.name, id).await,
+            Err(e) => {
+                let kind = match e {
+                    SpoolError::Busy => "spool_busy",
+                    SpoolError::Unavailable(_) => "spool_unavailable",
+                };
+                tracing::error!(route = %route.name, error = %e, "request not spooled; answering 503");
+                errors::respond(session, 503, kind, &format!("request not stored: {e}")).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The whole body, or `None` when it is longer than `max`.
+async fn read_body(session: &mut Session, max: u64) -> Result<Option<Bytes>> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if (buf.len() + chunk.len()) as u64 > max {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+async fn too_large(session: &mut Session, spec: &SpoolSpec) -> Result<bool> {
+    // The rest of the body is not read: the connection cannot carry another request.
+    session.set_keepalive(None);
+    let msg = format!("the body is larger than the spool's max_body ({} bytes)", spec.max_body);
+    errors::respond(session, 413, "body_too_large", &msg).await?;
+    Ok(true)
+}
+
+/// `name: value\r\n` lines as the backend would get them: X-Forwarded-* added, hop-by-hop
+/// headers and those named in `Connection` removed.
+fn stored_headers(session: &Session) -> Result<Vec<u8>> {
+    let mut up = session.req_header().clone();
+    forward_headers(session, &mut up)?;
+    let named: Vec<String> = up
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = Vec::with_capacity(512);
+    for (name, value) in up.headers.iter() {
+        let n = name.as_str();
+        if NOT_STORED.contains(&n) || named.iter().any(|c| c == n) {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(out)
+}
+
+/// `202 Accepted` with the id in a header and in the JSON body.
+async fn accepted(session: &mut Session, route: &str, id: i64) -> Result<bool> {
+    let body = crate::api::SpoolAccepted {
+        spooled: true,
+        id,
+        route: route.to_string(),
+        status: 202,
+    };
+    let mut v = serde_json::to_vec(&body).unwrap_or_default();
+    v.push(b'\n');
+    let mut resp = ResponseHeader::build(202, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, v.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(ID_HEADER, id.to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from(v)), true).await?;
+    Ok(true)
+}

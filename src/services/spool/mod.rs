@@ -1,0 +1,165 @@
+//! The durable spool: requests of a spooled route that find no backend are stored, answered
+//! `202`, and replayed in arrival order once a backend is back (also after a restart).
+//!
+//! - [`store`]: the embedded SQLite file or PostgreSQL (fleet), behind one `Store`.
+//! - [`writer`]: one task commits writes in groups (one fsync for all writes waiting) and
+//!   refreshes each route's depth from the store every second.
+//! - [`replay`]: per spooled route, `replay.concurrency` workers claim, send and settle
+//!   items; the supervisor follows reloads.
+//!
+//! Delivery is at least once: an item whose answer was lost (timeout, crash after sending)
+//! is sent again, with the same `Tidegate-Spool-Id` and a higher `Tidegate-Spool-Attempt`.
+
+pub mod replay;
+pub mod store;
+mod writer;
+
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use pingora::{server::ShutdownWatch, services::background::BackgroundService};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::state::AppState;
+use store::{NewItem, Store};
+
+/// Header carrying the item id, on the 202 and on every replay.
+pub const ID_HEADER: &str = "tidegate-spool-id";
+/// Header carrying the attempt number (1 = first) on every replay.
+pub const ATTEMPT_HEADER: &str = "tidegate-spool-attempt";
+
+/// Longest wait for a write to be committed before the client gets a 503.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Writes queued for the writer at most (beyond: 503, like a full store).
+const WRITE_QUEUE: usize = 4096;
+
+/// Why a request could not be spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool store is not available: {0}")]
+    Unavailable(String),
+    #[error("the spool's write queue is full")]
+    Busy,
+}
+
+/// One write waiting for its commit.
+struct WriteReq {
+    item: NewItem,
+    reply: oneshot::Sender<Result<i64, String>>,
+}
+
+/// The spool handle shared by the proxy, the admin API and the spool service.
+pub struct Spool {
+    pub state: Arc<AppState>,
+    store: OnceLock<Arc<Store>>,
+    /// Why the store is not open (yet), for errors and status.
+    open_error: Mutex<Option<String>>,
+    tx: mpsc::Sender<WriteReq>,
+    rx: Mutex<Option<mpsc::Receiver<WriteReq>>>,
+    /// Held by a commit and by a depth refresh: a refresh never reads the store between a
+    /// commit and its count, which would hide a fresh item from the order check.
+    commit: tokio::sync::Mutex<()>,
+}
+
+impl Spool {
+    /// A spool whose store the service opens when it starts.
+    pub fn new(state: Arc<AppState>) -> Arc<Spool> {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        Arc::new(Spool {
+            state,
+            store: OnceLock::new(),
+            open_error: Mutex::new(None),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            commit: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The open store, or why there is none.
+    pub fn store(&self) -> Result<&Arc<Store>, SpoolError> {
+        self.store.get().ok_or_else(|| {
+            let why = self
+                .open_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_else(|| "no spool_store is configured".into());
+            SpoolError::Unavailable(why)
+        })
+    }
+
+    /// Store one request durably; its id once committed.
+    pub async fn write(&self, item: NewItem) -> Result<i64, SpoolError> {
+        self.store()?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(WriteReq { item, reply })
+            .map_err(|_| SpoolError::Busy)?;
+        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+            Ok(Ok(Ok(id))) => Ok(id),
+            Ok(Ok(Err(e))) => Err(SpoolError::Unavailable(e)),
+            Ok(Err(_)) => Err(SpoolError::Unavailable("the spool writer stopped".into())),
+            Err(_) => Err(SpoolError::Unavailable(format!(
+                "no commit within {}s",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+impl Spool {
+    /// Read every route's depth from the store now (after an operator's change).
+    pub async fn refresh_now(&self) {
+        if let Ok(store) = self.store() {
+            writer::refresh(self, store).await;
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The spool service: opens the store, then runs the writer and the replay supervisor.
+pub struct SpoolService {
+    pub spool: Arc<Spool>,
+}
+
+#[async_trait]
+impl BackgroundService for SpoolService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let spool = &self.spool;
+        let Some(rx) = spool.rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let store = loop {
+            let cfg = spool.state.table().spec.spool_store.clone();
+            if let Some(cfg) = cfg {
+                match Store::open(&cfg).await {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open the spool store; retrying in 5s");
+                        if let Ok(mut slot) = spool.open_error.lock() {
+                            *slot = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        tracing::info!(store = store.kind(), "spool store open");
+        // Set once: this is the only place that sets it, and the service starts once.
+        let _ = spool.store.set(store.clone());
+        tokio::spawn(writer::run(spool.clone(), store.clone(), rx));
+        replay::supervise(spool.clone(), store, shutdown).await;
+    }
+}

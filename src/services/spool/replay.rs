@@ -1,0 +1,321 @@
+//! Replay: per spooled route, `replay.concurrency` workers take the next item (the oldest
+//! first; with concurrency 1 only ever the head, so order is strict), send it to a backend
+//! the route would pick, and settle it: 2xx → delivered and removed; 408, 429, 5xx, a
+//! connect failure or a timeout → tried again after a back-off; any other status, or
+//! `max_attempts` reached → dead, kept for an operator. A replayed request counts as
+//! in-flight on its backend, so a drain waits for it.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use pingora::server::ShutdownWatch;
+
+use super::{
+    now_ms,
+    store::{Claim, Finish, Item, Next, Store},
+    Spool, ATTEMPT_HEADER, ID_HEADER,
+};
+use crate::{
+    config::spec::ReplaySpec,
+    state::{table::Route, tracking::Tracking, AppState},
+};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// How often the supervisor looks at the table for spooled routes.
+const SUPERVISE: Duration = Duration::from_secs(1);
+/// Longest sleep of an idle worker before it looks again.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// What one attempt came to, before it is written to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// The backend answered with this status.
+    Status(u16),
+    /// No answer: connect failure, reset, timeout.
+    Failed(String),
+}
+
+/// Settle attempt number `attempt` (1-based) that ended as `sent`.
+pub fn settle(sent: &Sent, attempt: u32, replay: &ReplaySpec, now_ms: i64) -> Finish {
+    let (retryable, error, status) = match sent {
+        Sent::Status(s) if (200..300).contains(s) => return Finish::Delivered,
+        Sent::Status(s) => (
+            *s == 408 || *s == 429 || *s >= 500,
+            format!("backend answered {s}"),
+            Some(i64::from(*s)),
+        ),
+        Sent::Failed(e) => (true, e.clone(), None),
+    };
+    let attempts = i64::from(attempt);
+    if !retryable || attempt >= replay.max_attempts {
+        return Finish::Dead {
+            attempts,
+            error,
+            status,
+        };
+    }
+    Finish::Retry {
+        attempts,
+        next_ms: now_ms + replay.delay_after(attempt).as_millis() as i64,
+        error,
+        status,
+    }
+}
+
+/// Keep `replay.concurrency` workers per spooled route, following reloads, until shutdown.
+pub async fn supervise(spool: Arc<Spool>, store: Arc<Store>, mut shutdown: ShutdownWatch) {
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let summary = Arc::new(Mutex::new(HashMap::new()));
+    let mut running: HashMap<Arc<str>, (u32, Vec<tokio::task::JoinHandle<()>>)> = HashMap::new();
+    loop {
+        let table = spool.state.table_full();
+        let wanted: HashMap<Arc<str>, u32> = table
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), r.spec.spool.as_ref()?.replay.concurrency)))
+            .collect();
+        running.retain(|name, (n, tasks)| {
+            let keep = wanted.get(name) == Some(n);
+            if !keep {
+                tasks.iter().for_each(|t| t.abort());
+            }
+            keep
+        });
+        for (name, n) in wanted {
+            running.entry(name.clone()).or_insert_with(|| {
+                let w = Worker {
+                    state: spool.state.clone(),
+                    store: store.clone(),
+                    client: client.clone(),
+                    route: name,
+                    strict: n == 1,
+                    summary: summary.clone(),
+                };
+                let tasks = (0..n).map(|_| tokio::spawn(w.clone().run())).collect();
+                (n, tasks)
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SUPERVISE) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Items being sent finish (or stay pending); no new ones are taken.
+    for (_, (_, tasks)) in running {
+        tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+/// Delivered and dead items of a route since its spool was last empty.
+type Summary = Arc<Mutex<HashMap<Arc<str>, (u64, u64)>>>;
+
+#[derive(Clone)]
+struct Worker {
+    state: Arc<AppState>,
+    store: Arc<Store>,
+    client: HttpClient,
+    route: Arc<str>,
+    strict: bool,
+    summary: Summary,
+}
+
+impl Worker {
+    async fn run(self) {
+        let depth = self.state.stats.spool_depth(&self.route);
+        loop {
+            if depth.pending() == 0 {
+                self.log_empty();
+                let _ = tokio::time::timeout(IDLE, depth.committed.notified()).await;
+                continue;
+            }
+            let table = self.state.table_full();
+            let Some(route) = table.routes.iter().find(|r| r.name == self.route).cloned() else {
+                return;
+            };
+            let Some(replay) = route.spec.spool.as_ref().map(|s| s.replay.clone()) else {
+                return;
+            };
+            if route.pick_pool().is_none() {
+                // Nothing to send to: wait for a backend (health, undrain, reload).
+                let _ = tokio::time::timeout(IDLE, self.state.availability.notified()).await;
+                continue;
+            }
+            match self.store.claim(&self.route, self.strict, now_ms()).await {
+                Ok(Next::Item(claim)) => self.deliver(&route, &replay, claim).await,
+                Ok(Next::NotDue(at)) => {
+                    let wait = Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64);
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Next::Empty) => {
+                    self.log_empty();
+                    let _ = tokio::time::timeout(IDLE, depth.committed.notified()).await;
+                }
+                Ok(Next::Busy) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    tracing::warn!(route = %self.route, error = %e, "spool replay: store unavailable");
+                    tokio::time::sleep(IDLE).await;
+                }
+            }
+        }
+    }
+
+    /// Send one claimed item and record the outcome.
+    async fn deliver(&self, route: &Route, replay: &ReplaySpec, claim: Claim) {
+        let item = &claim.item;
+        let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
+        let sent = match route.pick_avoiding(&|_| false) {
+            Some((_, b)) if b.addr.is_some() => {
+                let addr = b.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+                let uri: http::Uri = item.target.parse().unwrap_or_default();
+                let _tracking = Tracking::new(b.state.clone(), route.name.clone(), uri, None);
+                self.send(item, addr, attempt, replay.timeout).await
+            }
+            _ => Sent::Failed("no backend available".into()),
+        };
+        let how = settle(&sent, attempt, replay, now_ms());
+        let (id, created) = (item.id, item.created_ms);
+        let result = match &how {
+            Finish::Delivered => "delivered",
+            Finish::Retry { .. } => "retry",
+            Finish::Dead { .. } => "dead",
+        };
+        if let Err(e) = self.store.finish(claim, &how).await {
+            tracing::warn!(route = %self.route, id, error = %e, "spool: could not record a replay; the item stays pending");
+            return;
+        }
+        self.state
+            .stats
+            .spool_replays
+            .with_label_values(&[&self.route, result])
+            .inc();
+        let depth = self.state.stats.spool_depth(&self.route);
+        if !matches!(how, Finish::Retry { .. }) {
+            depth.left_pending();
+            self.count(matches!(how, Finish::Dead { .. }));
+        }
+        let age_ms = now_ms() - created;
+        match &how {
+            Finish::Dead { error, .. } => {
+                tracing::warn!(route = %self.route, id, attempt, age_ms, error = %error, "spooled request is dead (kept for an operator)")
+            }
+            Finish::Retry { error, next_ms, .. } => {
+                tracing::info!(route = %self.route, id, attempt, retry_in_ms = next_ms - now_ms(), error = %error, "spooled request will be retried")
+            }
+            Finish::Delivered => {
+                tracing::info!(route = %self.route, id, attempt, age_ms, "spooled request delivered")
+            }
+        }
+    }
+
+    /// One HTTP exchange with the backend, the answer read to its end.
+    async fn send(&self, item: &Item, addr: SocketAddr, attempt: u32, timeout: Duration) -> Sent {
+        let req = match request(item, addr, attempt) {
+            Ok(r) => r,
+            Err(e) => return Sent::Failed(format!("stored request is invalid: {e}")),
+        };
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            resp.into_body().collect().await.map_err(|e| e.to_string())?;
+            Ok::<u16, String>(status)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(status)) => Sent::Status(status),
+            Ok(Err(e)) => Sent::Failed(e),
+            Err(_) => Sent::Failed(format!("no answer within {}s", timeout.as_secs_f64())),
+        }
+    }
+
+    fn count(&self, dead: bool) {
+        let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let e = s.entry(self.route.clone()).or_default();
+        if dead {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+
+    /// One line when a route's spool has become empty again.
+    fn log_empty(&self) {
+        let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((delivered, dead)) = s.remove(&self.route) {
+            tracing::info!(route = %self.route, delivered, dead, "spool is empty again");
+        }
+    }
+}
+
+/// The stored request as an HTTP request to `addr`, with the spool headers.
+fn request(
+    item: &Item,
+    addr: SocketAddr,
+    attempt: u32,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let method = http::Method::from_bytes(item.method.as_bytes()).map_err(|e| e.to_string())?;
+    let uri: http::Uri = format!("http://{addr}{}", item.target)
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let mut req = http::Request::builder().method(method).uri(uri);
+    for line in item.headers.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        req = req.header(name, value);
+    }
+    req.header(ID_HEADER, item.id)
+        .header(ATTEMPT_HEADER, attempt)
+        .body(Full::new(Bytes::from(item.body.clone())))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay() -> ReplaySpec {
+        ReplaySpec {
+            max_attempts: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3),
+            concurrency: 1,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn outcomes_follow_the_status() {
+        let r = replay();
+        assert_eq!(settle(&Sent::Status(204), 1, &r, 0), Finish::Delivered);
+        for s in [408, 429, 500, 503] {
+            assert!(matches!(settle(&Sent::Status(s), 1, &r, 0), Finish::Retry { next_ms: 1000, .. }), "{s}");
+        }
+        for s in [301, 400, 404, 422] {
+            assert!(matches!(settle(&Sent::Status(s), 1, &r, 0), Finish::Dead { .. }), "{s}");
+        }
+        let failed = Sent::Failed("refused".into());
+        assert!(matches!(settle(&failed, 2, &r, 0), Finish::Retry { next_ms: 2000, .. }));
+        assert!(matches!(settle(&failed, 3, &r, 0), Finish::Dead { attempts: 3, .. }));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let r = replay();
+        let d: Vec<u64> = (1..=5).map(|a| r.delay_after(a).as_secs()).collect();
+        assert_eq!(d, [1, 2, 3, 3, 3]);
+    }
+}

@@ -1,0 +1,273 @@
+//! The fleet store: PostgreSQL, shared by several proxies. An item is claimed with
+//! `FOR UPDATE SKIP LOCKED` inside a transaction that stays open while it is sent; the
+//! outcome is written in that transaction. A proxy that dies mid-replay drops its connection,
+//! the transaction rolls back and the item is pending again for another proxy. Strict order
+//! (`concurrency: 1`) adds a transaction-scoped advisory lock per route, so one worker in the
+//! whole fleet sends a route's head item at a time.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool, Postgres, Transaction,
+};
+use tokio::sync::OnceCell;
+
+use super::*;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tidegate_spool (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        route TEXT NOT NULL,
+        method TEXT NOT NULL,
+        target TEXT NOT NULL,
+        headers BYTEA NOT NULL,
+        body BYTEA NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts BIGINT NOT NULL DEFAULT 0,
+        created_ms BIGINT NOT NULL,
+        next_ms BIGINT NOT NULL,
+        last_error TEXT,
+        last_status BIGINT)",
+    "CREATE INDEX IF NOT EXISTS tidegate_spool_queue ON tidegate_spool (route, state, id)",
+];
+
+/// Columns of a listed item (PostgreSQL's `length` of a bytea is an int4).
+const PG_INFO_COLUMNS: &str = "id, route, method, target, state, attempts, created_ms, next_ms, \
+     last_error, last_status, octet_length(body)::bigint";
+
+/// Serializes schema creation across proxies starting together.
+const SCHEMA_LOCK: i64 = 0x7469_6465_6761_7465; // "tidegate"
+
+/// The PostgreSQL store.
+pub struct Pg {
+    pool: PgPool,
+    schema: OnceCell<()>,
+}
+
+impl Pg {
+    /// A lazily connecting pool: an unreachable database fails each use, not the start.
+    pub fn open(url: &str) -> Result<Pg, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError(format!("spool_store: invalid PostgreSQL URL: {e}")))?
+            .application_name("tidegate");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(opts);
+        Ok(Pg {
+            pool,
+            schema: OnceCell::new(),
+        })
+    }
+
+    /// The pool, once the table exists (created on first successful use).
+    async fn ready(&self) -> Result<&PgPool, StoreError> {
+        self.schema
+            .get_or_try_init(|| async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SCHEMA_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                for stmt in SCHEMA {
+                    sqlx::query(stmt).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok::<(), StoreError>(())
+            })
+            .await?;
+        Ok(&self.pool)
+    }
+
+    pub async fn insert(&self, items: &[NewItem]) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.ready().await?.begin().await?;
+        let mut ids = Vec::with_capacity(items.len());
+        for it in items {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO tidegate_spool (route, method, target, headers, body, created_ms, next_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+            )
+            .bind(&it.route)
+            .bind(&it.method)
+            .bind(&it.target)
+            .bind(&it.headers)
+            .bind(&it.body[..])
+            .bind(it.created_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        // PostgreSQL's default synchronous_commit: the commit returns once the WAL is flushed.
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub async fn claim(&self, route: &str, strict: bool, now_ms: i64) -> Result<Next, StoreError> {
+        let mut tx = self.ready().await?.begin().await?;
+        if strict {
+            let (got,): (bool,) =
+                sqlx::query_as("SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1))")
+                    .bind(route)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !got {
+                return Ok(Next::Busy);
+            }
+            let row: Option<ItemRow> = sqlx::query_as(&format!(
+                "SELECT {ITEM_COLUMNS} FROM tidegate_spool
+                 WHERE route = $1 AND state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE"
+            ))
+            .bind(route)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Ok(match row {
+                None => Next::Empty,
+                Some(r) if r.8 > now_ms => Next::NotDue(r.8),
+                Some(r) => claimed(r, tx),
+            });
+        }
+        let row: Option<ItemRow> = sqlx::query_as(&format!(
+            "SELECT {ITEM_COLUMNS} FROM tidegate_spool
+             WHERE route = $1 AND state = 'pending' AND next_ms <= $2
+             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(route)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = row {
+            return Ok(claimed(r, tx));
+        }
+        let (due,): (Option<i64>,) = sqlx::query_as(
+            "SELECT min(next_ms) FROM tidegate_spool WHERE route = $1 AND state = 'pending'",
+        )
+        .bind(route)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(match due {
+            Some(d) if d > now_ms => Next::NotDue(d),
+            Some(_) => Next::Busy,
+            None => Next::Empty,
+        })
+    }
+
+    pub async fn finish(
+        mut tx: Transaction<'static, Postgres>,
+        id: i64,
+        how: &Finish,
+    ) -> Result<(), StoreError> {
+        let q = match how {
+            Finish::Delivered => sqlx::query("DELETE FROM tidegate_spool WHERE id = $1").bind(id),
+            Finish::Retry {
+                attempts,
+                next_ms,
+                error,
+                status,
+            } => sqlx::query(
+                "UPDATE tidegate_spool SET attempts = $2, next_ms = $3, last_error = $4, last_status = $5
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(*attempts)
+            .bind(*next_ms)
+            .bind(error.clone())
+            .bind(*status),
+            Finish::Dead {
+                attempts,
+                error,
+                status,
+            } => sqlx::query(
+                "UPDATE tidegate_spool SET state = 'dead', attempts = $2, last_error = $3, last_status = $4
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(*attempts)
+            .bind(error.clone())
+            .bind(*status),
+        };
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn counts(&self) -> Result<Vec<RouteCounts>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT route, state, count(*), min(created_ms) FROM tidegate_spool GROUP BY route, state",
+        )
+        .fetch_all(self.ready().await?)
+        .await?;
+        Ok(super::sqlite::fold_counts(rows))
+    }
+
+    pub async fn list(&self, sel: Select<'_>, limit: i64) -> Result<(Vec<ItemInfo>, i64), StoreError> {
+        let pool = self.ready().await?;
+        let (cond, binds) = where_clause(&sel, 1);
+        let sql = format!(
+            "SELECT {PG_INFO_COLUMNS} FROM tidegate_spool WHERE {cond} ORDER BY id LIMIT {limit}"
+        );
+        let mut q = sqlx::query_as::<_, InfoRow>(&sql);
+        for b in &binds {
+            q = match b {
+                Bind::Int(i) => q.bind(*i),
+                Bind::Text(t) => q.bind(t.clone()),
+            };
+        }
+        let rows = q.fetch_all(pool).await?;
+        let sql = format!("SELECT count(*) FROM tidegate_spool WHERE {cond}");
+        let mut q = sqlx::query_as::<_, (i64,)>(&sql);
+        for b in &binds {
+            q = match b {
+                Bind::Int(i) => q.bind(*i),
+                Bind::Text(t) => q.bind(t.clone()),
+            };
+        }
+        let (total,) = q.fetch_one(pool).await?;
+        Ok((rows.into_iter().map(info).collect(), total))
+    }
+
+    pub async fn revive(&self, sel: Select<'_>, now_ms: i64) -> Result<u64, StoreError> {
+        let pool = self.ready().await?;
+        let sel = Select {
+            state: Some("dead"),
+            ..sel
+        };
+        let (cond, binds) = where_clause(&sel, 2);
+        let sql = format!(
+            "UPDATE tidegate_spool SET state = 'pending', attempts = 0, next_ms = $1 WHERE {cond}"
+        );
+        let mut q = sqlx::query(&sql).bind(now_ms);
+        for b in binds {
+            q = match b {
+                Bind::Int(i) => q.bind(i),
+                Bind::Text(t) => q.bind(t),
+            };
+        }
+        Ok(q.execute(pool).await?.rows_affected())
+    }
+
+    pub async fn delete(&self, sel: Select<'_>) -> Result<u64, StoreError> {
+        let pool = self.ready().await?;
+        let (cond, binds) = where_clause(&sel, 1);
+        // Rows locked by a replay in flight (here or on another proxy) are skipped.
+        let sql = format!(
+            "DELETE FROM tidegate_spool WHERE id IN
+             (SELECT id FROM tidegate_spool WHERE {cond} FOR UPDATE SKIP LOCKED)"
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Int(i) => q.bind(i),
+                Bind::Text(t) => q.bind(t),
+            };
+        }
+        Ok(q.execute(pool).await?.rows_affected())
+    }
+}
+
+fn claimed(r: ItemRow, tx: Transaction<'static, Postgres>) -> Next {
+    Next::Item(Claim {
+        item: item(r),
+        hold: Hold::Postgres(Box::new(tx)),
+    })
+}
