@@ -127,7 +127,10 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/v1/routes/{route}/rollback", post(deploy::rollback))
         .route("/api/v1/spool", get(spool::list).delete(spool::purge))
         .route("/api/v1/spool/retry", post(spool::retry_all))
-        .route("/api/v1/spool/{id}", axum::routing::delete(spool::delete_one))
+        .route(
+            "/api/v1/spool/{id}",
+            axum::routing::delete(spool::delete_one),
+        )
         .route("/api/v1/spool/{id}/retry", post(spool::retry_one))
         .route(
             "/api/v1/maintenance",

@@ -156,7 +156,11 @@ pub async fn retry_all(State(spool): Sp, b: Bytes) -> Result<Response, ApiError>
         .revive(sel, now_ms())
         .await
         .map_err(store_error)?;
-    tracing::info!(route = req.route.as_deref(), items = n, "dead spooled items queued again by an operator");
+    tracing::info!(
+        route = req.route.as_deref(),
+        items = n,
+        "dead spooled items queued again by an operator"
+    );
     changed(&spool, n).await
 }
 
@@ -197,7 +201,12 @@ pub async fn purge(
         state: Some(st),
     };
     let n = store(&spool)?.delete(sel).await.map_err(store_error)?;
-    tracing::warn!(route = q.route.as_deref(), state = st, items = n, "spooled items purged by an operator");
+    tracing::warn!(
+        route = q.route.as_deref(),
+        state = st,
+        items = n,
+        "spooled items purged by an operator"
+    );
     changed(&spool, n).await
 }
 

@@ -109,7 +109,10 @@ fn print_list(admin: &Admin, list: &SpoolList, named: bool) {
         let age = d
             .oldest_pending_seconds
             .map_or(String::new(), |s| format!(", oldest {s:.1}s"));
-        println!("route {}: {} pending, {} dead{age}", d.route, d.pending, d.dead);
+        println!(
+            "route {}: {} pending, {} dead{age}",
+            d.route, d.pending, d.dead
+        );
     }
     if list.items.is_empty() {
         println!("no items");
@@ -133,6 +136,10 @@ fn print_list(admin: &Admin, list: &SpoolList, named: bool) {
         );
     }
     if list.total > list.items.len() as u64 {
-        println!("… {} of {} shown (oldest first; --limit for more)", list.items.len(), list.total);
+        println!(
+            "… {} of {} shown (oldest first; --limit for more)",
+            list.items.len(),
+            list.total
+        );
     }
 }

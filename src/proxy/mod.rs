@@ -72,6 +72,8 @@ pub struct Ctx {
     answered: bool,
     /// A connection to a backend was made (the request body may have been read).
     connected: bool,
+    /// The request was spooled after its attempts failed (its error is not one to log).
+    spooled: bool,
     /// When holding must give up (set on first hold).
     hold_deadline: Option<tokio::time::Instant>,
     upgrade: bool,
@@ -216,6 +218,7 @@ impl ProxyHttp for Proxy {
             attempts: 0,
             answered: false,
             connected: false,
+            spooled: false,
             hold_deadline: None,
             upgrade: false,
             started: Instant::now(),
@@ -421,6 +424,10 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        ctx.spooled
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -42,18 +42,34 @@ impl Proxy {
     pub(super) async fn spool_failed(
         &self,
         session: &mut Session,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         code: u16,
     ) -> Option<FailToProxy> {
-        if ctx.connected || ctx.answered || !matches!(code, 502 | 503) {
+        if ctx.answered || !matches!(code, 502 | 503) {
             return None;
         }
         let route = ctx.route.clone()?;
         let spec = spools(&route, session.req_header())?;
-        let written = self.spool_request(session, &route, spec).await;
+        // After a connection that died, the body read so far is in pingora's retry buffer
+        // (64 KiB); beyond that it is gone and the request cannot be stored whole.
+        let prefix = if ctx.connected {
+            if session.as_ref().retry_buffer_truncated() {
+                return None;
+            }
+            session.as_ref().get_retry_buffer().unwrap_or_default()
+        } else {
+            Bytes::new()
+        };
+        ctx.spooled = true;
+        // pingora does not reuse a client connection after a failed proxy attempt (it ignores
+        // `can_reuse_downstream` there): say so in the answer.
+        session.set_keepalive(None);
+        let written = self.spool_body(session, &route, spec, prefix).await;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         Some(FailToProxy {
-            error_code: if written.is_ok() { 202 } else { 0 },
-            can_reuse_downstream: false,
+            error_code: status,
+            // The body was read whole and the answer written: the connection is clean.
+            can_reuse_downstream: written.is_ok() && status == 202,
         })
     }
 
@@ -64,18 +80,33 @@ impl Proxy {
         route: &Route,
         spec: &SpoolSpec,
     ) -> Result<bool> {
+        self.spool_body(session, route, spec, Bytes::new()).await
+    }
+
+    /// [`Self::spool_request`] for a request whose first body bytes, `prefix`, were read
+    /// already.
+    async fn spool_body(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        spec: &SpoolSpec,
+        prefix: Bytes,
+    ) -> Result<bool> {
         let depth = &route.stats.spool;
         if declared_length(session.req_header()).is_some_and(|n| n > spec.max_body) {
             return too_large(session, spec).await;
         }
         if depth.total() >= spec.max_items {
-            let msg = format!("the spool of route {:?} is full ({} items)", route.name, spec.max_items);
+            let msg = format!(
+                "the spool of route {:?} is full ({} items)",
+                route.name, spec.max_items
+            );
             tracing::warn!(route = %route.name, max_items = spec.max_items, "spool full; answering 503");
             session.set_keepalive(None);
             errors::respond(session, 503, "spool_full", &msg).await?;
             return Ok(true);
         }
-        let Some(body) = read_body(session, spec.max_body).await? else {
+        let Some(body) = read_body(session, prefix, spec.max_body).await? else {
             return too_large(session, spec).await;
         };
         let item = NewItem {
@@ -117,8 +148,11 @@ fn declared_length(req: &RequestHeader) -> Option<u64> {
 }
 
 /// The whole body, or `None` when it is longer than `max`.
-async fn read_body(session: &mut Session, max: u64) -> Result<Option<Bytes>> {
-    let mut buf = BytesMut::new();
+async fn read_body(session: &mut Session, prefix: Bytes, max: u64) -> Result<Option<Bytes>> {
+    if prefix.len() as u64 > max {
+        return Ok(None);
+    }
+    let mut buf = BytesMut::from(&prefix[..]);
     while let Some(chunk) = session.read_request_body().await? {
         if (buf.len() + chunk.len()) as u64 > max {
             return Ok(None);
@@ -131,7 +165,10 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Option<Bytes>> {
 async fn too_large(session: &mut Session, spec: &SpoolSpec) -> Result<bool> {
     // The rest of the body is not read: the connection cannot carry another request.
     session.set_keepalive(None);
-    let msg = format!("the body is larger than the spool's max_body ({} bytes)", spec.max_body);
+    let msg = format!(
+        "the body is larger than the spool's max_body ({} bytes)",
+        spec.max_body
+    );
     errors::respond(session, 413, "body_too_large", &msg).await?;
     Ok(true)
 }
@@ -179,6 +216,8 @@ async fn accepted(session: &mut Session, route: &str, id: i64) -> Result<bool> {
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header(ID_HEADER, id.to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(v)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(v)), true)
+        .await?;
     Ok(true)
 }

@@ -68,9 +68,9 @@ impl SpoolDepth {
     /// A write committed the item created at `created_ms`.
     pub fn committed(&self, created_ms: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        let _ = self
-            .oldest_ms
-            .compare_exchange(0, created_ms, Ordering::Relaxed, Ordering::Relaxed);
+        let _ =
+            self.oldest_ms
+                .compare_exchange(0, created_ms, Ordering::Relaxed, Ordering::Relaxed);
         self.committed.notify_waiters();
         self.committed.notify_one();
     }
@@ -80,6 +80,12 @@ impl SpoolDepth {
         let _ = self
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// A pending item died (kept for an operator).
+    pub fn died(&self) {
+        self.left_pending();
+        self.dead.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Replace the counts with the store's.

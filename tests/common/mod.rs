@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod postgres;
+pub mod recorder;
 
 use std::{
     net::SocketAddr,
@@ -133,6 +135,28 @@ impl Tidegate {
     pub async fn restart(&mut self) {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(20)).await;
+        let logf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Command::new(binary())
+            .arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .env("TIDEGATE_LOG", "info")
+            .stdout(logf.try_clone().expect("log clone"))
+            .stderr(logf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("respawn tidegate");
+        self.wait_ready().await;
+    }
+
+    /// SIGKILL, then start again on the same ports, config and log file (appended), and
+    /// wait for readiness: a crash and a supervisor's restart.
+    pub async fn kill9_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let logf = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)

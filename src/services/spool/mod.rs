@@ -93,7 +93,13 @@ impl Spool {
 
     /// Store one request durably; its id once committed.
     pub async fn write(&self, item: NewItem) -> Result<i64, SpoolError> {
-        self.store()?;
+        if self.store.get().is_none() {
+            // Opening failed: say why at once. Otherwise the store is being opened (the
+            // first seconds of the process): the write waits for it.
+            if let Some(why) = self.open_error.lock().ok().and_then(|e| e.clone()) {
+                return Err(SpoolError::Unavailable(why));
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(WriteReq { item, reply })

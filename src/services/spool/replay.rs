@@ -178,7 +178,9 @@ impl Worker {
         let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
         let sent = match route.pick_avoiding(&|_| false) {
             Some((_, b)) if b.addr.is_some() => {
-                let addr = b.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+                let addr = b
+                    .addr
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
                 let uri: http::Uri = item.target.parse().unwrap_or_default();
                 let _tracking = Tracking::new(b.state.clone(), route.name.clone(), uri, None);
                 self.send(item, addr, attempt, replay.timeout).await
@@ -202,8 +204,12 @@ impl Worker {
             .with_label_values(&[&self.route, result])
             .inc();
         let depth = self.state.stats.spool_depth(&self.route);
+        match how {
+            Finish::Delivered => depth.left_pending(),
+            Finish::Dead { .. } => depth.died(),
+            Finish::Retry { .. } => {}
+        }
         if !matches!(how, Finish::Retry { .. }) {
-            depth.left_pending();
             self.count(matches!(how, Finish::Dead { .. }));
         }
         let age_ms = now_ms() - created;
@@ -229,7 +235,10 @@ impl Worker {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            resp.into_body().collect().await.map_err(|e| e.to_string())?;
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<u16, String>(status)
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -302,14 +311,29 @@ mod tests {
         let r = replay();
         assert_eq!(settle(&Sent::Status(204), 1, &r, 0), Finish::Delivered);
         for s in [408, 429, 500, 503] {
-            assert!(matches!(settle(&Sent::Status(s), 1, &r, 0), Finish::Retry { next_ms: 1000, .. }), "{s}");
+            assert!(
+                matches!(
+                    settle(&Sent::Status(s), 1, &r, 0),
+                    Finish::Retry { next_ms: 1000, .. }
+                ),
+                "{s}"
+            );
         }
         for s in [301, 400, 404, 422] {
-            assert!(matches!(settle(&Sent::Status(s), 1, &r, 0), Finish::Dead { .. }), "{s}");
+            assert!(
+                matches!(settle(&Sent::Status(s), 1, &r, 0), Finish::Dead { .. }),
+                "{s}"
+            );
         }
         let failed = Sent::Failed("refused".into());
-        assert!(matches!(settle(&failed, 2, &r, 0), Finish::Retry { next_ms: 2000, .. }));
-        assert!(matches!(settle(&failed, 3, &r, 0), Finish::Dead { attempts: 3, .. }));
+        assert!(matches!(
+            settle(&failed, 2, &r, 0),
+            Finish::Retry { next_ms: 2000, .. }
+        ));
+        assert!(matches!(
+            settle(&failed, 3, &r, 0),
+            Finish::Dead { attempts: 3, .. }
+        ));
     }
 
     #[test]

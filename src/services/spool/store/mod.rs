@@ -72,7 +72,21 @@ type InfoRow = (
     i64,
 );
 
-fn info((id, route, method, target, state, attempts, created_ms, next_ms, last_error, last_status, body_bytes): InfoRow) -> ItemInfo {
+fn info(
+    (
+        id,
+        route,
+        method,
+        target,
+        state,
+        attempts,
+        created_ms,
+        next_ms,
+        last_error,
+        last_status,
+        body_bytes,
+    ): InfoRow,
+) -> ItemInfo {
     ItemInfo {
         id,
         route,
@@ -235,7 +249,11 @@ impl Store {
     }
 
     /// Items matching `sel`, oldest first, at most `limit`; and how many match in all.
-    pub async fn list(&self, sel: Select<'_>, limit: i64) -> Result<(Vec<ItemInfo>, i64), StoreError> {
+    pub async fn list(
+        &self,
+        sel: Select<'_>,
+        limit: i64,
+    ) -> Result<(Vec<ItemInfo>, i64), StoreError> {
         match self {
             Store::Sqlite(s) => s.list(sel, limit).await,
             Store::Postgres(p) => p.list(sel, limit).await,

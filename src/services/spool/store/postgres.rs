@@ -106,11 +106,12 @@ impl Pg {
     pub async fn claim(&self, route: &str, strict: bool, now_ms: i64) -> Result<Next, StoreError> {
         let mut tx = self.ready().await?.begin().await?;
         if strict {
-            let (got,): (bool,) =
-                sqlx::query_as("SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1))")
-                    .bind(route)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let (got,): (bool,) = sqlx::query_as(
+                "SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1))",
+            )
+            .bind(route)
+            .fetch_one(&mut *tx)
+            .await?;
             if !got {
                 return Ok(Next::Busy);
             }
@@ -200,7 +201,11 @@ impl Pg {
         Ok(super::sqlite::fold_counts(rows))
     }
 
-    pub async fn list(&self, sel: Select<'_>, limit: i64) -> Result<(Vec<ItemInfo>, i64), StoreError> {
+    pub async fn list(
+        &self,
+        sel: Select<'_>,
+        limit: i64,
+    ) -> Result<(Vec<ItemInfo>, i64), StoreError> {
         let pool = self.ready().await?;
         let (cond, binds) = where_clause(&sel, 1);
         let sql = format!(

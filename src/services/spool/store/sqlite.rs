@@ -111,7 +111,11 @@ impl Sqlite {
 
     pub async fn claim(&self, route: &str, strict: bool, now_ms: i64) -> Result<Next, StoreError> {
         // Candidates: the head only (strict), or enough due items to pass the claimed ones.
-        let skip = if strict { 0 } else { lock(&self.claimed).len() as i64 };
+        let skip = if strict {
+            0
+        } else {
+            lock(&self.claimed).len() as i64
+        };
         // Strict: the head whatever its due time; otherwise due items only.
         let due_by = if strict { i64::MAX } else { now_ms };
         let rows: Vec<ItemRow> = sqlx::query_as(&format!(
@@ -188,7 +192,11 @@ impl Sqlite {
         Ok(fold_counts(rows))
     }
 
-    pub async fn list(&self, sel: Select<'_>, limit: i64) -> Result<(Vec<ItemInfo>, i64), StoreError> {
+    pub async fn list(
+        &self,
+        sel: Select<'_>,
+        limit: i64,
+    ) -> Result<(Vec<ItemInfo>, i64), StoreError> {
         let (cond, binds) = where_clause(&sel, 1);
         let sql = format!(
             "SELECT {INFO_COLUMNS} FROM tidegate_spool WHERE {cond} ORDER BY id LIMIT {limit}"
