@@ -186,12 +186,7 @@ async fn a_thousand_items_from_concurrent_senders_arrive_in_order() {
         let (who, i) = s.body.split_once(':').expect("body");
         assert!(who.parse::<usize>().unwrap() < senders && i.parse::<usize>().unwrap() < per);
     }
-    assert_eq!(
-        rec.shared
-            .overlaps
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert!(rec.shared.overlaps.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -232,13 +227,17 @@ async fn failures_are_retried_with_backoff_and_4xx_is_dead_until_an_operator_ret
     rec.listen().await;
     let dead = wait_for("a dead item", Duration::from_secs(10), || async {
         let l = spool_list(&tg, "?state=dead").await;
-        (l["total"] == 1).then_some(l)
+        (l["items"].as_array().map(Vec::len) == Some(1)).then_some(l)
     })
     .await;
     let item = &dead["items"][0];
     assert_eq!(item["id"], id);
     assert_eq!(item["last_status"], 400);
-    assert_eq!(item["attempts"], 1);
+    // A 400 is final: the app saw the item once (an attempt before it listened again may
+    // have failed to connect and been retried).
+    let sent = rec.seen().iter().filter(|s| s.spool_id() == id).count();
+    assert_eq!(sent, 1);
+    assert!(item["attempts"].as_u64().unwrap() >= 1);
     assert_eq!(item["path"], "/hooks/b");
     let h = get(&tg.admin_url("/health")).await.unwrap().json();
     assert_eq!(h["status"], "degraded", "{h}");

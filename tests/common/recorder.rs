@@ -55,7 +55,8 @@ pub struct Shared {
     pub delay_ms: AtomicU64,
     /// Spool ids being answered right now; a second concurrent one is a violation.
     pub in_flight: Mutex<HashSet<i64>>,
-    pub overlaps: AtomicU64,
+    /// Ids that arrived while the same id was being answered.
+    pub overlaps: Mutex<Vec<i64>>,
 }
 
 pub struct Recorder {
@@ -154,7 +155,7 @@ async fn answer(
     };
     let id = seen.spool_id();
     if id >= 0 && !shared.in_flight.lock().unwrap().insert(id) {
-        shared.overlaps.fetch_add(1, Ordering::SeqCst);
+        shared.overlaps.lock().unwrap().push(id);
     }
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
@@ -163,7 +164,7 @@ async fn answer(
     let scripted = shared.script.lock().unwrap().pop_front();
     let status = scripted.unwrap_or_else(|| shared.status.load(Ordering::SeqCst));
     shared.seen.lock().unwrap().push(seen);
-    if id >= 0 {
+    if id >= 0 && !shared.overlaps.lock().unwrap().contains(&id) {
         shared.in_flight.lock().unwrap().remove(&id);
     }
     let resp = Response::builder()

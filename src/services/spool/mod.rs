@@ -15,7 +15,7 @@ pub mod store;
 mod writer;
 
 use std::{
-    sync::{Arc, Mutex, OnceLock},
+    sync::{atomic::AtomicU64, Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -59,9 +59,9 @@ pub struct Spool {
     open_error: Mutex<Option<String>>,
     tx: mpsc::Sender<WriteReq>,
     rx: Mutex<Option<mpsc::Receiver<WriteReq>>>,
-    /// Held by a commit and by a depth refresh: a refresh never reads the store between a
-    /// commit and its count, which would hide a fresh item from the order check.
-    commit: tokio::sync::Mutex<()>,
+    /// Bumped before and after every commit (odd = a commit under way): a depth refresh
+    /// that saw it move is dropped.
+    commits: AtomicU64,
 }
 
 impl Spool {
@@ -74,7 +74,7 @@ impl Spool {
             open_error: Mutex::new(None),
             tx,
             rx: Mutex::new(Some(rx)),
-            commit: tokio::sync::Mutex::new(()),
+            commits: AtomicU64::new(0),
         })
     }
 
@@ -166,6 +166,7 @@ impl BackgroundService for SpoolService {
         // Set once: this is the only place that sets it, and the service starts once.
         let _ = spool.store.set(store.clone());
         tokio::spawn(writer::run(spool.clone(), store.clone(), rx));
+        tokio::spawn(writer::refresher(spool.clone(), store.clone()));
         replay::supervise(spool.clone(), store, shutdown).await;
     }
 }

@@ -53,7 +53,7 @@ impl Pg {
             .application_name("tidegate");
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_secs(2))
             .connect_lazy_with(opts);
         Ok(Pg {
             pool,
