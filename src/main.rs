@@ -139,7 +139,6 @@ fn fleet(c: &ClientOpts) -> Result<Vec<client::Admin>, ClientError> {
     client::fleet(&c.admin, c.token_file.as_deref())
 }
 
-// Long: one arm per client verb, mapping its arguments.
 /// `tidegate spool …`.
 async fn spool(action: SpoolAction) -> Result<u8, ClientError> {
     let (verb, c) = match action {
@@ -169,6 +168,7 @@ async fn spool(action: SpoolAction) -> Result<u8, ClientError> {
     client::spool(&fleet(&c)?, verb, c.json).await
 }
 
+// Long: one arm per client verb, mapping its arguments.
 async fn run_verb(verb: Command) -> Result<u8, ClientError> {
     match verb {
         Command::Status { client } => client::status(&fleet(&client)?, client.json).await,

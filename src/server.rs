@@ -211,6 +211,18 @@ fn build_server(
         }
         server.add_service(svc);
     }
+    add_background(&mut server, state, admin_listener, spool);
+    Ok(server)
+}
+
+/// The background services: admin API, control, health checks, drains, resolver, spool and
+/// the shutdown watcher.
+fn add_background(
+    server: &mut Server,
+    state: &Arc<AppState>,
+    admin_listener: StdTcpListener,
+    spool: Arc<Spool>,
+) {
     let ctx = admin::Ctx {
         spool: spool.clone(),
         state: state.clone(),
@@ -233,7 +245,6 @@ fn build_server(
         "shutdown",
         ShutdownWatcher { state: st() },
     ));
-    Ok(server)
 }
 
 /// Fork into the background (the parent exits 0), start a new session, write the pid file.

@@ -88,6 +88,7 @@ impl FromRef<Ctx> for Arc<Metrics> {
 }
 
 /// The admin API's route table.
+// Long: the route table reads as one list, like the endpoint table above.
 pub fn router(ctx: Ctx) -> Router {
     let state = ctx.state.clone();
     let pool = "/api/v1/pools/{pool}";

@@ -148,3 +148,40 @@ fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
         ))
     }
 }
+
+/// `match.methods`: absent = every method; listed ones must be real method tokens.
+fn build_methods(
+    path: &str,
+    methods: &Option<Vec<String>>,
+) -> Result<Option<Vec<http::Method>>, ConfigError> {
+    let methods = match methods {
+        None => None,
+        Some(ms) if ms.is_empty() => {
+            return Err(ConfigError::Empty {
+                path: format!("{path}.methods"),
+                what: "omit methods to match every method",
+            })
+        }
+        Some(ms) => Some(
+            ms.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let up = s.to_ascii_uppercase();
+                    if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return Err(invalid(
+                            format!("{path}.methods[{i}]"),
+                            format!("invalid method {s:?}"),
+                        ));
+                    }
+                    http::Method::from_bytes(up.as_bytes()).map_err(|_| {
+                        invalid(
+                            format!("{path}.methods[{i}]"),
+                            format!("invalid method {s:?}"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(methods)
+}

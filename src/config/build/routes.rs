@@ -1,7 +1,7 @@
 //! Routes: matches (host patterns, path prefixes, methods), splits over pools, hold and
 //! retry settings, and the router built from them.
 
-use super::*;
+use super::{spool::build_spool, *};
 
 type Routes = (Vec<Arc<RouteSpec>>, Router);
 
@@ -32,11 +32,7 @@ pub(super) fn build_routes(
             ));
         }
         let m = build_match(&format!("{path}.match"), &r.matcher)?;
-        let method_key = m.methods.as_ref().map(|ms| {
-            let mut v: Vec<String> = ms.iter().map(|m| m.to_string()).collect();
-            v.sort();
-            v
-        });
+        let method_key = sorted_methods(&m);
         check_unique_match(&path, i, r, &method_key, &mut keys)?;
         let split = build_split(&path, &r.split, pools)?;
         if split.iter().all(|(_, w)| *w == 0) {
@@ -46,10 +42,10 @@ pub(super) fn build_routes(
             ));
         }
         check_limits(&path, r)?;
-        let spool = match &r.spool {
-            Some(f) => Some(super::spool::build_spool(&format!("{path}.spool"), f)?),
-            None => None,
-        };
+        let spool = r
+            .spool
+            .as_ref()
+            .map(|f| build_spool(&format!("{path}.spool"), f));
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
@@ -58,7 +54,7 @@ pub(super) fn build_routes(
             split,
             retries: r.retries,
             retry_sent: retry_sent(r.retry_sent),
-            spool,
+            spool: spool.transpose()?,
             hold: Hold {
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,
@@ -67,6 +63,15 @@ pub(super) fn build_routes(
         matches.push(m);
     }
     Ok((routes, Router::new(&matches)))
+}
+
+/// The match's methods as sorted strings (the key of a unique match).
+fn sorted_methods(m: &RouteMatch) -> Option<Vec<String>> {
+    m.methods.as_ref().map(|ms| {
+        let mut v: Vec<String> = ms.iter().map(|m| m.to_string()).collect();
+        v.sort();
+        v
+    })
 }
 
 fn retry_sent(f: FileRetrySent) -> RetrySent {
@@ -198,41 +203,4 @@ fn build_match(path: &str, m: &FileMatch) -> Result<RouteMatch, ConfigError> {
         path_prefix: m.path_prefix.clone(),
         methods,
     })
-}
-
-/// `match.methods`: absent = every method; listed ones must be real method tokens.
-pub(super) fn build_methods(
-    path: &str,
-    methods: &Option<Vec<String>>,
-) -> Result<Option<Vec<http::Method>>, ConfigError> {
-    let methods = match methods {
-        None => None,
-        Some(ms) if ms.is_empty() => {
-            return Err(ConfigError::Empty {
-                path: format!("{path}.methods"),
-                what: "omit methods to match every method",
-            })
-        }
-        Some(ms) => Some(
-            ms.iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let up = s.to_ascii_uppercase();
-                    if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
-                        return Err(invalid(
-                            format!("{path}.methods[{i}]"),
-                            format!("invalid method {s:?}"),
-                        ));
-                    }
-                    http::Method::from_bytes(up.as_bytes()).map_err(|_| {
-                        invalid(
-                            format!("{path}.methods[{i}]"),
-                            format!("invalid method {s:?}"),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-    };
-    Ok(methods)
 }

@@ -9,7 +9,7 @@ const MAX_ITEMS_LIMIT: u64 = 100_000_000;
 
 /// `routes[i].spool`.
 pub(super) fn build_spool(path: &str, f: &FileSpool) -> Result<SpoolSpec, ConfigError> {
-    let methods = super::routes::build_methods(path, &Some(f.methods.clone()))?.unwrap_or_default();
+    let methods = super::build_methods(path, &Some(f.methods.clone()))?.unwrap_or_default();
     let range = |key: &str, v: u64, min: i64, max: u64| {
         if v < min as u64 || v > max {
             Err(ConfigError::OutOfRange {
@@ -99,6 +99,15 @@ pub(super) fn build_store(
         }
         return Ok(Some(SpoolStore::Embedded(p.clone())));
     }
+    postgres_url(s, env, warnings).map(Some)
+}
+
+/// `spool_store.postgres`, `postgres_env` or `postgres_file` (exactly one is set).
+fn postgres_url(
+    s: &FileSpoolStore,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<SpoolStore, ConfigError> {
     let (key, url) = if let Some(u) = &s.postgres {
         if has_password(u) {
             warnings.push("spool_store.postgres: the URL holds a password; prefer postgres_env or postgres_file".into());
@@ -126,7 +135,7 @@ pub(super) fn build_store(
         // Never echo the value: it may hold a password.
         return Err(invalid(key, "must be a postgres:// or postgresql:// URL"));
     }
-    Ok(Some(SpoolStore::Postgres(Secret(url))))
+    Ok(SpoolStore::Postgres(Secret(url)))
 }
 
 /// Whether a URL's user info carries a password (`postgres://user:pw@host`).
