@@ -202,13 +202,20 @@ async fn failures_are_retried_with_backoff_and_4xx_is_dead_until_an_operator_ret
     rec.fail_next(500, 1);
     rec.fail_next(503, 1);
     rec.listen().await;
-    let seen = wait_seen(&rec, 3, Duration::from_secs(10)).await;
-    let attempts: Vec<String> = seen
+    // The app is up, but "one" still waits: a new request queues behind it (order).
+    let r = post(&tg.url("/hooks/a"), &[], "later").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let seen = wait_seen(&rec, 4, Duration::from_secs(10)).await;
+    let attempts: Vec<(String, String)> = seen
         .iter()
-        .map(|s| s.header("tidegate-spool-attempt"))
+        .map(|s| (s.body.clone(), s.header("tidegate-spool-attempt")))
         .collect();
-    assert_eq!(attempts, ["1", "2", "3"]);
-    assert!(seen.iter().all(|s| s.body == "one"));
+    let want = [("one", "1"), ("one", "2"), ("one", "3"), ("later", "1")];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(b, a)| (b.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(attempts, want);
     wait_for("delivered", Duration::from_secs(5), || async {
         (spool_list(&tg, "").await["total"] == 0).then_some(())
     })
