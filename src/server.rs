@@ -223,11 +223,7 @@ fn add_background(
     admin_listener: StdTcpListener,
     spool: Arc<Spool>,
 ) {
-    let ctx = admin::Ctx {
-        spool: spool.clone(),
-        state: state.clone(),
-        metrics: Arc::new(Metrics::new(state)),
-    };
+    let ctx = admin::Ctx::new(state.clone(), Arc::new(Metrics::new(state)), spool.clone());
     server.add_service(background_service(
         "admin",
         AdminService {

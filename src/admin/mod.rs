@@ -10,7 +10,9 @@
 //! | GET | `/readyz` | no | 200 when listeners are up and not shutting down, else 503 |
 //! | GET | `/health` | no | `healthy` / `degraded` / `unhealthy`, uptime, config generation |
 //! | GET | `/metrics` | with `metrics_auth` | Prometheus text |
+//! | GET | `/ui` (+ `/ui/app.js`, `/ui/app.css`) | no (the page holds no data) | the live status page |
 //! | GET | `/api/v1/status` | token | generation, routes, splits, pools, backends, in-flight |
+//! | GET | `/api/v1/events` | token | the status as server-sent events, on every change |
 //! | POST | `/api/v1/config/reload` | token | re-read the file: 200 + summary, or 422 + error |
 //! | POST | `/api/v1/pools/{pool}/drain` | token | start draining: 202 + drain status; 409 if already |
 //! | POST | `/api/v1/pools/{pool}/undrain` | token | back to active: 200; 409 if not draining |
@@ -41,9 +43,11 @@ mod body;
 mod deploy;
 mod drain;
 mod edge;
+mod events;
 mod overrides;
 mod spool;
 mod status;
+mod ui;
 mod view;
 
 use std::sync::Arc;
@@ -61,12 +65,51 @@ use crate::{api::ErrorBody, metrics::Metrics, services::spool::Spool, state::App
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Open `GET /api/v1/events` streams, counted by a guard each stream owns.
+#[derive(Debug, Default)]
+pub struct EventStreams(std::sync::atomic::AtomicU64);
+
+impl EventStreams {
+    /// Streams open now.
+    pub fn open(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn opened(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Ctx {
     pub state: Arc<AppState>,
     pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
+    pub events: Arc<EventStreams>,
+}
+
+impl Ctx {
+    /// The handlers' shared state.
+    pub fn new(state: Arc<AppState>, metrics: Arc<Metrics>, spool: Arc<Spool>) -> Ctx {
+        Ctx {
+            state,
+            metrics,
+            spool,
+            events: Arc::default(),
+        }
+    }
+}
+
+impl FromRef<Ctx> for Arc<EventStreams> {
+    fn from_ref(c: &Ctx) -> Self {
+        c.events.clone()
+    }
 }
 
 impl FromRef<Ctx> for Arc<Spool> {
@@ -95,6 +138,7 @@ pub fn router(ctx: Ctx) -> Router {
     let backend = "/api/v1/pools/{pool}/backends/{backend}";
     let api = Router::new()
         .route("/api/v1/status", get(status::status))
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/config/reload", post(status::reload))
         .route(
             &format!("{pool}/drain"),
@@ -147,6 +191,10 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/readyz", get(status::ready))
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .merge(api)
         .fallback(edge::not_found)
         .layer(middleware::map_response(edge::json_errors))

@@ -154,6 +154,7 @@ fn pool_status(p: &Pool, live: &mut HashSet<String>, overridden: bool) -> api::P
         in_flight: ps.counts.snapshot(),
         drain_started_at: drain.started_at().map(crate::state::process::unix),
         drained_at: drain.drained_at().map(crate::state::process::unix),
+        drain_deadlines: view::deadlines(&drain),
         backends,
     }
 }
@@ -213,6 +214,7 @@ pub fn status_of(state: &AppState) -> api::Status {
         removed,
         maintenance: view::maintenance(&ov.maintenance),
         spool: super::spool::depths(state),
+        event_streams: 0,
         reloads: api::Reloads {
             succeeded: r.succeeded,
             failed: r.failed,
@@ -223,8 +225,10 @@ pub fn status_of(state: &AppState) -> api::Status {
 }
 
 /// `GET /api/v1/status`.
-pub async fn status(State(state): St) -> Response {
-    json(200, &status_of(&state))
+pub async fn status(State(state): St, State(streams): State<Arc<super::EventStreams>>) -> Response {
+    let mut s = status_of(&state);
+    s.event_streams = streams.open();
+    json(200, &s)
 }
 
 /// `POST /api/v1/config/reload`.

@@ -58,18 +58,13 @@ fn drain_view(
         .map(|s| s.age_seconds)
         .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
     let phase = machine.phase();
-    let d = machine.deadlines();
     api::DrainStatus {
         state: if removed { "removed" } else { phase.as_str() }.to_string(),
         drained: phase == Phase::Drained || (removed && counts.total() == 0),
         in_flight: counts,
         started_at: machine.started_at().map(unix),
         drained_at: machine.drained_at().map(unix),
-        deadlines: (phase != Phase::Active).then(|| api::DrainDeadlines {
-            requests_deadline: dur(d.requests),
-            streams_deadline: dur(d.streams),
-            close_spread: dur(Some(d.close_spread)),
-        }),
+        deadlines: deadlines(machine),
         streams,
         oldest_stream_age_seconds: oldest,
         pool: String::new(),
@@ -77,6 +72,16 @@ fn drain_view(
         pool_state: None,
         waited_seconds: None,
     }
+}
+
+/// A drain's deadlines as duration strings, unless it is active.
+pub fn deadlines(machine: &Machine) -> Option<api::DrainDeadlines> {
+    let d = machine.deadlines();
+    (machine.phase() != Phase::Active).then(|| api::DrainDeadlines {
+        requests_deadline: dur(d.requests),
+        streams_deadline: dur(d.streams),
+        close_spread: dur(Some(d.close_spread)),
+    })
 }
 
 /// One backend in the status (`address`/`weight` only for configured ones).

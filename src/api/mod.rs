@@ -83,6 +83,18 @@ pub struct Status {
     /// Spool depth by route (routes that spool, or hold items).
     #[serde(default)]
     pub spool: Vec<SpoolDepth>,
+    /// Open `GET /api/v1/events` streams.
+    #[serde(default)]
+    pub event_streams: u64,
+}
+
+/// One event of `GET /api/v1/events`: the status, with the proxy's clock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// Unix time of the proxy when the event was made.
+    pub now: f64,
+    #[serde(flatten)]
+    pub status: Status,
 }
 
 /// Reload counters.
@@ -167,6 +179,9 @@ pub struct PoolStatus {
     pub in_flight: InFlight,
     pub drain_started_at: Option<f64>,
     pub drained_at: Option<f64>,
+    /// Deadlines of the pool's drain, while it drains or is drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadlines: Option<DrainDeadlines>,
     pub backends: Vec<BackendStatus>,
 }
 

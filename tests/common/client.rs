@@ -94,11 +94,17 @@ pub struct Sse {
 impl Sse {
     /// Open `url` with `Accept: text/event-stream`.
     pub async fn open(url: &str) -> Sse {
+        Self::open_with(url, &[]).await
+    }
+
+    /// Open `url` with extra request headers.
+    pub async fn open_with(url: &str, headers: &[(&str, &str)]) -> Sse {
         let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let req = http::Request::get(url)
-            .header("accept", "text/event-stream")
-            .body(Full::new(Bytes::new()))
-            .expect("request");
+        let mut req = http::Request::get(url).header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("request");
         let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
             .await
             .expect("SSE open timed out")

@@ -187,6 +187,12 @@ impl Pg {
             .bind(error.clone())
             .bind(*status),
         };
+        // The outcome need not wait for the WAL flush: were it lost in a database crash, the
+        // item would be sent again, which at-least-once delivery allows. It saves an fsync
+        // per replayed item.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())

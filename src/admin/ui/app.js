@@ -1,0 +1,327 @@
+// tidegate status page: live status from GET /api/v1/events (server-sent events read with
+// fetch, so the bearer token travels in a header, never in a URL), and confirmed actions on
+// the admin API. No framework, no external asset; values are written with textContent.
+"use strict";
+
+const TOKEN_KEY = "tidegate-admin-token";
+const state = { status: null, offset: 0, prev: new Map(), pending: null, retryMs: 1000 };
+
+const $ = (id) => document.getElementById(id);
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+function headers(json) {
+  const h = {};
+  if (token()) h["Authorization"] = "Bearer " + token();
+  if (json) h["Content-Type"] = "application/json";
+  return h;
+}
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    // Through the CSSOM: the Content-Security-Policy forbids inline style attributes.
+    else if (k === "width") e.style.width = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+  return e;
+}
+
+// A value that flashes when it differs from the last render under the same key.
+function live(key, value, tag) {
+  const text = String(value);
+  const e = el(tag || "span", { text, "data-key": key });
+  const before = state.prev.get(key);
+  if (before !== undefined && before !== text) e.classList.add("changed");
+  state.prev.set(key, text);
+  return e;
+}
+
+function badge(s) { return el("span", { class: "badge", "data-state": s, text: s }); }
+
+function setConn(s, text) { const c = $("conn"); c.dataset.state = s; c.textContent = text || s; }
+
+function notice(text, kind) {
+  const n = $("notice");
+  n.hidden = !text;
+  n.textContent = text || "";
+  n.dataset.kind = kind || "info";
+}
+
+// "1h30m", "250ms", "30s", "0" → seconds (0 = none).
+function seconds(d) {
+  if (!d || d === "0") return 0;
+  let total = 0;
+  for (const [, n, u] of String(d).matchAll(/([\d.]+)\s*(ms|s|m|h|d)/g)) {
+    total += parseFloat(n) * { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 }[u];
+  }
+  return total;
+}
+
+function fmtSecs(s) {
+  if (s === null || s === undefined) return "–";
+  s = Math.max(0, s);
+  if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + "s";
+  const m = Math.floor(s / 60), r = Math.floor(s % 60);
+  if (m < 60) return m + "m" + String(r).padStart(2, "0") + "s";
+  return Math.floor(m / 60) + "h" + String(m % 60).padStart(2, "0") + "m";
+}
+
+const now = () => Date.now() / 1000 + state.offset;
+
+// ---- the events stream -------------------------------------------------------------
+async function connect() {
+  setConn("connecting", "connecting…");
+  let resp;
+  try {
+    resp = await fetch("/api/v1/events", { headers: headers(false), cache: "no-store" });
+  } catch (e) {
+    return retry("proxy unreachable");
+  }
+  if (resp.status === 401) {
+    setConn("unauthorized", "401");
+    showAuth(token()
+      ? "401 Unauthorized: the proxy refused this token. Enter the admin token again."
+      : "This proxy's admin API requires a bearer token (admin.token_env or admin.token_file in its config). Enter it to see the live status.");
+    return;
+  }
+  if (!resp.ok || !resp.body) return retry("HTTP " + resp.status);
+  $("auth").hidden = true;
+  state.retryMs = 1000;
+  setConn("live", "live");
+  const reader = resp.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        onEvent(block);
+      }
+    }
+  } catch (e) { /* connection lost */ }
+  retry("connection lost");
+}
+
+function retry(why) {
+  setConn("reconnecting", "reconnecting (" + why + ")");
+  const wait = state.retryMs;
+  state.retryMs = Math.min(state.retryMs * 2, 10000);
+  setTimeout(connect, wait);
+}
+
+function onEvent(block) {
+  let type = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) type = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trimStart();
+  }
+  if (type !== "status" || !data) return;
+  const ev = JSON.parse(data);
+  state.offset = ev.now - Date.now() / 1000;
+  state.status = ev;
+  render();
+}
+
+// ---- rendering -----------------------------------------------------------------------
+function render() {
+  const s = state.status;
+  if (!s) return;
+  $("meta").textContent = "generation " + s.generation + " · " + s.in_flight + " in flight" +
+    (s.shutting_down ? " · shutting down" : "") + (s.ready ? "" : " · not ready");
+  renderMaintenance(s.maintenance);
+  $("routes").replaceChildren(...s.routes.map(renderRoute));
+  $("pools").replaceChildren(...Object.entries(s.pools).map(([n, p]) => renderPool(n, p)),
+    ...(s.removed.length ? [renderRemoved(s.removed)] : []));
+  renderSpool(s.spool || []);
+}
+
+function renderMaintenance(m) {
+  const box = $("maintenance");
+  const on = m && m.maintenance;
+  box.replaceChildren(el("div", { class: "card row" },
+    el("strong", { text: "Maintenance" }), badge(on ? "on" : "off"),
+    on ? el("span", { class: "kv", text: (m.message || "") }) : null,
+    el("button", { text: on ? "Turn maintenance off" : "Turn maintenance on",
+      "data-action": on ? "maintenance-off" : "maintenance-on",
+      onclick: () => ask(on ? "Turn maintenance mode off?" :
+        "Turn maintenance mode on? Every route answers 503 until it is turned off.",
+        on ? () => call("DELETE", "/api/v1/maintenance")
+           : () => call("POST", "/api/v1/maintenance", {})) })));
+}
+
+function renderRoute(r) {
+  const total = Object.values(r.split).reduce((a, b) => a + b, 0) || 1;
+  const bar = el("div", { class: "bar" }, ...Object.entries(r.split).map(([p, w]) =>
+    el("span", { width: (100 * w / total) + "%", title: p + " " + w, text: w ? p : "" })));
+  const rows = Object.entries(r.split).map(([p, w]) => el("tr", {},
+    el("td", { text: p }), el("td", { class: "num" }, live("route/" + r.name + "/" + p, w)),
+    el("td", { class: "num", text: String((r.file_split || {})[p] ?? "–") }),
+    el("td", {}, el("input", { type: "number", min: "0", max: "10000", value: String(w),
+      "data-route": r.name, "data-pool": p, "aria-label": "new weight of " + p }))));
+  const ramp = r.ramp ? el("div", { class: "row" }, el("strong", { text: "Ramp" }),
+    badge(r.ramp.state),
+    el("span", { class: "kv" }, "step ", live("ramp/" + r.name, r.ramp.steps_done + "/" + r.ramp.steps_total, "b")),
+    el("span", { class: "kv", text: "→ " + JSON.stringify(r.ramp.to) }),
+    r.ramp.reason ? el("span", { class: "kv", text: r.ramp.reason }) : null) : null;
+  return el("div", { class: "card", "data-route": r.name },
+    el("h3", {}, r.name, r.override ? badge("override") : null),
+    bar, ramp,
+    el("div", { class: "scroll" }, el("table", {},
+      el("thead", {}, el("tr", {}, el("th", { text: "pool" }), el("th", { class: "num", text: "weight" }),
+        el("th", { class: "num", text: "file" }), el("th", { text: "shift to" }))),
+      el("tbody", {}, ...rows))),
+    el("div", { class: "row" },
+      el("button", { text: "Shift split", "data-action": "shift", "data-route": r.name,
+        onclick: () => shift(r.name) }),
+      r.override ? el("button", { text: "Back to file split", "data-action": "unshift",
+        onclick: () => ask("Put route " + r.name + " back on the file's split?",
+          () => call("DELETE", "/api/v1/routes/" + enc(r.name) + "/split")) }) : null));
+}
+
+function drainLine(key, startedAt, drainedAt, deadlines) {
+  if (!startedAt) return null;
+  if (drainedAt) {
+    return el("div", { class: "row", "data-drain": key }, el("span", { class: "kv" },
+      "drained in ", el("b", { text: fmtSecs(drainedAt - startedAt) }),
+      ", " + fmtSecs(now() - drainedAt) + " ago"));
+  }
+  const elapsed = now() - startedAt;
+  const parts = [el("span", { class: "kv" }, "draining for ", el("b", { "data-since": startedAt, text: fmtSecs(elapsed) }))];
+  if (deadlines) {
+    for (const [name, d] of [["requests", deadlines.requests_deadline], ["streams", deadlines.streams_deadline]]) {
+      const secs = seconds(d);
+      parts.push(el("span", { class: "kv" }, name + " deadline ",
+        secs ? el("span", { class: "countdown", "data-deadline": startedAt + secs, text: fmtSecs(startedAt + secs - now()) })
+             : el("b", { text: "none" })));
+    }
+  }
+  return el("div", { class: "row", "data-drain": key }, ...parts);
+}
+
+function renderPool(name, p) {
+  const rows = p.backends.map((b) => backendRow(b));
+  const draining = p.state !== "active";
+  return el("div", { class: "card", "data-pool": name },
+    el("h3", {}, name, badge(p.state), p.backends_override ? badge("runtime members") : null),
+    el("div", { class: "row" },
+      el("span", { class: "kv" }, "http ", live("pool/" + name + "/http", p.in_flight.http, "b")),
+      el("span", { class: "kv" }, "sse ", live("pool/" + name + "/sse", p.in_flight.sse, "b")),
+      el("span", { class: "kv" }, "websocket ", live("pool/" + name + "/websocket", p.in_flight.websocket, "b")),
+      el("button", { text: draining ? "Undrain" : "Drain", "data-action": draining ? "undrain" : "drain",
+        "data-pool": name, onclick: () => draining
+          ? ask("Undrain pool " + name + "? It takes new traffic again.",
+              () => call("POST", "/api/v1/pools/" + enc(name) + "/undrain"))
+          : ask("Drain pool " + name + "? It stops taking new requests; work in flight finishes.",
+              () => call("POST", "/api/v1/pools/" + enc(name) + "/drain", {})) })),
+    drainLine(name, p.drain_started_at, p.drained_at, p.drain_deadlines),
+    el("div", { class: "scroll" }, el("table", {},
+      el("thead", {}, el("tr", {}, ...["backend", "address", "state", "health", "weight", "http", "sse", "ws", "oldest stream", "connect fails"]
+        .map((h, i) => el("th", { class: (i >= 4 ? "num" : "") + (NARROW.includes(i) ? " hide-narrow" : ""), text: h })))),
+      el("tbody", {}, ...rows))));
+}
+
+// Columns left out on a phone: address, weight, connect failures.
+const NARROW = [1, 4, 9];
+
+function backendRow(b) {
+  const k = "backend/" + b.id + "/";
+  return el("tr", { "data-backend": b.id },
+    el("td", { text: b.name }), el("td", { class: "hide-narrow", text: b.address || "–" }),
+    el("td", {}, badge(b.state)),
+    el("td", {}, badge(b.healthy ? (b.available ? "healthy" : "unavailable") : "down")),
+    el("td", { class: "num hide-narrow", text: b.weight ?? "–" }),
+    el("td", { class: "num" }, live(k + "http", b.in_flight.http)),
+    el("td", { class: "num" }, live(k + "sse", b.in_flight.sse)),
+    el("td", { class: "num" }, live(k + "websocket", b.in_flight.websocket)),
+    el("td", { class: "num", text: b.oldest_stream_age_seconds == null ? "–" : fmtSecs(b.oldest_stream_age_seconds) }),
+    el("td", { class: "num hide-narrow" }, live(k + "fails", b.connect_failures)));
+}
+
+function renderRemoved(list) {
+  return el("div", { class: "card" }, el("h3", {}, "Removed, still busy"),
+    el("div", { class: "scroll" }, el("table", {}, el("tbody", {}, ...list.map(backendRow)))));
+}
+
+function renderSpool(list) {
+  if (!list.length) { $("spool").replaceChildren(el("p", { class: "hint", text: "No route spools." })); return; }
+  $("spool").replaceChildren(el("div", { class: "card scroll" }, el("table", {},
+    el("thead", {}, el("tr", {}, el("th", { text: "route" }), el("th", { class: "num", text: "pending" }),
+      el("th", { class: "num", text: "dead" }), el("th", { class: "num", text: "oldest pending" }))),
+    el("tbody", {}, ...list.map((d) => el("tr", { "data-spool": d.route }, el("td", { text: d.route }),
+      el("td", { class: "num" }, live("spool/" + d.route + "/pending", d.pending)),
+      el("td", { class: "num" }, live("spool/" + d.route + "/dead", d.dead)),
+      el("td", { class: "num", text: fmtSecs(d.oldest_pending_seconds) })))))));
+}
+
+// Countdowns and elapsed times move every second between events.
+setInterval(() => {
+  for (const e of document.querySelectorAll("[data-deadline]")) e.textContent = fmtSecs(parseFloat(e.dataset.deadline) - now());
+  for (const e of document.querySelectorAll("[data-since]")) e.textContent = fmtSecs(now() - parseFloat(e.dataset.since));
+}, 1000);
+
+// ---- actions -------------------------------------------------------------------------
+const enc = encodeURIComponent;
+
+function ask(text, action) {
+  state.pending = action;
+  $("confirm-text").textContent = text;
+  $("confirm").hidden = false;
+  $("confirm-yes").focus();
+}
+
+function shift(route) {
+  const split = {};
+  for (const i of document.querySelectorAll('input[data-route="' + CSS.escape(route) + '"]')) {
+    split[i.dataset.pool] = Math.max(0, Math.min(10000, parseInt(i.value, 10) || 0));
+  }
+  const desc = Object.entries(split).map(([p, w]) => p + "=" + w).join(" ");
+  ask("Shift route " + route + " to " + desc + " now?",
+    () => call("POST", "/api/v1/routes/" + enc(route) + "/split", { split }));
+}
+
+async function call(method, path, body) {
+  notice("");
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers: headers(body !== undefined),
+      body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) { return notice("The proxy is unreachable: " + e.message, "error"); }
+  if (resp.status === 401) {
+    showAuth("401 Unauthorized: the proxy refused " + (token() ? "this token" : "a call without a token") + ".");
+    return notice("401 Unauthorized", "error");
+  }
+  let msg = method + " " + path + ": " + resp.status;
+  try { const j = await resp.json(); if (j.message) msg += " — " + j.message; } catch (e) { /* no body */ }
+  notice(msg, resp.ok ? "info" : "error");
+}
+
+function showAuth(why) {
+  $("auth-why").textContent = why;
+  $("auth").hidden = false;
+  $("token").focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("confirm-yes").addEventListener("click", () => {
+    const a = state.pending; state.pending = null; $("confirm").hidden = true; if (a) a();
+  });
+  $("confirm-no").addEventListener("click", () => { state.pending = null; $("confirm").hidden = true; });
+  $("auth-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    $("auth").hidden = true;
+    connect();
+  });
+  $("forget").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
+  connect();
+});
