@@ -449,3 +449,47 @@ async fn requests_deadline_ends_a_slow_plain_request() {
         "{logs}"
     );
 }
+
+/// A drain status lists a bounded number of streams, the oldest first, with the total.
+#[tokio::test]
+async fn stream_lists_are_bounded_oldest_first() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let yaml = blue_green(&blue.addr, &green.addr, "")
+        .replace("blue: 50, green: 50", "blue: 100, green: 0");
+    let tg = Tidegate::start(&yaml).await;
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let mut s = Sse::open(&tg.url("/events/push")).await;
+        assert_eq!(s.status, 200);
+        open.push(s);
+        // Each stream is seen by the proxy before the next opens (distinct ages).
+        let n = open.len() as u64;
+        wait_for("stream tracked", Duration::from_secs(5), || async {
+            let d = api(&tg, "GET", "/api/v1/pools/blue/drain", "").await.json();
+            (d["in_flight"]["sse"] == n).then_some(())
+        })
+        .await;
+    }
+    let d = api(&tg, "GET", "/api/v1/pools/blue/drain?streams=2", "")
+        .await
+        .json();
+    assert_eq!(d["streams_total"], 5);
+    let listed = d["streams"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let ages: Vec<f64> = listed
+        .iter()
+        .map(|s| s["age_seconds"].as_f64().unwrap())
+        .collect();
+    assert!(ages[0] >= ages[1], "oldest first: {ages:?}");
+    assert_eq!(d["oldest_stream_age_seconds"].as_f64().unwrap(), ages[0]);
+    let all = api(&tg, "GET", "/api/v1/pools/blue/drain", "").await.json();
+    assert_eq!(
+        all["streams"].as_array().unwrap().len(),
+        5,
+        "default limit is 100"
+    );
+    let r = api(&tg, "GET", "/api/v1/pools/blue/drain?streams=10001", "").await;
+    assert_eq!(r.status, 400);
+    drop(open);
+}

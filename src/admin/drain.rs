@@ -29,6 +29,24 @@ type St = State<Arc<AppState>>;
 #[derive(Debug, Default, Deserialize)]
 pub struct WaitQuery {
     timeout: Option<String>,
+    /// Streams to list (default 100, at most 10,000).
+    streams: Option<usize>,
+}
+
+/// Query of `GET …/drain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Streams to list (default 100, at most 10,000).
+    streams: Option<usize>,
+}
+
+fn listed(n: Option<usize>) -> Result<usize, ApiError> {
+    match n {
+        None => Ok(view::STREAMS_LISTED),
+        Some(n) if n <= view::STREAMS_LISTED_MAX => Ok(n),
+        Some(_) => Err(ApiError::field("streams", "must be between 0 and 10000")),
+    }
 }
 
 impl From<DrainError> for ApiError {
@@ -117,15 +135,22 @@ async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, 
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let mut v = view::drain_status(state, &r);
+    let mut v = view::drain_status_listing(state, &r, listed(q.streams)?);
     v.waited_seconds = Some(started.elapsed().as_secs_f64());
     Ok(json(200, &v))
 }
 
 /// `GET /api/v1/pools/{pool}/drain`.
-pub async fn pool_status(State(s): St, Path(pool): Path<String>) -> Result<Response, ApiError> {
+pub async fn pool_status(
+    State(s): St,
+    Path(pool): Path<String>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Response, ApiError> {
     let r = resolve(&s, &pool, None)?;
-    Ok(json(200, &view::drain_status(&s, &r)))
+    Ok(json(
+        200,
+        &view::drain_status_listing(&s, &r, listed(q.streams)?),
+    ))
 }
 
 /// `POST /api/v1/pools/{pool}/drain`.
@@ -156,9 +181,13 @@ pub async fn pool_wait(
 pub async fn backend_status(
     State(s): St,
     Path((pool, backend)): Path<(String, String)>,
+    Query(q): Query<StatusQuery>,
 ) -> Result<Response, ApiError> {
     let r = resolve(&s, &pool, Some(&backend))?;
-    Ok(json(200, &view::drain_status(&s, &r)))
+    Ok(json(
+        200,
+        &view::drain_status_listing(&s, &r, listed(q.streams)?),
+    ))
 }
 
 /// `POST /api/v1/pools/{pool}/backends/{backend}/drain`.

@@ -19,9 +19,25 @@ fn dur(d: Option<std::time::Duration>) -> String {
 
 /// The drain status of a resolved target.
 pub fn drain_status(state: &AppState, r: &Resolved) -> api::DrainStatus {
+    drain_status_listing(state, r, STREAMS_LISTED)
+}
+
+/// Streams a drain status lists by default (the oldest first; `streams_total` counts all).
+pub const STREAMS_LISTED: usize = 100;
+/// Streams a drain status lists at most (`?streams=`).
+pub const STREAMS_LISTED_MAX: usize = 10_000;
+
+/// [`drain_status`] listing at most `limit` streams, the oldest first.
+pub fn drain_status_listing(state: &AppState, r: &Resolved, limit: usize) -> api::DrainStatus {
     r.cell().observe(r.in_flight().total());
     let backends = r.target.backends(&state.registry);
-    let mut v = drain_view(&r.cell().snapshot(), r.in_flight(), &backends, r.removed);
+    let mut v = drain_view(
+        &r.cell().snapshot(),
+        r.in_flight(),
+        &backends,
+        r.removed,
+        limit,
+    );
     v.pool = r.pool.name.to_string();
     if let Some(b) = &r.backend {
         v.backend = Some(b.id.to_string());
@@ -37,12 +53,23 @@ fn drain_view(
     counts: api::InFlight,
     backends: &[Arc<BackendState>],
     removed: bool,
+    limit: usize,
 ) -> api::DrainStatus {
     let now = Instant::now();
-    let streams: Vec<api::StreamInfo> = backends
+    let mut all: Vec<_> = backends
         .iter()
         .flat_map(|b| b.items.all().into_iter().map(move |i| (b.clone(), i)))
         .filter(|(_, i)| i.kind().is_stream())
+        .collect();
+    let total = all.len() as u64;
+    // The oldest `limit`: partition around the limit, then sort only those.
+    if all.len() > limit {
+        all.select_nth_unstable_by_key(limit, |(_, i)| i.started);
+        all.truncate(limit);
+    }
+    all.sort_unstable_by_key(|(_, i)| i.started);
+    let streams: Vec<api::StreamInfo> = all
+        .into_iter()
         .map(|(b, i)| api::StreamInfo {
             backend: b.id.to_string(),
             kind: i.kind().as_str().to_string(),
@@ -53,10 +80,7 @@ fn drain_view(
             age_seconds: i.age(now).as_secs_f64(),
         })
         .collect();
-    let oldest = streams
-        .iter()
-        .map(|s| s.age_seconds)
-        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+    let oldest = streams.first().map(|s| s.age_seconds);
     let phase = machine.phase();
     api::DrainStatus {
         state: if removed { "removed" } else { phase.as_str() }.to_string(),
@@ -66,6 +90,7 @@ fn drain_view(
         drained_at: machine.drained_at().map(unix),
         deadlines: deadlines(machine),
         streams,
+        streams_total: total,
         oldest_stream_age_seconds: oldest,
         pool: String::new(),
         backend: None,

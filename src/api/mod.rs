@@ -247,7 +247,11 @@ pub struct DrainStatus {
     pub started_at: Option<f64>,
     pub drained_at: Option<f64>,
     pub deadlines: Option<DrainDeadlines>,
+    /// Streams in flight, the oldest first: at most 100 (or `?streams=N`, up to 10,000).
     pub streams: Vec<StreamInfo>,
+    /// Every stream in flight (the list may hold fewer).
+    #[serde(default)]
+    pub streams_total: u64,
     pub oldest_stream_age_seconds: Option<f64>,
     pub pool: String,
     /// `pool/name` when the target is one backend.
