@@ -460,7 +460,7 @@ async fn stream_lists_are_bounded_oldest_first() {
     let tg = Tidegate::start(&yaml).await;
     let mut open = Vec::new();
     for _ in 0..5 {
-        let mut s = Sse::open(&tg.url("/events/push")).await;
+        let s = Sse::open(&tg.url("/events/push")).await;
         assert_eq!(s.status, 200);
         open.push(s);
         // Each stream is seen by the proxy before the next opens (distinct ages).
