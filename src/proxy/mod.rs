@@ -256,8 +256,8 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(timeout);
         match routed {
             Routed::To(route, pool) => {
-                let queued = route.stats.spool.queued();
-                if let Some(spec) = spool::spools(&route, session.req_header()).filter(|_| queued) {
+                let spooled = spool::spools(&route, session.req_header());
+                if let Some(spec) = spooled.filter(|_| route.stats.spool.queued()) {
                     // Items wait in the spool: this one goes behind them (arrival order).
                     return self.spool_request(session, &route, spec).await;
                 }

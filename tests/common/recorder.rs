@@ -134,6 +134,17 @@ impl Drop for Recorder {
     }
 }
 
+/// Takes a spool id out of flight on drop.
+struct Answering(Arc<Shared>, i64);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.1 >= 0 {
+            self.0.in_flight.lock().unwrap().remove(&self.1);
+        }
+    }
+}
+
 async fn answer(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -154,19 +165,20 @@ async fn answer(
         body: String::from_utf8_lossy(&body).into_owned(),
     };
     let id = seen.spool_id();
+    // Recorded on arrival: the app has the request, whatever becomes of the answer.
+    shared.seen.lock().unwrap().push(seen);
     if id >= 0 && !shared.in_flight.lock().unwrap().insert(id) {
         shared.overlaps.lock().unwrap().push(id);
     }
+    // Out of flight when answered, or when the sender goes away mid-answer (hyper drops
+    // this future then).
+    let _answering = Answering(shared.clone(), id);
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let scripted = shared.script.lock().unwrap().pop_front();
     let status = scripted.unwrap_or_else(|| shared.status.load(Ordering::SeqCst));
-    shared.seen.lock().unwrap().push(seen);
-    if id >= 0 && !shared.overlaps.lock().unwrap().contains(&id) {
-        shared.in_flight.lock().unwrap().remove(&id);
-    }
     let resp = Response::builder()
         .status(status)
         .body(Full::new(Bytes::from_static(b"ok\n")))

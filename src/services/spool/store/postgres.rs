@@ -42,6 +42,10 @@ const SCHEMA_LOCK: i64 = 0x7469_6465_6761_7465; // "tidegate"
 /// The PostgreSQL store.
 pub struct Pg {
     pool: PgPool,
+    /// Claims and outcomes: sessions with `synchronous_commit = off` (an outcome lost in a
+    /// database crash means the item is sent again, which at-least-once delivery allows; it
+    /// saves a WAL flush per replayed item).
+    replay: PgPool,
     schema: OnceCell<()>,
 }
 
@@ -54,9 +58,22 @@ impl Pg {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy_with(opts.clone());
+        let replay = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(2))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET synchronous_commit = off")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
             .connect_lazy_with(opts);
         Ok(Pg {
             pool,
+            replay,
             schema: OnceCell::new(),
         })
     }
@@ -104,28 +121,46 @@ impl Pg {
     }
 
     pub async fn claim(&self, route: &str, strict: bool, now_ms: i64) -> Result<Next, StoreError> {
-        let mut tx = self.ready().await?.begin().await?;
+        self.ready().await?;
+        let mut tx = self.replay.begin().await?;
         if strict {
-            let (got,): (bool,) = sqlx::query_as(
-                "SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1))",
+            // The route's lock and its head in one round trip: no head when the lock is taken.
+            let row: LockedRow = sqlx::query_as(
+                "WITH l AS (SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1)) AS got)
+                 SELECT l.got, s.id, s.route, s.method, s.target, s.headers, s.body, s.attempts,
+                        s.created_ms, s.next_ms
+                 FROM l LEFT JOIN LATERAL (
+                     SELECT * FROM tidegate_spool
+                     WHERE l.got AND route = $1 AND state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE
+                 ) s ON TRUE",
             )
             .bind(route)
             .fetch_one(&mut *tx)
             .await?;
-            if !got {
-                return Ok(Next::Busy);
-            }
-            let row: Option<ItemRow> = sqlx::query_as(&format!(
-                "SELECT {ITEM_COLUMNS} FROM tidegate_spool
-                 WHERE route = $1 AND state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE"
-            ))
-            .bind(route)
-            .fetch_optional(&mut *tx)
-            .await?;
             return Ok(match row {
-                None => Next::Empty,
-                Some(r) if r.8 > now_ms => Next::NotDue(r.8),
-                Some(r) => claimed(r, tx),
+                (false, ..) => Next::Busy,
+                (
+                    true,
+                    Some(id),
+                    Some(route),
+                    Some(method),
+                    Some(target),
+                    Some(headers),
+                    Some(body),
+                    Some(attempts),
+                    Some(created),
+                    Some(next),
+                ) => {
+                    let r = (
+                        id, route, method, target, headers, body, attempts, created, next,
+                    );
+                    if next > now_ms {
+                        Next::NotDue(next)
+                    } else {
+                        claimed(r, tx)
+                    }
+                }
+                _ => Next::Empty,
             });
         }
         let row: Option<ItemRow> = sqlx::query_as(&format!(
@@ -187,12 +222,7 @@ impl Pg {
             .bind(error.clone())
             .bind(*status),
         };
-        // The outcome need not wait for the WAL flush: were it lost in a database crash, the
-        // item would be sent again, which at-least-once delivery allows. It saves an fsync
-        // per replayed item.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        // On a `replay` session: the commit does not wait for the WAL flush.
         q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
@@ -275,6 +305,20 @@ impl Pg {
         Ok(q.execute(pool).await?.rows_affected())
     }
 }
+
+/// The strict claim's row: whether the route's lock was taken, and its head if any.
+type LockedRow = (
+    bool,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 
 fn claimed(r: ItemRow, tx: Transaction<'static, Postgres>) -> Next {
     Next::Item(Claim {
