@@ -38,6 +38,8 @@ type ClaimSet = Arc<Mutex<HashSet<i64>>>;
 /// The embedded store.
 pub struct Sqlite {
     pool: SqlitePool,
+    /// Replay outcomes (`synchronous = NORMAL`).
+    outcomes: SqlitePool,
     claimed: ClaimSet,
 }
 
@@ -75,14 +77,23 @@ impl Sqlite {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await?;
         }
+        // Outcomes of replays commit without their own WAL sync (the next stored item's
+        // commit syncs them): one lost in a power cut means the item is sent again, which
+        // at-least-once delivery allows.
+        let outcomes = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         Ok(Sqlite {
             pool,
+            outcomes,
             claimed: ClaimSet::default(),
         })
     }
@@ -178,7 +189,7 @@ impl Sqlite {
     }
 
     pub async fn finish(&self, claim: Claimed, id: i64, how: &Finish) -> Result<(), StoreError> {
-        finish(&self.pool, id, how).await?;
+        finish(&self.outcomes, id, how).await?;
         drop(claim);
         Ok(())
     }
