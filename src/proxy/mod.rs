@@ -259,7 +259,9 @@ impl ProxyHttp for Proxy {
                 let spooled = spool::spools(&route, session.req_header());
                 if let Some(spec) = spooled.filter(|_| route.stats.spool.queued()) {
                     // Items wait in the spool: this one goes behind them (arrival order).
-                    return self.spool_request(session, &route, spec).await;
+                    // Boxed, like the hold below: rare paths stay out of every request's
+                    // future, which pingora moves (memcpy) several times per request.
+                    return Box::pin(self.spool_request(session, &route, spec)).await;
                 }
                 ctx.route = Some(route);
                 ctx.pool = Some(pool);
@@ -270,7 +272,7 @@ impl ProxyHttp for Proxy {
                 errors::respond_maintenance(session, &m).await?;
                 Ok(true)
             }
-            Routed::Unavailable(route) => self.hold_for_route(session, ctx, route).await,
+            Routed::Unavailable(route) => Box::pin(self.hold_for_route(session, ctx, route)).await,
         }
     }
 
@@ -411,7 +413,7 @@ impl ProxyHttp for Proxy {
             return end_politely(session, t.item().kind(), t.item().ended()).await;
         }
         let code = errors::status_for(e);
-        if let Some(done) = self.spool_failed(session, ctx, code).await {
+        if let Some(done) = Box::pin(self.spool_failed(session, ctx, code)).await {
             return done;
         }
         if code > 0 {

@@ -113,7 +113,9 @@ impl Proxy {
                     return Ok(chosen);
                 }
             }
-            self.hold_until_available(session, ctx, &route).await?;
+            // Boxed: the hold is rare, and its state would otherwise enlarge every request's
+            // future.
+            Box::pin(self.hold_until_available(session, ctx, &route)).await?;
         }
     }
 
