@@ -106,7 +106,7 @@ pub async fn run(script: bool, port: u16, admin_port: u16) -> Result<u8, String>
         config.display()
     );
     if !script {
-        println!("Try:\n  curl {url}/                     # hello from blue\n  curl -N {url}/events            # SSE, one event a second\n  tidegate status --admin 127.0.0.1:{admin_port}\n  tidegate shift app green=100 blue=0 --over 20s --step 5s --admin 127.0.0.1:{admin_port}\n  tidegate drain blue --wait --admin 127.0.0.1:{admin_port}\n  curl http://127.0.0.1:{admin_port}/metrics\nCtrl-C stops everything.");
+        println!("Try:\n  curl {url}/                     # hello from blue\n  curl -N {url}/events            # SSE, one event a second\n  open http://127.0.0.1:{admin_port}/ui   # the live status page\n  tidegate status --admin 127.0.0.1:{admin_port}\n  tidegate shift app green=100 blue=0 --over 20s --step 5s --admin 127.0.0.1:{admin_port}\n  tidegate drain blue --wait --admin 127.0.0.1:{admin_port}\n  curl http://127.0.0.1:{admin_port}/metrics\nCtrl-C stops everything.");
         let _ = tokio::signal::ctrl_c().await;
         return Ok(0);
     }
