@@ -124,44 +124,7 @@ impl Pg {
         self.ready().await?;
         let mut tx = self.replay.begin().await?;
         if strict {
-            // The route's lock and its head in one round trip: no head when the lock is taken.
-            let row: LockedRow = sqlx::query_as(
-                "WITH l AS (SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1)) AS got)
-                 SELECT l.got, s.id, s.route, s.method, s.target, s.headers, s.body, s.attempts,
-                        s.created_ms, s.next_ms
-                 FROM l LEFT JOIN LATERAL (
-                     SELECT * FROM tidegate_spool
-                     WHERE l.got AND route = $1 AND state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE
-                 ) s ON TRUE",
-            )
-            .bind(route)
-            .fetch_one(&mut *tx)
-            .await?;
-            return Ok(match row {
-                (false, ..) => Next::Busy,
-                (
-                    true,
-                    Some(id),
-                    Some(route),
-                    Some(method),
-                    Some(target),
-                    Some(headers),
-                    Some(body),
-                    Some(attempts),
-                    Some(created),
-                    Some(next),
-                ) => {
-                    let r = (
-                        id, route, method, target, headers, body, attempts, created, next,
-                    );
-                    if next > now_ms {
-                        Next::NotDue(next)
-                    } else {
-                        claimed(r, tx)
-                    }
-                }
-                _ => Next::Empty,
-            });
+            return Self::claim_head(tx, route, now_ms).await;
         }
         let row: Option<ItemRow> = sqlx::query_as(&format!(
             "SELECT {ITEM_COLUMNS} FROM tidegate_spool
@@ -185,6 +148,53 @@ impl Pg {
             Some(d) if d > now_ms => Next::NotDue(d),
             Some(_) => Next::Busy,
             None => Next::Empty,
+        })
+    }
+
+    /// Strict order: the route's advisory lock and its head in one round trip (no head when
+    /// another worker of the fleet holds the lock).
+    async fn claim_head(
+        mut tx: Transaction<'static, Postgres>,
+        route: &str,
+        now_ms: i64,
+    ) -> Result<Next, StoreError> {
+        // The route's lock and its head in one round trip: no head when the lock is taken.
+        let row: LockedRow = sqlx::query_as(
+            "WITH l AS (SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1)) AS got)
+             SELECT l.got, s.id, s.route, s.method, s.target, s.headers, s.body, s.attempts,
+                    s.created_ms, s.next_ms
+             FROM l LEFT JOIN LATERAL (
+                 SELECT * FROM tidegate_spool
+                 WHERE l.got AND route = $1 AND state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE
+             ) s ON TRUE",
+        )
+        .bind(route)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(match row {
+            (false, ..) => Next::Busy,
+            (
+                true,
+                Some(id),
+                Some(route),
+                Some(method),
+                Some(target),
+                Some(headers),
+                Some(body),
+                Some(attempts),
+                Some(created),
+                Some(next),
+            ) => {
+                let r = (
+                    id, route, method, target, headers, body, attempts, created, next,
+                );
+                if next > now_ms {
+                    Next::NotDue(next)
+                } else {
+                    claimed(r, tx)
+                }
+            }
+            _ => Next::Empty,
         })
     }
 
