@@ -136,21 +136,7 @@ impl Tidegate {
     pub async fn restart(&mut self) {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(20)).await;
-        let logf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        self.child = Command::new(binary())
-            .arg("run")
-            .arg("-c")
-            .arg(&self.config)
-            .env("TIDEGATE_LOG", "info")
-            .stdout(logf.try_clone().expect("log clone"))
-            .stderr(logf)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("respawn tidegate");
-        self.wait_ready().await;
+        self.respawn().await;
     }
 
     /// SIGKILL, then start again on the same ports, config and log file (appended), and
@@ -158,6 +144,12 @@ impl Tidegate {
     pub async fn kill9_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.respawn().await;
+    }
+
+    /// Start the process again (it has exited) with the same config and log file
+    /// (appended), and wait for readiness.
+    async fn respawn(&mut self) {
         let logf = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)

@@ -176,11 +176,11 @@ impl Worker {
     async fn deliver(&self, route: &Route, replay: &ReplaySpec, claim: Claim) {
         let item = &claim.item;
         let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
-        let sent = match route.pick_avoiding(&|_| false) {
-            Some((_, b)) if b.addr.is_some() => {
-                let addr = b
-                    .addr
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let picked = route
+            .pick_avoiding(&|_| false)
+            .and_then(|(_, b)| Some((b, b.addr?)));
+        let sent = match picked {
+            Some((b, addr)) => {
                 let uri: http::Uri = item.target.parse().unwrap_or_default();
                 let _tracking = Tracking::new(b.state.clone(), route.name.clone(), uri, None);
                 self.send(item, addr, attempt, replay.timeout).await

@@ -7,6 +7,57 @@
 //! is replayed by one worker of one proxy at a time (a PostgreSQL advisory lock) and only
 //! its oldest item is ever sent: strict order.
 
+/// Bind a selection's values ([`where_clause`]) to a query, in order.
+macro_rules! bind_all {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                Bind::Int(i) => q.bind(*i),
+                Bind::Text(t) => q.bind(t.clone()),
+            };
+        }
+        q
+    }};
+}
+
+/// The statement recording how an attempt ended: the same SQL for both stores.
+macro_rules! outcome_query {
+    ($id:expr, $how:expr) => {
+        match $how {
+            Finish::Delivered => {
+                sqlx::query("DELETE FROM tidegate_spool WHERE id = $1").bind($id)
+            }
+            Finish::Retry {
+                attempts,
+                next_ms,
+                error,
+                status,
+            } => sqlx::query(
+                "UPDATE tidegate_spool SET attempts = $2, next_ms = $3, last_error = $4, last_status = $5
+                 WHERE id = $1",
+            )
+            .bind($id)
+            .bind(*attempts)
+            .bind(*next_ms)
+            .bind(error.clone())
+            .bind(*status),
+            Finish::Dead {
+                attempts,
+                error,
+                status,
+            } => sqlx::query(
+                "UPDATE tidegate_spool SET state = 'dead', attempts = $2, last_error = $3, last_status = $4
+                 WHERE id = $1",
+            )
+            .bind($id)
+            .bind(*attempts)
+            .bind(error.clone())
+            .bind(*status),
+        }
+    };
+}
+
 mod postgres;
 mod sqlite;
 

@@ -203,35 +203,7 @@ impl Pg {
         id: i64,
         how: &Finish,
     ) -> Result<(), StoreError> {
-        let q = match how {
-            Finish::Delivered => sqlx::query("DELETE FROM tidegate_spool WHERE id = $1").bind(id),
-            Finish::Retry {
-                attempts,
-                next_ms,
-                error,
-                status,
-            } => sqlx::query(
-                "UPDATE tidegate_spool SET attempts = $2, next_ms = $3, last_error = $4, last_status = $5
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(*attempts)
-            .bind(*next_ms)
-            .bind(error.clone())
-            .bind(*status),
-            Finish::Dead {
-                attempts,
-                error,
-                status,
-            } => sqlx::query(
-                "UPDATE tidegate_spool SET state = 'dead', attempts = $2, last_error = $3, last_status = $4
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(*attempts)
-            .bind(error.clone())
-            .bind(*status),
-        };
+        let q = outcome_query!(id, how);
         // On a `replay` session: the commit does not wait for the WAL flush.
         q.execute(&mut *tx).await?;
         tx.commit().await?;
@@ -257,22 +229,10 @@ impl Pg {
         let sql = format!(
             "SELECT {PG_INFO_COLUMNS} FROM tidegate_spool WHERE {cond} ORDER BY id LIMIT {limit}"
         );
-        let mut q = sqlx::query_as::<_, InfoRow>(&sql);
-        for b in &binds {
-            q = match b {
-                Bind::Int(i) => q.bind(*i),
-                Bind::Text(t) => q.bind(t.clone()),
-            };
-        }
+        let q = bind_all!(sqlx::query_as::<_, InfoRow>(&sql), &binds);
         let rows = q.fetch_all(pool).await?;
         let sql = format!("SELECT count(*) FROM tidegate_spool WHERE {cond}");
-        let mut q = sqlx::query_as::<_, (i64,)>(&sql);
-        for b in &binds {
-            q = match b {
-                Bind::Int(i) => q.bind(*i),
-                Bind::Text(t) => q.bind(t.clone()),
-            };
-        }
+        let q = bind_all!(sqlx::query_as::<_, (i64,)>(&sql), &binds);
         let (total,) = q.fetch_one(pool).await?;
         Ok((rows.into_iter().map(info).collect(), total))
     }
@@ -287,13 +247,7 @@ impl Pg {
         let sql = format!(
             "UPDATE tidegate_spool SET state = 'pending', attempts = 0, next_ms = $1 WHERE {cond}"
         );
-        let mut q = sqlx::query(&sql).bind(now_ms);
-        for b in binds {
-            q = match b {
-                Bind::Int(i) => q.bind(i),
-                Bind::Text(t) => q.bind(t),
-            };
-        }
+        let q = bind_all!(sqlx::query(&sql).bind(now_ms), &binds);
         Ok(q.execute(pool).await?.rows_affected())
     }
 
@@ -305,13 +259,7 @@ impl Pg {
             "DELETE FROM tidegate_spool WHERE id IN
              (SELECT id FROM tidegate_spool WHERE {cond} FOR UPDATE SKIP LOCKED)"
         );
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                Bind::Int(i) => q.bind(i),
-                Bind::Text(t) => q.bind(t),
-            };
-        }
+        let q = bind_all!(sqlx::query(&sql), &binds);
         Ok(q.execute(pool).await?.rows_affected())
     }
 }

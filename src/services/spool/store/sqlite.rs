@@ -212,22 +212,10 @@ impl Sqlite {
         let sql = format!(
             "SELECT {INFO_COLUMNS} FROM tidegate_spool WHERE {cond} ORDER BY id LIMIT {limit}"
         );
-        let mut q = sqlx::query_as::<_, InfoRow>(&sql);
-        for b in &binds {
-            q = match b {
-                Bind::Int(i) => q.bind(*i),
-                Bind::Text(t) => q.bind(t.clone()),
-            };
-        }
+        let q = bind_all!(sqlx::query_as::<_, InfoRow>(&sql), &binds);
         let rows = q.fetch_all(&self.pool).await?;
         let sql = format!("SELECT count(*) FROM tidegate_spool WHERE {cond}");
-        let mut q = sqlx::query_as::<_, (i64,)>(&sql);
-        for b in &binds {
-            q = match b {
-                Bind::Int(i) => q.bind(*i),
-                Bind::Text(t) => q.bind(t.clone()),
-            };
-        }
+        let q = bind_all!(sqlx::query_as::<_, (i64,)>(&sql), &binds);
         let (total,) = q.fetch_one(&self.pool).await?;
         Ok((rows.into_iter().map(info).collect(), total))
     }
@@ -241,13 +229,7 @@ impl Sqlite {
         let sql = format!(
             "UPDATE tidegate_spool SET state = 'pending', attempts = 0, next_ms = $1 WHERE {cond}"
         );
-        let mut q = sqlx::query(&sql).bind(now_ms);
-        for b in binds {
-            q = match b {
-                Bind::Int(i) => q.bind(i),
-                Bind::Text(t) => q.bind(t),
-            };
-        }
+        let q = bind_all!(sqlx::query(&sql).bind(now_ms), &binds);
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 
@@ -261,48 +243,14 @@ impl Sqlite {
             format!(" AND id NOT IN ({})", ids.join(","))
         };
         let sql = format!("DELETE FROM tidegate_spool WHERE {cond}{skip}");
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                Bind::Int(i) => q.bind(i),
-                Bind::Text(t) => q.bind(t),
-            };
-        }
+        let q = bind_all!(sqlx::query(&sql), &binds);
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 }
 
 /// Record an attempt's end (outside any claim transaction: SQLite claims are in memory).
 async fn finish(pool: &SqlitePool, id: i64, how: &Finish) -> Result<(), StoreError> {
-    let q = match how {
-        Finish::Delivered => sqlx::query("DELETE FROM tidegate_spool WHERE id = $1").bind(id),
-        Finish::Retry {
-            attempts,
-            next_ms,
-            error,
-            status,
-        } => sqlx::query(
-            "UPDATE tidegate_spool SET attempts = $2, next_ms = $3, last_error = $4, last_status = $5
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(*attempts)
-        .bind(*next_ms)
-        .bind(error.clone())
-        .bind(*status),
-        Finish::Dead {
-            attempts,
-            error,
-            status,
-        } => sqlx::query(
-            "UPDATE tidegate_spool SET state = 'dead', attempts = $2, last_error = $3, last_status = $4
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(*attempts)
-        .bind(error.clone())
-        .bind(*status),
-    };
+    let q = outcome_query!(id, how);
     q.execute(pool).await?;
     Ok(())
 }
