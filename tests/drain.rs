@@ -471,24 +471,29 @@ async fn stream_lists_are_bounded_oldest_first() {
         })
         .await;
     }
+    let all = api(&tg, "GET", "/api/v1/pools/blue/drain", "").await.json();
+    let all = all["streams"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 5, "the default limit is 100");
+    let started: Vec<f64> = all
+        .iter()
+        .map(|s| s["started_at"].as_f64().unwrap())
+        .collect();
+    assert!(
+        started.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {started:?}"
+    );
     let d = api(&tg, "GET", "/api/v1/pools/blue/drain?streams=2", "")
         .await
         .json();
     assert_eq!(d["streams_total"], 5);
     let listed = d["streams"].as_array().unwrap();
-    assert_eq!(listed.len(), 2);
-    let ages: Vec<f64> = listed
+    let listed_started: Vec<f64> = listed
         .iter()
-        .map(|s| s["age_seconds"].as_f64().unwrap())
+        .map(|s| s["started_at"].as_f64().unwrap())
         .collect();
-    assert!(ages[0] >= ages[1], "oldest first: {ages:?}");
-    assert_eq!(d["oldest_stream_age_seconds"].as_f64().unwrap(), ages[0]);
-    let all = api(&tg, "GET", "/api/v1/pools/blue/drain", "").await.json();
-    assert_eq!(
-        all["streams"].as_array().unwrap().len(),
-        5,
-        "default limit is 100"
-    );
+    assert_eq!(listed_started, started[..2], "the two oldest");
+    let oldest = d["oldest_stream_age_seconds"].as_f64().unwrap();
+    assert_eq!(oldest, listed[0]["age_seconds"].as_f64().unwrap());
     let r = api(&tg, "GET", "/api/v1/pools/blue/drain?streams=10001", "").await;
     assert_eq!(r.status, 400);
     drop(open);
