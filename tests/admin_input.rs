@@ -146,12 +146,41 @@ async fn bodies_that_are_not_one_json_object_change_nothing() {
         assert_eq!(r.backend().as_deref(), Some("blue"));
     }
 
-    // What `curl -d` sends (form content type) is read as JSON, as documented.
+    // What `curl -d` and a web form send (form content type) is refused: a page of another
+    // origin could send it. So is a mutation without any content type, body or not.
+    for (headers, body) in [
+        (
+            &[("content-type", "application/x-www-form-urlencoded")][..],
+            r#"{"split":{"blue":0,"green":100}}"#,
+        ),
+        (&[("content-type", "text/plain")][..], r#"{"split":{"blue":0}}"#),
+        (&[][..], r#"{"split":{"blue":0,"green":100}}"#),
+        (&[][..], ""),
+    ] {
+        let r = send_exact(
+            &c,
+            "POST",
+            &tg.admin_url("/api/v1/routes/app/split"),
+            headers,
+            body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 415, "{headers:?} {body}: {}", r.body);
+        assert_eq!(state_of(&tg).await, before, "{headers:?} {body} changed state");
+    }
+    let r = send_exact(&c, "POST", &tg.admin_url("/api/v1/maintenance"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 415, "{}", r.body);
+    assert_eq!(r.json()["error"], "json_required");
+    assert_eq!(state_of(&tg).await, before);
+    // With the JSON content type the same call works.
     let r = send(
         &c,
         "POST",
         &tg.admin_url("/api/v1/routes/app/split"),
-        &[("content-type", "application/x-www-form-urlencoded")],
+        &[("content-type", "application/json")],
         r#"{"split":{"blue":0,"green":100}}"#,
     )
     .await

@@ -157,6 +157,11 @@ async fn shipped_defaults_refuse_what_nginx_refuses() {
             400,
             "bad percent-encoding",
         ),
+        (
+            b"GET /a% HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "a bare % at the end",
+        ),
     ];
     for (req, want, what) in cases {
         let r = raw(at, req, 1).await;

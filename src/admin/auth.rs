@@ -1,19 +1,11 @@
 //! Bearer-token check for `/api/v1/*` (and `/metrics` with `metrics_auth`): constant-time
 //! compare with `subtle`; the token is never logged.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    extract::State,
-    http::Request,
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
-use crate::{config::spec::Secret, state::AppState};
+use crate::config::spec::Secret;
 
 /// Whether the request's `Authorization` header carries `expected` (or no token is set).
 pub fn authorized(expected: Option<&Secret>, header: Option<&http::HeaderValue>) -> bool {
@@ -40,22 +32,6 @@ pub fn unauthorized() -> Response {
         http::HeaderValue::from_static("Bearer realm=\"tidegate\""),
     );
     r
-}
-
-/// Middleware: the API needs the token when one is configured.
-pub async fn require(
-    State(state): State<Arc<AppState>>,
-    req: Request<Body>,
-    next: Next,
-) -> Response {
-    let ok = authorized(
-        state.table().spec.admin.token.as_ref(),
-        req.headers().get(http::header::AUTHORIZATION),
-    );
-    if !ok {
-        return unauthorized();
-    }
-    next.run(req).await
 }
 
 #[cfg(test)]

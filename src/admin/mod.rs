@@ -33,9 +33,14 @@
 //! | POST | `/api/v1/spool/{id}/retry` | token | one dead item becomes pending again |
 //! | DELETE | `/api/v1/spool/{id}` | token | delete one item |
 //!
-//! Every error is JSON (`api::ErrorBody`): 401 with `WWW-Authenticate: Bearer`, 404 for
-//! unknown paths, 405 with `Allow`, 400 for bad input (before any handler changes state),
-//! 413 over 64 KiB, 415 for a body that is not JSON.
+//! Before routing, [`guard`] refuses what a web page of another origin could send (Host not
+//! an address of this listener, another `Origin` or `Sec-Fetch-Site`: 403), a call under
+//! `/api/` without the token (401, also for unknown paths) and a mutation without
+//! `Content-Type: application/json` (415, with or without a body).
+//!
+//! Every error is JSON (`api::ErrorBody`): 401 with `WWW-Authenticate: Bearer`, 403 from the
+//! guard, 404 for unknown paths, 405 with `Allow`, 400 for bad input (before any handler
+//! changes state), 413 over 64 KiB, 415 for a body or a mutation that is not JSON.
 
 mod auth;
 mod backends;
@@ -44,6 +49,7 @@ mod deploy;
 mod drain;
 mod edge;
 mod events;
+mod guard;
 mod overrides;
 mod spool;
 mod status;
@@ -184,8 +190,7 @@ pub fn router(ctx: Ctx) -> Router {
                 .delete(overrides::maintenance_off),
         )
         .fallback(edge::not_found)
-        .layer(middleware::from_fn(body::check_layer))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require));
+        .layer(middleware::from_fn(body::check_layer));
     Router::new()
         .route("/healthz", get(status::alive))
         .route("/readyz", get(status::ready))
@@ -197,6 +202,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/ui/app.css", get(ui::style))
         .merge(api)
         .fallback(edge::not_found)
+        .layer(middleware::from_fn_with_state(state, guard::check))
         .layer(middleware::map_response(edge::json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)

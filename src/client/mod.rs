@@ -103,11 +103,13 @@ impl Admin {
         if let Some(t) = &self.token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
+        // Every mutation says it is JSON, with or without a body: the admin API refuses
+        // the content types a web page could send.
+        if method != "GET" && method != "HEAD" {
+            b = b.header("content-type", "application/json");
+        }
         let payload = match body {
-            Some(v) => {
-                b = b.header("content-type", "application/json");
-                serde_json::to_vec(v).map_err(|e| ClientError::Usage(e.to_string()))?
-            }
+            Some(v) => serde_json::to_vec(v).map_err(|e| ClientError::Usage(e.to_string()))?,
             None => Vec::new(),
         };
         let req = b

@@ -25,6 +25,8 @@ pub struct Spec {
     pub resolve_interval: Option<Duration>,
     /// Where spooled requests are kept (`None`: no route spools and none was configured).
     pub spool_store: Option<SpoolStore>,
+    /// Bytes of spooled bodies buffered at once, all routes together.
+    pub spool_buffer: u64,
 }
 
 /// A client-facing listener (not reloadable: a change needs a restart or upgrade).
@@ -59,6 +61,9 @@ pub struct Admin {
     pub addr: SocketAddr,
     pub token: Option<Secret>,
     pub metrics_auth: bool,
+    /// Host names (lowercase, no port) a browser may use for this listener besides IP
+    /// addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Proxy timeouts. `None` = no limit.

@@ -1,7 +1,8 @@
 //! Request hygiene at the edge, before routing (nginx's defaults as the anchor):
 //! a request line plus headers over `http.max_request_header_bytes` is a 431; HTTP/1.1
 //! without exactly one valid `Host` is a 400; `TRACE` is a 405 unless allowed; header names
-//! with `_` are dropped unless allowed; the path is normalized (RFC 3986 6.2.2: percent-
+//! with `_` are dropped unless allowed; a client's `Tidegate-Spool-Id` and
+//! `Tidegate-Spool-Attempt` are dropped; the path is normalized (RFC 3986 6.2.2: percent-
 //! encoded unreserved characters decoded, hex upper-cased, dot-segments removed) so routing
 //! and the backend see the same path, and a malformed one is a 400.
 
@@ -9,7 +10,10 @@ use std::borrow::Cow;
 
 use pingora::http::RequestHeader;
 
-use crate::config::spec::HttpSettings;
+use crate::{
+    config::spec::HttpSettings,
+    services::spool::{ATTEMPT_HEADER, ID_HEADER},
+};
 
 /// Why a request is refused before routing: status, error kind, message.
 pub(super) type Refusal = (u16, &'static str, String);
@@ -34,6 +38,10 @@ pub(super) fn apply(req: &mut RequestHeader, http: &HttpSettings) -> Result<(), 
     if !http.underscores_in_headers {
         drop_underscored(req);
     }
+    // Only tidegate's replayer sets these (the app may deduplicate on the id): a client's own
+    // are dropped, so they are neither forwarded nor stored with a spooled request.
+    req.remove_header(ID_HEADER);
+    req.remove_header(ATTEMPT_HEADER);
     let normalized = match normalize_path(req.uri.path()) {
         Ok(Cow::Borrowed(_)) => None,
         Ok(Cow::Owned(p)) => Some(p),
@@ -161,7 +169,7 @@ fn hex(b: u8) -> Option<u8> {
 /// Normalize a path: `Borrowed` when it already is normal (the common case, no allocation).
 pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let b = path.as_bytes();
-    let needs_work = b.windows(2).any(|w| w == b"/." || w[0] == b'%') || b.first() == Some(&b'%');
+    let needs_work = b.contains(&b'%') || b.windows(2).any(|w| w == b"/.");
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
@@ -258,6 +266,8 @@ mod tests {
         assert_eq!(n("/a..b/c").unwrap(), "/a..b/c");
         assert!(n("/a%zz").is_err());
         assert!(n("/a%2").is_err());
+        assert!(n("/a%").is_err(), "a bare % at the end");
+        assert!(n("%").is_err());
     }
 
     #[test]

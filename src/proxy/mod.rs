@@ -141,6 +141,10 @@ impl Proxy {
             let woke = woke == hold::Woke::Changed;
             match route_on(&self.state.table(), session.req_header()) {
                 Routed::To(r, p) => {
+                    if let Some(spec) = self.queued_behind_spool(&r, session) {
+                        // Items were spooled while this one waited: it goes behind them.
+                        return self.spool_request(session, &r, spec).await;
+                    }
                     ctx.route = Some(r);
                     ctx.pool = Some(p);
                     return Ok(false);
@@ -158,6 +162,17 @@ impl Proxy {
                 Routed::Unavailable(_) => {}
             }
         }
+    }
+
+    /// The route's spool settings when this request must be spooled behind items of its
+    /// route that are pending or being written (arrival order), checked at first routing
+    /// and again after every hold.
+    fn queued_behind_spool<'a>(
+        &self,
+        route: &'a Route,
+        session: &Session,
+    ) -> Option<&'a crate::config::spec::SpoolSpec> {
+        spool::spools(route, session.req_header()).filter(|_| route.stats.spool.queued())
     }
 
     /// Join the route's hold queue (the deadline is set on the first hold of a request).
@@ -256,8 +271,7 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(timeout);
         match routed {
             Routed::To(route, pool) => {
-                let spooled = spool::spools(&route, session.req_header());
-                if let Some(spec) = spooled.filter(|_| route.stats.spool.queued()) {
+                if let Some(spec) = self.queued_behind_spool(&route, session) {
                     // Items wait in the spool: this one goes behind them (arrival order).
                     // Boxed, like the hold below: rare paths stay out of every request's
                     // future, which pingora moves (memcpy) several times per request.

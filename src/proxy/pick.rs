@@ -167,6 +167,16 @@ impl Proxy {
             ctx.route = Some(r.clone());
             ctx.pool = Some(p.clone());
         }
+        let route = ctx.route.as_deref().unwrap_or(route);
+        let spooled = super::spool::spools(route, session.req_header());
+        if spooled.is_some() && route.stats.spool.queued() {
+            // Items of the route were spooled while this request waited: it must not
+            // overtake them. The 503 is turned into a spooled 202 by `fail_to_proxy`.
+            return Err(Error::explain(
+                HTTPStatus(503),
+                format!("route {:?} has spooled items waiting; this request queues behind them", route.name),
+            ));
+        }
         Ok(())
     }
 }

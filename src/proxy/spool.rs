@@ -50,6 +50,11 @@ impl Proxy {
         }
         let route = ctx.route.clone()?;
         let spec = spools(&route, session.req_header())?;
+        // A request that reached a backend may have been processed there: it is spooled
+        // (sent again later) only where `retry_sent` would have sent it again at once.
+        if ctx.connected && !route.spec.retry_sent.allows(&session.req_header().method) {
+            return None;
+        }
         // After a connection that died, the body read so far is in pingora's retry buffer
         // (64 KiB); beyond that it is gone and the request cannot be stored whole.
         let prefix = if ctx.connected {
@@ -106,6 +111,17 @@ impl Proxy {
             errors::respond(session, 503, "spool_full", &msg).await?;
             return Ok(true);
         }
+        // The body is held in memory until it is stored: take its bytes (the declared
+        // length, else the route's max_body) from the budget all spooled bodies share.
+        let want = declared_length(session.req_header()).unwrap_or(spec.max_body);
+        let limit = self.state.table().spec.spool_buffer;
+        let Some(_buffered) = self.spool.reserve(want.max(prefix.len() as u64), limit) else {
+            tracing::warn!(route = %route.name, bytes = want, spool_buffer = limit, "spool buffer full; answering 503");
+            session.set_keepalive(None);
+            let msg = format!("too many request bodies are being spooled at once (spool_buffer: {limit} bytes)");
+            errors::respond(session, 503, "spool_busy", &msg).await?;
+            return Ok(true);
+        };
         let Some(body) = read_body(session, prefix, spec.max_body).await? else {
             return too_large(session, spec).await;
         };

@@ -1,10 +1,21 @@
 //! `state_file`: runtime overrides (drains of pools and backends, split overrides,
 //! maintenance) saved after every change and restored at start, before the first request.
 //!
-//! Written crash-safe: a temp file in the same directory, fsync'd, renamed over the old one,
-//! then the directory fsync'd so the rename itself survives a power loss.
+//! Written crash-safe by one writer at a time: a snapshot taken under the writer's lock, a
+//! temp file of its own (named after the process and a counter, so two writers, or an old
+//! and an upgraded process, never share one) in the same directory, mode 0600, fsync'd,
+//! renamed over the old one, then the directory fsync'd so the rename itself survives a
+//! power loss.
 
-use std::{io::Write, path::Path};
+use std::{
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +88,10 @@ pub fn save(state: &AppState) {
     let Some(path) = state.table().spec.state_file.clone() else {
         return;
     };
+    // One writer at a time, and the snapshot inside the lock: the last write holds the
+    // newest state, whatever order two changes finished in. Plain data: a panic while
+    // holding it leaves nothing half-done in memory.
+    let _one = WRITER.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = write_durably(&path, &snapshot(state)) {
         tracing::error!(file = %path.display(), error = %e, "cannot write state_file");
     }
@@ -88,6 +103,11 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     let Some(path) = state.table().spec.state_file.clone() else {
         return Vec::new();
     };
+    match tighten(&path) {
+        Ok(true) => tracing::warn!(file = %path.display(), "state_file was readable by others; now mode 0600"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot make state_file private"),
+    }
     let saved: Saved = match std::fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(s) => s,
@@ -123,14 +143,50 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     saved.drains
 }
 
+/// Serializes writes of the state file within this process.
+static WRITER: Mutex<()> = Mutex::new(());
+/// Distinguishes the temp files of one process.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Create `path` for writing, new and readable by its owner only (it may hold tokens or
+/// request bodies).
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Make an existing file readable by its owner only; whether it had to change.
+pub fn tighten(path: &Path) -> std::io::Result<bool> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if meta.permissions().mode() & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(true)
+}
+
 fn write_durably(path: &Path, saved: &Saved) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    // Relaxed: only uniqueness matters.
+    let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = create_private(&tmp).and_then(|mut f| {
+        f.write_all(&bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -31,6 +31,20 @@ pub fn file_changed(state: &AppState) -> bool {
     }
 }
 
+/// The admin listener stays bound to its start address until a restart: a file that would
+/// leave it without a token off loopback is refused (whatever address the file names).
+fn keeps_admin_token(bound: std::net::SocketAddr, spec: &config::Spec) -> Result<(), ConfigError> {
+    if bound.ip().is_loopback() || spec.admin.token.is_some() {
+        return Ok(());
+    }
+    Err(ConfigError::Security {
+        path: "admin".into(),
+        message: format!(
+            "the admin listener is bound to {bound} (not loopback) until a restart: a reload cannot remove its token (admin.token_env or admin.token_file)"
+        ),
+    })
+}
+
 /// Re-read the config file; publish it when valid. Blocking (file I/O, DNS): call it from a
 /// blocking thread.
 pub fn reload(state: &AppState) -> Result<ReloadSummary, ConfigError> {
@@ -42,7 +56,8 @@ pub fn reload(state: &AppState) -> Result<ReloadSummary, ConfigError> {
         .and_then(|bytes| {
             let h = hash(&bytes);
             config::load_bytes(&bytes, &|k| std::env::var(k).ok()).map(|l| (l, h))
-        });
+        })
+        .and_then(|(l, h)| keeps_admin_token(state.admin_bound, &l.spec).map(|()| (l, h)));
     let (loaded, file_hash) = match loaded {
         Ok(l) => l,
         Err(e) => {

@@ -50,6 +50,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub stats: Stats,
     pub config_path: PathBuf,
+    /// The address the admin listener was bound to at start (a reload does not move it).
+    pub admin_bound: std::net::SocketAddr,
     /// Readiness, shutdown, process-wide in-flight count, reload counters.
     pub process: Process,
     /// Woken when a backend may have become available (health, undrain, split, reload):
@@ -88,7 +90,9 @@ impl AppState {
         // From now on, new backends are additions (they slow-start).
         registry.set_live();
         let (tx, rx) = mpsc::unbounded_channel();
+        let admin_bound = table.spec.admin.addr;
         Self {
+            admin_bound,
             table: ArcSwap::from_pointee(table),
             publish: Mutex::new(Published {
                 overrides: Default::default(),

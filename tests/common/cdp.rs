@@ -23,6 +23,11 @@ pub struct Browser {
 impl Browser {
     /// Start Chromium headless with a blank page of `width`×`height`.
     pub async fn start(width: u32, height: u32) -> Browser {
+        Self::start_with(width, height, &[]).await
+    }
+
+    /// [`Browser::start`] with more command-line switches.
+    pub async fn start_with(width: u32, height: u32, extra: &[&str]) -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         let child = Command::new("chromium")
             .args([
@@ -36,6 +41,7 @@ impl Browser {
                 "--remote-allow-origins=*",
                 &format!("--window-size={width},{height}"),
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())

@@ -37,8 +37,30 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// Send a request with a 10 s overall limit.
+/// Send a request with a 10 s overall limit. An admin API mutation (a path under `/api/`)
+/// without a `Content-Type` gets `application/json`, as the CLI sends it; [`send_exact`]
+/// sends only the headers given.
 pub async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, String> {
+    let mutation = method != "GET" && method != "HEAD";
+    let has_ct = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if mutation && !has_ct && url.contains("/api/") {
+        let mut with = headers.to_vec();
+        with.push(("content-type", "application/json"));
+        return send_exact(c, method, url, &with, body).await;
+    }
+    send_exact(c, method, url, headers, body).await
+}
+
+/// Send exactly these headers, with a 10 s overall limit.
+pub async fn send_exact(
     c: &HttpClient,
     method: &str,
     url: &str,

@@ -205,10 +205,27 @@ pub(super) fn build_admin(
             ),
         });
     }
+    let mut allowed_hosts = Vec::new();
+    for (i, h) in a.allowed_hosts.iter().enumerate() {
+        let name = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(invalid(
+                &format!("admin.allowed_hosts[{i}]"),
+                &format!("{h:?} is not a host name (letters, digits, '-' and '.'; no port, no scheme)"),
+            ));
+        }
+        allowed_hosts.push(name);
+    }
     Ok(Admin {
         addr,
         token,
         metrics_auth: a.metrics_auth,
+        allowed_hosts,
     })
 }
 

@@ -40,6 +40,7 @@ pub fn build(
     let pools = build_pools(&file.pools, warnings)?;
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
     let spool_store = spool::build_store(&file, &routes, env, warnings)?;
+    let spool_buffer = spool::build_buffer(&file, &routes)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
         return Err(invalid("timeouts.connect", "must be greater than 0"));
@@ -76,6 +77,7 @@ pub fn build(
             upgrade_sock: file.server.upgrade_sock,
             pid_file: file.server.pid_file,
         },
+        spool_buffer,
         routes,
         router: Arc::new(router),
         pools,

@@ -62,6 +62,31 @@ pub(super) fn build_spool(path: &str, f: &FileSpool) -> Result<SpoolSpec, Config
     })
 }
 
+/// `spool_buffer`: at least the largest `max_body` (else such a body could never be stored).
+pub(super) fn build_buffer(file: &FileConfig, routes: &[Arc<RouteSpec>]) -> Result<u64, ConfigError> {
+    let b = file.spool_buffer;
+    if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&b) {
+        return Err(ConfigError::OutOfRange {
+            path: "spool_buffer".into(),
+            value: b.min(i64::MAX as u64) as i64,
+            min: 1024 * 1024,
+            max: 16 * 1024 * 1024 * 1024,
+        });
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(s) = r.spool.as_ref().filter(|s| s.max_body > b) {
+            return Err(invalid(
+                format!("routes[{i}].spool.max_body"),
+                format!(
+                    "{} is larger than spool_buffer ({b}), the bytes of bodies held at once",
+                    s.max_body
+                ),
+            ));
+        }
+    }
+    Ok(b)
+}
+
 /// `spool_store`: given, or `spool.db` next to `state_file` when a route spools.
 pub(super) fn build_store(
     file: &FileConfig,

@@ -47,6 +47,14 @@ pub struct FileConfig {
     pub resolve_interval: HumanDuration,
     #[serde(default)]
     pub spool_store: Option<FileSpoolStore>,
+    /// Bytes of spooled request bodies held in memory at once, over every route.
+    #[serde(default = "default_spool_buffer")]
+    pub spool_buffer: u64,
+}
+
+/// Default: 64 MiB of spooled bodies in memory at once.
+pub fn default_spool_buffer() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Default: resolve backend names again every 5 s.
@@ -87,6 +95,9 @@ pub struct FileAdmin {
     pub token_file: Option<PathBuf>,
     #[serde(default)]
     pub metrics_auth: bool,
+    /// Names (besides IP addresses and localhost) the admin listener answers to.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for FileAdmin {
@@ -96,6 +107,7 @@ impl Default for FileAdmin {
             token_env: None,
             token_file: None,
             metrics_auth: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -15,7 +15,11 @@ pub mod store;
 mod writer;
 
 use std::{
-    sync::{atomic::AtomicU64, Arc, Mutex, OnceLock},
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::Duration,
 };
 
@@ -33,6 +37,9 @@ pub const ATTEMPT_HEADER: &str = "tidegate-spool-attempt";
 
 /// Longest wait for a write to be committed before the client gets a 503.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The writer abandons a write not committed this long after it was queued: well before
+/// the client's wait ends, so the client never gets a 503 for a row committed after it.
+pub const WRITE_BUDGET: Duration = Duration::from_millis(4000);
 /// Writes queued for the writer at most (beyond: 503, like a full store).
 const WRITE_QUEUE: usize = 4096;
 
@@ -48,6 +55,8 @@ pub enum SpoolError {
 /// One write waiting for its commit.
 struct WriteReq {
     item: NewItem,
+    /// Not committed by then: abandoned, and the client gets a 503.
+    deadline: tokio::time::Instant,
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -62,6 +71,10 @@ pub struct Spool {
     /// Bumped before and after every commit (odd = a commit under way): a depth refresh
     /// that saw it move is dropped.
     commits: AtomicU64,
+    /// Bytes of request bodies being read or written now (bounded by `spool_buffer`).
+    buffered: AtomicU64,
+    /// Ids of abandoned writes whose rows may exist until their delete lands: never replayed.
+    revoked: Mutex<HashSet<i64>>,
 }
 
 impl Spool {
@@ -75,6 +88,8 @@ impl Spool {
             tx,
             rx: Mutex::new(Some(rx)),
             commits: AtomicU64::new(0),
+            revoked: Mutex::new(HashSet::new()),
+            buffered: AtomicU64::new(0),
         })
     }
 
@@ -101,8 +116,13 @@ impl Spool {
             }
         }
         let (reply, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
         self.tx
-            .try_send(WriteReq { item, reply })
+            .try_send(WriteReq {
+                item,
+                deadline,
+                reply,
+            })
             .map_err(|_| SpoolError::Busy)?;
         match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
             Ok(Ok(Ok(id))) => Ok(id),
@@ -116,7 +136,48 @@ impl Spool {
     }
 }
 
+/// Bytes of the spool's memory budget held by one request until it is stored or refused.
+pub struct Buffered<'a>(&'a AtomicU64, u64);
+
+impl Drop for Buffered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
+}
+
 impl Spool {
+    /// Take `bytes` of the `limit` shared by every spooled body, before reading one; `None`
+    /// when they are not free (the caller answers 503 + Retry-After).
+    pub fn reserve(&self, bytes: u64, limit: u64) -> Option<Buffered<'_>> {
+        // AcqRel: the sum is the admission decision; concurrent reservations must all see it.
+        self.buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&n| n <= limit)
+            })
+            .ok()
+            .map(|_| Buffered(&self.buffered, bytes))
+    }
+
+    /// Mark ids as revoked (`on`) or forget them once deleted.
+    fn revoke(&self, ids: &[i64], on: bool) {
+        let mut set = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if on {
+                set.insert(*id);
+            } else {
+                set.remove(id);
+            }
+        }
+    }
+
+    /// Whether an item belongs to an abandoned write (its delete is under way).
+    pub fn is_revoked(&self, id: i64) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
     /// Read every route's depth from the store now (after an operator's change).
     pub async fn refresh_now(&self) {
         if let Ok(store) = self.store() {

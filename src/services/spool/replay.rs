@@ -36,6 +36,9 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 const SUPERVISE: Duration = Duration::from_secs(1);
 /// Longest sleep of an idle worker before it looks again.
 const IDLE: Duration = Duration::from_secs(1);
+/// First pause after an outcome the store could not record (doubling, up to the route's
+/// `max_backoff`).
+const OUTCOME_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What one attempt came to, before it is written to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,7 @@ pub async fn supervise(spool: Arc<Spool>, store: Arc<Store>, mut shutdown: Shutd
         for (name, n) in wanted {
             running.entry(name.clone()).or_insert_with(|| {
                 let w = Worker {
+                    spool: spool.clone(),
                     state: spool.state.clone(),
                     store: store.clone(),
                     client: client.clone(),
@@ -124,6 +128,7 @@ type Summary = Arc<Mutex<HashMap<Arc<str>, (u64, u64)>>>;
 
 #[derive(Clone)]
 struct Worker {
+    spool: Arc<Spool>,
     state: Arc<AppState>,
     store: Arc<Store>,
     client: HttpClient,
@@ -135,6 +140,9 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         let depth = self.state.stats.spool_depth(&self.route);
+        // Consecutive outcomes the store could not record: each doubles the pause before the
+        // next claim (an item sent but not recorded is sent again, so not in a tight loop).
+        let mut unrecorded = 0u32;
         loop {
             if depth.pending() == 0 {
                 self.log_empty();
@@ -148,13 +156,33 @@ impl Worker {
             let Some(replay) = route.spec.spool.as_ref().map(|s| s.replay.clone()) else {
                 return;
             };
-            if route.pick_pool().is_none() {
-                // Nothing to send to: wait for a backend (health, undrain, reload).
+            let maintenance = table.maintenance.as_ref().is_some_and(|m| {
+                let spooled = route.spec.spool.as_ref().map_or(&[][..], |s| &s.methods[..]);
+                spooled.iter().any(|method| m.matches(&route.name, method))
+            });
+            if maintenance || route.pick_pool().is_none() {
+                // Nothing to send to, or the route is in maintenance: wait for a backend
+                // (health, undrain, reload) or the end of maintenance.
                 let _ = tokio::time::timeout(IDLE, self.state.availability.notified()).await;
                 continue;
             }
             match self.store.claim(&self.route, self.strict, now_ms()).await {
-                Ok(Next::Item(claim)) => self.deliver(&route, &replay, claim).await,
+                Ok(Next::Item(claim)) if self.spool.is_revoked(claim.item.id) => {
+                    // Its write timed out and its delete is under way: never sent.
+                    drop(claim);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Next::Item(claim)) => {
+                    if self.deliver(&route, &replay, claim).await {
+                        unrecorded = 0;
+                    } else {
+                        unrecorded = unrecorded.saturating_add(1);
+                        let pause = OUTCOME_BACKOFF
+                            .saturating_mul(1 << unrecorded.min(5))
+                            .min(replay.max_backoff.max(OUTCOME_BACKOFF));
+                        tokio::time::sleep(pause).await;
+                    }
+                }
                 Ok(Next::NotDue(at)) => {
                     let wait = Duration::from_millis((at - now_ms()).clamp(1, 1000) as u64);
                     tokio::time::sleep(wait).await;
@@ -172,8 +200,9 @@ impl Worker {
         }
     }
 
-    /// Send one claimed item and record the outcome.
-    async fn deliver(&self, route: &Route, replay: &ReplaySpec, claim: Claim) {
+    /// Send one claimed item and record the outcome; `false` when the store could not
+    /// record it (the item stays pending and will be sent again).
+    async fn deliver(&self, route: &Route, replay: &ReplaySpec, claim: Claim) -> bool {
         let item = &claim.item;
         let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
         let picked = route
@@ -195,8 +224,8 @@ impl Worker {
             Finish::Dead { .. } => "dead",
         };
         if let Err(e) = self.store.finish(claim, &how).await {
-            tracing::warn!(route = %self.route, id, error = %e, "spool: could not record a replay; the item stays pending");
-            return;
+            tracing::warn!(route = %self.route, id, result, error = %e, "spool: could not record a replay; the item stays pending and is sent again after a pause");
+            return false;
         }
         self.state
             .stats
@@ -224,6 +253,7 @@ impl Worker {
                 tracing::info!(route = %self.route, id, attempt, age_ms, "spooled request delivered")
             }
         }
+        true
     }
 
     /// One HTTP exchange with the backend, the answer read to its end.
@@ -284,6 +314,13 @@ fn request(
             continue;
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        // Set below, once: a stored copy (an item kept by an older version that did not
+        // drop a client's own) must not add a second value.
+        if name.eq_ignore_ascii_case(ID_HEADER.as_bytes())
+            || name.eq_ignore_ascii_case(ATTEMPT_HEADER.as_bytes())
+        {
+            continue;
+        }
         req = req.header(name, value);
     }
     req.header(ID_HEADER, item.id)

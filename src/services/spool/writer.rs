@@ -1,5 +1,8 @@
 //! Group commit: one task takes every write waiting, stores them in one transaction (one
-//! fsync), then answers each. Another refreshes the routes' depths from the store every
+//! fsync), then answers each. Every write has a deadline below the client's wait: a group
+//! that is not committed by its earliest deadline is abandoned (rolled back, and rows
+//! whose commit may have landed are deleted before anything else is written), so a 503
+//! means nothing was kept and a hung store does not hold later writes. Another refreshes the routes' depths from the store every
 //! second; a refresh that overlapped a commit is dropped (its counts may miss the fresh
 //! items, and a missing item would let a new request overtake it).
 
@@ -10,12 +13,17 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{store::Store, Spool, WriteReq};
+use super::{
+    store::{Select, Store, StoreError},
+    Spool, WriteReq,
+};
 
 /// Writes committed together at most.
 const GROUP: usize = 256;
 /// How often depths are read from the store (other proxies of a fleet write there too).
 const REFRESH: Duration = Duration::from_secs(1);
+/// Time limit of one delete of a timed-out write.
+const REVOKE_CALL: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(spool: Arc<Spool>, store: Arc<Store>, mut rx: mpsc::Receiver<WriteReq>) {
     while let Some(first) = rx.recv().await {
@@ -28,11 +36,44 @@ pub(super) async fn run(spool: Arc<Spool>, store: Arc<Store>, mut rx: mpsc::Rece
         }
         // A client that stopped waiting got a 503: storing its request now would deliver
         // what it was told was not kept (and it will send it again).
-        group.retain(|r| !r.reply.is_closed());
+        let now = tokio::time::Instant::now();
+        group.retain(|r| !r.reply.is_closed() && r.deadline > now);
         if !group.is_empty() {
             commit(&spool, &store, group).await;
         }
     }
+}
+
+/// Delete rows whose commit is in doubt. Until they are gone the replayer skips them;
+/// later writes wait (and, past their own deadline, get a 503 with nothing kept).
+async fn revoke(spool: &Spool, store: &Store, ids: Vec<i64>) {
+    if ids.is_empty() {
+        return;
+    }
+    spool.revoke(&ids, true);
+    let mut wait = Duration::from_millis(100);
+    for &id in &ids {
+        let sel = Select {
+            id: Some(id),
+            route: None,
+            state: None,
+        };
+        loop {
+            match tokio::time::timeout(REVOKE_CALL, store.delete(sel)).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(id, error = %e, "spool: cannot delete an item whose write timed out; retrying")
+                }
+                Err(_) => {
+                    tracing::warn!(id, "spool: the store does not answer; retrying the delete of a timed-out write")
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+    spool.revoke(&ids, false);
+    tracing::warn!(items = ids.len(), "spool: a write timed out; its items were rolled back and the senders got 503");
 }
 
 /// Refresh the depths every second, until the process ends.
@@ -47,9 +88,22 @@ pub(super) async fn refresher(spool: Arc<Spool>, store: Arc<Store>) {
 
 async fn commit(spool: &Spool, store: &Store, group: Vec<WriteReq>) {
     let items: Vec<_> = group.iter().map(|r| r.item.clone()).collect();
+    let deadline = group.iter().map(|r| r.deadline).min();
+    let staged = std::sync::Mutex::new(Vec::new());
     // Before and after: a refresh reading in between is dropped.
     spool.commits.fetch_add(1, Ordering::AcqRel);
-    let stored = store.insert(&items).await;
+    let stored = match deadline {
+        Some(d) => tokio::time::timeout_at(d, store.insert(&items, &staged))
+            .await
+            .unwrap_or_else(|_| Err(StoreError("the store did not commit in time".into()))),
+        None => Ok(Vec::new()),
+    };
+    if stored.is_err() {
+        // Rows inserted before the failure may have been committed (a commit cut off by the
+        // deadline): the clients get a 503, so these rows must go.
+        let maybe = std::mem::take(&mut *staged.lock().unwrap_or_else(|p| p.into_inner()));
+        revoke(spool, store, maybe).await;
+    }
     spool.commits.fetch_add(1, Ordering::AcqRel);
     match stored {
         Ok(ids) => {

@@ -265,10 +265,17 @@ impl Store {
     }
 
     /// Store `items` in one durable transaction; their ids in order.
-    pub async fn insert(&self, items: &[NewItem]) -> Result<Vec<i64>, StoreError> {
+    /// Store `items` in one transaction; their ids. Each id is pushed to `staged` as soon as
+    /// its row is inserted, before the commit: a caller that stops waiting (drops this
+    /// future) knows which rows may have been committed.
+    pub async fn insert(
+        &self,
+        items: &[NewItem],
+        staged: &std::sync::Mutex<Vec<i64>>,
+    ) -> Result<Vec<i64>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.insert(items).await,
-            Store::Postgres(p) => p.insert(items).await,
+            Store::Sqlite(s) => s.insert(items, staged).await,
+            Store::Postgres(p) => p.insert(items, staged).await,
         }
     }
 

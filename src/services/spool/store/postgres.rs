@@ -97,7 +97,11 @@ impl Pg {
         Ok(&self.pool)
     }
 
-    pub async fn insert(&self, items: &[NewItem]) -> Result<Vec<i64>, StoreError> {
+    pub async fn insert(
+        &self,
+        items: &[NewItem],
+        staged: &std::sync::Mutex<Vec<i64>>,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.ready().await?.begin().await?;
         let mut ids = Vec::with_capacity(items.len());
         for it in items {
@@ -114,6 +118,8 @@ impl Pg {
             .fetch_one(&mut *tx)
             .await?;
             ids.push(id);
+            // Known before the commit: if the caller gives up during it, it deletes these.
+            staged.lock().unwrap_or_else(|p| p.into_inner()).push(id);
         }
         // PostgreSQL's default synchronous_commit: the commit returns once the WAL is flushed.
         tx.commit().await?;

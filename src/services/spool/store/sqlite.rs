@@ -60,6 +60,26 @@ fn lock(set: &ClaimSet) -> std::sync::MutexGuard<'_, HashSet<i64>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The database holds request bodies: create it mode 0600 (SQLite gives its `-wal` and
+/// `-shm` files the database's mode) and tighten files an older version left readable.
+fn private_db(path: &Path) -> Result<(), StoreError> {
+    let err = |p: &Path, e: std::io::Error| StoreError(format!("{}: {e}", p.display()));
+    match crate::services::persist::create_private(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(path, e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        let p = std::path::PathBuf::from(name);
+        if crate::services::persist::tighten(&p).map_err(|e| err(&p, e))? {
+            tracing::warn!(file = %p.display(), "spool file was readable by others; now mode 0600");
+        }
+    }
+    Ok(())
+}
+
 impl Sqlite {
     /// Open (creating) the file and its table.
     pub async fn open(path: &Path) -> Result<Sqlite, StoreError> {
@@ -67,6 +87,7 @@ impl Sqlite {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         }
+        private_db(path)?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -98,7 +119,11 @@ impl Sqlite {
         })
     }
 
-    pub async fn insert(&self, items: &[NewItem]) -> Result<Vec<i64>, StoreError> {
+    pub async fn insert(
+        &self,
+        items: &[NewItem],
+        staged: &std::sync::Mutex<Vec<i64>>,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(items.len());
         for it in items {
@@ -115,6 +140,8 @@ impl Sqlite {
             .fetch_one(&mut *tx)
             .await?;
             ids.push(id);
+            // Known before the commit: if the caller gives up during it, it deletes these.
+            staged.lock().unwrap_or_else(|p| p.into_inner()).push(id);
         }
         tx.commit().await?;
         Ok(ids)
