@@ -153,7 +153,10 @@ async fn bodies_that_are_not_one_json_object_change_nothing() {
             &[("content-type", "application/x-www-form-urlencoded")][..],
             r#"{"split":{"blue":0,"green":100}}"#,
         ),
-        (&[("content-type", "text/plain")][..], r#"{"split":{"blue":0}}"#),
+        (
+            &[("content-type", "text/plain")][..],
+            r#"{"split":{"blue":0}}"#,
+        ),
         (&[][..], r#"{"split":{"blue":0,"green":100}}"#),
         (&[][..], ""),
     ] {
@@ -167,7 +170,11 @@ async fn bodies_that_are_not_one_json_object_change_nothing() {
         .await
         .unwrap();
         assert_eq!(r.status, 415, "{headers:?} {body}: {}", r.body);
-        assert_eq!(state_of(&tg).await, before, "{headers:?} {body} changed state");
+        assert_eq!(
+            state_of(&tg).await,
+            before,
+            "{headers:?} {body} changed state"
+        );
     }
     let r = send_exact(&c, "POST", &tg.admin_url("/api/v1/maintenance"), &[], "")
         .await

@@ -84,8 +84,12 @@ async fn pages_of_other_origins_change_and_read_nothing() {
     let before = state_of(&tg).await;
     assert_eq!(before["maintenance"]["maintenance"], false, "{before}");
 
-    let mut b = Browser::start_with(1024, 768, &["--host-resolver-rules=MAP evil.test 127.0.0.1"])
-        .await;
+    let mut b = Browser::start_with(
+        1024,
+        768,
+        &["--host-resolver-rules=MAP evil.test 127.0.0.1"],
+    )
+    .await;
     // 1. Auto-submitted forms: form-encoded, and text/plain carrying JSON.
     for page in ["/form", "/form-json"] {
         b.navigate(&format!("http://evil.test:{}{page}", evil.port()))
@@ -108,8 +112,12 @@ async fn pages_of_other_origins_change_and_read_nothing() {
     // 2. fetch from a page of another origin: no-cors with safelisted types, and CORS.
     b.navigate(&format!("http://evil.test:{}/", evil.port()))
         .await;
-    b.wait_true("the page", "document.readyState === 'complete'", Duration::from_secs(10))
-        .await;
+    b.wait_true(
+        "the page",
+        "document.readyState === 'complete'",
+        Duration::from_secs(10),
+    )
+    .await;
     let a = format!("http://127.0.0.1:{admin}");
     let js = format!(
         r#"(async () => {{
@@ -145,8 +153,12 @@ async fn pages_of_other_origins_change_and_read_nothing() {
     // 3. DNS rebinding: a page whose own origin is evil.test:ADMIN, so the browser lets it
     // read and send JSON "same-origin".
     b.navigate(&format!("http://evil.test:{admin}/ui")).await;
-    b.wait_true("the rebound page", "document.readyState === 'complete'", Duration::from_secs(10))
-        .await;
+    b.wait_true(
+        "the rebound page",
+        "document.readyState === 'complete'",
+        Duration::from_secs(10),
+    )
+    .await;
     let js = r#"(async () => {
         const out = [];
         const tries = [
@@ -228,7 +240,11 @@ async fn browser_headers_from_elsewhere_are_refused() {
             ],
             403,
         ),
-        ("POST", &[("origin", "null"), ("content-type", "application/json")], 403),
+        (
+            "POST",
+            &[("origin", "null"), ("content-type", "application/json")],
+            403,
+        ),
         // DNS rebinding: the browser sends the attacker's name as Host.
         (
             "POST",
@@ -263,27 +279,41 @@ async fn browser_headers_from_elsewhere_are_refused() {
     }
     assert_eq!(state_of(&tg).await, before, "refused calls changed state");
     // curl -H 'Content-Type: application/json' and the CLI keep working.
-    let r = send_exact(&c, "POST", &url, &[("content-type", "application/json")], "")
-        .await
-        .unwrap();
+    let r = send_exact(
+        &c,
+        "POST",
+        &url,
+        &[("content-type", "application/json")],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let out = std::process::Command::new(binary())
         .args(["maintenance", "off", "--admin", &tg.admin_url("")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(state_of(&tg).await["maintenance"]["maintenance"], false);
     // A name listed in admin.allowed_hosts is trusted.
-    let listed = sidecar(app.addr).replace(
-        "admin:\n",
-        "admin:\n  allowed_hosts: [tidegate.internal]\n",
-    );
+    let listed =
+        sidecar(app.addr).replace("admin:\n", "admin:\n  allowed_hosts: [tidegate.internal]\n");
     assert_ne!(listed, sidecar(app.addr), "the admin key was found");
     let tg2 = Tidegate::start(&listed).await;
     let named = format!("tidegate.internal:{}", tg2.admin.port());
-    let r = send_exact(&c, "GET", &tg2.admin_url("/api/v1/status"), &[("host", &named)], "")
-        .await
-        .unwrap();
+    let r = send_exact(
+        &c,
+        "GET",
+        &tg2.admin_url("/api/v1/status"),
+        &[("host", &named)],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -295,9 +325,17 @@ async fn unknown_api_paths_need_the_token_too() {
     let tg = Tidegate::spawn(&yaml, &[("TG_TEST_TOKEN", "t0ken")]);
     tg.wait_ready().await;
     let c = client();
-    for path in ["/api/v1/nonexistent", "/api/v1/", "/api/v1", "/api", "/api/v2/x"] {
+    for path in [
+        "/api/v1/nonexistent",
+        "/api/v1/",
+        "/api/v1",
+        "/api",
+        "/api/v2/x",
+    ] {
         for method in ["GET", "POST"] {
-            let r = send_exact(&c, method, &tg.admin_url(path), &[], "").await.unwrap();
+            let r = send_exact(&c, method, &tg.admin_url(path), &[], "")
+                .await
+                .unwrap();
             assert_eq!(r.status, 401, "{method} {path}: {}", r.body);
         }
         let r = send_exact(
@@ -336,7 +374,10 @@ async fn a_reload_cannot_drop_the_token_of_a_listener_bound_off_loopback() {
         "admin:\n  address: {admin}",
         &format!("admin:\n  address: 0.0.0.0:{port}\n  token_env: TG_TEST_TOKEN"),
     );
-    assert!(with_token.contains("0.0.0.0:"), "the admin address was found");
+    assert!(
+        with_token.contains("0.0.0.0:"),
+        "the admin address was found"
+    );
     let mut tg = Tidegate::spawn(&with_token, &[("TG_TEST_TOKEN", "t0ken")]);
     tg.admin = format!("127.0.0.1:{port}").parse().unwrap();
     tg.wait_ready().await;
@@ -345,9 +386,15 @@ async fn a_reload_cannot_drop_the_token_of_a_listener_bound_off_loopback() {
     tg.rewrite_config(&sidecar(app.addr).replace("{admin}", &format!("127.0.0.1:{port}")));
     let c = client();
     let auth = [("authorization", "Bearer t0ken")];
-    let r = send(&c, "POST", &tg.admin_url("/api/v1/config/reload"), &auth, "")
-        .await
-        .unwrap();
+    let r = send(
+        &c,
+        "POST",
+        &tg.admin_url("/api/v1/config/reload"),
+        &auth,
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("cannot remove its token"), "{}", r.body);
     assert_eq!(generation(&tg).await, gen);

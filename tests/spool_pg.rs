@@ -137,3 +137,55 @@ async fn an_unreachable_database_is_a_503_and_keeps_nothing() {
     let r = get(&tg.admin_url("/api/v1/spool")).await.unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
 }
+
+/// The spool table is locked by another session for 8 s (a stalled store): the write is
+/// abandoned before the client's 5 s, the client gets a 503, and after the lock is released
+/// nothing of it is stored (the next write is the only item). Later writes are not stuck
+/// behind it.
+#[tokio::test]
+async fn a_write_the_store_cannot_commit_in_time_keeps_nothing() {
+    let pg = Postgres::start().await;
+    let app: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let tg = start(&fleet_yaml(app), &pg.url()).await;
+    let c = client();
+    // Creates the table.
+    let r = send(&c, "POST", &tg.url("/hooks/first"), &[], "first")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = send(
+        &c,
+        "DELETE",
+        &tg.admin_url("/api/v1/spool?state=pending"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut locker = pg.psql_background(
+        "BEGIN; LOCK TABLE tidegate_spool IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;",
+    );
+    wait_for("the lock held", Duration::from_secs(5), || async {
+        let n = pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'tidegate_spool' AND l.mode = 'AccessExclusiveLock' AND l.granted");
+        (n == "1").then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = send(&c, "POST", &tg.url("/hooks/stalled"), &[], "stalled")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = locker.wait();
+    let r = send(&c, "POST", &tg.url("/hooks/after"), &[], "after")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let rows = pg.psql("SELECT string_agg(target, ',' ORDER BY id) FROM tidegate_spool");
+    assert_eq!(rows, "/hooks/after", "the 503'd write must not be stored");
+}

@@ -31,11 +31,7 @@ use super::{auth, ApiError};
 use crate::state::AppState;
 
 /// Middleware: the four checks above, in that order.
-pub async fn check(
-    State(state): State<Arc<AppState>>,
-    req: Request<Body>,
-    next: Next,
-) -> Response {
+pub async fn check(State(state): State<Arc<AppState>>, req: Request<Body>, next: Next) -> Response {
     let path = req.uri().path();
     let probe = path == "/healthz" || path == "/readyz";
     let table = state.table();
@@ -54,7 +50,12 @@ pub async fn check(
         }
     }
     let api = path == "/api" || path.starts_with("/api/");
-    if api && !auth::authorized(admin.token.as_ref(), req.headers().get(header::AUTHORIZATION)) {
+    if api
+        && !auth::authorized(
+            admin.token.as_ref(),
+            req.headers().get(header::AUTHORIZATION),
+        )
+    {
         return auth::unauthorized();
     }
     drop(table);
@@ -217,7 +218,10 @@ mod tests {
             ("origin", "http://127.0.0.1:9901"),
             ("sec-fetch-site", "same-origin")
         ]));
-        assert!(ok(&[("host", "localhost:9901"), ("sec-fetch-site", "none")]));
+        assert!(ok(&[
+            ("host", "localhost:9901"),
+            ("sec-fetch-site", "none")
+        ]));
         assert!(!ok(&[
             ("host", "127.0.0.1:9901"),
             ("origin", "http://evil.example")
@@ -227,8 +231,14 @@ mod tests {
             ("host", "127.0.0.1:9901"),
             ("origin", "http://127.0.0.1:3000")
         ]));
-        assert!(!ok(&[("host", "127.0.0.1:9901"), ("sec-fetch-site", "same-site")]));
-        assert!(!ok(&[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")]));
+        assert!(!ok(&[
+            ("host", "127.0.0.1:9901"),
+            ("sec-fetch-site", "same-site")
+        ]));
+        assert!(!ok(&[
+            ("host", "127.0.0.1:9901"),
+            ("sec-fetch-site", "cross-site")
+        ]));
     }
 
     #[test]

@@ -174,7 +174,10 @@ impl Proxy {
             // overtake them. The 503 is turned into a spooled 202 by `fail_to_proxy`.
             return Err(Error::explain(
                 HTTPStatus(503),
-                format!("route {:?} has spooled items waiting; this request queues behind them", route.name),
+                format!(
+                    "route {:?} has spooled items waiting; this request queues behind them",
+                    route.name
+                ),
             ));
         }
         Ok(())

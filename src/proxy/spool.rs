@@ -118,7 +118,9 @@ impl Proxy {
         let Some(_buffered) = self.spool.reserve(want.max(prefix.len() as u64), limit) else {
             tracing::warn!(route = %route.name, bytes = want, spool_buffer = limit, "spool buffer full; answering 503");
             session.set_keepalive(None);
-            let msg = format!("too many request bodies are being spooled at once (spool_buffer: {limit} bytes)");
+            let msg = format!(
+                "too many request bodies are being spooled at once (spool_buffer: {limit} bytes)"
+            );
             errors::respond(session, 503, "spool_busy", &msg).await?;
             return Ok(true);
         };

@@ -104,9 +104,13 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
         return Vec::new();
     };
     match tighten(&path) {
-        Ok(true) => tracing::warn!(file = %path.display(), "state_file was readable by others; now mode 0600"),
+        Ok(true) => {
+            tracing::warn!(file = %path.display(), "state_file was readable by others; now mode 0600")
+        }
         Ok(false) => {}
-        Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot make state_file private"),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot make state_file private")
+        }
     }
     let saved: Saved = match std::fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {

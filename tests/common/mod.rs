@@ -6,6 +6,7 @@ pub mod cdp;
 pub mod client;
 pub mod postgres;
 pub mod recorder;
+pub mod spool;
 
 use std::{
     net::SocketAddr,

@@ -119,6 +119,18 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Start psql running `sql` in the background (a session that holds a lock, say).
+    pub fn psql_background(&self, sql: &str) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-d", &self.url(), "-c", sql])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = as_owner(&self.bin, "pg_ctl")

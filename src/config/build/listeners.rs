@@ -216,7 +216,9 @@ pub(super) fn build_admin(
         if !valid {
             return Err(invalid(
                 &format!("admin.allowed_hosts[{i}]"),
-                &format!("{h:?} is not a host name (letters, digits, '-' and '.'; no port, no scheme)"),
+                &format!(
+                    "{h:?} is not a host name (letters, digits, '-' and '.'; no port, no scheme)"
+                ),
             ));
         }
         allowed_hosts.push(name);

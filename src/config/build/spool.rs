@@ -63,7 +63,10 @@ pub(super) fn build_spool(path: &str, f: &FileSpool) -> Result<SpoolSpec, Config
 }
 
 /// `spool_buffer`: at least the largest `max_body` (else such a body could never be stored).
-pub(super) fn build_buffer(file: &FileConfig, routes: &[Arc<RouteSpec>]) -> Result<u64, ConfigError> {
+pub(super) fn build_buffer(
+    file: &FileConfig,
+    routes: &[Arc<RouteSpec>],
+) -> Result<u64, ConfigError> {
     let b = file.spool_buffer;
     if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&b) {
         return Err(ConfigError::OutOfRange {

@@ -101,7 +101,13 @@ impl Spool {
                 .lock()
                 .ok()
                 .and_then(|e| e.clone())
-                .unwrap_or_else(|| "no spool_store is configured".into());
+                .unwrap_or_else(|| {
+                    if self.state.table().spec.spool_store.is_some() {
+                        "the spool store is being opened".into()
+                    } else {
+                        "no spool_store is configured".into()
+                    }
+                });
             SpoolError::Unavailable(why)
         })
     }

@@ -36,9 +36,10 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 const SUPERVISE: Duration = Duration::from_secs(1);
 /// Longest sleep of an idle worker before it looks again.
 const IDLE: Duration = Duration::from_secs(1);
-/// First pause after an outcome the store could not record (doubling, up to the route's
-/// `max_backoff`).
+/// Pauses after outcomes the store could not record: doubling from 1 s (a store that
+/// cannot write is an outage of its own, whatever the route's back-off) up to 30 s.
 const OUTCOME_BACKOFF: Duration = Duration::from_millis(500);
+const OUTCOME_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What one attempt came to, before it is written to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +158,11 @@ impl Worker {
                 return;
             };
             let maintenance = table.maintenance.as_ref().is_some_and(|m| {
-                let spooled = route.spec.spool.as_ref().map_or(&[][..], |s| &s.methods[..]);
+                let spooled = route
+                    .spec
+                    .spool
+                    .as_ref()
+                    .map_or(&[][..], |s| &s.methods[..]);
                 spooled.iter().any(|method| m.matches(&route.name, method))
             });
             if maintenance || route.pick_pool().is_none() {
@@ -178,8 +183,8 @@ impl Worker {
                     } else {
                         unrecorded = unrecorded.saturating_add(1);
                         let pause = OUTCOME_BACKOFF
-                            .saturating_mul(1 << unrecorded.min(5))
-                            .min(replay.max_backoff.max(OUTCOME_BACKOFF));
+                            .saturating_mul(1 << unrecorded.min(6))
+                            .min(OUTCOME_MAX_BACKOFF);
                         tokio::time::sleep(pause).await;
                     }
                 }

@@ -73,7 +73,10 @@ async fn revoke(spool: &Spool, store: &Store, ids: Vec<i64>) {
         }
     }
     spool.revoke(&ids, false);
-    tracing::warn!(items = ids.len(), "spool: a write timed out; its items were rolled back and the senders got 503");
+    tracing::warn!(
+        items = ids.len(),
+        "spool: a write timed out; its items were rolled back and the senders got 503"
+    );
 }
 
 /// Refresh the depths every second, until the process ends.

@@ -54,7 +54,18 @@ impl Pg {
     pub fn open(url: &str) -> Result<Pg, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError(format!("spool_store: invalid PostgreSQL URL: {e}")))?
-            .application_name("tidegate");
+            .application_name("tidegate")
+            // A statement the server cannot finish in time (a lock, a stalled disk) fails
+            // there, below the writer's own deadline. sqlx offers no client-side TCP
+            // keepalive; the server's probes end the session of a proxy that vanished (its
+            // row locks, i.e. its claims, are released for another proxy). Every call is
+            // also bounded on tidegate's side.
+            .options([
+                ("statement_timeout", "3000"),
+                ("tcp_keepalives_idle", "10"),
+                ("tcp_keepalives_interval", "5"),
+                ("tcp_keepalives_count", "3"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))

@@ -1,0 +1,294 @@
+//! The spool's promises at their edges: a client cannot forge the spool headers; a request
+//! released from a hold does not overtake items spooled meanwhile; a request that reached a
+//! backend is not spooled against `retry_sent`; replays wait out maintenance; an outcome the
+//! store cannot write is not resent in a tight loop; bodies share a memory budget; a write
+//! the store cannot commit in time keeps nothing; the store's files are private.
+
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use common::{recorder::Recorder, spool::*, *};
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn forged_spool_headers_never_reach_the_app_and_files_are_private() {
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&webhooks_yaml(app, dir.path())).await;
+    let forged = [
+        ("tidegate-spool-id", "999"),
+        ("Tidegate-Spool-Attempt", "7"),
+        ("content-type", "application/json"),
+    ];
+    let r = post(&tg.url("/hooks/a"), &forged, "{}").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    // The store holds bodies: owner only, the WAL too.
+    for f in ["spool.db", "spool.db-wal"] {
+        assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+    }
+    // A drain writes the state file: owner only, no temp file left behind.
+    let r = post(&tg.admin_url("/api/v1/pools/app/drain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let state = dir.path().join("state.json");
+    wait_for("state file", Duration::from_secs(5), || async {
+        state.exists().then_some(())
+    })
+    .await;
+    assert_eq!(mode(&state), 0o600);
+    let r = post(&tg.admin_url("/api/v1/pools/app/undrain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let rec = Recorder::start(app).await;
+    let seen = wait_seen(&rec, 1, Duration::from_secs(15)).await;
+    let ids: Vec<_> = seen[0]
+        .headers
+        .get_all("tidegate-spool-id")
+        .iter()
+        .collect();
+    assert_eq!(ids, [id.to_string().as_str()], "one id, the real one");
+    let attempts: Vec<_> = seen[0]
+        .headers
+        .get_all("tidegate-spool-attempt")
+        .iter()
+        .collect();
+    assert_eq!(attempts, ["1"]);
+    // Direct traffic (nothing queued any more) does not carry forged ones either.
+    wait_for("spool empty", Duration::from_secs(5), || async {
+        (spool_list(&tg, "").await["total"] == 0).then_some(())
+    })
+    .await;
+    let r = post(&tg.url("/hooks/b"), &forged, "{}").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = wait_seen(&rec, 2, Duration::from_secs(5)).await;
+    assert_eq!(seen[1].path, "/hooks/b");
+    assert!(seen[1].headers.get("tidegate-spool-id").is_none());
+    assert!(seen[1].headers.get("tidegate-spool-attempt").is_none());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A at t=0 and B at t=2 are held (hold 5 s, shipped config); A is spooled at t=5; the app
+/// comes back at once, while B still waits: B must go behind A, not straight to the app.
+#[tokio::test]
+async fn a_request_released_from_its_hold_queues_behind_items_spooled_meanwhile() {
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&webhooks_yaml(app, dir.path())).await;
+    let a_url = tg.url("/hooks/a");
+    let a = tokio::spawn(async move { post(&a_url, &[], "A").await });
+    wait_for("A held", Duration::from_secs(5), || async {
+        let m = get(&tg.admin_url("/metrics")).await.ok()?.body;
+        m.contains("tidegate_held_requests{route=\"hooks\"} 1")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // B arrives 2 s after A (the scenario's timing)
+    let b_url = tg.url("/hooks/b");
+    let b = tokio::spawn(async move { post(&b_url, &[], "B").await });
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(a.status, 202, "A is spooled after its hold: {}", a.body);
+    // B is still held (its hold ends ~2 s later); the app comes back now.
+    let rec = Recorder::start(app).await;
+    let b = b.await.unwrap().unwrap();
+    assert_eq!(b.status, 202, "B queues behind A in the spool: {}", b.body);
+    let seen = wait_seen(&rec, 2, Duration::from_secs(15)).await;
+    let order: Vec<_> = seen.iter().map(|s| s.body.as_str()).collect();
+    assert_eq!(order, ["A", "B"], "arrival order");
+}
+
+/// A backend that reads a POST and closes without answering: the POST may have been
+/// processed. With `retry_sent` at its default (idempotent methods only) it is not spooled.
+#[tokio::test]
+async fn a_post_that_reached_a_backend_is_not_spooled_against_retry_sent() {
+    use std::sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    };
+    let seen = Arc::new(AtomicU32::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_request(&mut c, &mut buf).await.is_some() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                // Dropped: the connection dies after the request arrived.
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&fast_yaml(app, dir.path(), "")).await;
+    let r = post(&tg.url("/hooks/x"), &[], "pay once").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_eq!(spool_list(&tg, "").await["total"], 0, "nothing spooled");
+    // Where retry_sent allows POST, such a request may be sent again: it is spooled.
+    let tg2 = Tidegate::start(&fast_yaml(app, dir.path(), "").replace(
+        "hold: { timeout: 0 }",
+        "hold: { timeout: 0 }\n    retry_sent: all",
+    ))
+    .await;
+    let r = post(&tg2.url("/hooks/x"), &[], "may repeat").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+#[tokio::test]
+async fn replays_wait_while_the_route_is_in_maintenance() {
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = fast_yaml(app, dir.path(), "")
+        .replace("pools:", "  - name: web\n    split: { app: 100 }\npools:");
+    assert!(yaml.contains("name: web"));
+    let tg = Tidegate::start(&yaml).await;
+    let r = post(&tg.url("/hooks/m"), &[], "later").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = post(
+        &tg.admin_url("/api/v1/maintenance"),
+        &[("content-type", "application/json")],
+        r#"{"routes":["hooks"]}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rec = Recorder::start(app).await;
+    // The app is up (the other route reaches it) ...
+    wait_for("the app reachable", Duration::from_secs(10), || async {
+        (get(&tg.url("/web")).await.ok()?.status == 200).then_some(())
+    })
+    .await;
+    // ... and for 3 s, longer than the replayer's 1 s rounds, the item is not sent.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(
+            rec.seen().iter().all(|s| s.path != "/hooks/m"),
+            "replayed during maintenance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = send(
+        &client(),
+        "DELETE",
+        &tg.admin_url("/api/v1/maintenance"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(
+        "replayed after maintenance",
+        Duration::from_secs(10),
+        || async {
+            rec.seen()
+                .iter()
+                .any(|s| s.path == "/hooks/m")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The store refuses to record outcomes (a trigger stands in for a full disk): the item is
+/// sent, cannot be settled, and is sent again only after growing pauses.
+#[tokio::test]
+async fn an_outcome_that_cannot_be_written_is_not_resent_in_a_tight_loop() {
+    use sqlx::Connection;
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&fast_yaml(app, dir.path(), "")).await;
+    let r = post(&tg.url("/hooks/d"), &[], "once").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let db = dir.path().join("spool.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    for stmt in [
+        "CREATE TRIGGER full_disk_d BEFORE DELETE ON tidegate_spool BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        "CREATE TRIGGER full_disk_u BEFORE UPDATE ON tidegate_spool BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    ] {
+        sqlx::query(stmt).execute(&mut conn).await.unwrap();
+    }
+    let rec = Recorder::start(app).await;
+    wait_seen(&rec, 1, Duration::from_secs(10)).await;
+    let first = std::time::Instant::now();
+    // Watch 3 s: a tight loop sends hundreds; the back-off (0.5 s doubling) a handful.
+    while first.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = rec.seen().len();
+    assert!(sent <= 5, "sent {sent} times in 3 s while outcomes failed");
+    assert!(tg.logs().contains("could not record a replay"));
+    for stmt in ["DROP TRIGGER full_disk_d", "DROP TRIGGER full_disk_u"] {
+        sqlx::query(stmt).execute(&mut conn).await.unwrap();
+    }
+    wait_for("the item settled", Duration::from_secs(15), || async {
+        (spool_list(&tg, "").await["total"] == 0).then_some(())
+    })
+    .await;
+}
+
+/// Bodies being spooled share `spool_buffer`: beyond it, 503 + Retry-After before reading.
+#[tokio::test]
+async fn spooled_bodies_share_one_memory_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("spool_buffer: 1048576\n{}", fast_yaml(app, dir.path(), ""));
+    let tg = Tidegate::start(&yaml).await;
+    // No backend at all (not a free port that a parallel test could take meanwhile).
+    let r = post(&tg.admin_url("/api/v1/pools/app/drain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let big = 700 * 1024;
+    // The first request declares 700 KiB and sends only part of it: its bytes are held.
+    let mut first = tokio::net::TcpStream::connect(tg.listen).await.unwrap();
+    let head = format!("POST /hooks/big HTTP/1.1\r\nHost: a\r\nContent-Length: {big}\r\n\r\n");
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&vec![b'a'; 1000]).await.unwrap();
+    // The second does not fit beside it.
+    let r = wait_for("the budget taken", Duration::from_secs(5), || async {
+        let r = post(&tg.url("/hooks/second"), &[], &"b".repeat(409_600))
+            .await
+            .ok()?;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.json()["error"], "spool_busy", "{}", r.body);
+    assert!(r.headers.get("retry-after").is_some());
+    // A small one still fits.
+    let r = post(&tg.url("/hooks/small"), &[], "s").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    // The first completes and is stored; the budget is free again.
+    first.write_all(&vec![b'a'; big - 1000]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = first.read(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    let r = post(&tg.url("/hooks/second"), &[], &"b".repeat(409_600))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+}
