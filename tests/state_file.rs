@@ -42,10 +42,8 @@ fn overrides(s: &serde_json::Value) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_overrides_never_tear_the_state_file() {
-    let backends: Vec<_> = futures_util::future::join_all(
-        ["b1", "b2", "g1", "g2"].map(TestBackend::start),
-    )
-    .await;
+    let backends: Vec<_> =
+        futures_util::future::join_all(["b1", "b2", "g1", "g2"].map(TestBackend::start)).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let yaml = format!(
@@ -55,6 +53,9 @@ admin: {{ address: "{{admin}}" }}
 state_file: {}
 routes:
   - name: app
+    match: {{ path_prefix: /app }}
+    split: {{ blue: 100, green: 0 }}
+  - name: ramped
     split: {{ blue: 100, green: 0 }}
 pools:
   blue: {{ backends: [{{ address: "{}", name: b1 }}, {{ address: "{}", name: b2 }}] }}
@@ -84,13 +85,34 @@ pools:
             }
         })
     };
-    let ops: [(&str, &str, &str); 8] = [
+    // A ramp steps every 100 ms on the ramp service's own thread, and reloads save from a
+    // blocking thread: writers on three threads besides the admin API's.
+    let r = send(
+        &client(),
+        "POST",
+        &tg.admin_url("/api/v1/routes/ramped/split"),
+        &[],
+        r#"{"split":{"blue":0,"green":100},"over":"20s","step":"100ms"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let ops: [(&str, &str, &str); 9] = [
+        ("POST", "/api/v1/config/reload", ""),
         ("POST", "/api/v1/pools/blue/backends/b1/drain", ""),
         ("POST", "/api/v1/pools/blue/backends/b1/undrain", ""),
         ("POST", "/api/v1/pools/green/backends/g2/drain", ""),
         ("POST", "/api/v1/pools/green/backends/g2/undrain", ""),
-        ("POST", "/api/v1/routes/app/split", r#"{"split":{"blue":30,"green":70}}"#),
-        ("POST", "/api/v1/routes/app/split", r#"{"split":{"blue":80,"green":20}}"#),
+        (
+            "POST",
+            "/api/v1/routes/app/split",
+            r#"{"split":{"blue":30,"green":70}}"#,
+        ),
+        (
+            "POST",
+            "/api/v1/routes/app/split",
+            r#"{"split":{"blue":80,"green":20}}"#,
+        ),
         ("POST", "/api/v1/maintenance", r#"{"methods":["DELETE"]}"#),
         ("DELETE", "/api/v1/maintenance", ""),
     ];
@@ -116,8 +138,13 @@ pools:
     }
     // A final, known state on top of the storm.
     let final_ops = [
+        ("DELETE", "/api/v1/routes/ramped/split", ""),
         ("POST", "/api/v1/pools/green/backends/g1/drain", ""),
-        ("POST", "/api/v1/routes/app/split", r#"{"split":{"blue":40,"green":60}}"#),
+        (
+            "POST",
+            "/api/v1/routes/app/split",
+            r#"{"split":{"blue":40,"green":60}}"#,
+        ),
     ];
     for (m, p, b) in final_ops {
         let r = send(&client(), m, &tg.admin_url(p), &[], b).await.unwrap();
@@ -127,10 +154,6 @@ pools:
     reader.join().unwrap();
     assert!(reads.load(Ordering::SeqCst) > 0, "the reader saw the file");
     assert_eq!(torn.load(Ordering::SeqCst), 0, "a torn state_file was read");
-    assert_eq!(
-        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
     let tmp: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -140,7 +163,9 @@ pools:
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
     let before = overrides(&wait_status(&tg, "quiet", |s| s["in_flight"] == 0).await);
     assert!(
-        tg.logs().lines().all(|l| !l.contains("cannot write state_file")),
+        tg.logs()
+            .lines()
+            .all(|l| !l.contains("cannot write state_file")),
         "{}",
         tg.logs()
     );
@@ -148,4 +173,8 @@ pools:
     tg.kill9_restart().await;
     let after = overrides(&wait_status(&tg, "restored", |s| s["in_flight"] == 0).await);
     assert_eq!(after, before);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
