@@ -34,6 +34,7 @@ use crate::{
         shutdown::ShutdownWatcher,
         signals::Signals,
         spool::{Spool, SpoolService},
+        upgrade::{self, Relay},
     },
     state::{AppState, ExitReason},
 };
@@ -72,6 +73,8 @@ pub enum StartError {
     Daemon(String),
     #[error("cannot start the server thread: {0}")]
     Thread(String),
+    #[error("{0}")]
+    Upgrade(#[from] upgrade::UpgradeSockError),
 }
 
 /// Options of `tidegate run`.
@@ -108,6 +111,9 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
             drop(bind(&l.name, l.addr)?);
         }
     }
+    let sock = spec.server.upgrade_sock.clone();
+    let default_dir = sock.parent() == Some(crate::config::file::per_user_upgrade_dir().as_path());
+    upgrade::prepare(&sock, default_dir)?;
     if opts.daemon {
         daemonize(spec.server.pid_file.as_deref())?;
     }
@@ -122,7 +128,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
     let saved = persist::restore(&state);
     drains::resume(&state, saved);
     drains::follow_file(&state, &state.table());
-    let server = build_server(&opts, &state, admin_listener)?;
+    let (server, relay) = build_server(&opts, &state, admin_listener)?;
     let table = state.table_full();
     tracing::info!(
         config = %opts.config.display(),
@@ -137,12 +143,17 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
         .name("pingora".into())
         .spawn(move || {
             server.run(RunArgs {
-                shutdown_signal: Box::new(Signals { state: st.clone() }),
+                shutdown_signal: Box::new(Signals {
+                    state: st.clone(),
+                    upgrade_sock: sock,
+                }),
             });
             st.process.request_exit(ExitReason::Stopped);
         })
         .map_err(|e| StartError::Thread(e.to_string()))?;
-    Ok(state.process.wait_exit())
+    let reason = state.process.wait_exit();
+    let _ = std::fs::remove_file(&relay.path);
+    Ok(reason)
 }
 
 fn pingora_conf(spec: &crate::config::Spec, opts: &RunOptions) -> ServerConf {
@@ -177,14 +188,26 @@ fn build_server(
     opts: &RunOptions,
     state: &Arc<AppState>,
     admin_listener: StdTcpListener,
-) -> Result<Server, StartError> {
+) -> Result<(Server, Relay), StartError> {
     let spec = state.table().spec.clone();
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf(&spec, opts));
+    // With --upgrade, the sockets were received on the real path here.
     server.bootstrap();
+    // From now on pingora sends to our relay, which checks who listens on the real path
+    // before forwarding.
+    let relay = Relay::start(&spec.server.upgrade_sock).map_err(|e| {
+        StartError::Upgrade(upgrade::UpgradeSockError::relay(
+            &spec.server.upgrade_sock,
+            &e,
+        ))
+    })?;
+    let mut conf = pingora_conf(&spec, opts);
+    conf.upgrade_sock = relay.path.to_string_lossy().into_owned();
+    server.configuration = Arc::new(conf);
     let sconf = server.configuration.clone();
     let spool = Spool::new(state.clone());
     for l in &spec.listeners {
@@ -212,7 +235,7 @@ fn build_server(
         server.add_service(svc);
     }
     add_background(&mut server, state, admin_listener, spool);
-    Ok(server)
+    Ok((server, relay))
 }
 
 /// The background services: admin API, control, health checks, drains, resolver, spool and

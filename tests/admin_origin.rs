@@ -201,6 +201,9 @@ async fn pages_of_other_origins_change_and_read_nothing() {
     assert_eq!(s["maintenance"]["maintenance"], true, "{s}");
 }
 
+/// Method, headers, wanted status.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+
 /// The same attacks without a browser, by their headers (what the browser sends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_headers_from_elsewhere_are_refused() {
@@ -210,7 +213,7 @@ async fn browser_headers_from_elsewhere_are_refused() {
     let c = client();
     let url = tg.admin_url("/api/v1/maintenance");
     let host = format!("evil.example:{}", tg.admin.port());
-    let cases: &[(&str, &[(&str, &str)], u16)] = &[
+    let cases: &[Case] = &[
         // The reproduction: a form POST from another site.
         (
             "POST",

@@ -12,7 +12,8 @@
 //! - [`spool`]: the durable spool for routes that spool requests while no backend is
 //!   available: store, group-commit writer, ordered replay.
 //! - [`signals`]: SIGTERM / SIGQUIT / SIGINT for pingora; [`shutdown`]: end once idle, or
-//!   politely at `shutdown.grace`.
+//!   politely at `shutdown.grace`; [`upgrade`]: the graceful upgrade's socket directory
+//!   check and the relay that sends listening sockets only to tidegate's own user.
 
 pub mod control;
 pub mod drains;
@@ -25,3 +26,4 @@ pub mod resolver;
 pub mod shutdown;
 pub mod signals;
 pub mod spool;
+pub mod upgrade;

@@ -13,6 +13,8 @@ use crate::state::AppState;
 /// Signal handling for pingora's `Server::run`.
 pub struct Signals {
     pub state: Arc<AppState>,
+    /// The upgrade socket pingora was started with (checked before a hand-off).
+    pub upgrade_sock: std::path::PathBuf,
 }
 
 #[async_trait]
@@ -26,7 +28,8 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
+        loop {
+            tokio::select! {
             _ = term.recv() => {
                 self.state.process.begin_shutdown();
                 let delay = self.state.table().spec.shutdown.delay;
@@ -34,16 +37,30 @@ impl ShutdownSignalWatch for Signals {
                     "SIGTERM: readiness off; still serving during shutdown.delay");
                 tokio::time::sleep(delay).await;
                 tracing::info!(in_flight = self.state.active(), "closing listeners; exiting once idle");
-                ShutdownSignal::GracefulTerminate
+                return ShutdownSignal::GracefulTerminate;
             }
             _ = quit.recv() => {
+                let sock = self.upgrade_sock.clone();
+                let check = tokio::task::spawn_blocking(move || super::upgrade::listener_is_ours(&sock)).await;
+                match check {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => {
+                        tracing::error!(reason = %why, "SIGQUIT: graceful upgrade refused; still serving");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGQUIT: upgrade check failed; still serving");
+                        continue;
+                    }
+                }
                 self.state.process.begin_shutdown();
                 tracing::info!("SIGQUIT: handing listeners to the upgraded process");
-                ShutdownSignal::GracefulUpgrade
+                return ShutdownSignal::GracefulUpgrade;
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
-                ShutdownSignal::FastShutdown
+                return ShutdownSignal::FastShutdown;
+            }
             }
         }
     }

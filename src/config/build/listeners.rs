@@ -215,8 +215,8 @@ pub(super) fn build_admin(
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if !valid {
             return Err(invalid(
-                &format!("admin.allowed_hosts[{i}]"),
-                &format!(
+                format!("admin.allowed_hosts[{i}]"),
+                format!(
                     "{h:?} is not a host name (letters, digits, '-' and '.'; no port, no scheme)"
                 ),
             ));

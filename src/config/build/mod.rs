@@ -54,6 +54,16 @@ pub fn build(
             max: 1024 * 1024,
         });
     }
+    let upgrade_sock = match &file.server.upgrade_sock {
+        Some(p) if !p.is_absolute() => {
+            return Err(invalid(
+                "server.upgrade_sock",
+                "must be an absolute path (old and new process must agree)",
+            ))
+        }
+        Some(p) => p.clone(),
+        None => crate::config::file::default_upgrade_sock(file.state_file.as_deref()),
+    };
     Ok(Spec {
         http: HttpSettings {
             // In range checked above.
@@ -74,7 +84,7 @@ pub fn build(
         },
         server: ServerSettings {
             threads: file.server.threads,
-            upgrade_sock: file.server.upgrade_sock,
+            upgrade_sock,
             pid_file: file.server.pid_file,
         },
         spool_buffer,

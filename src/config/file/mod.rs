@@ -201,31 +201,37 @@ pub fn default_max_request_header_bytes() -> u64 {
 }
 
 /// Process-level settings (not reloadable).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServer {
     /// Worker threads per listener; 0 = one per CPU.
     #[serde(default)]
     pub threads: usize,
-    #[serde(default = "default_upgrade_sock")]
-    pub upgrade_sock: PathBuf,
+    /// Default: `upgrade.sock` next to `state_file`, else `/tmp/tidegate-UID/upgrade.sock`.
+    #[serde(default)]
+    pub upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
 }
 
-impl Default for FileServer {
-    fn default() -> Self {
-        Self {
-            threads: 0,
-            upgrade_sock: default_upgrade_sock(),
-            pid_file: None,
-        }
+/// Default socket for graceful upgrades (absolute: old and new process must agree), in a
+/// directory only tidegate's user writes: next to `state_file`, else a per-user directory
+/// under /tmp that tidegate creates mode 0700.
+pub fn default_upgrade_sock(state_file: Option<&std::path::Path>) -> PathBuf {
+    match state_file
+        .and_then(|f| f.parent())
+        .filter(|d| d.is_absolute())
+    {
+        Some(dir) => dir.join("upgrade.sock"),
+        None => per_user_upgrade_dir().join("upgrade.sock"),
     }
 }
 
-/// Default socket for graceful upgrades (absolute: old and new process must agree).
-pub fn default_upgrade_sock() -> PathBuf {
-    "/tmp/tidegate_upgrade.sock".into()
+/// `/tmp/tidegate-UID`: the default upgrade directory without a state file.
+pub fn per_user_upgrade_dir() -> PathBuf {
+    // SAFETY: geteuid(2) cannot fail and has no side effects.
+    let uid = unsafe { libc::geteuid() };
+    PathBuf::from(format!("/tmp/tidegate-{uid}"))
 }
 
 /// Process shutdown timing.
