@@ -68,6 +68,11 @@ impl Proxy {
         mut e: Box<Error>,
         reused: bool,
     ) -> Box<Error> {
+        // The connection is gone: pingora closes its socket, and the number may be reused by
+        // an unrelated one. A drain deadline must never act on it.
+        if let Some(t) = &ctx.backend {
+            t.item().set_fd(None);
+        }
         let ended = ctx
             .backend
             .as_ref()
@@ -106,6 +111,11 @@ impl Proxy {
             retry,
             "backend closed the connection before answering"
         );
+        if retry {
+            // Not on this backend any more (a hold may come first): counted again on the
+            // backend the next attempt picks.
+            ctx.backend = None;
+        }
         e.set_retry(retry);
         e
     }

@@ -184,7 +184,7 @@ pub fn start(state: &AppState, r: &Resolved, d: Deadlines) -> Result<(), DrainEr
     if r.removed {
         return Err(DrainError::Removed);
     }
-    let epoch = r.cell().start(d, r.in_flight().total())?;
+    let epoch = r.cell().start(d, || r.in_flight().total())?;
     state.enforce(r.target.clone(), epoch);
     tracing::info!(drain = %r.target.name(), in_flight = r.in_flight().total(), "drain started");
     let pool = &r.pool.name;
@@ -223,7 +223,7 @@ pub fn follow_file(state: &AppState, table: &Table) {
         let ps = state.registry.pool(&pool.name);
         if let Some(e) = ps
             .drain
-            .follow_file(pool.spec.declared_draining, d, ps.counts.total())
+            .follow_file(pool.spec.declared_draining, d, || ps.counts.total())
         {
             tracing::info!(pool = %pool.name, "draining: declared in the config file");
             state.enforce(Target::Pool(ps.name.clone()), e);
@@ -233,7 +233,7 @@ pub fn follow_file(state: &AppState, table: &Table) {
             if let Some(e) = b
                 .state
                 .drain
-                .follow_file(declared, d, b.state.counts.total())
+                .follow_file(declared, d, || b.state.counts.total())
             {
                 tracing::info!(backend = %b.id, "draining: declared in the config file");
                 state.enforce(Target::Backend(b.state.clone()), e);

@@ -41,10 +41,20 @@ impl DrainCell {
     }
 
     /// Begin a drain. Returns the drain's epoch (changes on every start/undrain).
-    pub fn start(&self, deadlines: Deadlines, in_flight: u64) -> Result<u64, TransitionError> {
+    /// `in_flight` is read again once the flag is set: work that ended between the first
+    /// read and the flag saw no drain to tell, and the drain must still see it end.
+    pub fn start(
+        &self,
+        deadlines: Deadlines,
+        in_flight: impl Fn() -> u64,
+    ) -> Result<u64, TransitionError> {
         let mut m = self.lock();
-        m.start((Instant::now(), SystemTime::now()), deadlines, in_flight)?;
+        m.start((Instant::now(), SystemTime::now()), deadlines, in_flight())?;
         self.draining.store(true, Ordering::Relaxed);
+        // SeqCst fence, paired with the one in `observe`: either this read sees the last
+        // decrement, or that decrement's `observe` sees the flag (and waits for this lock).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        m.observe(SystemTime::now(), in_flight());
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         drop(m);
         self.changed.notify_waiters();
@@ -63,7 +73,12 @@ impl DrainCell {
     /// Follow the file's declared state. Only a change of the declaration acts: newly
     /// `draining` starts a drain (returns its epoch); back to `active` undrains a drain the
     /// file started. So an API undrain of a file-declared drain holds until the file changes.
-    pub fn follow_file(&self, declared: bool, deadlines: Deadlines, in_flight: u64) -> Option<u64> {
+    pub fn follow_file(
+        &self,
+        declared: bool,
+        deadlines: Deadlines,
+        in_flight: impl Fn() -> u64,
+    ) -> Option<u64> {
         let before = self.declared.swap(declared, Ordering::AcqRel);
         match (before, declared) {
             (false, true) if self.phase() == Phase::Active => {
@@ -93,6 +108,8 @@ impl DrainCell {
 
     /// Record the current in-flight total (drained at zero).
     pub fn observe(&self, in_flight: u64) {
+        // Pairs with the fence in `start` (rare: only when a count reaches zero).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.is_draining() {
             return;
         }
@@ -120,5 +137,34 @@ impl DrainCell {
     /// Current epoch (deadline tasks stop when it moves on).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last request ends between the drain's first read of in-flight and its flag: the
+    /// request's `observe` sees no drain, so the drain itself must see the zero.
+    #[test]
+    fn work_ending_while_the_drain_starts_still_drains_it() {
+        let cell = DrainCell::default();
+        let reads = std::sync::atomic::AtomicU64::new(0);
+        let in_flight = || {
+            let n = reads.fetch_add(1, Ordering::SeqCst);
+            let left = if n == 0 { 1 } else { 0 };
+            if n == 0 {
+                // The request ends now, before the flag is set.
+                cell.observe(0);
+            }
+            left
+        };
+        let d = Deadlines {
+            requests: None,
+            streams: None,
+            close_spread: std::time::Duration::ZERO,
+        };
+        cell.start(d, in_flight).unwrap();
+        assert_eq!(cell.phase(), Phase::Drained);
     }
 }

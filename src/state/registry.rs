@@ -125,7 +125,7 @@ mod tests {
         let g = track(&a);
         a.pool
             .drain
-            .start(Deadlines::default(), a.pool.counts.total())
+            .start(Deadlines::default(), || a.pool.counts.total())
             .unwrap();
         assert!(!a.available());
         assert_eq!(a.pool.drain.phase(), Phase::Draining);

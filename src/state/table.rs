@@ -349,7 +349,7 @@ pools:
         assert_eq!(&*a.pools["blue"].backends[0].id, "blue/127.0.0.1:3001");
         assert_eq!(a.routes[0].schedule.len(), 5);
         let st = &a.pools["blue"].backends[0].state;
-        st.drain.start(Default::default(), 0).unwrap();
+        st.drain.start(Default::default(), || 0).unwrap();
         let b = bind(&BASE.replace("weight: 3", "weight: 5"), &reg, &stats);
         assert!(b.pools["blue"].backends[0].state.drain.is_draining());
         assert!(Arc::ptr_eq(st, &b.pools["blue"].backends[0].state));
