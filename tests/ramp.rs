@@ -270,3 +270,59 @@ async fn the_server_rolls_a_ramp_back_on_errors() {
         assert_eq!(r.json()["field"], "max_error_rate");
     }
 }
+
+/// A backend that failed connects is removed during a watched ramp and pruned with its
+/// counters: the ramp's error window must not underflow (a panic in debug builds, a false
+/// rollback in release); the ramp completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pruning_a_failing_backend_during_a_watched_ramp_does_not_break_it() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let with_dead = config(&blue.addr, &green.addr, "").replace(
+        &format!("backends: [{{ address: \"{}\" }}]\n", green.addr),
+        &format!(
+            "backends: [{{ address: \"{}\" }}, {{ address: \"{dead}\" }}]\n",
+            green.addr
+        ),
+    );
+    assert!(with_dead.contains(&dead), "the green pool was found");
+    let tg = Tidegate::start(&with_dead).await;
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/routes/app/split",
+        r#"{"split":{"blue":0,"green":100},"over":"4s","step":"400ms","max_error_rate":0.99}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    // Traffic until the dead backend has counted connect failures.
+    wait_for("connect failures on the dead backend", Duration::from_secs(10), || async {
+        let _ = get(&tg.url("/")).await;
+        let s = api(&tg, "GET", "/api/v1/status", "").await.json();
+        let b = s["pools"]["green"]["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["address"] == dead.as_str())?
+            .clone();
+        (b["connect_failures"].as_u64()? > 0).then_some(())
+    })
+    .await;
+    // The dead backend leaves with its counts.
+    let r = api(
+        &tg,
+        "PUT",
+        "/api/v1/pools/green/backends",
+        &format!(r#"[{{"address":"{}"}}]"#, green.addr),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = wait_for("ramp completed", Duration::from_secs(15), || async {
+        let _ = get(&tg.url("/")).await;
+        let r = ramp(&tg).await;
+        (r["ramp"]["state"] != "running").then_some(r)
+    })
+    .await;
+    assert_eq!(done["ramp"]["state"], "completed", "{done}");
+    assert_eq!(done["split"]["green"], 100);
+}

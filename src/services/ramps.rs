@@ -151,13 +151,14 @@ async fn drive(
         }
         if let Some(max) = plan.max_error_rate {
             let now = counters(state, route, &gaining);
-            let seen = (now.0 - window.0, now.1 - window.1);
+            let seen = window_delta(now, window);
             window = now;
-            // The window before the first step ran on the old split: not judged.
-            let judged = (k > 1)
-                .then(|| judge(seen, plan.min_requests, max))
-                .flatten();
-            if let Some(rate) = judged {
+            // The window before the first step ran on the old split: not judged. Nor is a
+            // window whose counters went down (a backend was pruned with its counts).
+            let judged = seen
+                .filter(|_| k > 1)
+                .and_then(|seen| judge(seen, plan.min_requests, max).map(|r| (r, seen)));
+            if let Some((rate, seen)) = judged {
                 let why = format!(
                     "error rate {:.1}% ({} of {} requests to {}) at step {}/{n} is over {:.1}%",
                     rate * 100.0,
@@ -188,6 +189,12 @@ async fn drive(
         .ramps
         .update(route, epoch, |r| r.state = "completed".into());
     tracing::info!(route, "split ramp completed");
+}
+
+/// `(requests, failures)` of one window; `None` when a counter went down (a backend left
+/// the pool with its counts): such a window cannot be judged.
+fn window_delta(now: (u64, u64), before: (u64, u64)) -> Option<(u64, u64)> {
+    Some((now.0.checked_sub(before.0)?, now.1.checked_sub(before.1)?))
 }
 
 /// The failure rate of a step's `(requests, failures)`, when it counts (at least
@@ -225,6 +232,13 @@ fn roll_back(state: &AppState, route: &str, epoch: u64, from: &BTreeMap<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_whose_counters_went_down_is_not_judged() {
+        assert_eq!(window_delta((10, 2), (4, 1)), Some((6, 1)));
+        assert_eq!(window_delta((3, 0), (10, 5)), None, "a pruned backend's counts left");
+        assert_eq!(window_delta((10, 0), (4, 1)), None);
+    }
 
     fn m(v: &[(&str, u32)]) -> BTreeMap<String, u32> {
         v.iter().map(|(k, w)| (k.to_string(), *w)).collect()
