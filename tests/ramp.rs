@@ -297,16 +297,20 @@ async fn pruning_a_failing_backend_during_a_watched_ramp_does_not_break_it() {
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
     // Traffic until the dead backend has counted connect failures.
-    wait_for("connect failures on the dead backend", Duration::from_secs(10), || async {
-        let _ = get(&tg.url("/")).await;
-        let s = api(&tg, "GET", "/api/v1/status", "").await.json();
-        let b = s["pools"]["green"]["backends"]
-            .as_array()?
-            .iter()
-            .find(|b| b["address"] == dead.as_str())?
-            .clone();
-        (b["connect_failures"].as_u64()? > 0).then_some(())
-    })
+    wait_for(
+        "connect failures on the dead backend",
+        Duration::from_secs(10),
+        || async {
+            let _ = get(&tg.url("/")).await;
+            let s = api(&tg, "GET", "/api/v1/status", "").await.json();
+            let b = s["pools"]["green"]["backends"]
+                .as_array()?
+                .iter()
+                .find(|b| b["address"] == dead.as_str())?
+                .clone();
+            (b["connect_failures"].as_u64()? > 0).then_some(())
+        },
+    )
     .await;
     // The dead backend leaves with its counts.
     let r = api(

@@ -4,6 +4,10 @@ use std::{fmt, time::Duration};
 
 use serde::{de, Deserialize, Deserializer};
 
+/// Longest duration accepted anywhere (a year): deadlines and timeouts are added to the
+/// clock, and a larger one would overflow it. `0` stays the way to say "no limit".
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A duration written as a human string. `0` is allowed and means "none" where the key says so.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -26,7 +30,7 @@ impl HumanDuration {
                 "invalid duration {s:?}: add a unit, e.g. \"{t}s\" or \"{t}ms\""
             ));
         }
-        humantime::parse_duration(t).map(Self).map_err(|e| {
+        let d = humantime::parse_duration(t).map_err(|e| {
             // humantime's messages name byte offsets ("expected number at 0"); say
             // what is wrong in the config's own terms.
             let why = match e {
@@ -37,7 +41,13 @@ impl HumanDuration {
                 _ => "not a duration".into(),
             };
             format!("invalid duration {s:?}: {why} (examples: 500ms, 30s, 10m, 1h)")
-        })
+        })?;
+        if d > MAX {
+            return Err(format!(
+                "invalid duration {s:?}: longer than the 365-day maximum (0 means no limit where a key allows it)"
+            ));
+        }
+        Ok(Self(d))
     }
 
     /// `None` for zero ("no limit"), else the duration.
@@ -107,11 +117,12 @@ mod tests {
             Duration::from_secs(5400)
         );
         assert_eq!(HumanDuration::parse("0").unwrap().0, Duration::ZERO);
+        assert_eq!(HumanDuration::parse("365d").unwrap().0, MAX);
     }
 
     #[test]
     fn refuses_garbage_negative_and_unitless() {
-        for bad in ["", "abc", "-5s", "30", "5 parsecs"] {
+        for bad in ["", "abc", "-5s", "30", "5 parsecs", "366d", "100000000000h"] {
             assert!(
                 HumanDuration::parse(bad).is_err(),
                 "{bad:?} should be refused"

@@ -236,7 +236,11 @@ mod tests {
     #[test]
     fn a_window_whose_counters_went_down_is_not_judged() {
         assert_eq!(window_delta((10, 2), (4, 1)), Some((6, 1)));
-        assert_eq!(window_delta((3, 0), (10, 5)), None, "a pruned backend's counts left");
+        assert_eq!(
+            window_delta((3, 0), (10, 5)),
+            None,
+            "a pruned backend's counts left"
+        );
         assert_eq!(window_delta((10, 0), (4, 1)), None);
     }
 
