@@ -91,3 +91,68 @@ pools:
     // The held request is released by the end of its hold (nothing to send it to).
     drop(held);
 }
+
+/// A pool drain's deadline ends streams oldest first across the pool, spread over
+/// `close_spread`: four streams opened alternately on two backends end in the order they
+/// were opened (backend by backend would end 1, 3, 2, 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_drain_ends_streams_oldest_first_across_backends() {
+    let b1 = TestBackend::start("b1").await;
+    let b2 = TestBackend::start("b2").await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+routes:
+  - name: app
+    split: {{ blue: 100 }}
+pools:
+  blue:
+    backends: [{{ address: "{}", name: b1 }}, {{ address: "{}", name: b2 }}]
+    drain: {{ streams_deadline: 1s, close_spread: 3s }}
+"#,
+        b1.addr, b2.addr
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let admin = |p: &str| tg.admin_url(&format!("/api/v1/pools/blue/backends/{p}"));
+    let forever = r#"{"streams_deadline":"0","requests_deadline":"0"}"#;
+    let mut streams = Vec::new();
+    for (on, off) in [("b1", "b2"), ("b2", "b1"), ("b1", "b2"), ("b2", "b1")] {
+        // Steer the next stream: only `on` takes new work.
+        let _ = post(&admin(&format!("{on}/undrain")), &[], "").await.unwrap();
+        let r = post(
+            &admin(&format!("{off}/drain")),
+            &[("content-type", "application/json")],
+            forever,
+        )
+        .await
+        .unwrap();
+        assert!([202, 409].contains(&r.status), "{}", r.body);
+        let s = Sse::open(&tg.url("/events?interval_ms=100")).await;
+        assert_eq!(s.headers["x-backend"], on);
+        streams.push(s);
+    }
+    for b in ["b1", "b2"] {
+        let _ = post(&admin(&format!("{b}/undrain")), &[], "").await.unwrap();
+    }
+    let r = post(&tg.admin_url("/api/v1/pools/blue/drain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    // Read every stream to its end; note when each ended.
+    let ends = futures_util::future::join_all(streams.into_iter().enumerate().map(
+        |(i, mut s)| async move {
+            loop {
+                match s.next_data(Duration::from_secs(15)).await {
+                    Ok(Some(_)) => continue,
+                    _ => return (std::time::Instant::now(), i),
+                }
+            }
+        },
+    ))
+    .await;
+    let mut order = ends.clone();
+    order.sort();
+    let order: Vec<usize> = order.into_iter().map(|(_, i)| i).collect();
+    assert_eq!(order, [0, 1, 2, 3], "ended in the order opened");
+}

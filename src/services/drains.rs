@@ -347,12 +347,14 @@ async fn run(target: Target, registry: Arc<Registry>, epoch: u64, streams: bool)
     if !sleep_until_deadline(cell, epoch, at).await {
         return;
     }
-    let victims: Vec<(Arc<BackendState>, Arc<Tracked>)> = target
+    let mut victims: Vec<(Arc<BackendState>, Arc<Tracked>)> = target
         .backends(&registry)
         .into_iter()
         .flat_map(|b| b.items.all().into_iter().map(move |i| (b.clone(), i)))
         .filter(|(_, i)| i.kind().is_stream() == streams && i.ended().is_none())
         .collect();
+    // Oldest first across the whole pool, not backend by backend.
+    victims.sort_by_key(|(_, i)| i.started);
     let n = victims.len();
     let mut ended = 0usize;
     for (i, (backend, item)) in victims.iter().enumerate() {
