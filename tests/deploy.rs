@@ -363,3 +363,37 @@ pools:
     first.abort();
     second.abort();
 }
+
+/// The target of a deploy was drained before it (the previous deploy's old pool): a
+/// rollback drains it again, as the checkpoint recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_drains_again_a_target_that_was_drained_before() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&config(&blue.addr, &green.addr, &dir.path().join("s.json"))).await;
+    let r = post(&tg.admin_url("/api/v1/pools/green/drain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&tg, "green drained", |s| {
+        s["pools"]["green"]["state"] == "drained"
+    })
+    .await;
+    let (code, out) = cli(&with_admin(&tg, &["deploy", "app", "--to", "green"])).await;
+    assert_eq!(code, 0, "{out}");
+    let s = status(&tg).await;
+    assert_eq!(s["pools"]["green"]["state"], "active", "{s}");
+    let (code, out) = cli(&with_admin(&tg, &["rollback", "app"])).await;
+    assert_eq!(code, 0, "{out}");
+    let s = wait_status(&tg, "green drained again", |s| {
+        s["pools"]["green"]["state"] == "drained"
+    })
+    .await;
+    assert_eq!(s["pools"]["blue"]["state"], "active", "{s}");
+    assert_eq!(s["routes"][0]["split"]["blue"], 100, "{s}");
+    assert_eq!(
+        get(&tg.url("/")).await.unwrap().backend().as_deref(),
+        Some("blue")
+    );
+}

@@ -119,7 +119,9 @@ pools:
     let mut streams = Vec::new();
     for (on, off) in [("b1", "b2"), ("b2", "b1"), ("b1", "b2"), ("b2", "b1")] {
         // Steer the next stream: only `on` takes new work.
-        let _ = post(&admin(&format!("{on}/undrain")), &[], "").await.unwrap();
+        let _ = post(&admin(&format!("{on}/undrain")), &[], "")
+            .await
+            .unwrap();
         let r = post(
             &admin(&format!("{off}/drain")),
             &[("content-type", "application/json")],
@@ -133,7 +135,9 @@ pools:
         streams.push(s);
     }
     for b in ["b1", "b2"] {
-        let _ = post(&admin(&format!("{b}/undrain")), &[], "").await.unwrap();
+        let _ = post(&admin(&format!("{b}/undrain")), &[], "")
+            .await
+            .unwrap();
     }
     let r = post(&tg.admin_url("/api/v1/pools/blue/drain"), &[], "")
         .await

@@ -1,7 +1,7 @@
 //! Deploy support: `PUT /api/v1/routes/{route}/checkpoint` records the route's split, which of
 //! its pools are active and their runtime members (saved in `state_file`);
-//! `POST /api/v1/routes/{route}/rollback` puts all of that back and undrains the pools that
-//! were active. `tidegate deploy` takes the checkpoint, `tidegate rollback` restores it.
+//! `POST /api/v1/routes/{route}/rollback` puts all of that back: the pools that were active
+//! are undrained, those that were drained are drained again. `tidegate deploy` takes the checkpoint, `tidegate rollback` restores it.
 
 use std::sync::Arc;
 
@@ -102,10 +102,28 @@ pub async fn rollback(State(s): St, Path(route): Path<String>) -> Result<Respons
         ov.checkpoints.remove(&route);
         Ok::<(), ApiError>(())
     })?;
-    for pool in &cp.active_pools {
-        if let Ok(r) = drains::resolve(&s, pool, None) {
-            if r.cell().phase() != Phase::Active {
-                let _ = drains::undrain(&s, &r);
+    for pool in cp.split.keys() {
+        let Ok(r) = drains::resolve(&s, pool, None) else {
+            continue;
+        };
+        let was_active = cp.active_pools.contains(pool);
+        let active = r.cell().phase() == Phase::Active;
+        if was_active && !active {
+            let _ = drains::undrain(&s, &r);
+        } else if !was_active && active {
+            // Drained before the deploy (the deploy undrained it): drained again, with the
+            // pool's own deadlines.
+            let d = drains::deadlines(&r, &Default::default());
+            match d
+                .map_err(|e| e.to_string())
+                .and_then(|d| drains::start(&s, &r, d).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    tracing::info!(route, pool, "rollback: drained again, as before the deploy")
+                }
+                Err(e) => {
+                    tracing::warn!(route, pool, error = %e, "rollback: cannot drain the pool again")
+                }
             }
         }
     }
