@@ -75,7 +75,21 @@ fn main() -> ExitCode {
                 }
             };
             println!("backend {name} listening on {listen}");
-            demo::backend::Backend::new(&name).serve(listener).await;
+            // A container stop (SIGTERM, also as PID 1 where nothing else would handle it)
+            // or Ctrl-C ends the demo app at once, exit 0.
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                eprintln!("tidegate backend: cannot install signal handlers");
+                return ExitCode::FAILURE;
+            };
+            tokio::select! {
+                _ = demo::backend::Backend::new(&name).serve(listener) => {}
+                _ = term.recv() => println!("backend {name}: SIGTERM, stopping"),
+                _ = int.recv() => println!("backend {name}: SIGINT, stopping"),
+            }
             ExitCode::SUCCESS
         }),
         Command::Demo {

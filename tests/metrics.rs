@@ -183,14 +183,31 @@ async fn every_metric_after_traffic_of_each_kind() {
     );
     assert!(count >= 13.0);
     let failures = v(r#"tidegate_upstream_connect_failures_total{pool="blue",backend="dead"}"#);
-    let dead = st["pools"]["blue"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "dead")
-        .unwrap()
-        .clone();
-    assert_eq!(failures, dead["connect_failures"].as_f64().unwrap());
+    // The background probe of the dead backend keeps counting: compare /metrics with the
+    // status only from a moment when the count stood still across both reads.
+    let dead_failures = |st: &serde_json::Value| {
+        st["pools"]["blue"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "dead")
+            .unwrap()["connect_failures"]
+            .as_f64()
+            .unwrap()
+    };
+    let (in_metrics, in_status) = wait_for(
+        "a quiet moment of the connect-failure count",
+        Duration::from_secs(20),
+        || async {
+            let before = dead_failures(&get(&tg.admin_url("/api/v1/status")).await.ok()?.json());
+            let m = parse(&get(&tg.admin_url("/metrics")).await.ok()?.body);
+            let after = dead_failures(&get(&tg.admin_url("/api/v1/status")).await.ok()?.json());
+            let key = canon(r#"tidegate_upstream_connect_failures_total{pool="blue",backend="dead"}"#);
+            (before == after).then(|| (m[&key], after))
+        },
+    )
+    .await;
+    assert_eq!(in_metrics, in_status);
     assert!(failures >= 1.0);
     // Requests' failed connects were retried; the background probe of the down backend
     // counts its failed connects too, so failures can only be higher.
