@@ -66,32 +66,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(&config),
-        Command::Backend { listen, name } => block_on(async move {
-            let listener = match tokio::net::TcpListener::bind(listen).await {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("tidegate backend: cannot bind {listen}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            println!("backend {name} listening on {listen}");
-            // A container stop (SIGTERM, also as PID 1 where nothing else would handle it)
-            // or Ctrl-C ends the demo app at once, exit 0.
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                eprintln!("tidegate backend: cannot install signal handlers");
-                return ExitCode::FAILURE;
-            };
-            tokio::select! {
-                _ = demo::backend::Backend::new(&name).serve(listener) => {}
-                _ = term.recv() => println!("backend {name}: SIGTERM, stopping"),
-                _ = int.recv() => println!("backend {name}: SIGINT, stopping"),
-            }
-            ExitCode::SUCCESS
-        }),
+        Command::Backend { listen, name } => block_on(run_backend(listen, name)),
         Command::Demo {
             script,
             port,
@@ -123,6 +98,34 @@ fn check(config: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tidegate backend`: the demo app, until SIGTERM or SIGINT.
+async fn run_backend(listen: std::net::SocketAddr, name: String) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tidegate backend: cannot bind {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("backend {name} listening on {listen}");
+    // A container stop (SIGTERM, also as PID 1 where nothing else would handle it)
+    // or Ctrl-C ends the demo app at once, exit 0.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("tidegate backend: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tokio::select! {
+        _ = demo::backend::Backend::new(&name).serve(listener) => {}
+        _ = term.recv() => println!("backend {name}: SIGTERM, stopping"),
+        _ = int.recv() => println!("backend {name}: SIGINT, stopping"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {

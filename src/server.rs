@@ -102,18 +102,10 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
         return Err(StartError::DaemonWithoutPidFile);
     }
     if !opts.upgrade {
-        // A plain bind fails against any holder, SO_REUSEPORT or not: a second tidegate on
-        // the same admin port is a startup error, not a silent share.
-        drop(bind("admin", spec.admin.addr)?);
-        // pingora binds inside its services and only logs a failure; check first so a port
-        // in use is a clear startup error.
-        for l in &spec.listeners {
-            drop(bind(&l.name, l.addr)?);
-        }
+        ports_are_free(&spec)?;
     }
     let sock = spec.server.upgrade_sock.clone();
-    let default_dir = sock.parent() == Some(crate::config::file::per_user_upgrade_dir().as_path());
-    upgrade::prepare(&sock, default_dir)?;
+    upgrade::prepare(&sock, is_default_dir(&sock))?;
     if opts.daemon {
         daemonize(spec.server.pid_file.as_deref())?;
     }
@@ -154,6 +146,22 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
     let reason = state.process.wait_exit();
     let _ = std::fs::remove_file(&relay.path);
     Ok(reason)
+}
+
+/// A plain bind fails against any holder, SO_REUSEPORT or not: a second tidegate on the same
+/// admin port is a startup error, not a silent share. pingora binds inside its services and
+/// only logs a failure; checking first makes a port in use a clear startup error.
+fn ports_are_free(spec: &crate::config::Spec) -> Result<(), StartError> {
+    drop(bind("admin", spec.admin.addr)?);
+    for l in &spec.listeners {
+        drop(bind(&l.name, l.addr)?);
+    }
+    Ok(())
+}
+
+/// Whether the upgrade socket is in tidegate's own default directory (created 0700).
+fn is_default_dir(sock: &Path) -> bool {
+    sock.parent() == Some(crate::config::file::per_user_upgrade_dir().as_path())
 }
 
 fn pingora_conf(spec: &crate::config::Spec, opts: &RunOptions) -> ServerConf {

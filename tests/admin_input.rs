@@ -29,12 +29,7 @@ type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, u16);
 /// The status once the last proxied request has finished (its guard drops just after the
 /// client has the answer), without the fields that move by themselves.
 async fn state_of(tg: &Tidegate) -> serde_json::Value {
-    let mut s = wait_status(tg, "nothing in flight", |s| s["in_flight"] == 0).await;
-    if let Some(o) = s.as_object_mut() {
-        o.remove("uptime_seconds");
-        o.remove("reloads");
-    }
-    s
+    control_state(&wait_status(tg, "nothing in flight", |s| s["in_flight"] == 0).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

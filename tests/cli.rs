@@ -79,9 +79,9 @@ async fn status_reload_maintenance_and_errors() {
     std::fs::write(
         &tg.config,
         config(&blue.addr, &green.addr)
-            .replace("blue: 100, green: 0", "blue: 50, green: 50")
-            .replace("{listen}", &tg.listen.to_string())
-            .replace("{admin}", &tg.admin.to_string()),
+            .variant("blue: 100, green: 0", "blue: 50, green: 50")
+            .variant("{listen}", &tg.listen.to_string())
+            .variant("{admin}", &tg.admin.to_string()),
     )
     .unwrap();
     let (code, out, _) = cli(args(&["reload"], &tg)).await;
@@ -129,12 +129,10 @@ async fn status_reload_maintenance_and_errors() {
 async fn unauthorized_is_a_clear_error() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let yaml = config(&blue.addr, &green.addr)
-        .replace("admin: {{ address: \"{{admin}}\" }}", "")
-        .replace(
-            "admin: { address: \"{admin}\" }",
-            "admin: { address: \"{admin}\", token_env: TG_CLI_TOKEN }",
-        );
+    let yaml = config(&blue.addr, &green.addr).variant(
+        "admin: { address: \"{admin}\" }",
+        "admin: { address: \"{admin}\", token_env: TG_CLI_TOKEN }",
+    );
     let tg = Tidegate::spawn(&yaml, &[("TG_CLI_TOKEN", "tok")]);
     tg.wait_ready().await;
     let (code, _, err) = cli(args(&["status"], &tg)).await;

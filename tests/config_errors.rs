@@ -135,6 +135,7 @@ pools:
         ),
     ];
     for (from, to, kind, path) in cases {
+        assert!(yaml.contains(from), "{from:?} is not in the base config");
         tg.rewrite_config(&yaml.replacen(from, to, 1));
         let r = post(&tg.admin_url("/api/v1/config/reload"), &[], "")
             .await
@@ -151,8 +152,8 @@ pools:
     // With a byte order mark, the same file reloads.
     let mut bytes = b"\xEF\xBB\xBF".to_vec();
     bytes.extend_from_slice(
-        yaml.replace("{listen}", &tg.listen.to_string())
-            .replace("{admin}", &tg.admin.to_string())
+        yaml.variant("{listen}", &tg.listen.to_string())
+            .variant("{admin}", &tg.admin.to_string())
             .as_bytes(),
     );
     std::fs::write(&tg.config, bytes).unwrap();
@@ -200,7 +201,7 @@ fn an_unresolvable_backend_name_is_a_warning() {
     let path = dir.path().join("t.yaml");
     std::fs::write(
         &path,
-        GOOD.replace("127.0.0.1:3001", "app-not-running.invalid:3001"),
+        GOOD.variant("127.0.0.1:3001", "app-not-running.invalid:3001"),
     )
     .unwrap();
     let (code, out) = check(&path);
@@ -212,7 +213,7 @@ fn an_unresolvable_backend_name_is_a_warning() {
     // A malformed one still is an error.
     std::fs::write(
         &path,
-        GOOD.replace("127.0.0.1:3001", "app not running:3001"),
+        GOOD.variant("127.0.0.1:3001", "app not running:3001"),
     )
     .unwrap();
     let (code, out) = check(&path);

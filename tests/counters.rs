@@ -111,7 +111,7 @@ async fn backend_killed_mid_request() {
 async fn backend_killed_mid_request_without_hold() {
     let mut blue = BackendProcess::start("blue").await;
     let yaml =
-        single(&blue.addr, "{}").replace("retries: 0", "retries: 0\n    hold: { timeout: 0 }");
+        single(&blue.addr, "{}").variant("retries: 0", "retries: 0\n    hold: { timeout: 0 }");
     let tg = Tidegate::start(&yaml).await;
     let url = tg.url("/slow?ms=10000");
     let slow = tokio::spawn(async move { get(&url).await });

@@ -63,7 +63,7 @@ async fn health_verb_exit_codes() {
     let green = TestBackend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = config(&blue.addr, &green.addr, &dir.path().join("s.json"))
-        .replace("admin: {", "shutdown: { delay: 3s }\nadmin: {");
+        .variant("admin: {", "shutdown: { delay: 3s }\nadmin: {");
     let mut tg = Tidegate::start(&yaml).await;
     let (code, out) = cli(&with_admin(&tg, &["health"])).await;
     assert_eq!(code, 0, "{out}");

@@ -371,7 +371,7 @@ async fn deploy_green_under_load_then_stop_blue() {
         r.json()["generation"].as_u64()
     };
     let g0 = gen(admin.clone()).await.unwrap();
-    scene.rewrite(&CONFIG.replace(
+    scene.rewrite(&CONFIG.variant(
         "split: { blue: 100, green: 0 }",
         "split: { blue: 0, green: 100 }",
     ));

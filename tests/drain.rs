@@ -197,7 +197,7 @@ async fn drain_with_a_slow_request_open() {
 async fn streams_deadline_ends_sse_cleanly_and_websocket_with_1001() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+    let yaml = blue_green(&blue.addr, &green.addr, "").variant(
         "split: { blue: 50, green: 50 }",
         "split: { blue: 100, green: 0 }",
     );
@@ -270,7 +270,7 @@ async fn streams_deadline_ends_sse_cleanly_and_websocket_with_1001() {
 async fn close_spread_spreads_twenty_stream_ends_over_the_window() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+    let yaml = blue_green(&blue.addr, &green.addr, "").variant(
         "split: { blue: 50, green: 50 }",
         "split: { blue: 100, green: 0 }",
     );
@@ -313,7 +313,7 @@ async fn close_spread_spreads_twenty_stream_ends_over_the_window() {
 async fn state_draining_in_the_file_drains_and_active_undrains() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let declared = blue_green(&blue.addr, &green.addr, "").replace(
+    let declared = blue_green(&blue.addr, &green.addr, "").variant(
         &format!("backends: [{{ address: \"{}\" }}]\n", green.addr),
         &format!(
             "backends: [{{ address: \"{}\" }}]\n    state: draining\n",
@@ -360,7 +360,7 @@ async fn state_draining_in_the_file_drains_and_active_undrains() {
 async fn a_removed_pool_is_reported_until_its_stream_ends() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+    let yaml = blue_green(&blue.addr, &green.addr, "").variant(
         "split: { blue: 50, green: 50 }",
         "split: { blue: 100, green: 0 }",
     );
@@ -409,7 +409,7 @@ async fn a_removed_pool_is_reported_until_its_stream_ends() {
 async fn requests_deadline_ends_a_slow_plain_request() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let yaml = blue_green(&blue.addr, &green.addr, "").replace(
+    let yaml = blue_green(&blue.addr, &green.addr, "").variant(
         "split: { blue: 50, green: 50 }",
         "split: { blue: 100, green: 0 }",
     );
@@ -456,7 +456,7 @@ async fn stream_lists_are_bounded_oldest_first() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
     let yaml = blue_green(&blue.addr, &green.addr, "")
-        .replace("blue: 50, green: 50", "blue: 100, green: 0");
+        .variant("blue: 50, green: 50", "blue: 100, green: 0");
     let tg = Tidegate::start(&yaml).await;
     let mut open = Vec::new();
     for _ in 0..5 {

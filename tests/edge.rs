@@ -128,10 +128,10 @@ fn status(resp: &str) -> u16 {
 fn sidecar(app: SocketAddr, extra: &str) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml")).unwrap();
-    text.replace("0.0.0.0:8080", "{listen}")
-        .replace("127.0.0.1:9901", "{admin}")
-        .replace("127.0.0.1:3000", &app.to_string())
-        .replace("routes:", &format!("{extra}\nroutes:"))
+    text.variant("0.0.0.0:8080", "{listen}")
+        .variant("127.0.0.1:9901", "{admin}")
+        .variant("127.0.0.1:3000", &app.to_string())
+        .variant("routes:", &format!("{extra}\nroutes:"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,16 +63,48 @@ fn file_of(module: &[String]) -> Option<PathBuf> {
     None
 }
 
-/// Every path a file mentions with `crate::` or `super::`, use trees expanded.
-fn paths_in(text: &str) -> Vec<String> {
-    let code: String = text
-        .lines()
+/// The file's code without comments and without its `#[cfg(test)]` tail (tests may use
+/// anything; `super` inside `mod tests` is the file itself).
+fn code_of(text: &str) -> String {
+    text.lines()
+        .take_while(|l| l.trim() != "#[cfg(test)]")
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// Child modules a file declares (`mod x;`, `pub mod x;`, `pub(crate) mod x;`).
+fn children(code: &str) -> Vec<String> {
+    code.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_suffix(';')?;
+            let rest = rest
+                .strip_prefix("pub(crate) ")
+                .or_else(|| rest.strip_prefix("pub(super) "))
+                .or_else(|| rest.strip_prefix("pub "))
+                .unwrap_or(rest);
+            rest.strip_prefix("mod ").map(|n| n.trim().to_string())
+        })
+        .collect()
+}
+
+/// Every path a file mentions with `crate::`, `super::` or `self::`, or through one of its
+/// child modules (`child::x`, as a parent names its children), use trees expanded; paths
+/// through a child come out as `self::child::…`.
+fn paths_in(text: &str) -> Vec<String> {
+    let code = code_of(text);
     let mut out = Vec::new();
     let bytes = code.as_bytes();
-    for start in ["crate::", "super::"] {
+    let mut starts: Vec<(String, &str)> = ["crate::", "super::", "self::"]
+        .iter()
+        .map(|s| (s.to_string(), ""))
+        .collect();
+    for c in children(&code) {
+        starts.push((format!("{c}::"), "self::"));
+    }
+    for (start, prefix) in &starts {
+        let start = start.as_str();
         let mut i = 0;
         while let Some(pos) = code[i..].find(start) {
             let at = i + pos;
@@ -102,7 +134,7 @@ fn paths_in(text: &str) -> Vec<String> {
                 }
                 j += 1;
             }
-            expand(&code[at..j], &mut out);
+            expand(&format!("{prefix}{}", &code[at..j]), &mut out);
         }
     }
     out
@@ -143,6 +175,9 @@ fn resolve(from: &Path, path: &str) -> Option<Vec<String>> {
     let mut base = if segs.first() == Some(&"crate") {
         segs.remove(0);
         Vec::new()
+    } else if segs.first() == Some(&"self") {
+        segs.remove(0);
+        module_of(from)
     } else {
         // `super` of `a/b.rs` and of `a/b/mod.rs` (module a::b) is `a`.
         let mut m = module_of(from);
@@ -267,7 +302,60 @@ fn no_circles_between_files() {
             visit(&mut t, v);
         }
     }
-    assert!(t.found.is_empty(), "circles: {:?}", t.found);
+    // Known debt: a parent `mod.rs` that uses its children while they use items it defines
+    // (`super::ApiError`, `super::Ctx`, `use super::*`). Each directory here must still have
+    // such a circle (fixing one means deleting its line); any other circle fails.
+    const PARENT_CHILD_DEBT: [&str; 6] = [
+        "admin",
+        "client",
+        "config/build",
+        "proxy",
+        "services/spool",
+        "services/spool/store",
+    ];
+    let mut debt_seen = BTreeSet::new();
+    let mut wrong = Vec::new();
+    for circle in &t.found {
+        let dir = |f: &String| {
+            f.rsplit_once('/')
+                .map_or(String::new(), |(d, _)| d.to_string())
+        };
+        let dirs: BTreeSet<String> = circle.iter().map(dir).collect();
+        let one_dir = dirs.len() == 1;
+        let d = dirs.iter().next().cloned().unwrap_or_default();
+        if one_dir
+            && circle.contains(&format!("{d}/mod.rs"))
+            && PARENT_CHILD_DEBT.contains(&d.as_str())
+        {
+            debt_seen.insert(d);
+        } else {
+            wrong.push(circle.clone());
+        }
+    }
+    assert!(wrong.is_empty(), "circles: {wrong:?}");
+    for d in PARENT_CHILD_DEBT {
+        assert!(
+            debt_seen.contains(d),
+            "{d} has no parent/child circle any more: remove it from PARENT_CHILD_DEBT"
+        );
+    }
+}
+
+/// The detector sees what a parent names through its children (`mod x; use x::Y;`), not
+/// only `crate::` and `super::` paths, and ignores the test tail.
+#[test]
+fn parent_to_child_paths_are_seen() {
+    let text = "mod process;\npub use process::{Guard, Exit};\nfn f() { process::run(); }\n\
+                #[cfg(test)]\nmod tests { use super::*; }\n";
+    let p = paths_in(text);
+    for want in [
+        "self::process::Guard",
+        "self::process::Exit",
+        "self::process::run",
+    ] {
+        assert!(p.iter().any(|x| x == want), "{want} not in {p:?}");
+    }
+    assert!(!p.iter().any(|x| x.starts_with("super")), "{p:?}");
 }
 
 #[test]

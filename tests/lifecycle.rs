@@ -212,7 +212,7 @@ async fn sigint_stops_at_once_even_with_a_stream_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_serves_during_delay_then_exits_0_once_stream_and_request_end() {
     let blue = TestBackend::start("blue").await;
-    let yaml = yaml_for(&blue.addr, "[{ name: public, address: \"{listen}\" }]").replace(
+    let yaml = yaml_for(&blue.addr, "[{ name: public, address: \"{listen}\" }]").variant(
         "shutdown: { delay: 0s, grace: 60s }",
         "shutdown: { delay: 1500ms, grace: 60s }",
     );
@@ -263,7 +263,7 @@ async fn sigterm_serves_during_delay_then_exits_0_once_stream_and_request_end() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_outliving_grace_ends_cleanly_and_exit_is_1() {
     let blue = TestBackend::start("blue").await;
-    let yaml = yaml_for(&blue.addr, "[{ name: public, address: \"{listen}\" }]").replace(
+    let yaml = yaml_for(&blue.addr, "[{ name: public, address: \"{listen}\" }]").variant(
         "shutdown: { delay: 0s, grace: 60s }",
         "shutdown: { delay: 0s, grace: 2s }",
     );

@@ -117,9 +117,9 @@ async fn a_ramp_is_cancelled_by_a_new_split_a_drain_or_a_reload() {
             std::fs::write(
                 &tg.config,
                 config(&blue.addr, &green.addr, "")
-                    .replace("blue: 100, green: 0", "blue: 90, green: 10")
-                    .replace("{listen}", &tg.listen.to_string())
-                    .replace("{admin}", &tg.admin.to_string()),
+                    .variant("blue: 100, green: 0", "blue: 90, green: 10")
+                    .variant("{listen}", &tg.listen.to_string())
+                    .variant("{admin}", &tg.admin.to_string()),
             )
             .unwrap();
         }
@@ -279,7 +279,7 @@ async fn pruning_a_failing_backend_during_a_watched_ramp_does_not_break_it() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
     let dead = format!("127.0.0.1:{}", free_port());
-    let with_dead = config(&blue.addr, &green.addr, "").replace(
+    let with_dead = config(&blue.addr, &green.addr, "").variant(
         &format!("backends: [{{ address: \"{}\" }}]\n", green.addr),
         &format!(
             "backends: [{{ address: \"{}\" }}, {{ address: \"{dead}\" }}]\n",

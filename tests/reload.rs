@@ -242,18 +242,18 @@ async fn a_refused_reload_leaves_nothing_behind() {
     let before = observable(&tg).await;
     // A new pool and a new backend, in a file refused for another reason.
     let bad = good
-        .replace(
+        .variant(
             "pools:\n",
             "pools:\n  phantom:\n    backends: [{ address: \"127.0.0.1:9\" }]\n",
         )
-        .replace(
+        .variant(
             &format!("[{{ address: \"{}\" }}]", green.addr),
             &format!(
                 "[{{ address: \"{}\" }}, {{ address: \"127.0.0.1:8\" }}]",
                 green.addr
             ),
         )
-        .replace(
+        .variant(
             "split: { blue: 100, green: 0 }",
             "split: { blue: 100, gren: 0 }",
         );

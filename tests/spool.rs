@@ -278,7 +278,7 @@ async fn full_store_large_body_and_unusable_store_keep_nothing() {
     let bad = tempfile::tempdir().expect("tempdir");
     let blocker = bad.path().join("not-a-dir");
     std::fs::write(&blocker, "x").unwrap();
-    let yaml = fast_yaml(app, state.path(), "").replace(
+    let yaml = fast_yaml(app, state.path(), "").variant(
         "pools:",
         &format!(
             "spool_store: {{ path: {} }}\npools:",

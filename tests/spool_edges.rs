@@ -145,7 +145,7 @@ async fn a_post_that_reached_a_backend_is_not_spooled_against_retry_sent() {
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     assert_eq!(spool_list(&tg, "").await["total"], 0, "nothing spooled");
     // Where retry_sent allows POST, such a request may be sent again: it is spooled.
-    let tg2 = Tidegate::start(&fast_yaml(app, dir.path(), "").replace(
+    let tg2 = Tidegate::start(&fast_yaml(app, dir.path(), "").variant(
         "hold: { timeout: 0 }",
         "hold: { timeout: 0 }\n    retry_sent: all",
     ))
@@ -159,7 +159,7 @@ async fn replays_wait_while_the_route_is_in_maintenance() {
     let app = dead_addr();
     let dir = tempfile::tempdir().unwrap();
     let yaml = fast_yaml(app, dir.path(), "")
-        .replace("pools:", "  - name: web\n    split: { app: 100 }\npools:");
+        .variant("pools:", "  - name: web\n    split: { app: 100 }\npools:");
     assert!(yaml.contains("name: web"));
     let tg = Tidegate::start(&yaml).await;
     let r = post(&tg.url("/hooks/m"), &[], "later").await.unwrap();

@@ -17,15 +17,21 @@ use common::*;
 fn sidecar(app: std::net::SocketAddr, extra: &str) -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"))
         .unwrap()
-        .replace("0.0.0.0:8080", "{listen}")
-        .replace("127.0.0.1:9901", "{admin}")
-        .replace("127.0.0.1:3000", &app.to_string())
-        .replace("routes:", &format!("{extra}\nroutes:"))
+        .variant("0.0.0.0:8080", "{listen}")
+        .variant("127.0.0.1:9901", "{admin}")
+        .variant("127.0.0.1:3000", &app.to_string())
+        .variant("routes:", &format!("{extra}\nroutes:"))
 }
 
+/// Whether the test can act as another local user (root); under `CI` it must.
 fn is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    assert!(
+        root || std::env::var_os("CI").is_none(),
+        "CI is set but the tests do not run as root (needed to act as another local user)"
+    );
+    root
 }
 
 /// A listener on `path` run as uid 65534 that prints how many descriptors it received.

@@ -102,21 +102,32 @@ pub async fn rollback(State(s): St, Path(route): Path<String>) -> Result<Respons
         ov.checkpoints.remove(&route);
         Ok::<(), ApiError>(())
     })?;
+    restore_pool_states(&s, &route, &cp);
+    persist::save(&s);
+    tracing::info!(route, split = ?cp.split, "rolled back to the deploy checkpoint");
+    let v = view::route_split(&s, &route)
+        .ok_or_else(|| ApiError::new(404, "unknown_route", format!("no route named {route:?}")))?;
+    Ok(json(200, &v))
+}
+
+/// Pools back to how the checkpoint found them: active ones undrained, drained ones drained
+/// again (with the pool's own deadlines).
+fn restore_pool_states(s: &AppState, route: &str, cp: &Checkpoint) {
     for pool in cp.split.keys() {
-        let Ok(r) = drains::resolve(&s, pool, None) else {
+        let Ok(r) = drains::resolve(s, pool, None) else {
             continue;
         };
         let was_active = cp.active_pools.contains(pool);
         let active = r.cell().phase() == Phase::Active;
         if was_active && !active {
-            let _ = drains::undrain(&s, &r);
+            let _ = drains::undrain(s, &r);
         } else if !was_active && active {
             // Drained before the deploy (the deploy undrained it): drained again, with the
             // pool's own deadlines.
             let d = drains::deadlines(&r, &Default::default());
             match d
                 .map_err(|e| e.to_string())
-                .and_then(|d| drains::start(&s, &r, d).map_err(|e| e.to_string()))
+                .and_then(|d| drains::start(s, &r, d).map_err(|e| e.to_string()))
             {
                 Ok(()) => {
                     tracing::info!(route, pool, "rollback: drained again, as before the deploy")
@@ -127,9 +138,4 @@ pub async fn rollback(State(s): St, Path(route): Path<String>) -> Result<Respons
             }
         }
     }
-    persist::save(&s);
-    tracing::info!(route, split = ?cp.split, "rolled back to the deploy checkpoint");
-    let v = view::route_split(&s, &route)
-        .ok_or_else(|| ApiError::new(404, "unknown_route", format!("no route named {route:?}")))?;
-    Ok(json(200, &v))
 }

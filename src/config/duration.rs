@@ -13,6 +13,11 @@ pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// `s` seconds (for defaults).
+    pub const fn from_secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+
     /// Parse `30s`, `10m`, `1h 30m`, `0`. Plain numbers other than `0` are refused, because
     /// `30` could mean seconds or milliseconds and a wrong guess is a silent outage.
     pub fn parse(s: &str) -> Result<Self, String> {

@@ -127,19 +127,7 @@ impl Proxy {
         let Some(body) = read_body(session, prefix, spec.max_body).await? else {
             return too_large(session, spec).await;
         };
-        let item = NewItem {
-            route: route.name.to_string(),
-            method: session.req_header().method.to_string(),
-            target: session
-                .req_header()
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            headers: stored_headers(session)?,
-            body,
-            created_ms: now_ms(),
-        };
+        let item = new_item(session, &route.name, body)?;
         let writing = depth.begin_write();
         let written = self.spool.write(item).await;
         drop(writing);
@@ -156,6 +144,23 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The stored form of the request: method, target, headers as the backend would get them.
+fn new_item(session: &Session, route: &str, body: Bytes) -> Result<NewItem> {
+    Ok(NewItem {
+        route: route.to_string(),
+        method: session.req_header().method.to_string(),
+        target: session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        headers: stored_headers(session)?,
+        body,
+        created_ms: now_ms(),
+    })
 }
 
 fn declared_length(req: &RequestHeader) -> Option<u64> {

@@ -88,3 +88,51 @@ pub fn reload(state: &AppState) -> Result<ReloadSummary, ConfigError> {
         warnings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "listeners: [{ name: p, address: 127.0.0.1:18080 }]
+config_watch: false
+routes:
+  - name: app
+    split: { blue: 100 }
+pools:
+  blue:
+    backends: [{ address: 127.0.0.1:3001 }]
+";
+
+    /// Validate first, then bind: a file refused for a late error (after a new pool and a
+    /// new backend were read) adds nothing to the live registry and keeps the generation.
+    #[test]
+    fn a_refused_file_touches_nothing_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        std::fs::write(&path, GOOD).unwrap();
+        let spec = config::load_str(GOOD, &|_| None).unwrap().spec;
+        let state = AppState::new(spec, path.clone(), hash(GOOD.as_bytes()));
+        let ids = |s: &AppState| {
+            let mut v: Vec<String> = s.registry.all().iter().map(|b| b.id.to_string()).collect();
+            v.sort();
+            v
+        };
+        let before = ids(&state);
+        assert_eq!(before, ["blue/127.0.0.1:3001"]);
+        let bad = GOOD.replace(
+            "pools:\n",
+            "pools:\n  green:\n    backends: [{ address: 127.0.0.1:3009 }]\n",
+        ) + "shutdown: { grace: nonsense }\n";
+        assert!(bad.contains("green"), "the variant applied");
+        std::fs::write(&path, &bad).unwrap();
+        assert!(reload(&state).is_err());
+        assert_eq!(ids(&state), before);
+        assert!(state.registry.pools().iter().all(|p| &*p.name != "green"));
+        assert_eq!(state.table().generation, 1);
+        // The same file without its error does bind the new pool.
+        std::fs::write(&path, bad.replace("shutdown: { grace: nonsense }\n", "")).unwrap();
+        reload(&state).unwrap();
+        assert!(ids(&state).contains(&"blue/127.0.0.1:3001".to_string()));
+        assert!(ids(&state).contains(&"green/127.0.0.1:3009".to_string()));
+    }
+}

@@ -36,7 +36,25 @@ use stats::Stats;
 use table::Table;
 use target::Target;
 
-pub use process::{ActiveGuard, ExitReason, Process, ReloadStats};
+pub use process::{ExitReason, Process, ReloadStats};
+
+/// RAII process-wide in-flight count, made when a request context is created.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<AppState>);
+
+impl ActiveGuard {
+    /// Count one more request.
+    pub fn new(state: Arc<AppState>) -> Self {
+        state.process.enter();
+        Self(state)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.process.leave();
+    }
+}
 
 /// A drain whose deadline tasks the drain service must run: its target and epoch.
 pub type Enforce = (Target, u64);

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Condvar, Mutex,
+        Condvar, Mutex,
     },
     time::{Instant, SystemTime},
 };
@@ -64,6 +64,20 @@ impl ExitReason {
 }
 
 impl Process {
+    /// One more request in flight (see `state::ActiveGuard`).
+    pub(super) fn enter(&self) {
+        // Relaxed: nothing is published through the increment.
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request less; wakes shutdown waiters at zero.
+    pub(super) fn leave(&self) {
+        // AcqRel: order the last decrement before a shutdown waiter re-reads zero.
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
     pub(super) fn new() -> Self {
         Self {
             ready: AtomicBool::new(false),
@@ -167,26 +181,4 @@ pub fn unix_now() -> f64 {
 pub fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// RAII process-wide in-flight count, made when a request context is created.
-#[derive(Debug)]
-pub struct ActiveGuard(Arc<super::AppState>);
-
-impl ActiveGuard {
-    /// Count one more request.
-    pub fn new(state: Arc<super::AppState>) -> Self {
-        // Relaxed: nothing is published through the increment.
-        state.process.active.fetch_add(1, Ordering::Relaxed);
-        Self(state)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        // AcqRel: order the last decrement before a shutdown waiter re-reads zero.
-        if self.0.process.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.process.idle.notify_waiters();
-        }
-    }
 }

@@ -24,6 +24,22 @@ pub mod backend;
 
 use backend::Backend;
 
+/// Config variants: `text.variant(from, to)` is `replace`, failing the test when `from` is
+/// not in the text (a variant equal to its base would let a test pass for nothing).
+pub trait Variant {
+    fn variant(&self, from: &str, to: &str) -> String;
+}
+
+impl Variant for str {
+    fn variant(&self, from: &str, to: &str) -> String {
+        assert!(
+            self.contains(from),
+            "variant: {from:?} is not in the text:\n{self}"
+        );
+        self.replace(from, to)
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel does not hand it out again
 /// at once).
 pub fn free_port() -> u16 {
@@ -311,6 +327,56 @@ impl Drop for BackendProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What admin calls can change, without the counters that move by themselves (connect
+/// failures, health, ages): generation, maintenance, each route's split, override and ramp,
+/// each pool's state and members.
+pub fn control_state(s: &serde_json::Value) -> serde_json::Value {
+    let pools: serde_json::Map<String, serde_json::Value> = s["pools"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(name, p)| {
+                    let backends: Vec<_> = p["backends"]
+                        .as_array()
+                        .map(|bs| {
+                            bs.iter()
+                                .map(|b| {
+                                    serde_json::json!([
+                                        b["id"],
+                                        b["address"],
+                                        b["weight"],
+                                        b["state"]
+                                    ])
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let v = serde_json::json!({
+                        "state": p["state"],
+                        "backends_override": p["backends_override"],
+                        "backends": backends,
+                    });
+                    (name.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let routes: Vec<_> = s["routes"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| serde_json::json!([r["name"], r["split"], r["override"], r["ramp"]]))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "generation": s["generation"],
+        "maintenance": s["maintenance"],
+        "routes": routes,
+        "pools": pools,
+    })
 }
 
 /// Poll the status API until `f(status)` holds.

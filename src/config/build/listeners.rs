@@ -205,8 +205,19 @@ pub(super) fn build_admin(
             ),
         });
     }
+    let allowed_hosts = build_allowed_hosts(&a.allowed_hosts)?;
+    Ok(Admin {
+        addr,
+        token,
+        metrics_auth: a.metrics_auth,
+        allowed_hosts,
+    })
+}
+
+/// `admin.allowed_hosts`: host names, lowercased, without a trailing dot.
+fn build_allowed_hosts(hosts: &[String]) -> Result<Vec<String>, ConfigError> {
     let mut allowed_hosts = Vec::new();
-    for (i, h) in a.allowed_hosts.iter().enumerate() {
+    for (i, h) in hosts.iter().enumerate() {
         let name = h.trim().trim_end_matches('.').to_ascii_lowercase();
         let valid = !name.is_empty()
             && name.len() <= 253
@@ -223,12 +234,7 @@ pub(super) fn build_admin(
         }
         allowed_hosts.push(name);
     }
-    Ok(Admin {
-        addr,
-        token,
-        metrics_auth: a.metrics_auth,
-        allowed_hosts,
-    })
+    Ok(allowed_hosts)
 }
 
 /// An I/O error as a person reads it: "no such file or directory", without "(os error 2)".

@@ -54,16 +54,7 @@ pub fn build(
             max: 1024 * 1024,
         });
     }
-    let upgrade_sock = match &file.server.upgrade_sock {
-        Some(p) if !p.is_absolute() => {
-            return Err(invalid(
-                "server.upgrade_sock",
-                "must be an absolute path (old and new process must agree)",
-            ))
-        }
-        Some(p) => p.clone(),
-        None => crate::config::file::default_upgrade_sock(file.state_file.as_deref()),
-    };
+    let upgrade_sock = build_upgrade_sock(&file)?;
     Ok(Spec {
         http: HttpSettings {
             // In range checked above.
@@ -127,6 +118,20 @@ pub fn runtime_backends(
         tracing::warn!(pool, "{w}");
     }
     Ok(members)
+}
+
+/// `server.upgrade_sock`: absolute, or the default next to `state_file`.
+fn build_upgrade_sock(file: &FileConfig) -> Result<std::path::PathBuf, ConfigError> {
+    match &file.server.upgrade_sock {
+        Some(p) if !p.is_absolute() => Err(invalid(
+            "server.upgrade_sock",
+            "must be an absolute path (old and new process must agree)",
+        )),
+        Some(p) => Ok(p.clone()),
+        None => Ok(crate::config::file::default_upgrade_sock(
+            file.state_file.as_deref(),
+        )),
+    }
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -59,7 +59,7 @@ pub fn default_spool_buffer() -> u64 {
 
 /// Default: resolve backend names again every 5 s.
 pub fn default_resolve_interval() -> HumanDuration {
-    secs(5)
+    HumanDuration::from_secs(5)
 }
 
 /// One address tidegate accepts client traffic on.
@@ -149,24 +149,21 @@ impl Default for FileTimeouts {
     }
 }
 
-pub(super) fn secs(s: u64) -> HumanDuration {
-    HumanDuration(std::time::Duration::from_secs(s))
-}
 /// Default upstream connect timeout.
 pub fn default_connect() -> HumanDuration {
-    secs(5)
+    HumanDuration::from_secs(5)
 }
 /// Default client read timeout (pingora's own default).
 pub fn default_client_read() -> HumanDuration {
-    secs(60)
+    HumanDuration::from_secs(60)
 }
 /// Default WebSocket client-silence limit.
 pub fn default_websocket_idle() -> HumanDuration {
-    secs(3600)
+    HumanDuration::from_secs(3600)
 }
 /// Default idle time of pooled upstream keep-alive connections.
 pub fn default_upstream_keepalive() -> HumanDuration {
-    secs(60)
+    HumanDuration::from_secs(60)
 }
 
 /// Client request hygiene: nginx's defaults as the anchor.
@@ -254,8 +251,8 @@ impl Default for FileShutdown {
 }
 
 fn default_shutdown_delay() -> HumanDuration {
-    secs(0)
+    HumanDuration::from_secs(0)
 }
 fn default_shutdown_grace() -> HumanDuration {
-    secs(60)
+    HumanDuration::from_secs(60)
 }

@@ -2,7 +2,6 @@
 
 use serde::Deserialize;
 
-use super::secs;
 use crate::config::duration::HumanDuration;
 
 /// A pool: one version of the app.
@@ -77,10 +76,10 @@ fn default_hc_status() -> u16 {
     200
 }
 fn default_hc_interval() -> HumanDuration {
-    secs(2)
+    HumanDuration::from_secs(2)
 }
 fn default_hc_timeout() -> HumanDuration {
-    secs(1)
+    HumanDuration::from_secs(1)
 }
 fn default_rise() -> u32 {
     2
@@ -122,7 +121,7 @@ pub fn default_probe_interval() -> HumanDuration {
 }
 /// Default longest delay between probes of a down backend.
 pub fn default_probe_max_interval() -> HumanDuration {
-    secs(1)
+    HumanDuration::from_secs(1)
 }
 
 /// Drain deadlines of a pool.
@@ -148,11 +147,11 @@ impl Default for FileDrain {
 }
 
 fn default_requests_deadline() -> HumanDuration {
-    secs(30)
+    HumanDuration::from_secs(30)
 }
 fn default_streams_deadline() -> HumanDuration {
-    secs(3600)
+    HumanDuration::from_secs(3600)
 }
 fn default_close_spread() -> HumanDuration {
-    secs(30)
+    HumanDuration::from_secs(30)
 }

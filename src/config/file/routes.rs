@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::secs;
 use crate::config::duration::HumanDuration;
 
 /// A route: a match and a weighted split across pools.
@@ -25,7 +24,7 @@ pub struct FileRoute {
     pub retry_sent: FileRetrySent,
     /// Store matching requests durably while no backend is available; replay them later.
     #[serde(default)]
-    pub spool: Option<super::FileSpool>,
+    pub spool: Option<super::spool::FileSpool>,
 }
 
 /// Retry policy for requests that already reached a backend (nginx's `proxy_next_upstream`
@@ -161,7 +160,7 @@ impl Default for FileHold {
 
 /// Default hold timeout.
 pub fn default_hold_timeout() -> HumanDuration {
-    secs(30)
+    HumanDuration::from_secs(30)
 }
 /// Default hold queue bound.
 pub fn default_max_queued() -> u32 {

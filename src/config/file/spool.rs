@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::secs;
 use crate::config::duration::HumanDuration;
 
 /// `routes[i].spool`: store matching requests while the route has no backend, replay later.
@@ -68,16 +67,16 @@ pub fn default_replay_max_attempts() -> u32 {
     10
 }
 pub fn default_replay_backoff() -> HumanDuration {
-    secs(1)
+    HumanDuration::from_secs(1)
 }
 pub fn default_replay_max_backoff() -> HumanDuration {
-    secs(60)
+    HumanDuration::from_secs(60)
 }
 pub fn default_replay_concurrency() -> u32 {
     1
 }
 pub fn default_replay_timeout() -> HumanDuration {
-    secs(30)
+    HumanDuration::from_secs(30)
 }
 
 /// `spool_store`: the embedded file (default: `spool.db` next to `state_file`), or a

@@ -124,6 +124,25 @@ pub async fn supervise(spool: Arc<Spool>, store: Arc<Store>, mut shutdown: Shutd
     }
 }
 
+/// Whether maintenance covers any method the route spools (its replays wait).
+fn in_maintenance(table: &crate::state::table::Table, route: &Route) -> bool {
+    table.maintenance.as_ref().is_some_and(|m| {
+        let spooled = route
+            .spec
+            .spool
+            .as_ref()
+            .map_or(&[][..], |s| &s.methods[..]);
+        spooled.iter().any(|method| m.matches(&route.name, method))
+    })
+}
+
+/// The pause after the `n`th outcome in a row that the store could not record.
+fn outcome_pause(n: u32) -> Duration {
+    OUTCOME_BACKOFF
+        .saturating_mul(1 << n.min(6))
+        .min(OUTCOME_MAX_BACKOFF)
+}
+
 /// Delivered and dead items of a route since its spool was last empty.
 type Summary = Arc<Mutex<HashMap<Arc<str>, (u64, u64)>>>;
 
@@ -157,15 +176,7 @@ impl Worker {
             let Some(replay) = route.spec.spool.as_ref().map(|s| s.replay.clone()) else {
                 return;
             };
-            let maintenance = table.maintenance.as_ref().is_some_and(|m| {
-                let spooled = route
-                    .spec
-                    .spool
-                    .as_ref()
-                    .map_or(&[][..], |s| &s.methods[..]);
-                spooled.iter().any(|method| m.matches(&route.name, method))
-            });
-            if maintenance || route.pick_pool().is_none() {
+            if in_maintenance(&table, &route) || route.pick_pool().is_none() {
                 // Nothing to send to, or the route is in maintenance: wait for a backend
                 // (health, undrain, reload) or the end of maintenance.
                 let _ = tokio::time::timeout(IDLE, self.state.availability.notified()).await;
@@ -182,10 +193,7 @@ impl Worker {
                         unrecorded = 0;
                     } else {
                         unrecorded = unrecorded.saturating_add(1);
-                        let pause = OUTCOME_BACKOFF
-                            .saturating_mul(1 << unrecorded.min(6))
-                            .min(OUTCOME_MAX_BACKOFF);
-                        tokio::time::sleep(pause).await;
+                        tokio::time::sleep(outcome_pause(unrecorded)).await;
                     }
                 }
                 Ok(Next::NotDue(at)) => {
