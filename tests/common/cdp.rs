@@ -88,6 +88,15 @@ impl Browser {
 
     /// One command; its result (events in between are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// [`Browser::call`], with the protocol's error as `Err` (e.g. the page navigated
+    /// while an evaluation ran).
+    pub async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
         self.next += 1;
         let id = self.next;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -107,9 +116,9 @@ impl Browser {
             let v: Value = serde_json::from_str(&t).expect("devtools json");
             if v["id"] == id {
                 if let Some(e) = v.get("error") {
-                    panic!("{method}: {e}");
+                    return Err(e.to_string());
                 }
-                return v["result"].clone();
+                return Ok(v["result"].clone());
             }
         }
     }
@@ -139,7 +148,14 @@ impl Browser {
         let guarded =
             format!("(() => {{ try {{ return ({expr}); }} catch (e) {{ return false; }} }})()");
         loop {
-            if self.eval(&guarded).await == json!(true) {
+            // A navigation under way answers with a protocol error: not yet.
+            let r = self
+                .try_call(
+                    "Runtime.evaluate",
+                    json!({"expression": guarded, "returnByValue": true, "awaitPromise": true}),
+                )
+                .await;
+            if r.is_ok_and(|r| r["result"]["value"] == json!(true)) {
                 return;
             }
             if Instant::now() > end {
