@@ -193,6 +193,24 @@ async fn pages_of_other_origins_change_and_read_nothing() {
     assert_eq!(r, 200);
     let s = state_of(&tg).await;
     assert_eq!(s["maintenance"]["maintenance"], true, "{s}");
+    // The page's own bodiless actions (maintenance off, undrain, back to the file's split)
+    // send the JSON type too: through the page's `call`, as its buttons do.
+    b.eval("call('DELETE', '/api/v1/maintenance').then(() => true)")
+        .await;
+    let s = state_of(&tg).await;
+    assert_eq!(s["maintenance"]["maintenance"], false, "{s}");
+    let r = post(&tg.admin_url("/api/v1/pools/app/drain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    b.eval("call('POST', '/api/v1/pools/app/undrain').then(() => true)")
+        .await;
+    let s = state_of(&tg).await;
+    assert_eq!(s["pools"]["app"]["state"], "active", "{s}");
+    let notice = b
+        .eval("document.getElementById('notice').textContent")
+        .await;
+    assert!(!notice.as_str().unwrap_or("").contains("415"), "{notice}");
 }
 
 /// Method, headers, wanted status.

@@ -31,6 +31,26 @@ async fn forged_spool_headers_never_reach_the_app_and_files_are_private() {
     let r = post(&tg.url("/hooks/a"), &forged, "{}").await.unwrap();
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["id"].as_i64().unwrap();
+    // Not even stored: the edge dropped them.
+    {
+        use sqlx::Connection;
+        let db = dir.path().join("spool.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let (headers,): (Vec<u8>,) =
+            sqlx::query_as("SELECT headers FROM tidegate_spool WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        let headers = String::from_utf8_lossy(&headers).to_ascii_lowercase();
+        assert!(!headers.contains("tidegate-spool"), "{headers}");
+        assert!(
+            headers.contains("content-type: application/json"),
+            "{headers}"
+        );
+    }
     // The store holds bodies: owner only, the WAL too.
     for f in ["spool.db", "spool.db-wal"] {
         assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
@@ -112,6 +132,13 @@ async fn a_request_released_from_its_hold_queues_behind_items_spooled_meanwhile(
     let seen = wait_seen(&rec, 2, Duration::from_secs(15)).await;
     let order: Vec<_> = seen.iter().map(|s| s.body.as_str()).collect();
     assert_eq!(order, ["A", "B"], "arrival order");
+    // B was released by the app's return, not spooled at its own hold timeout: only A's
+    // hold timed out.
+    let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
+    assert!(
+        m.contains("tidegate_hold_timeouts_total{route=\"hooks\"} 1\n"),
+        "only A's hold timed out:\n{m}"
+    );
 }
 
 /// A backend that reads a POST and closes without answering: the POST may have been
@@ -145,7 +172,8 @@ async fn a_post_that_reached_a_backend_is_not_spooled_against_retry_sent() {
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     assert_eq!(spool_list(&tg, "").await["total"], 0, "nothing spooled");
     // Where retry_sent allows POST, such a request may be sent again: it is spooled.
-    let tg2 = Tidegate::start(&fast_yaml(app, dir.path(), "").variant(
+    let dir2 = tempfile::tempdir().unwrap();
+    let tg2 = Tidegate::start(&fast_yaml(app, dir2.path(), "").variant(
         "hold: { timeout: 0 }",
         "hold: { timeout: 0 }\n    retry_sent: all",
     ))
@@ -268,6 +296,8 @@ async fn spooled_bodies_share_one_memory_budget() {
     let head = format!("POST /hooks/big HTTP/1.1\r\nHost: a\r\nContent-Length: {big}\r\n\r\n");
     first.write_all(head.as_bytes()).await.unwrap();
     first.write_all(&vec![b'a'; 1000]).await.unwrap();
+    // It is being read (and holds its share) before the second one comes.
+    wait_status(&tg, "the first body being read", |s| s["in_flight"] == 1).await;
     // The second does not fit beside it.
     let r = wait_for("the budget taken", Duration::from_secs(5), || async {
         let r = post(&tg.url("/hooks/second"), &[], &"b".repeat(409_600))
@@ -291,4 +321,59 @@ async fn spooled_bodies_share_one_memory_budget() {
         .await
         .unwrap();
     assert_eq!(r.status, 202, "{}", r.body);
+}
+
+/// A commit that lands after the client was told 503: the embedded store is locked by
+/// another connection, the writer's deadline (4 s) answers 503, the lock is released at
+/// once and the abandoned insert commits. The row is revoked: deleted, never replayed.
+#[tokio::test]
+async fn a_commit_landing_after_the_503_is_revoked_and_never_replayed() {
+    use sqlx::Connection;
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&fast_yaml(app, dir.path(), "")).await;
+    // Creates the store.
+    let r = post(&tg.url("/hooks/first"), &[], "first").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = send(
+        &client(),
+        "DELETE",
+        &tg.admin_url("/api/v1/spool?state=pending"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let db = dir.path().join("spool.db");
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let r = post(&tg.url("/hooks/late"), &[], "late").await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    // Released before the store's own busy timeout (5 s): the insert goes through now.
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    wait_for("the late row revoked", Duration::from_secs(20), || async {
+        tg.logs().contains("revoked items deleted").then_some(())
+    })
+    .await;
+    let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM tidegate_spool")
+        .fetch_one(&mut lock)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the 503'd request is not stored");
+    // The app comes back: the late request never reaches it; a new one goes straight there.
+    let rec = Recorder::start(app).await;
+    let r = wait_for("the app reachable", Duration::from_secs(10), || async {
+        let r = post(&tg.url("/hooks/after"), &[], "after").await.ok()?;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 200);
+    let bodies: Vec<String> = rec.seen().into_iter().map(|s| s.body).collect();
+    assert!(!bodies.iter().any(|b| b == "late"), "{bodies:?}");
 }

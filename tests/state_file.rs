@@ -81,6 +81,8 @@ pools:
                         torn.fetch_add(1, Ordering::SeqCst);
                     }
                 }
+                // Leave the writers their share of two cores.
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
         })
     };

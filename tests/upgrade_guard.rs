@@ -1,13 +1,14 @@
-//! The graceful upgrade's listening sockets go to tidegate's own user only. A hostile local
-//! user (the test runs a listener as `nobody`) who takes the upgrade socket in a shared
-//! sticky directory gets nothing at SIGQUIT, and the proxy keeps serving; the default
-//! socket lives in a directory of mode 0700, and the upgrade works there; a directory other
-//! users can write (not sticky) refuses to start.
+//! The graceful upgrade's listening sockets go to tidegate's own user only. A directory other
+//! users can write (`/tmp`-like sticky ones included) refuses to start. In a private one, a
+//! listener of another user (the test, as root, plants one running as `nobody`) gets
+//! nothing at SIGQUIT: refused before the hand-off when the socket file is foreign (the
+//! proxy keeps serving), or by the relay's `SO_PEERCRED` check when the file looks like
+//! ours. The default socket lives in a directory of mode 0700, and the upgrade works there.
 
 mod common;
 
 use std::{
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::fs::PermissionsExt,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -37,12 +38,14 @@ fn is_root() -> bool {
 /// A listener on `path` run as uid 65534 that prints how many descriptors it received.
 const THIEF: &str = r#"
 import array, os, socket, sys
-path = sys.argv[1]
+path, timeout, owner = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(path)
-os.chmod(path, 0o777)
+s.bind(path)                  # as root: the private directory admits only its owner
+os.chown(path, owner, owner)  # the socket file's owner, as the proxy's check sees it
+os.setgid(65534)
+os.setuid(65534)              # the listener (SO_PEERCRED) is `nobody`
 s.listen(8)
-s.settimeout(float(sys.argv[2]))
+s.settimeout(timeout)
 print("listening", flush=True)
 try:
     c, _ = s.accept()
@@ -57,56 +60,61 @@ for level, kind, data in anc:
 print("fds=%d" % len(fds), flush=True)
 "#;
 
-#[tokio::test]
-async fn another_user_on_the_upgrade_socket_gets_no_listening_socket() {
-    if !is_root() {
-        eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
-        return;
-    }
-    let app = TestBackend::start("app").await;
-    // A shared directory like /tmp: world-writable, sticky.
-    let shared = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let sock = shared.path().join("tidegate_upgrade.sock");
-    let extra = format!("server: {{ upgrade_sock: {} }}", sock.display());
-    let mut tg = Tidegate::start(&sidecar(app.addr, &extra)).await;
+/// Start the thief on `sock` (file owned by `owner`) and wait until it listens.
+async fn plant_thief(sock: &std::path::Path, owner: u32, timeout_s: &str) -> std::process::Child {
     let thief = Command::new("python3")
         .args(["-c", THIEF])
-        .arg(&sock)
-        .arg("4")
-        .uid(65534)
-        .gid(65534)
+        .arg(sock)
+        .args([timeout_s, &owner.to_string()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("python3");
     wait_for("the thief listening", Duration::from_secs(10), || async {
         sock.exists().then_some(())
     })
     .await;
+    thief
+}
+
+async fn fds_received(thief: std::process::Child) -> String {
+    let out = tokio::task::spawn_blocking(move || thief.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The socket file belongs to another user: the upgrade is refused before the hand-off,
+/// and the proxy keeps serving.
+#[tokio::test]
+async fn a_foreign_upgrade_socket_is_refused_and_the_proxy_keeps_serving() {
+    if !is_root() {
+        eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
+        return;
+    }
+    let app = TestBackend::start("app").await;
+    let private = tempfile::tempdir().unwrap();
+    let sock = private.path().join("up.sock");
+    let extra = format!("server: {{ upgrade_sock: {} }}", sock.display());
+    let tg = Tidegate::start(&sidecar(app.addr, &extra)).await;
+    let thief = plant_thief(&sock, 65534, "4").await;
     tg.signal(libc::SIGQUIT);
     wait_for("the refusal logged", Duration::from_secs(10), || async {
         tg.logs().contains("graceful upgrade refused").then_some(())
     })
     .await;
-    // Still serving, still ready, on the same process.
     let r = get(&tg.url("/")).await.unwrap();
     assert_eq!(r.status, 200);
     let r = get(&tg.admin_url("/readyz")).await.unwrap();
-    assert_eq!(r.status, 200);
-    assert!(tg.child.try_wait().unwrap().is_none(), "the proxy exited");
-    let out = tokio::task::spawn_blocking(move || thief.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(r.status, 200, "still ready");
+    let text = fds_received(thief).await;
     assert!(
         text.contains("fds=0"),
         "the other user received sockets: {text}"
     );
 }
 
-/// The socket file is made to look like ours (chowned to root) while another user listens:
-/// the relay's `SO_PEERCRED` check still refuses to send.
+/// The socket file is made to look like ours (root's) while `nobody` listens: the relay's
+/// `SO_PEERCRED` check still refuses to send.
 #[tokio::test]
 async fn the_peer_credentials_are_checked_before_sending() {
     if !is_root() {
@@ -114,37 +122,41 @@ async fn the_peer_credentials_are_checked_before_sending() {
         return;
     }
     let app = TestBackend::start("app").await;
-    let shared = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let sock = shared.path().join("up.sock");
+    let private = tempfile::tempdir().unwrap();
+    let sock = private.path().join("up.sock");
     let extra = format!("server: {{ upgrade_sock: {} }}", sock.display());
     let tg = Tidegate::start(&sidecar(app.addr, &extra)).await;
-    let thief = Command::new("python3")
-        .args(["-c", THIEF])
-        .arg(&sock)
-        .arg("15")
-        .uid(65534)
-        .gid(65534)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    wait_for("the thief listening", Duration::from_secs(10), || async {
-        sock.exists().then_some(())
-    })
-    .await;
-    std::os::unix::fs::lchown(&sock, Some(0), Some(0)).unwrap();
+    let thief = plant_thief(&sock, 0, "15").await;
     tg.signal(libc::SIGQUIT);
     wait_for("the relay's refusal", Duration::from_secs(15), || async {
         tg.logs().contains("not tidegate's user").then_some(())
     })
     .await;
-    let out = tokio::task::spawn_blocking(move || thief.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = fds_received(thief).await;
     assert!(
         text.contains("fds=0"),
         "the other user received sockets: {text}"
+    );
+}
+
+/// A shared directory like /tmp (world-writable, sticky) refuses to start: another user
+/// could take the socket's name first, or feed the new process sockets of their own.
+#[tokio::test]
+async fn a_shared_sticky_directory_refuses_to_start() {
+    let app = TestBackend::start("app").await;
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let extra = format!(
+        "server: {{ upgrade_sock: {} }}",
+        shared.path().join("tidegate_upgrade.sock").display()
+    );
+    let mut tg = Tidegate::spawn(&sidecar(app.addr, &extra), &[]);
+    let status = tg.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        tg.logs().contains("writable by other users"),
+        "{}",
+        tg.logs()
     );
 }
 

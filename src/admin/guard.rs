@@ -37,12 +37,13 @@ pub async fn check(State(state): State<Arc<AppState>>, req: Request<Body>, next:
     let table = state.table();
     let admin = &table.spec.admin;
     if !probe {
-        if let Err(e) = host_allowed(req.headers(), &admin.allowed_hosts) {
+        if let Err(e) = host_allowed(req.headers(), req.uri(), &admin.allowed_hosts) {
             return e.into_response();
         }
         let navigation = req.method() == Method::GET
             && (path == "/ui" || path.starts_with("/ui/"))
-            && header_is(req.headers(), "sec-fetch-mode", "navigate");
+            && header_is(req.headers(), "sec-fetch-mode", "navigate")
+            && header_is(req.headers(), "sec-fetch-dest", "document");
         if !navigation {
             if let Err(e) = same_origin(req.headers()) {
                 return e.into_response();
@@ -73,7 +74,7 @@ pub async fn check(State(state): State<Arc<AppState>>, req: Request<Body>, next:
     next.run(req).await
 }
 
-/// Whether a `Content-Type` is JSON (`application/json` or `…+json`, any parameters).
+/// Whether a `Content-Type` is `application/json` (any parameters).
 pub fn is_json(ct: Option<&http::HeaderValue>) -> bool {
     let Some(mime) = ct
         .and_then(|v| v.to_str().ok())
@@ -81,8 +82,9 @@ pub fn is_json(ct: Option<&http::HeaderValue>) -> bool {
     else {
         return false;
     };
-    let mime = mime.trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    // Only `application/json` itself: browsers send some `…+json` types cross-origin on
+    // their own (the Reporting API's `application/reports+json`).
+    mime.trim().eq_ignore_ascii_case("application/json")
 }
 
 fn header_is(h: &HeaderMap, name: &str, value: &str) -> bool {
@@ -113,13 +115,14 @@ fn host_part(host: &str) -> Option<String> {
     Some(name.trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// Rule 1: the `Host` names this listener.
-fn host_allowed(h: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
-    let Some(raw) = h.get(header::HOST) else {
+/// Rule 1: the `Host` (or an HTTP/2 authority) names this listener.
+fn host_allowed(h: &HeaderMap, uri: &http::Uri, allowed: &[String]) -> Result<(), ApiError> {
+    let raw = match (h.get(header::HOST), uri.authority()) {
+        (Some(v), _) => v.to_str().unwrap_or(""),
+        (None, Some(a)) => a.as_str(),
         // HTTP/1.0 without Host: no browser sends that.
-        return Ok(());
+        (None, None) => return Ok(()),
     };
-    let raw = raw.to_str().unwrap_or("");
     let ok = host_part(raw).is_some_and(|name| {
         name.parse::<std::net::IpAddr>().is_ok()
             || name == "localhost"
@@ -183,7 +186,8 @@ mod tests {
     #[test]
     fn hosts() {
         let allowed = vec!["tidegate".to_string()];
-        let ok = |v| host_allowed(&headers(&[("host", v)]), &allowed).is_ok();
+        let uri = http::Uri::from_static("/");
+        let ok = |v| host_allowed(&headers(&[("host", v)]), &uri, &allowed).is_ok();
         for good in [
             "127.0.0.1:9901",
             "[::1]:9901",
@@ -246,7 +250,11 @@ mod tests {
         let ct = |s: &'static str| is_json(Some(&http::HeaderValue::from_static(s)));
         assert!(ct("application/json"));
         assert!(ct("Application/JSON; charset=utf-8"));
-        assert!(ct("application/merge-patch+json"));
+        assert!(!ct("application/merge-patch+json"));
+        assert!(
+            !ct("application/reports+json"),
+            "browsers send it cross-origin"
+        );
         assert!(!ct("application/x-www-form-urlencoded"));
         assert!(!ct("text/plain"));
         assert!(!ct("multipart/form-data; boundary=x"));

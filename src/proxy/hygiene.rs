@@ -15,6 +15,10 @@ use crate::{
     services::spool::{ATTEMPT_HEADER, ID_HEADER},
 };
 
+/// The spool's headers, parsed once (a lookup by `HeaderName` skips parsing the name).
+static SPOOL_ID: http::HeaderName = http::HeaderName::from_static(ID_HEADER);
+static SPOOL_ATTEMPT: http::HeaderName = http::HeaderName::from_static(ATTEMPT_HEADER);
+
 /// Why a request is refused before routing: status, error kind, message.
 pub(super) type Refusal = (u16, &'static str, String);
 
@@ -40,8 +44,12 @@ pub(super) fn apply(req: &mut RequestHeader, http: &HttpSettings) -> Result<(), 
     }
     // Only tidegate's replayer sets these (the app may deduplicate on the id): a client's own
     // are dropped, so they are neither forwarded nor stored with a spooled request.
-    req.remove_header(ID_HEADER);
-    req.remove_header(ATTEMPT_HEADER);
+    if req.headers.contains_key(&SPOOL_ID) {
+        req.remove_header(&SPOOL_ID);
+    }
+    if req.headers.contains_key(&SPOOL_ATTEMPT) {
+        req.remove_header(&SPOOL_ATTEMPT);
+    }
     let normalized = match normalize_path(req.uri.path()) {
         Ok(Cow::Borrowed(_)) => None,
         Ok(Cow::Owned(p)) => Some(p),

@@ -111,25 +111,20 @@ impl Proxy {
             errors::respond(session, 503, "spool_full", &msg).await?;
             return Ok(true);
         }
-        // The body is held in memory until it is stored: take its bytes (the declared
-        // length, else the route's max_body) from the budget all spooled bodies share.
-        let want = declared_length(session.req_header()).unwrap_or(spec.max_body);
-        let limit = self.state.table().spec.spool_buffer;
-        let Some(_buffered) = self.spool.reserve(want.max(prefix.len() as u64), limit) else {
-            tracing::warn!(route = %route.name, bytes = want, spool_buffer = limit, "spool buffer full; answering 503");
-            session.set_keepalive(None);
-            let msg = format!(
-                "too many request bodies are being spooled at once (spool_buffer: {limit} bytes)"
-            );
-            errors::respond(session, 503, "spool_busy", &msg).await?;
+        // From here the request counts as queued: one released from a hold meanwhile goes
+        // behind it, even while this body is still arriving.
+        let writing = depth.begin_write();
+        let Some(buffered) = self
+            .reserve_body(session, route, spec, prefix.len())
+            .await?
+        else {
             return Ok(true);
         };
         let Some(body) = read_body(session, prefix, spec.max_body).await? else {
             return too_large(session, spec).await;
         };
         let item = new_item(session, &route.name, body)?;
-        let writing = depth.begin_write();
-        let written = self.spool.write(item).await;
+        let written = self.spool.write(item, buffered).await;
         drop(writing);
         match written {
             Ok(id) => accepted(session, &route.name, id).await,
@@ -143,6 +138,37 @@ impl Proxy {
                 Ok(true)
             }
         }
+    }
+
+    /// Take the body's bytes from the budget every spooled body shares; `None` when they
+    /// are not free (a 503 was answered).
+    async fn reserve_body(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        spec: &SpoolSpec,
+        prefix_len: usize,
+    ) -> Result<Option<crate::services::spool::Buffered>> {
+        // The body is held in memory until it is stored: take its bytes (the declared
+        // length; the route's max_body when chunked; nothing without a body) from the
+        // budget all spooled bodies share. Held until the write is over.
+        let req = session.req_header();
+        let want = match declared_length(req) {
+            Some(n) => n,
+            None if req.headers.contains_key(header::TRANSFER_ENCODING) => spec.max_body,
+            None => 0,
+        };
+        let limit = self.state.table().spec.spool_buffer;
+        let Some(buffered) = self.spool.reserve(want.max(prefix_len as u64), limit) else {
+            tracing::warn!(route = %route.name, bytes = want, spool_buffer = limit, "spool buffer full; answering 503");
+            session.set_keepalive(None);
+            let msg = format!(
+                "too many request bodies are being spooled at once (spool_buffer: {limit} bytes)"
+            );
+            errors::respond(session, 503, "spool_busy", &msg).await?;
+            return Ok(None);
+        };
+        Ok(Some(buffered))
     }
 }
 

@@ -88,6 +88,10 @@ pub fn save(state: &AppState) {
     let Some(path) = state.table().spec.state_file.clone() else {
         return;
     };
+    if state.process.is_handed_off() {
+        tracing::debug!("state_file belongs to the upgraded process now; not written");
+        return;
+    }
     // One writer at a time, and the snapshot inside the lock: the last write holds the
     // newest state, whatever order two changes finished in. Plain data: a panic while
     // holding it leaves nothing half-done in memory.
@@ -103,6 +107,7 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     let Some(path) = state.table().spec.state_file.clone() else {
         return Vec::new();
     };
+    remove_stale_temps(&path);
     match tighten(&path) {
         Ok(true) => {
             tracing::warn!(file = %path.display(), "state_file was readable by others; now mode 0600")
@@ -176,6 +181,38 @@ pub fn tighten(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Temp files (`NAME.PID.N.tmp`) of processes that died before their rename.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = n
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|r| r.split('.').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn write_durably(path: &Path, saved: &Saved) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
     // Relaxed: only uniqueness matters.
@@ -183,7 +220,15 @@ fn write_durably(path: &Path, saved: &Saved) -> std::io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = path.with_file_name(name);
-    let written = create_private(&tmp).and_then(|mut f| {
+    // A temp file of a crashed earlier process with this pid: stale, replaced.
+    let file = match create_private(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            create_private(&tmp)
+        }
+        other => other,
+    };
+    let written = file.and_then(|mut f| {
         f.write_all(&bytes)?;
         f.sync_all()
     });

@@ -54,6 +54,9 @@ impl ShutdownSignalWatch for Signals {
                     }
                 }
                 self.state.process.begin_shutdown();
+                // The new process restored the state file and writes it from now on; a late
+                // write here would put this process's older view back.
+                self.state.process.hand_off();
                 tracing::info!("SIGQUIT: handing listeners to the upgraded process");
                 return ShutdownSignal::GracefulUpgrade;
             }

@@ -3,9 +3,8 @@
 //!
 //! - [`prepare`]: at start, the upgrade socket's directory must not let another user create
 //!   or replace the socket (the default one, `/tmp/tidegate-UID/`, is created mode 0700 and
-//!   checked like tmux checks its socket directory). A directory writable by others without
-//!   the sticky bit refuses to start; a sticky one (`/tmp`) is allowed with a warning, the
-//!   checks below still apply.
+//!   checked like tmux checks its socket directory). A directory writable by others, sticky
+//!   (`/tmp`) or not, refuses to start.
 //! - [`Relay`]: pingora sends the listening sockets, at SIGQUIT, to the socket path in its
 //!   configuration. tidegate points that path at a relay of its own (a private socket next
 //!   to the real one) and forwards what pingora sends only after `SO_PEERCRED` shows that the
@@ -107,13 +106,13 @@ pub fn prepare(sock: &Path, created_default: bool) -> Result<(), UpgradeSockErro
         )));
     }
     if mode & 0o022 != 0 {
-        if mode & 0o1000 == 0 {
-            return Err(err(format!(
-                "directory {} is writable by other users: one could receive the listening sockets; use a directory only tidegate's user can write",
-                dir.display()
-            )));
-        }
-        tracing::warn!(dir = %dir.display(), "server.upgrade_sock is in a directory other users can write (sticky): upgrades are checked against the peer's user, but another user can block them; prefer a private directory");
+        // Sticky (/tmp) included: another user could take the name first, and the new
+        // process's socket is open to every user (pingora makes it 0666), so another user
+        // could also hand it sockets of their own.
+        return Err(err(format!(
+            "directory {} is writable by other users: one could take or feed the upgrade socket; use a directory only tidegate's user can write (the default is next to state_file, else /tmp/tidegate-UID)",
+            dir.display()
+        )));
     }
     Ok(())
 }

@@ -52,8 +52,10 @@ impl Counts {
 
     /// Decrement; true when the total over all kinds is now zero.
     pub(crate) fn sub(&self, k: Kind) -> bool {
-        // AcqRel: orders the decrement before a waiter that reads zero.
-        self.0[k as usize].fetch_sub(1, Ordering::AcqRel);
+        // SeqCst: orders the decrement before a waiter that reads zero, and before the
+        // drain flag load in `DrainCell::observe` (the pairing with `DrainCell::start`).
+        // The same locked instruction as AcqRel on x86.
+        self.0[k as usize].fetch_sub(1, Ordering::SeqCst);
         self.total() == 0
     }
 

@@ -50,7 +50,7 @@ impl DrainCell {
     ) -> Result<u64, TransitionError> {
         let mut m = self.lock();
         m.start((Instant::now(), SystemTime::now()), deadlines, in_flight())?;
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.store(true, Ordering::SeqCst);
         // SeqCst fence, paired with the one in `observe`: either this read sees the last
         // decrement, or that decrement's `observe` sees the flag (and waits for this lock).
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -108,9 +108,9 @@ impl DrainCell {
 
     /// Record the current in-flight total (drained at zero).
     pub fn observe(&self, in_flight: u64) {
-        // Pairs with the fence in `start` (rare: only when a count reaches zero).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if !self.is_draining() {
+        // SeqCst, after the SeqCst decrement that reached zero (`Counts::sub`): pairs with
+        // the fence in `start` (free on x86: a plain load).
+        if !self.draining.load(Ordering::SeqCst) {
             return;
         }
         let changed = {

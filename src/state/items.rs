@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    os::unix::io::RawFd,
+    os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
@@ -33,8 +33,9 @@ pub struct Tracked {
     pub route: Arc<str>,
     pub uri: http::Uri,
     pub client: Option<SocketAddr>,
-    /// Upstream socket while attached; cleared when the upstream part is over.
-    fd: Mutex<Option<RawFd>>,
+    /// Upstream socket while attached (its number and the kernel's cookie for it); cleared
+    /// when the upstream part is over.
+    fd: Mutex<Option<(RawFd, Option<u64>)>>,
     ended: AtomicU8,
 }
 
@@ -76,7 +77,8 @@ impl Tracked {
 
     /// Remember the upstream socket (set on connect; `None` when released).
     pub fn set_fd(&self, fd: Option<RawFd>) {
-        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = fd;
+        let entry = fd.map(|fd| (fd, socket_cookie(fd)));
+        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = entry;
     }
 
     /// End this work on purpose: mark it, then shut the upstream socket down so the proxy
@@ -84,17 +86,35 @@ impl Tracked {
     /// the mark and finish politely (clean end of SSE body, WebSocket close 1001).
     /// `before_shutdown` may write to the socket first (the WebSocket close frame upstream).
     /// Returns false when the work had no upstream socket (already over).
+    ///
+    /// pingora may close its descriptor at any moment (a failed connection is closed before
+    /// the error hook runs), and the number can be reused by an unrelated socket. So this acts
+    /// on a duplicate, and only when the duplicate's socket cookie is the one recorded at
+    /// connect: the duplicate keeps that socket open while it is used.
     pub fn end(&self, reason: EndReason, before_shutdown: impl FnOnce(RawFd)) -> bool {
         self.ended.store(reason as u8, Ordering::Release);
         let guard = self.fd.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(fd) = *guard else { return false };
-        before_shutdown(fd);
-        // SAFETY: `fd` is the live upstream socket of this request: it is registered after
-        // connect and cleared under this same lock before the connection is released, so it
-        // cannot have been closed or reused while we hold the lock. shutdown(2) does not
-        // close the descriptor; pingora still owns and closes it.
+        let Some((fd, cookie)) = *guard else {
+            return false;
+        };
+        // SAFETY: F_DUPFD_CLOEXEC on any number is harmless: it fails on a closed one, and
+        // yields a new descriptor we own otherwise.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return false;
+        }
+        // SAFETY: `dup` was just created and is owned by nobody else.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        if cookie.is_some() && socket_cookie(dup.as_raw_fd()) != cookie {
+            // The number now belongs to another socket: ours is gone already.
+            return false;
+        }
+        before_shutdown(dup.as_raw_fd());
+        // SAFETY: `dup` is a live descriptor of this request's upstream socket (checked by its
+        // cookie above). shutdown(2) ends the connection for pingora's descriptor as well; the
+        // duplicate is closed when dropped.
         unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
+            libc::shutdown(dup.as_raw_fd(), libc::SHUT_RDWR);
         }
         true
     }
@@ -103,6 +123,26 @@ impl Tracked {
     pub fn age(&self, now: Instant) -> std::time::Duration {
         now.saturating_duration_since(self.started)
     }
+}
+
+/// Linux's `SO_COOKIE` (since 4.12): a socket's id, never reused, unlike its number.
+const SO_COOKIE: libc::c_int = 57;
+
+/// The kernel's cookie of the socket behind `fd`, if it has one.
+fn socket_cookie(fd: RawFd) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `v`, a u64 on our stack.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize == std::mem::size_of::<u64>()).then_some(v)
 }
 
 const SHARDS: usize = 8;

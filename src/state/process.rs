@@ -26,6 +26,8 @@ pub struct ReloadStats {
 pub struct Process {
     ready: AtomicBool,
     shutting_down: AtomicBool,
+    /// The listening sockets went to an upgraded process, which owns `state_file` now.
+    handed_off: AtomicBool,
     active: AtomicU64,
     /// Woken when the process-wide in-flight count drops to zero.
     pub idle: Notify,
@@ -78,10 +80,22 @@ impl Process {
         }
     }
 
+    /// The upgraded process takes over (its state file writes win from now on).
+    pub fn hand_off(&self) {
+        // Relaxed: a flag read by the state file writer; nothing is published through it.
+        self.handed_off.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Process::hand_off`] happened.
+    pub fn is_handed_off(&self) -> bool {
+        self.handed_off.load(Ordering::Relaxed)
+    }
+
     pub(super) fn new() -> Self {
         Self {
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            handed_off: AtomicBool::new(false),
             active: AtomicU64::new(0),
             idle: Notify::new(),
             started: Instant::now(),

@@ -292,7 +292,9 @@ async function call(method, path, body) {
   notice("");
   let resp;
   try {
-    resp = await fetch(path, { method, headers: headers(body !== undefined),
+    // Every mutation says JSON, with or without a body: the API refuses the content types
+    // a page of another origin could send.
+    resp = await fetch(path, { method, headers: headers(method !== "GET" && method !== "HEAD"),
       body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (e) { return notice("The proxy is unreachable: " + e.message, "error"); }
   if (resp.status === 401) {

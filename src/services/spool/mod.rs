@@ -57,6 +57,8 @@ struct WriteReq {
     item: NewItem,
     /// Not committed by then: abandoned, and the client gets a 503.
     deadline: tokio::time::Instant,
+    /// The body's share of `spool_buffer`, given back when the write is over.
+    _buffered: Buffered,
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -72,7 +74,7 @@ pub struct Spool {
     /// that saw it move is dropped.
     commits: AtomicU64,
     /// Bytes of request bodies being read or written now (bounded by `spool_buffer`).
-    buffered: AtomicU64,
+    buffered: Arc<AtomicU64>,
     /// Ids of abandoned writes whose rows may exist until their delete lands: never replayed.
     revoked: Mutex<HashSet<i64>>,
 }
@@ -89,7 +91,7 @@ impl Spool {
             rx: Mutex::new(Some(rx)),
             commits: AtomicU64::new(0),
             revoked: Mutex::new(HashSet::new()),
-            buffered: AtomicU64::new(0),
+            buffered: Arc::default(),
         })
     }
 
@@ -113,7 +115,7 @@ impl Spool {
     }
 
     /// Store one request durably; its id once committed.
-    pub async fn write(&self, item: NewItem) -> Result<i64, SpoolError> {
+    pub async fn write(&self, item: NewItem, buffered: Buffered) -> Result<i64, SpoolError> {
         if self.store.get().is_none() {
             // Opening failed: say why at once. Otherwise the store is being opened (the
             // first seconds of the process): the write waits for it.
@@ -127,6 +129,7 @@ impl Spool {
             .try_send(WriteReq {
                 item,
                 deadline,
+                _buffered: buffered,
                 reply,
             })
             .map_err(|_| SpoolError::Busy)?;
@@ -142,10 +145,11 @@ impl Spool {
     }
 }
 
-/// Bytes of the spool's memory budget held by one request until it is stored or refused.
-pub struct Buffered<'a>(&'a AtomicU64, u64);
+/// Bytes of the spool's memory budget held by one request until its write is over (also
+/// while it waits in the writer's queue).
+pub struct Buffered(Arc<AtomicU64>, u64);
 
-impl Drop for Buffered<'_> {
+impl Drop for Buffered {
     fn drop(&mut self) {
         self.0.fetch_sub(self.1, Ordering::AcqRel);
     }
@@ -154,29 +158,24 @@ impl Drop for Buffered<'_> {
 impl Spool {
     /// Take `bytes` of the `limit` shared by every spooled body, before reading one; `None`
     /// when they are not free (the caller answers 503 + Retry-After).
-    pub fn reserve(&self, bytes: u64, limit: u64) -> Option<Buffered<'_>> {
+    pub fn reserve(&self, bytes: u64, limit: u64) -> Option<Buffered> {
         // AcqRel: the sum is the admission decision; concurrent reservations must all see it.
         self.buffered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 held.checked_add(bytes).filter(|&n| n <= limit)
             })
             .ok()
-            .map(|_| Buffered(&self.buffered, bytes))
+            .map(|_| Buffered(self.buffered.clone(), bytes))
     }
 
-    /// Mark ids as revoked (`on`) or forget them once deleted.
-    fn revoke(&self, ids: &[i64], on: bool) {
+    /// Mark ids as revoked, for the life of the process (ids are never reused, and a
+    /// revoked row must never be replayed here, even if its delete comes late).
+    fn revoke(&self, ids: &[i64]) {
         let mut set = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            if on {
-                set.insert(*id);
-            } else {
-                set.remove(id);
-            }
-        }
+        set.extend(ids.iter().copied());
     }
 
-    /// Whether an item belongs to an abandoned write (its delete is under way).
+    /// Whether an item belongs to a write whose client got no 202.
     pub fn is_revoked(&self, id: i64) -> bool {
         self.revoked
             .lock()

@@ -1,20 +1,25 @@
 //! Group commit: one task takes every write waiting, stores them in one transaction (one
-//! fsync), then answers each. Every write has a deadline below the client's wait: a group
-//! that is not committed by its earliest deadline is abandoned (rolled back, and rows
-//! whose commit may have landed are deleted before anything else is written), so a 503
-//! means nothing was kept and a hung store does not hold later writes. Another refreshes the routes' depths from the store every
+//! fsync), then answers each. Another refreshes the routes' depths from the store every
 //! second; a refresh that overlapped a commit is dropped (its counts may miss the fresh
 //! items, and a missing item would let a new request overtake it).
+//!
+//! A 503 means nothing was kept. Every write has a deadline below its client's wait; the
+//! insert runs in a task of its own, and a group not committed by its earliest deadline is
+//! answered 503 at once while that task is left to finish. Its rows (their ids are known
+//! before the commit) are then revoked: never replayed by this process, deleted, and
+//! checked gone, by a reaper in the background, so a stalled store never holds later
+//! writes. A committed row whose client had left (it got no 202 and will send again) is
+//! revoked the same way.
 
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
 use super::{
-    store::{Select, Store, StoreError},
+    store::{Store, StoreError},
     Spool, WriteReq,
 };
 
@@ -22,7 +27,10 @@ use super::{
 const GROUP: usize = 256;
 /// How often depths are read from the store (other proxies of a fleet write there too).
 const REFRESH: Duration = Duration::from_secs(1);
-/// Time limit of one delete of a timed-out write.
+/// A write with less time than this before its deadline is answered 503 at once (it would
+/// cut its whole group's commit short).
+const MIN_LEFT: Duration = Duration::from_millis(500);
+/// Time limit of one delete or check of revoked rows.
 const REVOKE_CALL: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(spool: Arc<Spool>, store: Arc<Store>, mut rx: mpsc::Receiver<WriteReq>) {
@@ -36,47 +44,18 @@ pub(super) async fn run(spool: Arc<Spool>, store: Arc<Store>, mut rx: mpsc::Rece
         }
         // A client that stopped waiting got a 503: storing its request now would deliver
         // what it was told was not kept (and it will send it again).
-        let now = tokio::time::Instant::now();
-        group.retain(|r| !r.reply.is_closed() && r.deadline > now);
+        let soon = Instant::now() + MIN_LEFT;
+        let (group, late): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .filter(|r| !r.reply.is_closed())
+            .partition(|r| r.deadline > soon);
+        for r in late {
+            let _ = r.reply.send(Err("no time left to commit".into()));
+        }
         if !group.is_empty() {
             commit(&spool, &store, group).await;
         }
     }
-}
-
-/// Delete rows whose commit is in doubt. Until they are gone the replayer skips them;
-/// later writes wait (and, past their own deadline, get a 503 with nothing kept).
-async fn revoke(spool: &Spool, store: &Store, ids: Vec<i64>) {
-    if ids.is_empty() {
-        return;
-    }
-    spool.revoke(&ids, true);
-    let mut wait = Duration::from_millis(100);
-    for &id in &ids {
-        let sel = Select {
-            id: Some(id),
-            route: None,
-            state: None,
-        };
-        loop {
-            match tokio::time::timeout(REVOKE_CALL, store.delete(sel)).await {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(id, error = %e, "spool: cannot delete an item whose write timed out; retrying")
-                }
-                Err(_) => {
-                    tracing::warn!(id, "spool: the store does not answer; retrying the delete of a timed-out write")
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-    }
-    spool.revoke(&ids, false);
-    tracing::warn!(
-        items = ids.len(),
-        "spool: a write timed out; its items were rolled back and the senders got 503"
-    );
 }
 
 /// Refresh the depths every second, until the process ends.
@@ -89,49 +68,123 @@ pub(super) async fn refresher(spool: Arc<Spool>, store: Arc<Store>) {
     }
 }
 
-async fn commit(spool: &Spool, store: &Store, group: Vec<WriteReq>) {
+async fn commit(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>) {
     let items: Vec<_> = group.iter().map(|r| r.item.clone()).collect();
-    let deadline = group.iter().map(|r| r.deadline).min();
-    let staged = std::sync::Mutex::new(Vec::new());
+    let deadline = group
+        .iter()
+        .map(|r| r.deadline)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let staged = Arc::new(Mutex::new(Vec::new()));
+    let mut task: JoinHandle<Result<Vec<i64>, StoreError>> = tokio::spawn({
+        let (store, staged) = (store.clone(), staged.clone());
+        async move { store.insert(&items, &staged).await }
+    });
     // Before and after: a refresh reading in between is dropped.
     spool.commits.fetch_add(1, Ordering::AcqRel);
-    let stored = match deadline {
-        Some(d) => tokio::time::timeout_at(d, store.insert(&items, &staged))
-            .await
-            .unwrap_or_else(|_| Err(StoreError("the store did not commit in time".into()))),
-        None => Ok(Vec::new()),
-    };
-    if stored.is_err() {
-        // Rows inserted before the failure may have been committed (a commit cut off by the
-        // deadline): the clients get a 503, so these rows must go.
-        let maybe = std::mem::take(&mut *staged.lock().unwrap_or_else(|p| p.into_inner()));
-        revoke(spool, store, maybe).await;
-    }
+    let outcome = tokio::time::timeout_at(deadline, &mut task).await;
     spool.commits.fetch_add(1, Ordering::AcqRel);
-    match stored {
-        Ok(ids) => {
-            for (req, id) in group.into_iter().zip(ids) {
-                let depth = spool.state.stats.spool_depth(&req.item.route);
-                depth.committed(req.item.created_ms.max(0) as u64);
-                tracing::info!(
-                    route = %req.item.route,
-                    id,
-                    method = %req.item.method,
-                    path = %req.item.target,
-                    bytes = req.item.body.len(),
-                    "request spooled"
-                );
-                // The client may have given up; the item is stored either way.
-                let _ = req.reply.send(Ok(id));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, items = group.len(), "spool write failed; answering 503");
+    let ids = match outcome {
+        Ok(Ok(Ok(ids))) => ids,
+        not_committed => {
+            let why = match not_committed {
+                Ok(Ok(Err(e))) => e.to_string(),
+                Ok(Err(e)) => format!("the store task failed: {e}"),
+                _ => "the store did not commit in time".to_string(),
+            };
+            tracing::error!(error = %why, items = group.len(), "spool write failed; answering 503");
             for req in group {
-                let _ = req.reply.send(Err(e.to_string()));
+                let _ = req.reply.send(Err(why.clone()));
             }
+            // Rows inserted before the failure may be committed (a commit cut off by the
+            // deadline): once the insert is over, they go.
+            let unfinished = (!task.is_finished()).then_some(task);
+            tokio::spawn(reap(spool.clone(), store.clone(), staged, unfinished));
+            return;
         }
+    };
+    answer(spool, store, group, ids);
+}
+
+/// Answer each committed write with its id; a client that left meanwhile gets its row
+/// revoked.
+fn answer(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>, ids: Vec<i64>) {
+    let mut gone = Vec::new();
+    for (req, id) in group.into_iter().zip(ids) {
+        let (route, created, method, target, bytes) = (
+            req.item.route.clone(),
+            req.item.created_ms.max(0) as u64,
+            req.item.method.clone(),
+            req.item.target.clone(),
+            req.item.body.len(),
+        );
+        if req.reply.send(Ok(id)).is_err() {
+            // The client left before its 202: it will send again, so this copy must go.
+            gone.push(id);
+            continue;
+        }
+        spool.state.stats.spool_depth(&route).committed(created);
+        tracing::info!(route = %route, id, method = %method, path = %target, bytes, "request spooled");
     }
+    if !gone.is_empty() {
+        tracing::warn!(
+            items = gone.len(),
+            "spool: clients left before their 202; their items are revoked"
+        );
+        tokio::spawn(reap(
+            spool.clone(),
+            store.clone(),
+            Arc::new(Mutex::new(gone)),
+            None,
+        ));
+    }
+}
+
+/// Revoke the rows in `staged` once `insert` (if still running) is over: they are never
+/// replayed here, and are deleted until the store confirms they are gone.
+async fn reap(
+    spool: Arc<Spool>,
+    store: Arc<Store>,
+    staged: Arc<Mutex<Vec<i64>>>,
+    insert: Option<JoinHandle<Result<Vec<i64>, StoreError>>>,
+) {
+    let ids = || staged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    spool.revoke(&ids());
+    if let Some(t) = insert {
+        // Its commit may still land: wait for the insert to be over either way.
+        let _ = t.await;
+        spool.revoke(&ids());
+    }
+    let ids = ids();
+    if ids.is_empty() {
+        return;
+    }
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let gone = async {
+            store.delete_ids(&ids).await?;
+            store.existing(&ids).await
+        };
+        match tokio::time::timeout(REVOKE_CALL, gone).await {
+            Ok(Ok(left)) if left.is_empty() => break,
+            Ok(Ok(left)) => tracing::warn!(
+                items = left.len(),
+                "spool: revoked items still stored; deleting again"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "spool: cannot delete revoked items yet; retrying")
+            }
+            Err(_) => tracing::warn!(
+                "spool: the store does not answer; retrying the delete of revoked items"
+            ),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+    tracing::warn!(
+        items = ids.len(),
+        "spool: revoked items deleted (their senders got no 202)"
+    );
 }
 
 /// Set every known route's depth from the store (routes absent there are empty).

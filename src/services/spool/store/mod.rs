@@ -333,6 +333,37 @@ impl Store {
             Store::Postgres(p) => p.delete(sel).await,
         }
     }
+
+    /// Delete these items, claimed or not (revoked writes).
+    pub async fn delete_ids(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let sql = format!("DELETE FROM tidegate_spool WHERE id IN ({})", id_list(ids));
+        match self {
+            Store::Sqlite(s) => s.execute(&sql).await,
+            Store::Postgres(p) => p.execute(&sql).await,
+        }
+    }
+
+    /// Which of these items are still stored.
+    pub async fn existing(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM tidegate_spool WHERE id IN ({})",
+            id_list(ids)
+        );
+        match self {
+            Store::Sqlite(s) => s.ids(&sql).await,
+            Store::Postgres(p) => p.ids(&sql).await,
+        }
+    }
+}
+
+/// `1,2,3` (integers only: nothing to quote).
+fn id_list(ids: &[i64]) -> String {
+    let v: Vec<String> = ids.iter().map(i64::to_string).collect();
+    if v.is_empty() {
+        "NULL".into()
+    } else {
+        v.join(",")
+    }
 }
 
 /// The `WHERE` clause for a selection, with `$n` placeholders from `first`: `(sql, binds)`.

@@ -39,6 +39,21 @@ const PG_INFO_COLUMNS: &str = "id, route, method, target, state, attempts, creat
 /// Serializes schema creation across proxies starting together.
 const SCHEMA_LOCK: i64 = 0x7469_6465_6761_7465; // "tidegate"
 
+/// Server-side keepalives for a session (a pooler that refuses them is logged, not fatal).
+async fn keepalives(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    for set in [
+        "SET tcp_keepalives_idle = 10",
+        "SET tcp_keepalives_interval = 5",
+        "SET tcp_keepalives_count = 3",
+    ] {
+        if let Err(e) = sqlx::query(set).execute(&mut *conn).await {
+            tracing::debug!(error = %e, "spool store: TCP keepalives not set");
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The PostgreSQL store.
 pub struct Pg {
     pool: PgPool,
@@ -54,27 +69,22 @@ impl Pg {
     pub fn open(url: &str) -> Result<Pg, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError(format!("spool_store: invalid PostgreSQL URL: {e}")))?
-            .application_name("tidegate")
-            // A statement the server cannot finish in time (a lock, a stalled disk) fails
-            // there, below the writer's own deadline. sqlx offers no client-side TCP
-            // keepalive; the server's probes end the session of a proxy that vanished (its
-            // row locks, i.e. its claims, are released for another proxy). Every call is
-            // also bounded on tidegate's side.
-            .options([
-                ("statement_timeout", "3000"),
-                ("tcp_keepalives_idle", "10"),
-                ("tcp_keepalives_interval", "5"),
-                ("tcp_keepalives_count", "3"),
-            ]);
+            .application_name("tidegate");
+        // sqlx offers no client-side TCP keepalive; the server's probes end the session of
+        // a proxy that vanished (its row locks, i.e. its claims, go to another proxy).
+        // Every call is also bounded on tidegate's side. Set per session, not as startup
+        // options (PgBouncer refuses those).
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))
+            .after_connect(|conn, _| Box::pin(async move { keepalives(conn).await }))
             .connect_lazy_with(opts.clone());
         let replay = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))
             .after_connect(|conn, _| {
                 Box::pin(async move {
+                    keepalives(&mut *conn).await?;
                     sqlx::query("SET synchronous_commit = off")
                         .execute(conn)
                         .await
@@ -114,6 +124,11 @@ impl Pg {
         staged: &std::sync::Mutex<Vec<i64>>,
     ) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.ready().await?.begin().await?;
+        // A statement the server cannot finish in time (a lock, a stalled disk) fails there,
+        // below the writer's deadline. For this transaction only.
+        sqlx::query("SET LOCAL statement_timeout = '3s'")
+            .execute(&mut *tx)
+            .await?;
         let mut ids = Vec::with_capacity(items.len());
         for it in items {
             let (id,): (i64,) = sqlx::query_as(
@@ -266,6 +281,18 @@ impl Pg {
         );
         let q = bind_all!(sqlx::query(&sql).bind(now_ms), &binds);
         Ok(q.execute(pool).await?.rows_affected())
+    }
+
+    /// Run one statement.
+    pub async fn execute(&self, sql: &str) -> Result<(), StoreError> {
+        sqlx::query(sql).execute(self.ready().await?).await?;
+        Ok(())
+    }
+
+    /// The ids a `SELECT id …` returns.
+    pub async fn ids(&self, sql: &str) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(sql).fetch_all(self.ready().await?).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     pub async fn delete(&self, sel: Select<'_>) -> Result<u64, StoreError> {

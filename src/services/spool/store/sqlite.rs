@@ -260,6 +260,18 @@ impl Sqlite {
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 
+    /// Run one statement on the write pool.
+    pub async fn execute(&self, sql: &str) -> Result<(), StoreError> {
+        sqlx::query(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The ids a `SELECT id …` returns.
+    pub async fn ids(&self, sql: &str) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     pub async fn delete(&self, sel: Select<'_>) -> Result<u64, StoreError> {
         let (cond, binds) = where_clause(&sel, 1);
         let claimed: Vec<i64> = lock(&self.claimed).iter().copied().collect();
