@@ -204,10 +204,7 @@ fn remove_stale_temps(path: &Path) {
         else {
             continue;
         };
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if !alive {
+        if !crate::state::process::is_running(pid) {
             let _ = std::fs::remove_file(e.path());
         }
     }

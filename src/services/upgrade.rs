@@ -161,6 +161,7 @@ impl Relay {
         let mut name = real.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".{}.relay", std::process::id()));
         let path = real.with_file_name(name);
+        remove_dead_relays(real);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -178,6 +179,30 @@ impl Relay {
                 let _ = std::fs::remove_file(own);
             })?;
         Ok(Relay { path })
+    }
+}
+
+/// Relay sockets (`NAME.PID.relay`) left by processes that were killed.
+fn remove_dead_relays(real: &Path) {
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = n
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".relay"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !crate::state::process::is_running(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

@@ -186,6 +186,13 @@ impl Process {
     }
 }
 
+/// Whether a process with this pid exists (for files named after a pid).
+pub fn is_running(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> f64 {
     unix(SystemTime::now())
