@@ -12,11 +12,7 @@ use std::{net::SocketAddr, time::Duration};
 use common::{cdp::Browser, *};
 
 fn sidecar(app: SocketAddr) -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"))
-        .unwrap()
-        .variant("0.0.0.0:8080", "{listen}")
-        .variant("127.0.0.1:9901", "{admin}")
-        .variant("127.0.0.1:3000", &app.to_string())
+    sidecar_yaml(app, "")
 }
 
 /// What an attack could change, once nothing is in flight.

@@ -125,13 +125,8 @@ fn status(resp: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn sidecar(app: SocketAddr, extra: &str) -> String {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml")).unwrap();
-    text.variant("0.0.0.0:8080", "{listen}")
-        .variant("127.0.0.1:9901", "{admin}")
-        .variant("127.0.0.1:3000", &app.to_string())
-        .variant("routes:", &format!("{extra}\nroutes:"))
+fn sidecar(app: std::net::SocketAddr, extra: &str) -> String {
+    sidecar_yaml(app, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

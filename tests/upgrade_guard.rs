@@ -16,12 +16,7 @@ use std::{
 use common::*;
 
 fn sidecar(app: std::net::SocketAddr, extra: &str) -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"))
-        .unwrap()
-        .variant("0.0.0.0:8080", "{listen}")
-        .variant("127.0.0.1:9901", "{admin}")
-        .variant("127.0.0.1:3000", &app.to_string())
-        .variant("routes:", &format!("{extra}\nroutes:"))
+    sidecar_yaml(app, extra)
 }
 
 /// Whether the test can act as another local user (root); under `CI` it must.
@@ -60,6 +55,23 @@ for level, kind, data in anc:
 print("fds=%d" % len(fds), flush=True)
 "#;
 
+/// As root only: a proxy of the shipped sidecar config whose upgrade socket is
+/// `up.sock` in a private directory (the backend and directory live as long as it does).
+async fn proxy_with_private_socket() -> Option<(TestBackend, tempfile::TempDir, Tidegate)> {
+    if !is_root() {
+        eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
+        return None;
+    }
+    let app = TestBackend::start("app").await;
+    let private = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "server: {{ upgrade_sock: {} }}",
+        private.path().join("up.sock").display()
+    );
+    let tg = Tidegate::start(&sidecar(app.addr, &extra)).await;
+    Some((app, private, tg))
+}
+
 /// Start the thief on `sock` (file owned by `owner`) and wait until it listens.
 async fn plant_thief(sock: &std::path::Path, owner: u32, timeout_s: &str) -> std::process::Child {
     let thief = Command::new("python3")
@@ -87,15 +99,10 @@ async fn fds_received(thief: std::process::Child) -> String {
 /// and the proxy keeps serving.
 #[tokio::test]
 async fn a_foreign_upgrade_socket_is_refused_and_the_proxy_keeps_serving() {
-    if !is_root() {
-        eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
+    let Some((_app, private, tg)) = proxy_with_private_socket().await else {
         return;
-    }
-    let app = TestBackend::start("app").await;
-    let private = tempfile::tempdir().unwrap();
+    };
     let sock = private.path().join("up.sock");
-    let extra = format!("server: {{ upgrade_sock: {} }}", sock.display());
-    let tg = Tidegate::start(&sidecar(app.addr, &extra)).await;
     let thief = plant_thief(&sock, 65534, "4").await;
     tg.signal(libc::SIGQUIT);
     wait_for("the refusal logged", Duration::from_secs(10), || async {
@@ -117,15 +124,10 @@ async fn a_foreign_upgrade_socket_is_refused_and_the_proxy_keeps_serving() {
 /// `SO_PEERCRED` check still refuses to send.
 #[tokio::test]
 async fn the_peer_credentials_are_checked_before_sending() {
-    if !is_root() {
-        eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
+    let Some((_app, private, tg)) = proxy_with_private_socket().await else {
         return;
-    }
-    let app = TestBackend::start("app").await;
-    let private = tempfile::tempdir().unwrap();
+    };
     let sock = private.path().join("up.sock");
-    let extra = format!("server: {{ upgrade_sock: {} }}", sock.display());
-    let tg = Tidegate::start(&sidecar(app.addr, &extra)).await;
     let thief = plant_thief(&sock, 0, "15").await;
     tg.signal(libc::SIGQUIT);
     wait_for("the relay's refusal", Duration::from_secs(15), || async {

@@ -40,6 +40,17 @@ impl Variant for str {
     }
 }
 
+/// The shipped `conf/sidecar.yaml` with test addresses for `{listen}`, `{admin}` and the app,
+/// and `extra` top-level keys before `routes:`.
+pub fn sidecar_yaml(app: SocketAddr, extra: &str) -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar.yaml"))
+        .expect("read conf/sidecar.yaml")
+        .variant("0.0.0.0:8080", "{listen}")
+        .variant("127.0.0.1:9901", "{admin}")
+        .variant("127.0.0.1:3000", &app.to_string())
+        .variant("routes:", &format!("{extra}\nroutes:"))
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel does not hand it out again
 /// at once).
 pub fn free_port() -> u16 {
