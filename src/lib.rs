@@ -13,6 +13,7 @@
 //!    [`client`] (the CLI's admin client)
 //! 5. [`server`] (assembles the pingora server), [`cli`], and the binary's `main`
 
+pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod cli;

@@ -26,6 +26,7 @@ use crate::{
     metrics::Metrics,
     proxy::Proxy,
     services::{
+        access_log,
         control::Control,
         drains::{self, DrainService},
         health::HealthChecker,
@@ -115,6 +116,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
         absolute(&opts.config),
         reload::hash(&bytes),
     ));
+    access_log::start(&state).map_err(|e| StartError::Thread(e.to_string()))?;
     // Overrides from the state file and the file's declared drains apply before the first
     // request is routed.
     let saved = persist::restore(&state);
@@ -128,9 +130,17 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
         admin = %table.spec.admin.addr,
         "tidegate starting"
     );
+    spawn_pingora(server, &state, sock)?;
+    let reason = state.process.wait_exit();
+    let _ = std::fs::remove_file(&relay.path);
+    access_log::flush(&state, std::time::Duration::from_secs(2));
+    Ok(reason)
+}
+
+/// pingora's loop sleeps through its whole grace period after SIGTERM; it runs on its own
+/// thread so `run` can return as soon as the shutdown service says the proxy is idle.
+fn spawn_pingora(server: Server, state: &Arc<AppState>, sock: PathBuf) -> Result<(), StartError> {
     let st = state.clone();
-    // pingora's loop sleeps through its whole grace period after SIGTERM; it runs on its own
-    // thread so this one can return as soon as the shutdown service says the proxy is idle.
     std::thread::Builder::new()
         .name("pingora".into())
         .spawn(move || {
@@ -142,10 +152,8 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
             });
             st.process.request_exit(ExitReason::Stopped);
         })
-        .map_err(|e| StartError::Thread(e.to_string()))?;
-    let reason = state.process.wait_exit();
-    let _ = std::fs::remove_file(&relay.path);
-    Ok(reason)
+        .map(drop)
+        .map_err(|e| StartError::Thread(e.to_string()))
 }
 
 /// A plain bind fails against any holder, SO_REUSEPORT or not: a second tidegate on the same

@@ -14,7 +14,7 @@ const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 /// Layer of a top-level module (or file) of the library.
 fn layer(top: &str) -> u8 {
     match top {
-        "config" | "routing" | "drain" | "health" | "api" => 1,
+        "config" | "routing" | "drain" | "health" | "api" | "access_log" => 1,
         "state" => 2,
         "services" => 3,
         "proxy" | "admin" | "metrics" | "client" => 4,

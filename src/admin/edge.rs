@@ -59,6 +59,9 @@ pub async fn json_errors(resp: Response) -> Response {
     for (k, v) in fresh.headers() {
         parts.headers.insert(k.clone(), v.clone());
     }
+    if let Some(r) = fresh.extensions().get::<super::audit::Refusal>() {
+        parts.extensions.insert(r.clone());
+    }
     let body = std::mem::replace(fresh.body_mut(), Body::empty());
     Response::from_parts(parts, body)
 }

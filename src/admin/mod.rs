@@ -38,10 +38,13 @@
 //! `/api/` without the token (401, also for unknown paths) and a mutation without
 //! `Content-Type: application/json` (415, with or without a body).
 //!
+//! Every mutation, allowed or refused, is one line of the audit trail ([`audit`]).
+//!
 //! Every error is JSON (`api::ErrorBody`): 401 with `WWW-Authenticate: Bearer`, 403 from the
 //! guard, 404 for unknown paths, 405 with `Allow`, 400 for bad input (before any handler
 //! changes state), 413 over 64 KiB, 415 for a body or a mutation that is not JSON.
 
+mod audit;
 mod auth;
 mod backends;
 mod body;
@@ -204,13 +207,15 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(edge::not_found)
         .layer(middleware::from_fn_with_state(state, guard::check))
         .layer(middleware::map_response(edge::json_errors))
+        .layer(middleware::from_fn(audit::record))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)
 }
 
 /// Serve the admin API on `listener` until the process exits.
 pub async fn serve(listener: tokio::net::TcpListener, ctx: Ctx) {
-    if let Err(e) = axum::serve(listener, router(ctx)).await {
+    let app = router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin listener stopped");
     }
 }
@@ -254,8 +259,14 @@ impl IntoResponse for ApiError {
             message: self.message,
             status: self.status,
             field: self.field.map(str::to_string),
+            request_id: None,
         };
-        json(self.status, &body)
+        let mut r = json(self.status, &body);
+        r.extensions_mut().insert(audit::Refusal {
+            kind: self.kind,
+            message: body.message,
+        });
+        r
     }
 }
 

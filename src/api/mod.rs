@@ -22,6 +22,9 @@ pub struct ErrorBody {
     /// The offending request field, for 400s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The request's `X-Request-Id`, on errors the proxy answers itself (quote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `GET /healthz`.

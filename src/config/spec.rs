@@ -27,6 +27,81 @@ pub struct Spec {
     pub spool_store: Option<SpoolStore>,
     /// Bytes of spooled bodies buffered at once, all routes together.
     pub spool_buffer: u64,
+    pub access_log: AccessLogSpec,
+    pub trace: TraceSpec,
+}
+
+/// The access log (reloadable; SIGUSR1 reopens a file).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessLogSpec {
+    pub enabled: bool,
+    pub dest: LogDest,
+    pub format: LogFormat,
+    /// Share of plain successful requests logged; everything else is always logged.
+    pub sample: f64,
+    pub exclude: Vec<PathMatch>,
+    pub query: bool,
+    /// Lowercase; never a header that carries credentials.
+    pub request_headers: Vec<http::HeaderName>,
+    pub response_headers: Vec<http::HeaderName>,
+}
+
+impl AccessLogSpec {
+    /// Whether requests for `path` are left out.
+    pub fn excludes(&self, path: &str) -> bool {
+        self.exclude.iter().any(|m| m.matches(path))
+    }
+}
+
+/// Where access log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogDest {
+    Stdout,
+    Stderr,
+    /// Appended to; reopened on SIGUSR1 (logrotate's `postrotate`).
+    File(PathBuf),
+}
+
+/// How an access log line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Logfmt,
+    /// nginx's `combined`.
+    Combined,
+}
+
+/// A path that is exact, or a prefix (written with a trailing `*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathMatch {
+    pub path: String,
+    pub prefix: bool,
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        if self.prefix {
+            path.starts_with(&self.path)
+        } else {
+            path == self.path
+        }
+    }
+}
+
+/// W3C Trace Context started by tidegate (reloadable).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceSpec {
+    pub start: bool,
+    pub sample: f64,
+}
+
+/// What is done with a client's `X-Request-Id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestIdMode {
+    /// Kept when valid, else replaced.
+    Trust,
+    /// Always replaced.
+    Replace,
 }
 
 /// A client-facing listener (not reloadable: a change needs a restart or upgrade).
@@ -82,6 +157,7 @@ pub struct HttpSettings {
     pub max_request_header_bytes: usize,
     pub underscores_in_headers: bool,
     pub allow_trace: bool,
+    pub request_id: RequestIdMode,
 }
 
 /// Process-level settings (not reloadable).

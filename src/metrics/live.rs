@@ -1,6 +1,7 @@
 //! A collector over live state, read at scrape time: backends (in flight by kind, state,
 //! weight, health, connect failures), pools (stream ends), routes (effective split weights,
-//! held requests, spool depth and age) and the process (reloads, generation, shutdown, build). Removed backends
+//! held requests, spool depth and age) and the process (reloads, generation, shutdown, build,
+//! access log lines). Removed backends
 //! are listed while busy and vanish once idle, with no series left behind.
 
 use std::sync::{Arc, Weak};
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// What the collector renders, with its help text, type and labels.
-const FAMILIES: [(&str, &str, MetricType, &[&str]); 15] = [
+const FAMILIES: [(&str, &str, MetricType, &[&str]); 16] = [
     (
         names::BACKEND_IN_FLIGHT,
         "Requests and streams in flight per backend, by kind.",
@@ -107,6 +108,12 @@ const FAMILIES: [(&str, &str, MetricType, &[&str]); 15] = [
         "Age of the oldest pending spooled request, by route (0 when none is pending).",
         MetricType::GAUGE,
         &["route"],
+    ),
+    (
+        names::ACCESS_LOG_LINES,
+        "Access log lines written, and dropped because the destination could not keep up.",
+        MetricType::COUNTER,
+        &["result"],
     ),
 ];
 
@@ -285,4 +292,7 @@ fn process(state: &AppState, out: &mut Out) {
     out.push(10, &[], last);
     out.push(11, &[], f64::from(u8::from(state.is_shutting_down())));
     out.push(12, &[env!("CARGO_PKG_VERSION")], 1.0);
+    let (written, dropped) = state.access_log.counts();
+    out.push(15, &["written"], written as f64);
+    out.push(15, &["dropped"], dropped as f64);
 }

@@ -16,6 +16,7 @@ pub const SHUTTING_DOWN: &str = "tidegate_shutting_down";
 pub const BUILD_INFO: &str = "tidegate_build_info";
 pub const SPOOL_ITEMS: &str = "tidegate_spool_items";
 pub const SPOOL_OLDEST_AGE: &str = "tidegate_spool_oldest_age_seconds";
+pub const ACCESS_LOG_LINES: &str = "tidegate_access_log_lines_total";
 
 /// Every name above (dashboards and tests check against this list).
 pub const ALL: &[&str] = &[
@@ -34,6 +35,7 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     SPOOL_ITEMS,
     SPOOL_OLDEST_AGE,
+    ACCESS_LOG_LINES,
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     RETRIES,

@@ -9,13 +9,27 @@ use pingora::{
     ErrorType::{self, HTTPStatus},
 };
 
-/// `{"error": kind, "message": ..., "status": code}`: the admin API's error body.
-pub fn json_error_body(code: u16, kind: &str, message: &str) -> Bytes {
+/// The request id hygiene put on the request (every request past it has one).
+pub fn request_id(session: &Session) -> Option<String> {
+    request_id_str(session.req_header()).map(str::to_string)
+}
+
+/// The request's `X-Request-Id`, borrowed.
+pub fn request_id_str(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.headers
+        .get(&super::headers::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// `{"error": kind, "message": ..., "status": code, "request_id": ...}`: the admin API's
+/// error body, with the request id a user can quote.
+pub fn json_error_body(code: u16, kind: &str, message: &str, request_id: Option<&str>) -> Bytes {
     let body = crate::api::ErrorBody {
         error: kind.to_string(),
         message: message.to_string(),
         status: code,
         field: None,
+        request_id: request_id.map(str::to_string),
     };
     let mut v = serde_json::to_vec(&body).unwrap_or_default();
     v.push(b'\n');
@@ -24,8 +38,10 @@ pub fn json_error_body(code: u16, kind: &str, message: &str) -> Bytes {
 
 /// Write a complete JSON error response.
 pub async fn respond(session: &mut Session, code: u16, kind: &str, message: &str) -> Result<()> {
-    let body = json_error_body(code, kind, message);
-    let mut resp = ResponseHeader::build(code, Some(4))?;
+    let id = request_id(session);
+    let body = json_error_body(code, kind, message, id.as_deref());
+    let mut resp = ResponseHeader::build(code, Some(5))?;
+    put_request_id(&mut resp, id.as_deref())?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -84,17 +100,28 @@ pub async fn respond_maintenance(
     m: &crate::state::overrides::Maintenance,
 ) -> Result<()> {
     let secs = m.retry_after.as_secs();
+    let id = request_id(session);
     let v = serde_json::json!({
         "error": "maintenance",
         "message": m.message,
         "retry_after_seconds": secs,
         "status": 503,
+        "request_id": id,
     });
     let body = Bytes::from(format!("{v}\n"));
-    let mut resp = ResponseHeader::build(503, Some(4))?;
+    let mut resp = ResponseHeader::build(503, Some(5))?;
+    put_request_id(&mut resp, id.as_deref())?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     session.write_error_response(resp, body).await
+}
+
+/// `X-Request-Id` on a response tidegate writes itself.
+pub fn put_request_id(resp: &mut ResponseHeader, id: Option<&str>) -> Result<()> {
+    if let Some(id) = id {
+        resp.insert_header(super::headers::REQUEST_ID.clone(), id)?;
+    }
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! Request and response headers: the request's host, X-Forwarded-*, event-stream detection.
+//! Request and response headers: the request's host, X-Forwarded-*, event-stream detection,
+//! request ids and trace context.
 //!
 //! These run on every request, so they skip the allocations the obvious code makes: the Host
 //! value is cloned (a reference count) rather than copied, IPv4 addresses are written without
@@ -17,7 +18,48 @@ use pingora::{
     proxy::Session,
 };
 
+use crate::{
+    access_log::ids,
+    config::spec::{RequestIdMode, TraceSpec},
+};
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Exactly one `X-Request-Id` on the request: the client's when it is valid and trusted,
+/// else a new one. The backend gets it, the response and the access log carry it.
+pub(super) fn ensure_request_id(req: &mut RequestHeader, mode: RequestIdMode) {
+    let mut sent = req.headers.get_all(&REQUEST_ID).iter();
+    let keep = mode == RequestIdMode::Trust
+        && matches!((sent.next(), sent.next()), (Some(v), None) if ids::valid_request_id(v.as_bytes()));
+    if keep {
+        return;
+    }
+    // A minted id is plain hex: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&ids::mint_request_id()) {
+        let _ = req.insert_header(REQUEST_ID.clone(), v);
+    }
+}
+
+/// With `trace.start`, a request without a valid `traceparent` gets a new trace (its stale
+/// `tracestate` is dropped, as Trace Context requires). A valid one passes unchanged.
+pub(super) fn start_trace(req: &mut RequestHeader, spec: &TraceSpec) {
+    if !spec.start
+        || req
+            .headers
+            .get(&TRACEPARENT)
+            .is_some_and(|v| ids::trace_id(v.as_bytes()).is_some())
+    {
+        return;
+    }
+    let sampled = spec.sample >= 1.0 || fastrand::f64() < spec.sample;
+    if let Ok(v) = HeaderValue::from_str(&ids::new_traceparent(sampled)) {
+        let _ = req.insert_header(TRACEPARENT.clone(), v);
+        req.remove_header(&TRACESTATE);
+    }
+}
 
 pub(super) fn is_event_stream(resp: &ResponseHeader) -> bool {
     const SSE: &[u8] = b"text/event-stream";

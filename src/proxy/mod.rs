@@ -15,11 +15,15 @@ mod finish;
 mod headers;
 mod hold;
 mod hygiene;
+mod log;
 mod pick;
 mod retry;
 mod spool;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,16 +34,17 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
+use crate::access_log::Outcome;
 use crate::services::spool::Spool;
 use crate::state::{
     counts::Kind,
-    overrides::Maintenance,
-    table::{Pool, Route, Table},
+    table::{Pool, Route},
     tracking::Tracking,
     ActiveGuard, AppState,
 };
 use finish::{end_politely, record_stats};
-use headers::{forward_headers, is_event_stream, request_host};
+use headers::{forward_headers, is_event_stream, REQUEST_ID};
+use pick::{route_on, Routed};
 
 /// The proxy application; one instance is shared by every listener's service.
 pub struct Proxy {
@@ -76,36 +81,19 @@ pub struct Ctx {
     spooled: bool,
     /// When holding must give up (set on first hold).
     hold_deadline: Option<tokio::time::Instant>,
+    /// Time spent in the hold queue so far.
+    held: Duration,
+    /// What tidegate decided itself (refusals, maintenance, no backend); `None`: it follows
+    /// from the response and the error (see `log::outcome`).
+    outcome: Option<Outcome>,
+    /// When the current attempt's connect began, and how long the last one took.
+    attempt_started: Option<Instant>,
+    connect_time: Option<Duration>,
+    /// From arrival to the backend's response header.
+    first_byte: Option<Duration>,
     upgrade: bool,
     started: Instant,
     _active: ActiveGuard,
-}
-
-/// Where a request goes, decided on one snapshot.
-enum Routed {
-    To(Arc<Route>, Arc<Pool>),
-    NoRoute,
-    Maintenance(Arc<Maintenance>),
-    /// The route exists but no pool of its split has an available backend.
-    Unavailable(Arc<Route>),
-}
-
-fn route_on(cfg: &Table, req: &RequestHeader) -> Routed {
-    let host = request_host(req).unwrap_or_default();
-    let Some(route) = cfg.route(host, req.uri.path(), &req.method) else {
-        return Routed::NoRoute;
-    };
-    if let Some(m) = cfg
-        .maintenance
-        .as_ref()
-        .filter(|m| m.matches(&route.name, &req.method))
-    {
-        return Routed::Maintenance(m.clone());
-    }
-    match route.pick_pool() {
-        Some(pool) => Routed::To(route.clone(), pool.clone()),
-        None => Routed::Unavailable(route.clone()),
-    }
 }
 
 impl Proxy {
@@ -124,17 +112,19 @@ impl Proxy {
             } else {
                 "hold queue full"
             };
-            return self.refuse_held(session, &route, why).await;
+            return self.refuse_held(session, ctx, &route, why).await;
         };
         let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
         // The wait watches the client connection (`&mut session`): route on a copy.
         let req = session.req_header().clone();
         loop {
             let state = &self.state;
+            let since = Instant::now();
             let woke = hold::wait(state, session, deadline, || {
                 !matches!(route_on(&state.table(), &req), Routed::Unavailable(_))
             })
             .await;
+            ctx.held += since.elapsed();
             if woke == hold::Woke::ClientGone {
                 return Err(hold::client_gone());
             }
@@ -143,21 +133,25 @@ impl Proxy {
                 Routed::To(r, p) => {
                     if let Some(spec) = self.queued_behind_spool(&r, session) {
                         // Items were spooled while this one waited: it goes behind them.
+                        ctx.spooled = true;
                         return self.spool_request(session, &r, spec).await;
                     }
                     ctx.route = Some(r);
                     ctx.pool = Some(p);
                     return Ok(false);
                 }
-                Routed::NoRoute => return respond_no_route(session).await,
-                Routed::Maintenance(m) => {
+                Routed::NoRoute => return respond_no_route(session, ctx).await,
+                Routed::Maintenance(r, m) => {
+                    ctx.route = Some(r);
+                    ctx.outcome = Some(Outcome::Maintenance);
                     errors::respond_maintenance(session, &m).await?;
                     return Ok(true);
                 }
                 Routed::Unavailable(_) if !woke => {
                     route.stats.hold_timeouts.inc();
+                    ctx.outcome = Some(Outcome::HoldTimeout);
                     let why = "no backend became available within hold.timeout";
-                    return self.refuse_held(session, &route, why).await;
+                    return self.refuse_held(session, ctx, &route, why).await;
                 }
                 Routed::Unavailable(_) => {}
             }
@@ -191,7 +185,8 @@ impl Proxy {
     }
 }
 
-async fn respond_no_route(session: &mut Session) -> Result<bool> {
+async fn respond_no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    ctx.outcome = Some(Outcome::NoRoute);
     errors::respond(
         session,
         404,
@@ -205,10 +200,18 @@ async fn respond_no_route(session: &mut Session) -> Result<bool> {
 impl Proxy {
     /// No backend for a request that waited (or could not): spool it if its route spools
     /// its method, else 503.
-    async fn refuse_held(&self, session: &mut Session, route: &Route, why: &str) -> Result<bool> {
+    async fn refuse_held(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        why: &str,
+    ) -> Result<bool> {
         if let Some(spec) = spool::spools(route, session.req_header()) {
+            ctx.spooled = true;
             return self.spool_request(session, route, spec).await;
         }
+        ctx.outcome.get_or_insert(Outcome::NoBackend);
         let msg = format!("route {:?} has no available backend: {why}", route.name);
         errors::respond(session, 503, "no_available_backend", &msg).await?;
         Ok(true)
@@ -235,6 +238,11 @@ impl ProxyHttp for Proxy {
             connected: false,
             spooled: false,
             hold_deadline: None,
+            held: Duration::ZERO,
+            outcome: None,
+            attempt_started: None,
+            connect_time: None,
+            first_byte: None,
             upgrade: false,
             started: Instant::now(),
             _active: ActiveGuard::new(self.state.clone()),
@@ -253,8 +261,12 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
         }
         let cfg = self.state.table();
-        if let Err((code, kind, msg)) = hygiene::apply(session.req_header_mut(), &cfg.spec.http) {
+        let req = session.req_header_mut();
+        headers::ensure_request_id(req, cfg.spec.http.request_id);
+        headers::start_trace(req, &cfg.spec.trace);
+        if let Err((code, kind, msg)) = hygiene::apply(req, &cfg.spec.http) {
             drop(cfg);
+            ctx.outcome = Some(Outcome::Refused);
             // The request was not read as meant: do not try to read another on this
             // connection.
             session.set_keepalive(None);
@@ -275,14 +287,17 @@ impl ProxyHttp for Proxy {
                     // Items wait in the spool: this one goes behind them (arrival order).
                     // Boxed, like the hold below: rare paths stay out of every request's
                     // future, which pingora moves (memcpy) several times per request.
+                    ctx.spooled = true;
                     return Box::pin(self.spool_request(session, &route, spec)).await;
                 }
                 ctx.route = Some(route);
                 ctx.pool = Some(pool);
                 Ok(false)
             }
-            Routed::NoRoute => respond_no_route(session).await,
-            Routed::Maintenance(m) => {
+            Routed::NoRoute => respond_no_route(session, ctx).await,
+            Routed::Maintenance(r, m) => {
+                ctx.route = Some(r);
+                ctx.outcome = Some(Outcome::Maintenance);
                 errors::respond_maintenance(session, &m).await?;
                 Ok(true)
             }
@@ -314,6 +329,7 @@ impl ProxyHttp for Proxy {
         } else {
             peer.options.read_timeout = t.upstream_read;
         }
+        ctx.attempt_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
@@ -341,13 +357,17 @@ impl ProxyHttp for Proxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.connected = true;
+        ctx.connect_time = Some(match ctx.attempt_started {
+            Some(t) if !reused => t.elapsed(),
+            _ => Duration::ZERO,
+        });
         if let Some(t) = &ctx.backend {
             t.item().set_fd(Some(fd));
             if t.backend().record_connect_ok() {
@@ -366,6 +386,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // From here on nothing is sent twice: the answer has begun.
         ctx.answered = true;
+        ctx.first_byte = Some(ctx.started.elapsed());
+        if let Some(id) = session.req_header().headers.get(&REQUEST_ID) {
+            resp.insert_header(REQUEST_ID.clone(), id.clone())?;
+        }
         let Some(t) = &ctx.backend else { return Ok(()) };
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
             t.set_kind(Kind::WebSocket);
@@ -449,13 +473,6 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         record_stats(ctx, status, e);
-        tracing::debug!(
-            route = ctx.route.as_ref().map(|r| &*r.name),
-            backend = ctx.backend.as_ref().map(|b| &*b.backend().id),
-            status,
-            elapsed_ms = ctx.started.elapsed().as_millis() as u64,
-            error = e.map(|e| e.to_string()),
-            "request done"
-        );
+        log::access(&self.state, session, e, ctx);
     }
 }

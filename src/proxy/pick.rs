@@ -10,6 +10,7 @@ use pingora::{http::RequestHeader, prelude::*, proxy::Session, ErrorType::HTTPSt
 use super::{headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
 use crate::state::{
     backend::BackendState,
+    overrides::Maintenance,
     table::{Backend, Pool, Route, Table},
 };
 
@@ -79,6 +80,33 @@ fn reroute<'a>(
     Some((route, pool, b))
 }
 
+/// Where a request goes, decided on one snapshot.
+pub(super) enum Routed {
+    To(Arc<Route>, Arc<Pool>),
+    NoRoute,
+    Maintenance(Arc<Route>, Arc<Maintenance>),
+    /// The route exists but no pool of its split has an available backend.
+    Unavailable(Arc<Route>),
+}
+
+pub(super) fn route_on(cfg: &Table, req: &RequestHeader) -> Routed {
+    let host = request_host(req).unwrap_or_default();
+    let Some(route) = cfg.route(host, req.uri.path(), &req.method) else {
+        return Routed::NoRoute;
+    };
+    if let Some(m) = cfg
+        .maintenance
+        .as_ref()
+        .filter(|m| m.matches(&route.name, &req.method))
+    {
+        return Routed::Maintenance(route.clone(), m.clone());
+    }
+    match route.pick_pool() {
+        Some(pool) => Routed::To(route.clone(), pool.clone()),
+        None => Routed::Unavailable(route.clone()),
+    }
+}
+
 type Chosen = (Arc<Route>, Arc<BackendState>, SocketAddr);
 
 impl Proxy {
@@ -129,6 +157,9 @@ impl Proxy {
         route: &Route,
     ) -> Result<()> {
         let Some(_held) = self.enter_hold(route, ctx) else {
+            if ctx.failed.is_empty() {
+                ctx.outcome = Some(crate::access_log::Outcome::NoBackend);
+            }
             return Err(if ctx.failed.is_empty() {
                 Error::explain(
                     HTTPStatus(503),
@@ -143,16 +174,19 @@ impl Proxy {
         let failed = &ctx.failed;
         // The wait watches the client connection (`&mut session`): route on a copy.
         let req = session.req_header().clone();
+        let since = std::time::Instant::now();
         let woke = hold::wait(state, session, deadline, || {
             reroute(&state.table(), &req, failed).is_some()
         })
         .await;
+        ctx.held += since.elapsed();
         if woke == hold::Woke::ClientGone {
             return Err(hold::client_gone());
         }
         let woke = woke == hold::Woke::Changed;
         if !woke {
             route.stats.hold_timeouts.inc();
+            ctx.outcome = Some(crate::access_log::Outcome::HoldTimeout);
             return Err(Error::explain(
                 HTTPStatus(503),
                 format!(
@@ -161,6 +195,12 @@ impl Proxy {
                 ),
             ));
         }
+        self.reroute_after_hold(session, ctx, route)
+    }
+
+    /// Released from the hold: route again on the newest table; a request of a spooled route
+    /// must not overtake items spooled while it waited.
+    fn reroute_after_hold(&self, session: &Session, ctx: &mut Ctx, route: &Route) -> Result<()> {
         ctx.failed.forget_recovered();
         let cfg = self.state.table();
         if let Some((r, p, _)) = reroute(&cfg, session.req_header(), &ctx.failed) {
@@ -170,8 +210,7 @@ impl Proxy {
         let route = ctx.route.as_deref().unwrap_or(route);
         let spooled = super::spool::spools(route, session.req_header());
         if spooled.is_some() && route.stats.spool.queued() {
-            // Items of the route were spooled while this request waited: it must not
-            // overtake them. The 503 is turned into a spooled 202 by `fail_to_proxy`.
+            // The 503 is turned into a spooled 202 by `fail_to_proxy`.
             return Err(Error::explain(
                 HTTPStatus(503),
                 format!(

@@ -259,11 +259,12 @@ async fn accepted(session: &mut Session, route: &str, id: i64) -> Result<bool> {
     };
     let mut v = serde_json::to_vec(&body).unwrap_or_default();
     v.push(b'\n');
-    let mut resp = ResponseHeader::build(202, Some(4))?;
+    let mut resp = ResponseHeader::build(202, Some(5))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, v.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header(ID_HEADER, id.to_string())?;
+    errors::put_request_id(&mut resp, errors::request_id(session).as_deref())?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(v)), true)

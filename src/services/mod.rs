@@ -1,6 +1,7 @@
 //! Services: the tasks that drive live state. Each owns its task (a pingora background
 //! service, or a task it spawns) and stops at shutdown where stopping makes sense.
 //!
+//! - [`access_log`]: the access log's writer thread (batched writes, reopen on SIGUSR1).
 //! - [`reload`]: validate, then bind and publish (with the typed diff).
 //! - [`drains`]: the drain service: start, undrain, declared and restored drains, deadline
 //!   enforcement, pruning of removed backends once idle.
@@ -15,6 +16,7 @@
 //!   politely at `shutdown.grace`; [`upgrade`]: the graceful upgrade's socket directory
 //!   check and the relay that sends listening sockets only to tidegate's own user.
 
+pub mod access_log;
 pub mod control;
 pub mod drains;
 pub mod health;

@@ -1,6 +1,6 @@
 //! Signals, for pingora's `Server::run`: SIGTERM fails readiness at once, waits
 //! `shutdown.delay`, then lets pingora stop accepting; SIGQUIT hands listeners to an upgraded
-//! process; SIGINT stops at once.
+//! process; SIGUSR1 reopens the access log file; SIGINT stops at once.
 
 use std::sync::Arc;
 
@@ -20,10 +20,11 @@ pub struct Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::quit()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
         ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
@@ -59,6 +60,13 @@ impl ShutdownSignalWatch for Signals {
                 self.state.process.hand_off();
                 tracing::info!("SIGQUIT: handing listeners to the upgraded process");
                 return ShutdownSignal::GracefulUpgrade;
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                self.state.access_log.request_reopen();
+                // An idle log reopens with its next line; a rotation check that waits for
+                // the new file sees it created at once.
+                self.state.access_log.submit(Vec::new());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");

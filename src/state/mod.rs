@@ -6,6 +6,7 @@
 //! spec ([`AppState::publish_spec`]) or new overrides ([`AppState::change_overrides`]) make
 //! a new [`Table`], stored with one `ArcSwap::store`.
 
+pub mod access_log;
 pub mod backend;
 pub mod counts;
 pub mod drain_cell;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub availability: Notify,
     /// Split ramps by route (status; the drivers are in `services::ramps`).
     pub ramps: ramps::Ramps,
+    /// The access log's queue (the writer is `services::access_log`).
+    pub access_log: access_log::AccessLog,
     /// Drains whose deadline tasks the drain service starts.
     enforce: (
         mpsc::UnboundedSender<Enforce>,
@@ -109,7 +112,10 @@ impl AppState {
         registry.set_live();
         let (tx, rx) = mpsc::unbounded_channel();
         let admin_bound = table.spec.admin.addr;
+        let access_log = access_log::AccessLog::default();
+        access_log.set_dest(&table.spec.access_log.dest);
         Self {
+            access_log,
             admin_bound,
             table: ArcSwap::from_pointee(table),
             publish: Mutex::new(Published {
@@ -171,6 +177,7 @@ impl AppState {
         );
         apply_health(&table);
         before_store(&table);
+        self.access_log.set_dest(&table.spec.access_log.dest);
         self.table.store(Arc::new(table));
         p.file_hash = file_hash;
         drop(p);

@@ -130,6 +130,18 @@ impl Tidegate {
 
     /// Spawn without waiting (for startup-failure tests). `env` is added to the environment.
     pub fn spawn(yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_to(yaml, env, None)
+    }
+
+    /// Start with standard output on a pipe the test reads (or not); stderr goes to the log.
+    pub async fn start_piped(yaml: &str) -> (Self, std::process::ChildStdout) {
+        let mut t = Self::spawn_to(yaml, &[], Some(Stdio::piped()));
+        let out = t.child.stdout.take().expect("piped stdout");
+        t.wait_ready().await;
+        (t, out)
+    }
+
+    fn spawn_to(yaml: &str, env: &[(&str, &str)], stdout: Option<Stdio>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -142,7 +154,7 @@ impl Tidegate {
             .arg("-c")
             .arg(&config)
             .env("TIDEGATE_LOG", "info")
-            .stdout(logf.try_clone().expect("log clone"))
+            .stdout(stdout.unwrap_or_else(|| logf.try_clone().expect("log clone").into()))
             .stderr(logf)
             .stdin(Stdio::null());
         for (k, v) in env {
@@ -220,6 +232,28 @@ impl Tidegate {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The access log's JSON lines so far (stdout shares the log file with stderr).
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        access_lines_of(&self.logs())
+    }
+
+    /// Wait (10 s at most) for an access log line that `pred` accepts.
+    pub async fn access_line(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(
+            &format!("access log line: {what}"),
+            Duration::from_secs(10),
+            || {
+                let found = self.access_lines().into_iter().find(|l| pred(l));
+                async move { found }
+            },
+        )
+        .await
+    }
+
     /// Replace the config the way an editor does: write a temp file, then rename over it.
     pub fn rewrite_config(&self, yaml: &str) {
         let tmp = self.dir.path().join(".tidegate.yaml.tmp");
@@ -275,6 +309,14 @@ impl Drop for Tidegate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// JSON access log lines in a log text (tidegate's own lines are not JSON).
+pub fn access_lines_of(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| l.starts_with("{\"time\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access line ({e}): {l}")))
+        .collect()
 }
 
 fn fill(yaml: &str, listen: SocketAddr, admin: SocketAddr) -> String {

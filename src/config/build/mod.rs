@@ -5,6 +5,7 @@
 //! health checks, `routes.rs` routes, matches and splits; this file assembles the result.
 
 mod listeners;
+mod log;
 mod pools;
 mod routes;
 mod spool;
@@ -45,23 +46,11 @@ pub fn build(
     if t.connect.0.is_zero() {
         return Err(invalid("timeouts.connect", "must be greater than 0"));
     }
-    let h = &file.http;
-    if !(1024..=1024 * 1024).contains(&h.max_request_header_bytes) {
-        return Err(ConfigError::OutOfRange {
-            path: "http.max_request_header_bytes".into(),
-            value: h.max_request_header_bytes.min(i64::MAX as u64) as i64,
-            min: 1024,
-            max: 1024 * 1024,
-        });
-    }
     let upgrade_sock = build_upgrade_sock(&file)?;
     Ok(Spec {
-        http: HttpSettings {
-            // In range checked above.
-            max_request_header_bytes: h.max_request_header_bytes as usize,
-            underscores_in_headers: h.underscores_in_headers,
-            allow_trace: h.allow_trace,
-        },
+        access_log: log::build_access_log(&file.access_log, warnings)?,
+        trace: log::build_trace(&file.trace)?,
+        http: log::build_http(&file.http)?,
         listeners,
         admin,
         state_file: file.state_file,

@@ -5,10 +5,12 @@
 //! unnoticed (the reference config is checked in CI). Validation happens in `build/`.
 //! Routes are in `routes.rs`, pools in `pools.rs`.
 
+mod log;
 mod pools;
 mod routes;
 mod spool;
 
+pub use log::*;
 pub use pools::*;
 pub use routes::*;
 pub use spool::*;
@@ -50,6 +52,12 @@ pub struct FileConfig {
     /// Bytes of spooled request bodies held in memory at once, over every route.
     #[serde(default = "default_spool_buffer")]
     pub spool_buffer: u64,
+    /// One line per request (on by default: JSON lines on stdout).
+    #[serde(default)]
+    pub access_log: FileAccessLog,
+    /// W3C Trace Context: started for requests without one, when asked.
+    #[serde(default)]
+    pub trace: FileTrace,
 }
 
 /// Default: 64 MiB of spooled bodies in memory at once.
@@ -180,6 +188,14 @@ pub struct FileHttp {
     /// Forward `TRACE` requests; off, they get 405.
     #[serde(default)]
     pub allow_trace: bool,
+    /// A client's `X-Request-Id`: `trust` keeps a valid one, `replace` always mints a new one.
+    #[serde(default = "default_request_id")]
+    pub request_id: String,
+}
+
+/// Default: a client's valid `X-Request-Id` is kept (a front proxy or the client set it).
+pub fn default_request_id() -> String {
+    "trust".into()
 }
 
 impl Default for FileHttp {
@@ -188,6 +204,7 @@ impl Default for FileHttp {
             max_request_header_bytes: default_max_request_header_bytes(),
             underscores_in_headers: false,
             allow_trace: false,
+            request_id: default_request_id(),
         }
     }
 }

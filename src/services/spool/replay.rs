@@ -26,6 +26,7 @@ use super::{
     Spool, ATTEMPT_HEADER, ID_HEADER,
 };
 use crate::{
+    access_log::{Outcome, Record},
     config::spec::ReplaySpec,
     state::{table::Route, tracking::Tracking, AppState},
 };
@@ -221,6 +222,7 @@ impl Worker {
         let picked = route
             .pick_avoiding(&|_| false)
             .and_then(|(_, b)| Some((b, b.addr?)));
+        let started = std::time::Instant::now();
         let sent = match picked {
             Some((b, addr)) => {
                 let uri: http::Uri = item.target.parse().unwrap_or_default();
@@ -229,6 +231,16 @@ impl Worker {
             }
             _ => Sent::Failed("no backend available".into()),
         };
+        let backend = picked.map(|(b, _)| &*b.state);
+        log_replay(
+            &self.state,
+            route,
+            backend,
+            item,
+            attempt,
+            &sent,
+            started.elapsed(),
+        );
         let how = settle(&sent, attempt, replay, now_ms());
         let (id, created) = (item.id, item.created_ms);
         let result = match &how {
@@ -254,8 +266,12 @@ impl Worker {
         if !matches!(how, Finish::Retry { .. }) {
             self.count(matches!(how, Finish::Dead { .. }));
         }
-        let age_ms = now_ms() - created;
-        match &how {
+        self.log_settled(&how, id, attempt, now_ms() - created);
+        true
+    }
+
+    fn log_settled(&self, how: &Finish, id: i64, attempt: u32, age_ms: i64) {
+        match how {
             Finish::Dead { error, .. } => {
                 tracing::warn!(route = %self.route, id, attempt, age_ms, error = %error, "spooled request is dead (kept for an operator)")
             }
@@ -266,7 +282,6 @@ impl Worker {
                 tracing::info!(route = %self.route, id, attempt, age_ms, "spooled request delivered")
             }
         }
-        true
     }
 
     /// One HTTP exchange with the backend, the answer read to its end.
@@ -308,6 +323,77 @@ impl Worker {
             tracing::info!(route = %self.route, delivered, dead, "spool is empty again");
         }
     }
+}
+
+/// The access log line of one replay attempt (outcome `replayed`, or `replay_failed` without
+/// an answer), with the request id the client got when it was spooled.
+fn log_replay(
+    state: &AppState,
+    route: &Route,
+    backend: Option<&crate::state::backend::BackendState>,
+    item: &Item,
+    attempt: u32,
+    sent: &Sent,
+    took: Duration,
+) {
+    let cfg = state.table();
+    let spec = &cfg.spec.access_log;
+    let path = item.target.split('?').next().unwrap_or("/");
+    if !spec.enabled || spec.excludes(path) {
+        return;
+    }
+    let (status, outcome, error) = match sent {
+        Sent::Status(s) => (*s, Outcome::Replayed, None),
+        Sent::Failed(e) => (0, Outcome::ReplayFailed, Some(e.as_str())),
+    };
+    let record = Record {
+        time: std::time::SystemTime::now(),
+        request_id: stored_header(&item.headers, "x-request-id"),
+        trace_id: stored_header(&item.headers, "traceparent")
+            .and_then(|v| crate::access_log::ids::trace_id(v.as_bytes())),
+        client: None,
+        method: &item.method,
+        host: stored_header(&item.headers, "host"),
+        path,
+        query: item
+            .target
+            .split_once('?')
+            .map(|(_, q)| q)
+            .filter(|_| spec.query),
+        protocol: "HTTP/1.1",
+        status,
+        bytes_in: item.body.len() as u64,
+        bytes_out: 0,
+        duration: took,
+        connect: None,
+        first_byte: None,
+        held: Duration::ZERO,
+        route: Some(&route.name),
+        pool: backend.map(|b| &*b.pool.name),
+        backend: backend.map(|b| &*b.name),
+        kind: "http",
+        attempts: attempt,
+        outcome,
+        spool_id: Some(item.id),
+        error,
+        referer: None,
+        user_agent: stored_header(&item.headers, "user-agent"),
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+    };
+    state.access_log.write(spec.format, &record);
+}
+
+/// A header of a stored request (`name: value` lines).
+fn stored_header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
+    headers.split(|b| *b == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| std::str::from_utf8(line[colon + 1..].trim_ascii()).ok())
+            .flatten()
+    })
 }
 
 /// The stored request as an HTTP request to `addr`, with the spool headers.

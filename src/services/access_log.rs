@@ -1,0 +1,119 @@
+//! The access log's writer: one thread that takes queued lines in batches and writes each
+//! batch with one `write` to the destination of the published config (stdout by default, so
+//! `docker logs` sees it; tidegate's own events stay on stderr). A file is opened for
+//! appending and opened again on SIGUSR1 (logrotate's `postrotate`, as nginx does) or when a
+//! reload names another destination. The thread may block on a slow destination; the
+//! workers never do: the queue is bounded and a line that does not fit is dropped and
+//! counted (`tidegate_access_log_lines_total{result="dropped"}`).
+
+use std::{
+    fs::File,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    sync::{mpsc::Receiver, Arc},
+    time::{Duration, Instant},
+};
+
+use crate::{config::spec::LogDest, state::AppState};
+
+/// Lines written with one `write` at most.
+const BATCH: usize = 256;
+
+/// Start the writer thread. SIGUSR1 is ignored until pingora's loop installs its handler, so
+/// an early one does not end the process.
+pub fn start(state: &Arc<AppState>) -> std::io::Result<()> {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+    let Some(rx) = state.access_log.take_receiver() else {
+        return Ok(());
+    };
+    let state = state.clone();
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || run(&state, &rx))
+        .map(drop)
+}
+
+/// Wait (at most `limit`) until every queued line was written: at exit, so the last
+/// requests' lines (shutdown ends) are not lost.
+pub fn flush(state: &AppState, limit: Duration) {
+    let until = Instant::now() + limit;
+    while !state.access_log.idle() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Where lines go now.
+enum Out {
+    Stdout,
+    Stderr,
+    File(File),
+    /// A file that could not be opened: lines are counted lost until it can.
+    Missing,
+}
+
+fn open(dest: &LogDest) -> Out {
+    match dest {
+        LogDest::Stdout => Out::Stdout,
+        LogDest::Stderr => Out::Stderr,
+        LogDest::File(p) => match std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(p)
+        {
+            Ok(f) => Out::File(f),
+            Err(e) => {
+                tracing::error!(path = %p.display(), error = %e, "access log: cannot open the file; lines are dropped until it can be (SIGUSR1 or a reload tries again)");
+                Out::Missing
+            }
+        },
+    }
+}
+
+fn write(out: &mut Out, buf: &[u8]) -> std::io::Result<()> {
+    match out {
+        Out::Stdout => {
+            let mut s = std::io::stdout().lock();
+            s.write_all(buf)?;
+            s.flush()
+        }
+        Out::Stderr => std::io::stderr().lock().write_all(buf),
+        Out::File(f) => f.write_all(buf),
+        Out::Missing => Err(std::io::ErrorKind::NotFound.into()),
+    }
+}
+
+fn run(state: &AppState, rx: &Receiver<Vec<u8>>) {
+    let log = &state.access_log;
+    let (mut dest, mut changes) = log.dest();
+    let mut out = open(&dest);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut last_error: Option<Instant> = None;
+    while let Ok(first) = rx.recv() {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        let mut n = 1u64;
+        while n < BATCH as u64 {
+            let Ok(line) = rx.try_recv() else { break };
+            buf.extend_from_slice(&line);
+            n += 1;
+        }
+        let (now_dest, now_changes) = log.dest();
+        if log.take_reopen() || now_changes != changes {
+            (dest, changes) = (now_dest, now_changes);
+            out = open(&dest);
+        }
+        match write(&mut out, &buf) {
+            Ok(()) => log.record(n, true),
+            Err(e) => {
+                log.record(n, false);
+                // One error line a minute at most: the destination may stay broken.
+                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    last_error = Some(Instant::now());
+                    tracing::error!(error = %e, lines = n, "access log: write failed; lines dropped");
+                }
+            }
+        }
+    }
+}
