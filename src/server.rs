@@ -30,6 +30,7 @@ use crate::{
         control::Control,
         drains::{self, DrainService},
         health::HealthChecker,
+        history::HistorySampler,
         persist, reload,
         resolver::Resolver,
         shutdown::ShutdownWatcher,
@@ -275,6 +276,10 @@ fn add_background(
     server.add_service(background_service("health", HealthChecker { state: st() }));
     server.add_service(background_service("drains", DrainService { state: st() }));
     server.add_service(background_service("resolver", Resolver { state: st() }));
+    server.add_service(background_service(
+        "history",
+        HistorySampler { state: st() },
+    ));
     server.add_service(background_service("spool", SpoolService { spool }));
     server.add_service(background_service(
         "shutdown",

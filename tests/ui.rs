@@ -223,3 +223,163 @@ async fn get_with_token(tg: &Tidegate, path: &str) -> serde_json::Value {
     .expect("api");
     r.json()
 }
+
+/// Wait for the token prompt, then give the token.
+async fn sign_in(b: &mut Browser) {
+    b.wait_true(
+        "the token prompt",
+        "!document.getElementById('auth').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+    use_token(b, TOKEN).await;
+}
+
+#[tokio::test]
+async fn a_deploy_is_drawn_with_its_marks_and_every_column_is_reachable_on_a_phone() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let tg = Tidegate::start(&yaml(blue.addr, green.addr, &token_file)).await;
+    let auth = format!("Bearer {TOKEN}");
+    let api = |method: &'static str, path: &'static str, body: &'static str| {
+        let (url, auth) = (tg.admin_url(path), auth.clone());
+        async move {
+            let r = send(&client(), method, &url, &[("authorization", &auth)], body)
+                .await
+                .unwrap();
+            assert!(r.status < 300, "{method} {path}: {}", r.body);
+        }
+    };
+    // A deploy before the page is opened: traffic on blue, a shift to green, blue drained.
+    let load = Load::start(tg.url("/"), 2);
+    let history = || async {
+        let r = send(
+            &client(),
+            "GET",
+            &tg.admin_url("/api/v1/history"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+        r.json()
+    };
+    wait_for("samples with traffic", Duration::from_secs(20), || async {
+        let h = history().await;
+        let busy = h["samples"]
+            .as_array()?
+            .iter()
+            .any(|s| s["pools"]["blue"]["rps"].as_f64() > Some(1.0));
+        busy.then_some(())
+    })
+    .await;
+    api(
+        "POST",
+        "/api/v1/routes/app/split",
+        r#"{"split":{"blue":0,"green":100}}"#,
+    )
+    .await;
+    api("POST", "/api/v1/pools/blue/drain", "").await;
+    let h = wait_for(
+        "marks of the shift and the drain",
+        Duration::from_secs(20),
+        || async {
+            let h = history().await;
+            let texts: Vec<String> = h["marks"]
+                .as_array()?
+                .iter()
+                .map(|m| m["text"].as_str().unwrap_or("").to_string())
+                .collect();
+            let ok = texts.iter().any(|t| t == "app: blue 0, green 100")
+                && texts.iter().any(|t| t == "pool blue drained");
+            ok.then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(h["interval_seconds"], 2.0);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} ok");
+
+    // Opened afterwards, the page draws the minutes before, with the marks.
+    let mut b = Browser::start(1280, 900).await;
+    b.navigate(&tg.admin_url("/ui")).await;
+    sign_in(&mut b).await;
+    b.wait_true(
+        "blue's request line drawn",
+        r#"(() => { const p = document.querySelector('[data-charts="blue"] polyline[data-series="rps"]');
+            return !!p && p.getAttribute('points').split(' ').length >= 2; })()"#,
+        Duration::from_secs(15),
+    )
+    .await;
+    b.wait_true(
+        "the shift and the drain marked on the time axis",
+        r#"(() => { const t = [...document.querySelectorAll('[data-charts="green"] line.mark title')].map(e => e.textContent);
+            return t.some(s => s.endsWith('app: blue 0, green 100')) && t.some(s => s.endsWith('pool blue drained')); })()"#,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        b.eval(
+            r#"document.querySelectorAll('[data-charts="blue"] li[data-mark="drain"]').length > 0"#
+        )
+        .await,
+        true
+    );
+    let shot = b.screenshot(1280, 900).await;
+    std::fs::write(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/ui-charts-laptop.png"),
+        &shot,
+    )
+    .unwrap();
+
+    // A 390 px phone: nothing sticks out of the page, and each table scrolls sideways to
+    // show its last column.
+    let mut phone = Browser::start(390, 844).await;
+    phone.navigate(&tg.admin_url("/ui")).await;
+    sign_in(&mut phone).await;
+    phone
+        .wait_true(
+            "the backend tables",
+            r#"document.querySelectorAll('[data-pool] table').length === 2"#,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        phone
+            .eval("document.documentElement.scrollWidth <= window.innerWidth")
+            .await,
+        true,
+        "the page is wider than the phone"
+    );
+    let reachable = phone
+        .eval(
+            r#"[...document.querySelectorAll('table')].every(t => {
+                const box = t.closest('.scroll');
+                if (!box) return false;
+                box.scrollLeft = box.scrollWidth;
+                const ths = t.querySelectorAll('thead th, tbody tr:first-child td');
+                const last = ths[ths.length - 1];
+                if (!last) return true;
+                const r = last.getBoundingClientRect();
+                return r.right <= window.innerWidth + 1 && r.width > 0;
+            })"#,
+        )
+        .await;
+    assert_eq!(reachable, true, "a column cannot be reached");
+    let headers = phone
+        .eval(r#"[...document.querySelector('[data-pool="blue"] thead tr').children].filter(th => th.getBoundingClientRect().width > 0).length"#)
+        .await;
+    assert_eq!(headers, 10, "every backend column is shown");
+    phone
+        .eval("document.querySelectorAll('.scroll').forEach(b => b.scrollLeft = 0); true")
+        .await;
+    let shot = phone.screenshot(390, 844).await;
+    std::fs::write(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/ui-charts-phone.png"),
+        &shot,
+    )
+    .unwrap();
+}

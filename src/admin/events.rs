@@ -3,7 +3,9 @@
 //! One `status` event at once, then one whenever anything but an age or uptime changed
 //! (checked every 250 ms), and one at least every 5 s (ages move); a comment every 15 s
 //! keeps idle proxies and load balancers from closing the stream. Each event is
-//! `{"now": unix seconds, …the /api/v1/status body}`. A client that goes away ends its stream
+//! `{"now": unix seconds, …the /api/v1/status body}`. History (`api::History`: samples every
+//! 2 s per pool, marks of changes) comes as `history` events: first everything the proxy
+//! keeps (15 minutes), then what is new. A client that goes away ends its stream
 //! at the next check; the open count is in the status (`event_streams`).
 
 use std::{
@@ -42,6 +44,8 @@ struct Feed {
     streams: Arc<Streams>,
     last_key: Option<serde_json::Value>,
     last_sent: Instant,
+    /// The newest history entry sent (0: none yet).
+    history_seq: u64,
     _open: Open,
 }
 
@@ -56,6 +60,7 @@ pub async fn events(
         streams: streams.clone(),
         last_key: None,
         last_sent: Instant::now(),
+        history_seq: 0,
         _open: Open(streams),
     };
     let mut sse = Sse::new(feed_stream(feed))
@@ -73,25 +78,51 @@ fn feed_stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
             if f.last_key.is_some() {
                 tokio::time::sleep(CHECK).await;
             }
-            let mut status = status_of(&f.state);
-            status.event_streams = f.streams.open();
-            let body = api::StatusEvent {
-                now: crate::state::process::unix_now(),
-                status,
-            };
-            let Ok(value) = serde_json::to_value(&body) else {
-                continue;
-            };
-            let key = without_ages(&value);
-            if f.last_key.as_ref() == Some(&key) && f.last_sent.elapsed() < REFRESH {
-                continue;
+            if let Some(event) = f.status_event() {
+                return Some((Ok(event), f));
             }
-            f.last_key = Some(key);
-            f.last_sent = Instant::now();
-            let event = Event::default().event("status").data(value.to_string());
-            return Some((Ok(event), f));
+            if let Some(event) = f.history_event() {
+                return Some((Ok(event), f));
+            }
         }
     })
+}
+
+impl Feed {
+    /// The status, when it changed (or `REFRESH` passed) since the last one sent.
+    fn status_event(&mut self) -> Option<Event> {
+        let mut status = status_of(&self.state);
+        status.event_streams = self.streams.open();
+        let body = api::StatusEvent {
+            now: crate::state::process::unix_now(),
+            status,
+        };
+        let value = serde_json::to_value(&body).ok()?;
+        let key = without_ages(&value);
+        if self.last_key.as_ref() == Some(&key) && self.last_sent.elapsed() < REFRESH {
+            return None;
+        }
+        self.last_key = Some(key);
+        self.last_sent = Instant::now();
+        Some(Event::default().event("status").data(value.to_string()))
+    }
+
+    /// Samples and marks newer than those sent (the first one: all the proxy keeps).
+    fn history_event(&mut self) -> Option<Event> {
+        let h = &self.state.history;
+        if h.seq() <= self.history_seq {
+            return None;
+        }
+        let body = h.since(self.history_seq);
+        let newest = body.samples.iter().map(|s| s.seq);
+        self.history_seq = newest
+            .chain(body.marks.iter().map(|m| m.seq))
+            .max()
+            .unwrap_or(self.history_seq)
+            .max(self.history_seq);
+        let data = serde_json::to_string(&body).ok()?;
+        Some(Event::default().event("history").data(data))
+    }
 }
 
 /// Keys whose values move by themselves.

@@ -12,7 +12,8 @@
 //! | GET | `/metrics` | with `metrics_auth` | Prometheus text |
 //! | GET | `/ui` (+ `/ui/app.js`, `/ui/app.css`) | no (the page holds no data) | the live status page |
 //! | GET | `/api/v1/status` | token | generation, routes, splits, pools, backends, in-flight |
-//! | GET | `/api/v1/events` | token | the status as server-sent events, on every change |
+//! | GET | `/api/v1/events` | token | the status as server-sent events, on every change, and history |
+//! | GET | `/api/v1/history?since=` | token | the last 15 minutes per pool (2 s samples) and marks of changes |
 //! | POST | `/api/v1/config/reload` | token | re-read the file: 200 + summary, or 422 + error |
 //! | POST | `/api/v1/pools/{pool}/drain` | token | start draining: 202 + drain status; 409 if already |
 //! | POST | `/api/v1/pools/{pool}/undrain` | token | back to active: 200; 409 if not draining |
@@ -148,6 +149,7 @@ pub fn router(ctx: Ctx) -> Router {
     let api = Router::new()
         .route("/api/v1/status", get(status::status))
         .route("/api/v1/events", get(events::events))
+        .route("/api/v1/history", get(status::history))
         .route("/api/v1/config/reload", post(status::reload))
         .route(
             &format!("{pool}/drain"),

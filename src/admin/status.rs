@@ -231,6 +231,21 @@ pub async fn status(State(state): St, State(streams): State<Arc<super::EventStre
     json(200, &s)
 }
 
+/// `?since=SEQ` of `GET /api/v1/history`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Since {
+    #[serde(default)]
+    since: u64,
+}
+
+/// `GET /api/v1/history?since=`: samples and marks newer than `since` (default: all kept).
+pub async fn history(
+    State(state): St,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Response {
+    json(200, &state.history.since(q.since))
+}
+
 /// `POST /api/v1/config/reload`.
 pub async fn reload(State(state): St) -> Result<Response, ApiError> {
     let st = state.clone();

@@ -6,7 +6,9 @@
 //! durations (deadlines), and plain seconds (`…_seconds`, floats) for ages, waits and Unix
 //! times (`…_at`).
 
+mod history;
 mod spool;
+pub use history::*;
 pub use spool::*;
 
 use std::collections::BTreeMap;

@@ -37,7 +37,9 @@ pub(super) fn outcome(ctx: &Ctx, status: Option<u16>, e: Option<&pingora::Error>
         return o;
     }
     let Some(e) = e else {
-        return if !ctx.held.is_zero() {
+        // Held: it waited in the queue (not just passed through it, finding a backend at
+        // once).
+        return if ctx.held >= std::time::Duration::from_millis(1) {
             Outcome::Held
         } else if ctx.attempts > 1 {
             Outcome::Retried

@@ -2,6 +2,7 @@
 //! service, or a task it spawns) and stops at shutdown where stopping makes sense.
 //!
 //! - [`access_log`]: the access log's writer thread (batched writes, reopen on SIGUSR1).
+//! - [`history`]: samples per pool every 2 s and marks of changes, for the status page.
 //! - [`reload`]: validate, then bind and publish (with the typed diff).
 //! - [`drains`]: the drain service: start, undrain, declared and restored drains, deadline
 //!   enforcement, pruning of removed backends once idle.
@@ -20,6 +21,7 @@ pub mod access_log;
 pub mod control;
 pub mod drains;
 pub mod health;
+pub mod history;
 pub mod persist;
 pub mod probe;
 pub mod ramps;

@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod backend;
 pub mod counts;
 pub mod drain_cell;
+pub mod history;
 pub mod items;
 pub mod overrides;
 pub mod passive;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub ramps: ramps::Ramps,
     /// The access log's queue (the writer is `services::access_log`).
     pub access_log: access_log::AccessLog,
+    /// The last minutes per pool, for the status page (sampled by `services::history`).
+    pub history: history::History,
     /// Drains whose deadline tasks the drain service starts.
     enforce: (
         mpsc::UnboundedSender<Enforce>,
@@ -116,6 +119,7 @@ impl AppState {
         access_log.set_dest(&table.spec.access_log.dest);
         Self {
             access_log,
+            history: Default::default(),
             admin_bound,
             table: ArcSwap::from_pointee(table),
             publish: Mutex::new(Published {

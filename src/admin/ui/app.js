@@ -4,7 +4,8 @@
 "use strict";
 
 const TOKEN_KEY = "tidegate-admin-token";
-const state = { status: null, offset: 0, prev: new Map(), pending: null, retryMs: 1000 };
+const state = { status: null, offset: 0, prev: new Map(), pending: null, retryMs: 1000,
+  history: { samples: [], marks: [], seq: 0 } };
 
 const $ = (id) => document.getElementById(id);
 const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
@@ -124,11 +125,25 @@ function onEvent(block) {
     if (line.startsWith("event:")) type = line.slice(6).trim();
     else if (line.startsWith("data:")) data += line.slice(5).trimStart();
   }
-  if (type !== "status" || !data) return;
+  if (!data) return;
+  if (type === "history") return onHistory(JSON.parse(data));
+  if (type !== "status") return;
   const ev = JSON.parse(data);
   state.offset = ev.now - Date.now() / 1000;
   state.status = ev;
   render();
+}
+
+// History comes first whole (what the proxy keeps: 15 minutes), then in increments.
+function onHistory(h) {
+  const hist = state.history;
+  for (const s of h.samples) if (s.seq > hist.seq) hist.samples.push(s);
+  for (const m of h.marks) if (m.seq > hist.seq) hist.marks.push(m);
+  hist.seq = Math.max(hist.seq, ...h.samples.map((s) => s.seq), ...h.marks.map((m) => m.seq));
+  const oldest = now() - 15 * 60;
+  hist.samples = hist.samples.filter((s) => s.t >= oldest);
+  hist.marks = hist.marks.filter((m) => m.t >= oldest);
+  renderCharts();
 }
 
 // ---- rendering -----------------------------------------------------------------------
@@ -142,6 +157,7 @@ function render() {
   $("pools").replaceChildren(...Object.entries(s.pools).map(([n, p]) => renderPool(n, p)),
     ...(s.removed.length ? [renderRemoved(s.removed)] : []));
   renderSpool(s.spool || []);
+  renderCharts();
 }
 
 function renderMaintenance(m) {
@@ -223,27 +239,25 @@ function renderPool(name, p) {
           : ask("Drain pool " + name + "? It stops taking new requests; work in flight finishes.",
               () => call("POST", "/api/v1/pools/" + enc(name) + "/drain", {})) })),
     drainLine(name, p.drain_started_at, p.drained_at, p.drain_deadlines),
+    el("div", { class: "charts", "data-charts": name }),
     el("div", { class: "scroll" }, el("table", {},
       el("thead", {}, el("tr", {}, ...["backend", "address", "state", "health", "weight", "http", "sse", "ws", "oldest stream", "connect fails"]
-        .map((h, i) => el("th", { class: (i >= 4 ? "num" : "") + (NARROW.includes(i) ? " hide-narrow" : ""), text: h })))),
+        .map((h, i) => el("th", { class: i >= 4 ? "num" : "", text: h })))),
       el("tbody", {}, ...rows))));
 }
-
-// Columns left out on a phone: address, weight, connect failures.
-const NARROW = [1, 4, 9];
 
 function backendRow(b) {
   const k = "backend/" + b.id + "/";
   return el("tr", { "data-backend": b.id },
-    el("td", { text: b.name }), el("td", { class: "hide-narrow", text: b.address || "–" }),
+    el("td", { text: b.name }), el("td", { text: b.address || "–" }),
     el("td", {}, badge(b.state)),
     el("td", {}, badge(b.healthy ? (b.available ? "healthy" : "unavailable") : "down")),
-    el("td", { class: "num hide-narrow", text: b.weight ?? "–" }),
+    el("td", { class: "num", text: b.weight ?? "–" }),
     el("td", { class: "num" }, live(k + "http", b.in_flight.http)),
     el("td", { class: "num" }, live(k + "sse", b.in_flight.sse)),
     el("td", { class: "num" }, live(k + "websocket", b.in_flight.websocket)),
     el("td", { class: "num", text: b.oldest_stream_age_seconds == null ? "–" : fmtSecs(b.oldest_stream_age_seconds) }),
-    el("td", { class: "num hide-narrow" }, live(k + "fails", b.connect_failures)));
+    el("td", { class: "num" }, live(k + "fails", b.connect_failures)));
 }
 
 function renderRemoved(list) {
@@ -261,6 +275,67 @@ function renderSpool(list) {
       el("td", { class: "num" }, live("spool/" + d.route + "/dead", d.dead)),
       el("td", { class: "num", text: fmtSecs(d.oldest_pending_seconds) })))))));
 }
+
+// ---- charts: the last minutes of each pool, with the moments of changes -----------------
+const SVG = "http://www.w3.org/2000/svg";
+const CHARTS = [
+  { title: "per second", series: [["rps", "requests"], ["errors", "5xx"], ["connect_failures", "connect failures"]] },
+  { title: "now", series: [["http", "http"], ["sse", "sse"], ["websocket", "websocket"], ["held", "held"]] },
+];
+const W = 600, H = 110;
+
+function svg(tag, attrs, ...kids) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const k of kids) e.append(k);
+  return e;
+}
+
+function clock(t) { return new Date(t * 1000).toTimeString().slice(0, 8); }
+
+function renderCharts() {
+  const { samples, marks } = state.history;
+  const t1 = now();
+  const first = samples.length ? samples[0].t : t1;
+  const span = Math.min(15 * 60, Math.max(120, t1 - first));
+  const t0 = t1 - span;
+  const x = (t) => ((t - t0) / span) * W;
+  const shown = marks.filter((m) => m.t >= t0);
+  for (const box of document.querySelectorAll("[data-charts]")) {
+    const pool = box.dataset.charts;
+    const pts = samples.filter((s) => s.pools[pool]).map((s) => [s.t, s.pools[pool]]);
+    box.replaceChildren(el("div", { class: "chart-row" }, ...CHARTS.map((c) => chart(c, pts, shown, x))),
+      el("div", { class: "axis" }, el("span", { text: clock(t0) }), el("span", { text: "last " + fmtSecs(span) }),
+        el("span", { text: clock(t1) })),
+      shown.length ? el("ul", { class: "marks" }, ...shown.slice(-8).map((m) =>
+        el("li", { "data-mark": m.kind }, el("b", { text: clock(m.t) }), " " + m.text))) : null);
+  }
+}
+
+function chart(c, pts, marks, x) {
+  const max = Math.max(1, ...pts.flatMap(([, p]) => c.series.map(([k]) => p[k] || 0)));
+  const top = niceCeil(max);
+  const y = (v) => H - 4 - (v / top) * (H - 8);
+  const lines = c.series.map(([k]) => svg("polyline", { class: "s s-" + k, "data-series": k,
+    points: pts.map(([t, p]) => x(t).toFixed(1) + "," + y(p[k] || 0).toFixed(1)).join(" ") }));
+  const ticks = marks.map((m) => svg("line", { class: "mark m-" + m.kind, x1: x(m.t), x2: x(m.t), y1: 0, y2: H },
+    svg("title", {}, clock(m.t) + " " + m.text)));
+  const last = pts.length ? pts[pts.length - 1][1] : {};
+  return el("figure", { class: "chart" },
+    el("figcaption", {}, el("span", { class: "kv", text: c.title + " (max " + fmt(top) + ")" }),
+      ...c.series.map(([k, label]) => el("span", { class: "legend l-" + k },
+        label + " ", el("b", { "data-now": k, text: fmt(last[k] || 0) })))),
+    svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
+      "aria-label": c.title }, svg("line", { class: "base", x1: 0, x2: W, y1: H - 4, y2: H - 4 }), ...ticks, ...lines));
+}
+
+function niceCeil(v) {
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+function fmt(v) { return v >= 100 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(1); }
 
 // Countdowns and elapsed times move every second between events.
 setInterval(() => {
