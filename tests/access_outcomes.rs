@@ -117,6 +117,13 @@ async fn hold_outcomes_held_timed_out_no_backend_client_gone() {
     // Timed out: about hold.timeout in the queue.
     let r = get(&tg.url("/app/timeout")).await.unwrap();
     assert_eq!(r.status, 503);
+    let quoted = r.json()["request_id"].as_str().unwrap_or("").to_string();
+    assert_eq!(
+        quoted,
+        r.headers["x-request-id"].to_str().unwrap(),
+        "{}",
+        r.body
+    );
     let l = tg
         .access_line("hold timeout", |l| l["path"] == "/app/timeout")
         .await;
@@ -210,6 +217,12 @@ async fn upstream_outcomes_retried_error_timeout() {
     // Upstream error: the backend closes without answering.
     let r = get(&tg.url("/broken/x")).await.unwrap();
     assert_eq!(r.status, 502);
+    assert_eq!(
+        r.json()["request_id"],
+        r.headers["x-request-id"].to_str().unwrap(),
+        "{}",
+        r.body
+    );
     let l = tg.access_line("502", |l| l["path"] == "/broken/x").await;
     assert_eq!(l["outcome"], "upstream_error");
     assert!(l["error"].is_string(), "{l}");

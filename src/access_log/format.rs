@@ -52,14 +52,92 @@ fn ms(d: Duration) -> f64 {
 
 /// Append `r` as one line (with its newline) to `out`.
 pub fn format(fmt: LogFormat, r: &Record<'_>, out: &mut Vec<u8>) {
-    let time = humantime::format_rfc3339_millis(r.time).to_string();
-    let client = r.client.map(|c| c.to_string()).unwrap_or_default();
+    let mut tbuf = [0u8; 24];
+    let time = rfc3339_millis(r.time, &mut tbuf);
+    let mut cbuf = [0u8; 48];
+    let client = r.client.map_or("", |ip| ip_text(ip, &mut cbuf));
     match fmt {
-        LogFormat::Json => json(r, &time, &client, out),
-        LogFormat::Logfmt => logfmt(r, &time, &client, out),
-        LogFormat::Combined => combined(r, &time, &client, out),
+        LogFormat::Json => json(r, time, client, out),
+        LogFormat::Logfmt => logfmt(r, time, client, out),
+        LogFormat::Combined => combined(r, time, client, out),
     }
     out.push(b'\n');
+}
+
+thread_local! {
+    /// The last second formatted on this thread and its text (`2026-12-02T04:16:45`):
+    /// most lines share their second with the one before.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `2026-12-02T04:16:45.123Z` in `buf`.
+fn rfc3339_millis(t: std::time::SystemTime, buf: &mut [u8; 24]) -> &str {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, text) = SECOND.get();
+    let text = if cached == secs {
+        text
+    } else {
+        let mut text = [0u8; 19];
+        let full = humantime::format_rfc3339_seconds(t).to_string();
+        text.copy_from_slice(&full.as_bytes()[..19]);
+        SECOND.set((secs, text));
+        text
+    };
+    buf[..19].copy_from_slice(&text);
+    let ms = since.subsec_millis();
+    buf[19] = b'.';
+    buf[20] = b'0' + (ms / 100) as u8;
+    buf[21] = b'0' + (ms / 10 % 10) as u8;
+    buf[22] = b'0' + (ms % 10) as u8;
+    buf[23] = b'Z';
+    // ASCII digits and separators only.
+    std::str::from_utf8(buf).unwrap_or("")
+}
+
+/// An IP address as text in `buf` (IPv4 without the formatting machinery).
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
+    let n = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            n
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{v6}");
+            48 - w.len()
+        }
+    };
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping (the common case), else
+/// escaped by serde_json.
+fn json_str(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 fn json(r: &Record<'_>, time: &str, client: &str, out: &mut Vec<u8>) {
@@ -73,7 +151,10 @@ fn json(r: &Record<'_>, time: &str, client: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\":");
         // Writing to a Vec cannot fail.
         let _ = match v {
-            Val::Str(Some(s)) => serde_json::to_writer(&mut *out, s),
+            Val::Str(Some(s)) => {
+                json_str(s, out);
+                Ok(())
+            }
             Val::Num(Some(n)) => serde_json::to_writer(&mut *out, &n),
             Val::Ms(Some(d)) => serde_json::to_writer(&mut *out, &ms(d)),
             Val::Str(None) | Val::Num(None) | Val::Ms(None) => {
@@ -96,9 +177,9 @@ fn json_headers(key: &str, hs: &[(&str, &str)], out: &mut Vec<u8>) {
         if i > 0 {
             out.push(b',');
         }
-        let _ = serde_json::to_writer(&mut *out, n);
+        json_str(n, out);
         out.push(b':');
-        let _ = serde_json::to_writer(&mut *out, v);
+        json_str(v, out);
     }
     out.push(b'}');
 }
@@ -256,6 +337,31 @@ mod tests {
         assert!(v["connect_ms"].is_null());
         assert_eq!(v["request_headers"]["x-tenant"], "t1");
         assert!(v.get("response_headers").is_none());
+    }
+
+    #[test]
+    fn ips_times_and_escapes() {
+        let mut b = [0u8; 48];
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.7",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            assert_eq!(ip_text(ip.parse().unwrap(), &mut b), ip);
+        }
+        let mut t = [0u8; 24];
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_764_649_005_007);
+        assert_eq!(rfc3339_millis(at, &mut t), "2025-12-02T04:16:45.007Z");
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_764_649_006_999);
+        assert_eq!(rfc3339_millis(at, &mut t), "2025-12-02T04:16:46.999Z");
+        for s in ["plain", "quo\"te", "back\\slash", "ctl\u{1}", "é ✓", "\n"] {
+            let mut out = Vec::new();
+            json_str(s, &mut out);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
     }
 
     #[test]

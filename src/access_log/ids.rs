@@ -19,6 +19,14 @@ pub fn mint_request_id() -> String {
     hex(fastrand::u128(..), 32)
 }
 
+/// [`mint_request_id`] into a buffer, without allocating.
+pub fn mint_request_id_into(buf: &mut [u8; 32]) {
+    let v = fastrand::u128(..);
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+}
+
 /// The trace id of a valid `traceparent` (`VV-TRACEID-PARENTID-FLAGS`, W3C Trace Context
 /// level 1: lowercase hex, ids not all zero, version not `ff`; a later version may add
 /// fields after a `-`).
@@ -75,6 +83,9 @@ mod tests {
         assert!(valid_request_id(&[b'a'; 128]));
         let id = mint_request_id();
         assert_eq!(id.len(), 32);
+        let mut buf = [0u8; 32];
+        mint_request_id_into(&mut buf);
+        assert!(valid_request_id(&buf));
         assert!(valid_request_id(id.as_bytes()));
         assert_ne!(id, mint_request_id());
     }

@@ -26,6 +26,8 @@ use crate::{
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(super) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(super) static REFERER: HeaderName = HeaderName::from_static("referer");
+pub(super) static USER_AGENT: HeaderName = HeaderName::from_static("user-agent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Exactly one `X-Request-Id` on the request: the client's when it is valid and trusted,
@@ -37,8 +39,10 @@ pub(super) fn ensure_request_id(req: &mut RequestHeader, mode: RequestIdMode) {
     if keep {
         return;
     }
+    let mut id = [0u8; 32];
+    ids::mint_request_id_into(&mut id);
     // A minted id is plain hex: always a valid header value.
-    if let Ok(v) = HeaderValue::from_str(&ids::mint_request_id()) {
+    if let Ok(v) = HeaderValue::from_bytes(&id) {
         let _ = req.insert_header(REQUEST_ID.clone(), v);
     }
 }

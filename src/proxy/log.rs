@@ -4,11 +4,12 @@
 
 use std::time::SystemTime;
 
+use http::HeaderName;
 use pingora::{proxy::Session, ErrorSource, ErrorType};
 
 use super::{
     errors::request_id_str,
-    headers::{request_host, TRACEPARENT},
+    headers::{request_host, REFERER, TRACEPARENT, USER_AGENT},
     Ctx,
 };
 use crate::{
@@ -97,7 +98,7 @@ pub(super) fn access(state: &AppState, session: &Session, e: Option<&pingora::Er
         return;
     }
     let error = e.filter(|_| !outcome.is_plain()).map(error_text);
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
     let kind = ctx
         .backend
         .as_ref()
@@ -135,8 +136,8 @@ pub(super) fn access(state: &AppState, session: &Session, e: Option<&pingora::Er
             .and_then(|r| r.headers.get(ID_HEADER))
             .and_then(|v| v.to_str().ok()?.parse().ok()),
         error: error.as_deref(),
-        referer: header("referer"),
-        user_agent: header("user-agent"),
+        referer: header(&REFERER),
+        user_agent: header(&USER_AGENT),
         request_headers: extra(&spec.request_headers, &req.headers),
         response_headers: resp.map_or_else(Vec::new, |r| extra(&spec.response_headers, &r.headers)),
     };

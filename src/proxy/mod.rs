@@ -387,8 +387,12 @@ impl ProxyHttp for Proxy {
         // From here on nothing is sent twice: the answer has begun.
         ctx.answered = true;
         ctx.first_byte = Some(ctx.started.elapsed());
+        // The app may echo the id already (pingora's header insert costs ~2,000
+        // instructions: skip it then).
         if let Some(id) = session.req_header().headers.get(&REQUEST_ID) {
-            resp.insert_header(REQUEST_ID.clone(), id.clone())?;
+            if resp.headers.get(&REQUEST_ID) != Some(id) {
+                resp.insert_header(REQUEST_ID.clone(), id.clone())?;
+            }
         }
         let Some(t) = &ctx.backend else { return Ok(()) };
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {

@@ -1,5 +1,5 @@
-//! The access log's writer: one thread that takes queued lines in batches and writes each
-//! batch with one `write` to the destination of the published config (stdout by default, so
+//! The access log's writer: one thread that takes queued lines every 10 ms and writes them
+//! with one `write` to the destination of the published config (stdout by default, so
 //! `docker logs` sees it; tidegate's own events stay on stderr). A file is opened for
 //! appending and opened again on SIGUSR1 (logrotate's `postrotate`, as nginx does) or when a
 //! reload names another destination. The thread may block on a slow destination; the
@@ -10,14 +10,17 @@ use std::{
     fs::File,
     io::Write,
     os::unix::fs::OpenOptionsExt,
-    sync::{mpsc::Receiver, Arc},
+    sync::{
+        mpsc::{Receiver, TryRecvError},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use crate::{config::spec::LogDest, state::AppState};
 
-/// Lines written with one `write` at most.
-const BATCH: usize = 256;
+/// Bytes written with one `write` at most.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Start the writer thread. SIGUSR1 is ignored until pingora's loop installs its handler, so
 /// an early one does not end the process.
@@ -84,25 +87,42 @@ fn write(out: &mut Out, buf: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// How long the writer sleeps when the queue is empty. It never blocks on the channel: a
+/// receiver parked there would make every worker's send a futex wake-up (a syscall and a
+/// context switch per line); polling, the workers' sends are plain atomics and one `write`
+/// carries every line of the last 10 ms.
+const POLL: Duration = Duration::from_millis(10);
+
 fn run(state: &AppState, rx: &Receiver<Vec<u8>>) {
     let log = &state.access_log;
     let (mut dest, mut changes) = log.dest();
     let mut out = open(&dest);
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Vec::with_capacity(256 * 1024);
     let mut last_error: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
+    loop {
         buf.clear();
-        buf.extend_from_slice(&first);
-        let mut n = 1u64;
-        while n < BATCH as u64 {
-            let Ok(line) = rx.try_recv() else { break };
-            buf.extend_from_slice(&line);
-            n += 1;
+        let mut n = 0u64;
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    buf.extend_from_slice(&line);
+                    n += 1;
+                    if buf.len() >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
         }
         let (now_dest, now_changes) = log.dest();
         if log.take_reopen() || now_changes != changes {
             (dest, changes) = (now_dest, now_changes);
             out = open(&dest);
+        }
+        if n == 0 {
+            std::thread::sleep(POLL);
+            continue;
         }
         match write(&mut out, &buf) {
             Ok(()) => log.record(n, true),

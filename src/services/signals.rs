@@ -63,10 +63,8 @@ impl ShutdownSignalWatch for Signals {
             }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: reopening the access log");
+                // The writer reopens the file within 10 ms, idle or not.
                 self.state.access_log.request_reopen();
-                // An idle log reopens with its next line; a rotation check that waits for
-                // the new file sees it created at once.
-                self.state.access_log.submit(Vec::new());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
