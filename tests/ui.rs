@@ -300,10 +300,9 @@ async fn a_deploy_is_drawn_with_its_marks_and_every_column_is_reachable_on_a_pho
     )
     .await;
     assert_eq!(h["interval_seconds"], 2.0);
-    let (ok, failed) = load.stop().await;
-    assert_eq!(failed, 0, "{ok} ok");
 
-    // Opened afterwards, the page draws the minutes before, with the marks.
+    // Opened afterwards, the page draws the minutes before, with the marks, and keeps
+    // drawing while the traffic goes on (the status changes at every check then).
     let mut b = Browser::start(1280, 900).await;
     b.navigate(&tg.admin_url("/ui")).await;
     sign_in(&mut b).await;
@@ -328,6 +327,16 @@ async fn a_deploy_is_drawn_with_its_marks_and_every_column_is_reachable_on_a_pho
         .await,
         true
     );
+    let points = r#"document.querySelector('[data-charts="green"] polyline[data-series="rps"]').getAttribute('points').split(' ').length"#;
+    let n = b.eval(points).await.as_u64().unwrap();
+    b.wait_true(
+        "a new sample drawn under traffic",
+        &format!("{points} > {n}"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} ok");
     let shot = b.screenshot(1280, 900).await;
     std::fs::write(
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/ui-charts-laptop.png"),

@@ -14,7 +14,29 @@ enum Val<'a> {
     Ms(Option<Duration>),
 }
 
+/// Longest text written for one field: a request head may be 1 MiB, a line stays small.
+pub const MAX_FIELD: usize = 2048;
+
+/// `s` cut to [`MAX_FIELD`] bytes at a character boundary.
+fn cut(s: &str) -> &str {
+    if s.len() <= MAX_FIELD {
+        return s;
+    }
+    let mut end = MAX_FIELD;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn fields<'a>(r: &'a Record<'a>, time: &'a str, client: &'a str) -> [Val<'a>; KEYS.len()] {
+    fields_uncut(r, time, client).map(|v| match v {
+        Val::Str(Some(s)) => Val::Str(Some(cut(s))),
+        other => other,
+    })
+}
+
+fn fields_uncut<'a>(r: &'a Record<'a>, time: &'a str, client: &'a str) -> [Val<'a>; KEYS.len()] {
     use Val::*;
     [
         Str(Some(time)),
@@ -258,19 +280,19 @@ fn combined(r: &Record<'_>, time: &str, client: &str, out: &mut Vec<u8>) {
     );
     let client = if client.is_empty() { "-" } else { client };
     let _ = write!(out, "{client} - - [{d}/{month}/{y}:{hms} +0000] \"");
-    escaped(r.method, out);
+    escaped(cut(r.method), out);
     out.push(b' ');
-    escaped(r.path, out);
+    escaped(cut(r.path), out);
     if let Some(q) = r.query {
         out.push(b'?');
-        escaped(q, out);
+        escaped(cut(q), out);
     }
     out.push(b' ');
     out.extend_from_slice(r.protocol.as_bytes());
     let _ = write!(out, "\" {} {} \"", r.status, r.bytes_out);
-    escaped(r.referer.unwrap_or("-"), out);
+    escaped(cut(r.referer.unwrap_or("-")), out);
     out.extend_from_slice(b"\" \"");
-    escaped(r.user_agent.unwrap_or("-"), out);
+    escaped(cut(r.user_agent.unwrap_or("-")), out);
     out.push(b'"');
 }
 
@@ -361,6 +383,20 @@ mod tests {
             let mut out = Vec::new();
             json_str(s, &mut out);
             assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn long_fields_are_cut() {
+        let long = "é".repeat(5000);
+        let mut r = record();
+        r.path = &long;
+        r.user_agent = Some(&long);
+        for f in [LogFormat::Json, LogFormat::Logfmt, LogFormat::Combined] {
+            let mut out = Vec::new();
+            format(f, &r, &mut out);
+            assert!(out.len() < 3 * MAX_FIELD, "{f:?}: {} bytes", out.len());
+            assert!(std::str::from_utf8(&out).is_ok());
         }
     }
 

@@ -31,9 +31,14 @@ pub fn mint_request_id_into(buf: &mut [u8; 32]) {
 /// level 1: lowercase hex, ids not all zero, version not `ff`; a later version may add
 /// fields after a `-`).
 pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    // ASCII only: every index below is then a character boundary (a hostile value may carry
+    // any byte).
+    if !traceparent.is_ascii() {
+        return None;
+    }
     let s = std::str::from_utf8(traceparent).ok()?;
     let b = s.as_bytes();
-    if b.len() < 55 || (b.len() > 55 && (&s[..2] == "00" || b[55] != b'-')) {
+    if b.len() < 55 || (b.len() > 55 && (b[..2] == *b"00" || b[55] != b'-')) {
         return None;
     }
     let lower_hex = |r: std::ops::Range<usize>| {
@@ -43,7 +48,7 @@ pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
     let dashes = b[2] == b'-' && b[35] == b'-' && b[52] == b'-';
     let ok = dashes
         && lower_hex(0..2)
-        && &s[..2] != "ff"
+        && b[..2] != *b"ff"
         && lower_hex(3..35)
         && lower_hex(36..52)
         && lower_hex(53..55)
@@ -123,6 +128,14 @@ mod tests {
         assert_eq!(
             trace_id(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz"),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        // Hostile bytes: no panic, no id.
+        let mut hostile = "aé".as_bytes().to_vec();
+        hostile.extend_from_slice(&[b'0'; 53]);
+        assert_eq!(trace_id(&hostile), None);
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é".as_bytes()),
+            None
         );
         let started = new_traceparent(true);
         assert!(trace_id(started.as_bytes()).is_some(), "{started}");

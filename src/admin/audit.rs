@@ -32,7 +32,16 @@ pub async fn record(req: Request<Body>, next: Next) -> Response {
         .unwrap_or_else(|| "unknown".into());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // A call whose client leaves (or whose handler panics) may still have changed state:
+    // its line is written when the guard drops without an answer.
+    let mut pending = Pending {
+        method: method.clone(),
+        path: path.clone(),
+        caller: caller.clone(),
+        done: false,
+    };
     let resp = next.run(req).await;
+    pending.done = true;
     let status = resp.status().as_u16();
     let (action, target) = action(&method, &path, status);
     let refusal = resp.extensions().get::<Refusal>();
@@ -51,10 +60,32 @@ pub async fn record(req: Request<Body>, next: Next) -> Response {
     resp
 }
 
+/// A mutation under way; logged as `cancelled` if it ends without an answer.
+struct Pending {
+    method: Method,
+    path: String,
+    caller: String,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let (action, target) = action(&self.method, &self.path, 0);
+            tracing::warn!(target: "tidegate::audit", action, target = ?target, caller = %self.caller, status = 0, result = "cancelled", reason = "the call ended before an answer (client gone); its change may have been made", "audit");
+        }
+    }
+}
+
 /// The action and its target, from the method and path (`status` tells a ramp, 202, from
 /// a split set, 200).
 fn action(method: &Method, path: &str, status: u16) -> (&'static str, String) {
-    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments cut like the whole path: a hostile caller may send a huge one.
+    let seg: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| &s[..floor(s, 100)])
+        .collect();
     let del = *method == Method::DELETE;
     match seg.as_slice() {
         ["api", "v1", "config", "reload"] => ("reload", "config".into()),
@@ -83,11 +114,16 @@ fn action(method: &Method, path: &str, status: u16) -> (&'static str, String) {
 
 /// A path as written by a caller, cut to 200 bytes (a hostile one may be long).
 fn truncated(path: &str) -> String {
-    let mut end = path.len().min(200);
-    while !path.is_char_boundary(end) {
+    path[..floor(path, 200)].to_string()
+}
+
+/// The largest character boundary of `s` at most `max`.
+fn floor(s: &str, max: usize) -> usize {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    path[..end].to_string()
+    end
 }
 
 #[cfg(test)]

@@ -78,10 +78,12 @@ fn feed_stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
             if f.last_key.is_some() {
                 tokio::time::sleep(CHECK).await;
             }
-            if let Some(event) = f.status_event() {
+            // History first: it moves at most every 2 s, while under traffic the status
+            // changes at nearly every check and would starve it.
+            if let Some(event) = f.history_event() {
                 return Some((Ok(event), f));
             }
-            if let Some(event) = f.history_event() {
+            if let Some(event) = f.status_event() {
                 return Some((Ok(event), f));
             }
         }

@@ -27,7 +27,8 @@ pub(super) fn outcome(ctx: &Ctx, status: Option<u16>, e: Option<&pingora::Error>
             _ => Outcome::DrainDeadline,
         };
     }
-    if ctx.spooled {
+    let downstream = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+    if ctx.spooled && !downstream {
         return if status == Some(202) {
             Outcome::Spooled
         } else {
@@ -40,7 +41,7 @@ pub(super) fn outcome(ctx: &Ctx, status: Option<u16>, e: Option<&pingora::Error>
     let Some(e) = e else {
         // Held: it waited in the queue (not just passed through it, finding a backend at
         // once).
-        return if ctx.held >= std::time::Duration::from_millis(1) {
+        return if ctx.hold.waited >= std::time::Duration::from_millis(1) {
             Outcome::Held
         } else if ctx.attempts > 1 {
             Outcome::Retried
@@ -49,6 +50,8 @@ pub(super) fn outcome(ctx: &Ctx, status: Option<u16>, e: Option<&pingora::Error>
         };
     };
     match (e.esource(), e.etype()) {
+        // The client was too slow (client_read, websocket_idle).
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Outcome::Timeout,
         (ErrorSource::Downstream, _) => Outcome::ClientGone,
         (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout) => {
             Outcome::Timeout
@@ -72,6 +75,15 @@ fn error_text(e: &pingora::Error) -> String {
     match (e.etype(), &e.context) {
         (ErrorType::HTTPStatus(_), Some(c)) => c.as_str().to_string(),
         (t, _) => t.as_str().to_string(),
+    }
+}
+
+/// `http`, `sse`, `websocket`: as classified on the response, else as asked.
+fn kind(ctx: &Ctx) -> &'static str {
+    match &ctx.backend {
+        Some(t) => t.item().kind().as_str(),
+        None if ctx.upgrade => "websocket",
+        None => "http",
     }
 }
 
@@ -99,10 +111,7 @@ pub(super) fn access(state: &AppState, session: &Session, e: Option<&pingora::Er
     }
     let error = e.filter(|_| !outcome.is_plain()).map(error_text);
     let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let kind = ctx
-        .backend
-        .as_ref()
-        .map_or("http", |t| t.item().kind().as_str());
+    let kind = kind(ctx);
     let record = Record {
         time: SystemTime::now(),
         request_id: request_id_str(req),
@@ -125,14 +134,17 @@ pub(super) fn access(state: &AppState, session: &Session, e: Option<&pingora::Er
         duration: ctx.started.elapsed(),
         connect: ctx.connect_time,
         first_byte: ctx.first_byte,
-        held: ctx.held,
+        held: ctx.hold.waited,
         route: ctx.route.as_ref().map(|r| &*r.name),
         pool: ctx.pool.as_ref().map(|p| &*p.name),
-        backend: ctx.backend.as_ref().map(|t| &*t.backend().name),
+        // The last backend tried (a failed connect drops its tracking).
+        backend: ctx.last_backend.as_deref(),
         kind,
         attempts: ctx.attempts,
         outcome,
+        // Only tidegate's own 202 (a backend could send the header too).
         spool_id: resp
+            .filter(|_| outcome == Outcome::Spooled)
             .and_then(|r| r.headers.get(ID_HEADER))
             .and_then(|v| v.to_str().ok()?.parse().ok()),
         error: error.as_deref(),

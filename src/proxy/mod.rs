@@ -79,10 +79,8 @@ pub struct Ctx {
     connected: bool,
     /// The request was spooled after its attempts failed (its error is not one to log).
     spooled: bool,
-    /// When holding must give up (set on first hold).
-    hold_deadline: Option<tokio::time::Instant>,
-    /// Time spent in the hold queue so far.
-    held: Duration,
+    /// Its stay in the hold queue (deadline, time waited).
+    hold: hold::Hold,
     /// What tidegate decided itself (refusals, maintenance, no backend); `None`: it follows
     /// from the response and the error (see `log::outcome`).
     outcome: Option<Outcome>,
@@ -91,6 +89,8 @@ pub struct Ctx {
     connect_time: Option<Duration>,
     /// From arrival to the backend's response header.
     first_byte: Option<Duration>,
+    /// Name of the last backend picked (kept when a failed attempt drops its tracking).
+    last_backend: Option<Arc<str>>,
     upgrade: bool,
     started: Instant,
     _active: ActiveGuard,
@@ -106,29 +106,26 @@ impl Proxy {
         ctx: &mut Ctx,
         route: Arc<Route>,
     ) -> Result<bool> {
-        let Some(_held) = self.enter_hold(&route, ctx) else {
-            let why = if route.spec.hold.timeout.is_zero() {
-                "holding is off"
-            } else {
-                "hold queue full"
-            };
-            return self.refuse_held(session, ctx, &route, why).await;
-        };
-        let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
         // The wait watches the client connection (`&mut session`): route on a copy.
         let req = session.req_header().clone();
         loop {
             let state = &self.state;
-            let since = Instant::now();
-            let woke = hold::wait(state, session, deadline, || {
-                !matches!(route_on(&state.table(), &req), Routed::Unavailable(_))
-            })
-            .await;
-            ctx.held += since.elapsed();
-            if woke == hold::Woke::ClientGone {
-                return Err(hold::client_gone());
+            let ended = ctx
+                .hold
+                .wait(state, session, &route, || {
+                    !matches!(route_on(&state.table(), &req), Routed::Unavailable(_))
+                })
+                .await;
+            match ended {
+                hold::Ended::Ready => {}
+                hold::Ended::ClientGone => return Err(hold::client_gone()),
+                hold::Ended::Refused(why) => {
+                    if matches!(why, hold::Refused::TimedOut | hold::Refused::Expired) {
+                        ctx.outcome = Some(Outcome::HoldTimeout);
+                    }
+                    return self.refuse_held(session, ctx, &route, why.why()).await;
+                }
             }
-            let woke = woke == hold::Woke::Changed;
             match route_on(&self.state.table(), session.req_header()) {
                 Routed::To(r, p) => {
                     if let Some(spec) = self.queued_behind_spool(&r, session) {
@@ -147,12 +144,7 @@ impl Proxy {
                     errors::respond_maintenance(session, &m).await?;
                     return Ok(true);
                 }
-                Routed::Unavailable(_) if !woke => {
-                    route.stats.hold_timeouts.inc();
-                    ctx.outcome = Some(Outcome::HoldTimeout);
-                    let why = "no backend became available within hold.timeout";
-                    return self.refuse_held(session, ctx, &route, why).await;
-                }
+                // Raced: unavailable again since the wake-up.
                 Routed::Unavailable(_) => {}
             }
         }
@@ -167,21 +159,6 @@ impl Proxy {
         session: &Session,
     ) -> Option<&'a crate::config::spec::SpoolSpec> {
         spool::spools(route, session.req_header()).filter(|_| route.stats.spool.queued())
-    }
-
-    /// Join the route's hold queue (the deadline is set on the first hold of a request).
-    /// `None` when holding is off (`hold.timeout: 0`) or the queue is full.
-    fn enter_hold(&self, route: &Route, ctx: &mut Ctx) -> Option<hold::Held> {
-        if route.spec.hold.timeout.is_zero() {
-            return None;
-        }
-        let deadline = *ctx
-            .hold_deadline
-            .get_or_insert_with(|| tokio::time::Instant::now() + route.spec.hold.timeout);
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        hold::Held::acquire(&route.stats.held, route.spec.hold.max_queued)
     }
 }
 
@@ -237,12 +214,12 @@ impl ProxyHttp for Proxy {
             answered: false,
             connected: false,
             spooled: false,
-            hold_deadline: None,
-            held: Duration::ZERO,
+            hold: hold::Hold::default(),
             outcome: None,
             attempt_started: None,
             connect_time: None,
             first_byte: None,
+            last_backend: None,
             upgrade: false,
             started: Instant::now(),
             _active: ActiveGuard::new(self.state.clone()),
@@ -262,9 +239,11 @@ impl ProxyHttp for Proxy {
         }
         let cfg = self.state.table();
         let req = session.req_header_mut();
+        // Hygiene first: the header limit counts what the client sent, not the id added.
+        let refused = hygiene::apply(req, &cfg.spec.http);
         headers::ensure_request_id(req, cfg.spec.http.request_id);
         headers::start_trace(req, &cfg.spec.trace);
-        if let Err((code, kind, msg)) = hygiene::apply(req, &cfg.spec.http) {
+        if let Err((code, kind, msg)) = refused {
             drop(cfg);
             ctx.outcome = Some(Outcome::Refused);
             // The request was not read as meant: do not try to read another on this
@@ -308,6 +287,7 @@ impl ProxyHttp for Proxy {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let (route, backend, addr) = self.choose_backend(session, ctx).await?;
         ctx.attempts += 1;
+        ctx.last_backend = Some(backend.name.clone());
         // Replacing the guard drops the previous attempt's count (a retry is counted once).
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         ctx.backend = Some(Tracking::new(

@@ -60,14 +60,6 @@ pub(super) fn elsewhere(route: &Route, ctx: &Ctx) -> bool {
             .any(|(p, w)| *w > 0 && p.has_available_avoiding(&|b| ctx.failed.skips(b)))
 }
 
-/// Whether the request may still wait in the route's hold queue.
-pub(super) fn may_hold(route: &Route, ctx: &Ctx) -> bool {
-    !route.spec.hold.timeout.is_zero()
-        && ctx
-            .hold_deadline
-            .is_none_or(|d| tokio::time::Instant::now() < d)
-}
-
 /// Route `req` again on `cfg` and pick a backend outside `failed`.
 fn reroute<'a>(
     cfg: &'a Table,
@@ -156,46 +148,34 @@ impl Proxy {
         ctx: &mut Ctx,
         route: &Route,
     ) -> Result<()> {
-        let Some(_held) = self.enter_hold(route, ctx) else {
-            if ctx.failed.is_empty() {
-                ctx.outcome = Some(crate::access_log::Outcome::NoBackend);
-            }
-            return Err(if ctx.failed.is_empty() {
-                Error::explain(
-                    HTTPStatus(503),
-                    format!("route {:?} has no available backend", route.name),
-                )
-            } else {
-                unreachable(route)
-            });
-        };
-        let deadline = ctx.hold_deadline.unwrap_or_else(tokio::time::Instant::now);
         let state = &self.state;
-        let failed = &ctx.failed;
         // The wait watches the client connection (`&mut session`): route on a copy.
         let req = session.req_header().clone();
-        let since = std::time::Instant::now();
-        let woke = hold::wait(state, session, deadline, || {
-            reroute(&state.table(), &req, failed).is_some()
-        })
-        .await;
-        ctx.held += since.elapsed();
-        if woke == hold::Woke::ClientGone {
-            return Err(hold::client_gone());
+        let failed = &ctx.failed;
+        let ready = || reroute(&state.table(), &req, failed).is_some();
+        let ended = ctx.hold.wait(state, session, route, ready).await;
+        match ended {
+            hold::Ended::Ready => self.reroute_after_hold(session, ctx, route),
+            hold::Ended::ClientGone => Err(hold::client_gone()),
+            hold::Ended::Refused(hold::Refused::TimedOut) => {
+                ctx.outcome = Some(crate::access_log::Outcome::HoldTimeout);
+                Err(Error::explain(
+                    HTTPStatus(503),
+                    format!(
+                        "no backend of route {:?} became available within hold.timeout",
+                        route.name
+                    ),
+                ))
+            }
+            hold::Ended::Refused(_) if ctx.failed.is_empty() => {
+                ctx.outcome = Some(crate::access_log::Outcome::NoBackend);
+                Err(Error::explain(
+                    HTTPStatus(503),
+                    format!("route {:?} has no available backend", route.name),
+                ))
+            }
+            hold::Ended::Refused(_) => Err(unreachable(route)),
         }
-        let woke = woke == hold::Woke::Changed;
-        if !woke {
-            route.stats.hold_timeouts.inc();
-            ctx.outcome = Some(crate::access_log::Outcome::HoldTimeout);
-            return Err(Error::explain(
-                HTTPStatus(503),
-                format!(
-                    "no backend of route {:?} became available within hold.timeout",
-                    route.name
-                ),
-            ));
-        }
-        self.reroute_after_hold(session, ctx, route)
     }
 
     /// Released from the hold: route again on the newest table; a request of a spooled route

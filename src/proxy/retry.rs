@@ -51,7 +51,7 @@ impl Proxy {
         self.backend_failed(ctx, &st);
         ctx.failed.push(&st);
         let elsewhere = pick::elsewhere(&route, ctx);
-        let retry = ctx.attempts < MAX_ATTEMPTS && (elsewhere || pick::may_hold(&route, ctx));
+        let retry = ctx.attempts < MAX_ATTEMPTS && (elsewhere || ctx.hold.may_wait(&route));
         tracing::warn!(backend = %st.id, error = e.etype().as_str(), retry, "upstream connect failed");
         if retry && elsewhere {
             route.stats.retries.inc();
@@ -100,7 +100,7 @@ impl Proxy {
         let allowed = route.spec.retry_sent.allows(&session.req_header().method);
         let elsewhere = pick::elsewhere(&route, ctx);
         let retry =
-            allowed && ctx.attempts < MAX_ATTEMPTS && (elsewhere || pick::may_hold(&route, ctx));
+            allowed && ctx.attempts < MAX_ATTEMPTS && (elsewhere || ctx.hold.may_wait(&route));
         if retry {
             route.stats.retries.inc();
         }

@@ -74,14 +74,34 @@ fn open(dest: &LogDest) -> Out {
     }
 }
 
+/// Bytes a pipe writes whole (POSIX `PIPE_BUF` on Linux): a standard stream shared with
+/// another writer (`2>&1`, the journal, the old and new process during an upgrade) gets
+/// whole lines as long as each `write` is at most this long.
+const PIPE_BUF: usize = 4096;
+
+/// `buf` in writes of whole lines of at most [`PIPE_BUF`] bytes (a longer line alone).
+fn write_lines(w: &mut impl Write, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let window = &buf[..buf.len().min(PIPE_BUF)];
+        let end = match window.iter().rposition(|b| *b == b'\n') {
+            Some(i) if buf.len() > PIPE_BUF => i + 1,
+            _ if buf.len() <= PIPE_BUF => buf.len(),
+            // One line over PIPE_BUF: up to its end.
+            _ => buf
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(buf.len(), |i| i + 1),
+        };
+        w.write_all(&buf[..end])?;
+        buf = &buf[end..];
+    }
+    w.flush()
+}
+
 fn write(out: &mut Out, buf: &[u8]) -> std::io::Result<()> {
     match out {
-        Out::Stdout => {
-            let mut s = std::io::stdout().lock();
-            s.write_all(buf)?;
-            s.flush()
-        }
-        Out::Stderr => std::io::stderr().lock().write_all(buf),
+        Out::Stdout => write_lines(&mut std::io::stdout().lock(), buf),
+        Out::Stderr => write_lines(&mut std::io::stderr().lock(), buf),
         Out::File(f) => f.write_all(buf),
         Out::Missing => Err(std::io::ErrorKind::NotFound.into()),
     }
@@ -134,6 +154,39 @@ fn run(state: &AppState, rx: &Receiver<Vec<u8>>) {
                     tracing::error!(error = %e, lines = n, "access log: write failed; lines dropped");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_writes_are_whole_lines() {
+        struct Writes(Vec<Vec<u8>>);
+        impl Write for Writes {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.push(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut buf = Vec::new();
+        for i in 0..100 {
+            buf.extend_from_slice(format!("line {i} {}\n", "x".repeat(i * 3)).as_bytes());
+        }
+        buf.extend_from_slice(&[b'y'; 9000]);
+        buf.push(b'\n');
+        buf.extend_from_slice(b"last\n");
+        let mut w = Writes(Vec::new());
+        write_lines(&mut w, &buf).unwrap();
+        assert_eq!(w.0.concat(), buf);
+        for chunk in &w.0 {
+            assert_eq!(chunk.last(), Some(&b'\n'));
+            assert!(chunk.len() <= PIPE_BUF || !chunk[..chunk.len() - 1].contains(&b'\n'));
         }
     }
 }

@@ -20,11 +20,22 @@ pub struct Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut usr1)) = (
+        // SIGUSR1 in a task of its own: a rotation during shutdown.delay or the grace after
+        // still reopens the file.
+        if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    // The writer reopens the file within 10 ms, idle or not.
+                    state.access_log.request_reopen();
+                }
+            });
+        }
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::quit()),
             signal(SignalKind::interrupt()),
-            signal(SignalKind::user_defined1()),
         ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
@@ -60,11 +71,6 @@ impl ShutdownSignalWatch for Signals {
                 self.state.process.hand_off();
                 tracing::info!("SIGQUIT: handing listeners to the upgraded process");
                 return ShutdownSignal::GracefulUpgrade;
-            }
-            _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: reopening the access log");
-                // The writer reopens the file within 10 ms, idle or not.
-                self.state.access_log.request_reopen();
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
