@@ -93,7 +93,8 @@ pub async fn supervise(spool: Arc<Spool>, store: Arc<Store>, mut shutdown: Shutd
             .filter_map(|r| Some((r.name.clone(), r.spec.spool.as_ref()?.replay.concurrency)))
             .collect();
         running.retain(|name, (n, tasks)| {
-            let keep = wanted.get(name) == Some(n);
+            // A worker that ended (it panicked) is started again with its route's others.
+            let keep = wanted.get(name) == Some(n) && !tasks.iter().any(|t| t.is_finished());
             if !keep {
                 tasks.iter().for_each(|t| t.abort());
             }
