@@ -1,4 +1,4 @@
-//! Benches of the pure per-request cores (route match, weighted pick) and of a config build
+//! Benches of the pure per-request cores (route match, weighted pick, affinity) and of a config build
 //! with 1,000 backends (the reload cost). `cargo bench --bench routing`.
 
 use std::hint::black_box;
@@ -63,6 +63,42 @@ fn weighted_pick(c: &mut Criterion) {
     });
 }
 
+/// Affinity (issue 21): a key's pool among a split's pools (rendezvous, O(pools)) and its
+/// backend on a pool's ring (ketama, O(log points)), with 100 backends.
+fn affinity_pick(c: &mut Criterion) {
+    use tidegate::routing::affinity::{pool_for, Key, Ring};
+    let keys: Vec<Key> = (0..1024)
+        .map(|i| Key::of(format!("session-{i}").as_bytes()))
+        .collect();
+    let pools = [("blue", 70u32, true), ("green", 30, true)];
+    let mut n = 0usize;
+    c.bench_function("affinity/pool_of_2", |b| {
+        b.iter(|| {
+            n = (n + 1) & 1023;
+            pool_for(keys[n], pools.iter().copied())
+        })
+    });
+    let names: Vec<String> = (0..100).map(|i| format!("app-{i}")).collect();
+    let ring = Ring::new(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), 1 + i as u32 % 7)),
+    );
+    c.bench_function("affinity/backend_of_100", |b| {
+        b.iter(|| {
+            n = (n + 1) & 1023;
+            ring.pick(keys[n], |_| true)
+        })
+    });
+    c.bench_function("affinity/backend_of_100_half_draining", |b| {
+        b.iter(|| {
+            n = (n + 1) & 1023;
+            ring.pick(keys[n], |i| i % 2 == 0)
+        })
+    });
+}
+
 fn config_build(c: &mut Criterion) {
     let mut yaml = String::from(
         "listeners: [{ name: public, address: 127.0.0.1:8080 }]\nroutes:\n  - name: app\n    split: { blue: 50, green: 50 }\npools:\n",
@@ -84,5 +120,11 @@ fn config_build(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_match, weighted_pick, config_build);
+criterion_group!(
+    benches,
+    route_match,
+    weighted_pick,
+    affinity_pick,
+    config_build
+);
 criterion_main!(benches);

@@ -6,6 +6,7 @@
 //! nginx prefix locations and Envoy `prefix`). Routes with `methods` are skipped for other
 //! methods. There is no fallback from a more specific host to a less specific one.
 
+pub mod affinity;
 pub mod schedule;
 
 use std::collections::HashMap;
