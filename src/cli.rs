@@ -128,6 +128,14 @@ pub enum Command {
         /// $TIDEGATE_DRAINED_POOLS.
         #[arg(long)]
         then: Option<String>,
+        /// Before shifting, run this (sh -c) against POOL through the route's force_pool:
+        /// $TIDEGATE_FORCE_HEADER (or $TIDEGATE_FORCE_COOKIE) pins a request to it. A failure
+        /// stops the deploy with nothing shifted.
+        #[arg(long)]
+        smoke: Option<String>,
+        /// Kill the smoke command after this long (a failure).
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        smoke_timeout: Duration,
         #[command(flatten)]
         client: ClientOpts,
     },

@@ -201,6 +201,8 @@ async fn run_verb(verb: Command) -> Result<u8, ClientError> {
             min_requests,
             drain_timeout,
             then,
+            smoke,
+            smoke_timeout,
             client,
         } => {
             let args = client::DeployArgs {
@@ -214,6 +216,8 @@ async fn run_verb(verb: Command) -> Result<u8, ClientError> {
                 min_requests,
                 drain_timeout: (!drain_timeout.is_zero()).then_some(drain_timeout),
                 then,
+                smoke,
+                smoke_timeout,
                 json: client.json,
             };
             client::deploy(&fleet(&client)?, args).await

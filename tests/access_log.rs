@@ -11,7 +11,7 @@ use common::{recorder::Recorder, *};
 use serde_json::Value;
 
 /// The JSON keys the README documents (a contract: log pipelines parse them).
-const KEYS: [&str; 25] = [
+const KEYS: [&str; 26] = [
     "time",
     "request_id",
     "trace_id",
@@ -31,6 +31,7 @@ const KEYS: [&str; 25] = [
     "route",
     "pool",
     "backend",
+    "pick",
     "kind",
     "attempts",
     "outcome",

@@ -121,6 +121,8 @@ pub struct Record<'a> {
     pub route: Option<&'a str>,
     pub pool: Option<&'a str>,
     pub backend: Option<&'a str>,
+    /// How the pool was chosen: `split`, `affinity`, `redealt` or `forced`.
+    pub pick: Option<&'static str>,
     /// `http`, `sse` or `websocket`.
     pub kind: &'static str,
     pub attempts: u32,
@@ -136,7 +138,7 @@ pub struct Record<'a> {
 }
 
 /// The keys of a JSON line, in order (the README documents each).
-pub const KEYS: [&str; 25] = [
+pub const KEYS: [&str; 26] = [
     "time",
     "request_id",
     "trace_id",
@@ -156,6 +158,7 @@ pub const KEYS: [&str; 25] = [
     "route",
     "pool",
     "backend",
+    "pick",
     "kind",
     "attempts",
     "outcome",

@@ -179,6 +179,7 @@ pub fn status_of(state: &AppState) -> api::Status {
                     methods: r.spec.methods.clone(),
                 },
                 retries: r.spec.retries,
+                picking: view::picking(r),
             })
         })
         .collect();

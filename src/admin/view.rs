@@ -175,3 +175,36 @@ pub fn maintenance(m: &Option<MaintenanceOverride>) -> api::MaintenanceStatus {
         },
     }
 }
+
+/// A route's affinity and forced pools, with its pick counts.
+pub fn picking(r: &crate::state::table::Route) -> api::Picking {
+    use crate::config::spec::{AffinityKey, ForceFrom};
+    let a = r.spec.affinity.as_ref();
+    let key_name = a.and_then(|a| match &a.key {
+        AffinityKey::Cookie { name, .. } => Some(name.clone()),
+        AffinityKey::Header(h) => Some(h.to_string()),
+        AffinityKey::ClientIp => None,
+    });
+    let force_pool = r.spec.force_pool.as_ref().map(|f| {
+        let (from, name) = match &f.from {
+            ForceFrom::Header(h) => ("header", h.to_string()),
+            ForceFrom::Cookie(c) => ("cookie", c.clone()),
+        };
+        api::ForcePool {
+            from: from.into(),
+            name,
+            pools: f.pools.iter().map(|p| p.to_string()).collect(),
+            fallback: if f.refuse { "refuse" } else { "split" }.into(),
+        }
+    });
+    api::Picking {
+        affinity: a.map(|a| a.key.mode().to_string()),
+        key_name,
+        sticky_backends: a.is_some_and(|a| a.sticky_backends),
+        force_pool,
+        picks: crate::routing::pick::How::ALL
+            .iter()
+            .map(|h| (h.as_str().to_string(), r.stats.picks[h.index()].get()))
+            .collect(),
+    }
+}

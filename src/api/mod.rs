@@ -132,6 +132,34 @@ pub struct RouteStatus {
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
     pub retries: u32,
+    /// Affinity and forced pools, and how the route's requests were picked.
+    #[serde(default)]
+    pub picking: Picking,
+}
+
+/// How a route picks pools: its affinity mode, forced pools, and counts since start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Picking {
+    /// `cookie`, `header` or `client_ip`; `None`: every request by the split.
+    pub affinity: Option<String>,
+    /// The cookie's or header's name for `cookie`/`header`.
+    pub key_name: Option<String>,
+    /// The key also keeps the backend.
+    pub sticky_backends: bool,
+    pub force_pool: Option<ForcePool>,
+    /// Requests by how their pool was chosen: `split`, `affinity`, `redealt`, `forced`.
+    pub picks: BTreeMap<String, u64>,
+}
+
+/// A route's forced pools: where the pool's name is read, which may be forced.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForcePool {
+    /// `header` or `cookie`.
+    pub from: String,
+    pub name: String,
+    pub pools: Vec<String>,
+    /// `split` or `refuse`.
+    pub fallback: String,
 }
 
 /// What a route matches.

@@ -2,7 +2,8 @@
 //!
 //! A deploy: record a checkpoint (for rollback) → set the target pool's members if
 //! `--backend` is given, undrain it if it was drained → wait until it has an available
-//! backend (health checks or connects passing) → shift the route to it, at once or as a
+//! backend (health checks or connects passing) → `--smoke` against it through the route's
+//! forced pool (a failure stops here) → shift the route to it, at once or as a
 //! server-side ramp that rolls back on errors → drain every other pool of the route and wait,
 //! with the progress line → run `--then` with the drained pools in its environment, or say
 //! which pools are safe to stop. Exit 0 done, 1 rolled back or timed out (saying why),
@@ -28,6 +29,9 @@ pub struct DeployArgs {
     /// `None` = wait forever.
     pub drain_timeout: Option<Duration>,
     pub then: Option<String>,
+    /// Run before shifting, against the target through its forced pool; a failure aborts.
+    pub smoke: Option<String>,
+    pub smoke_timeout: Duration,
     pub json: bool,
 }
 
@@ -59,6 +63,11 @@ pub async fn deploy(fleet: &[Admin], a: DeployArgs) -> Result<u8, ClientError> {
             a.route
         );
         return Ok(exit::NOT_DONE);
+    }
+    if let Some(cmd) = &a.smoke {
+        if !smoke(&fleet[0], &a, cmd).await? {
+            return Ok(exit::NOT_DONE);
+        }
     }
     let old: Vec<String> = before
         .split
@@ -172,6 +181,52 @@ async fn wait_available(fleet: &[Admin], to: &str, timeout: Duration) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `--smoke CMD` before anything shifts: the command reaches the target pool through the
+/// route's `force_pool` (its header or cookie in the environment). `false`: it failed or
+/// ran out of time, and the deploy stops with nothing shifted.
+async fn smoke(admin: &Admin, a: &DeployArgs, cmd: &str) -> Result<bool, ClientError> {
+    let s: Status = admin.get("/api/v1/status").await?;
+    let force = s
+        .routes
+        .iter()
+        .find(|r| r.name == a.route)
+        .and_then(|r| r.picking.force_pool.clone())
+        .filter(|f| f.pools.iter().any(|p| *p == a.to))
+        .ok_or_else(|| {
+            ClientError::Usage(format!(
+                "--smoke: route {} does not let pool {} be forced (add force_pool: {{ header: X-Tidegate-Pool, pools: [{}] }} to the route)",
+                a.route, a.to, a.to
+            ))
+        })?;
+    let (var, value) = match force.from.as_str() {
+        "cookie" => ("TIDEGATE_FORCE_COOKIE", format!("{}={}", force.name, a.to)),
+        _ => ("TIDEGATE_FORCE_HEADER", format!("{}: {}", force.name, a.to)),
+    };
+    println!("{}: smoke test on pool {} ({value}): {cmd}", a.route, a.to);
+    let child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("TIDEGATE_ROUTE", &a.route)
+        .env("TIDEGATE_POOL", &a.to)
+        .env(var, &value)
+        .kill_on_drop(true)
+        .status();
+    let failed = match tokio::time::timeout(a.smoke_timeout, child).await {
+        Ok(Ok(st)) if st.success() => return Ok(true),
+        Ok(Ok(st)) => format!("it failed: {st}"),
+        Ok(Err(e)) => format!("it could not run: {e}"),
+        Err(_) => format!(
+            "it ran longer than {}s and was killed",
+            a.smoke_timeout.as_secs()
+        ),
+    };
+    println!(
+        "{}: smoke test on pool {}: {failed}; nothing shifted (tidegate rollback {} restores the start)",
+        a.route, a.to, a.route
+    );
+    Ok(false)
 }
 
 /// `--then CMD` with the drained pools in its environment, or say what is safe to stop.

@@ -191,6 +191,56 @@ pub struct RouteSpec {
     pub retry_sent: RetrySent,
     /// Durable spooling of requests while no backend is available.
     pub spool: Option<SpoolSpec>,
+    pub affinity: Option<AffinitySpec>,
+    pub force_pool: Option<ForcePoolSpec>,
+}
+
+/// A route's affinity (reloadable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffinitySpec {
+    pub key: AffinityKey,
+    /// The key also keeps the backend inside the pool.
+    pub sticky_backends: bool,
+}
+
+/// Where an affinity key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AffinityKey {
+    /// A cookie tidegate sets when the request has none.
+    Cookie {
+        name: String,
+        max_age: Duration,
+    },
+    Header(http::HeaderName),
+    ClientIp,
+}
+
+impl AffinityKey {
+    /// The mode's name (status, the page).
+    pub fn mode(&self) -> &'static str {
+        match self {
+            AffinityKey::Cookie { .. } => "cookie",
+            AffinityKey::Header(_) => "header",
+            AffinityKey::ClientIp => "client_ip",
+        }
+    }
+}
+
+/// A route's forced pools (reloadable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForcePoolSpec {
+    pub from: ForceFrom,
+    /// Pools that may be forced, each in the route's split.
+    pub pools: Vec<Arc<str>>,
+    /// A forced pool that cannot take the request: 503 instead of the normal pick.
+    pub refuse: bool,
+}
+
+/// Where the forced pool's name comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForceFrom {
+    Header(http::HeaderName),
+    Cookie(String),
 }
 
 /// A route's spool settings (reloadable).

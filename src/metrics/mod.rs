@@ -31,6 +31,7 @@ impl Metrics {
             Box::new(stats.retries.clone()),
             Box::new(stats.hold_timeouts.clone()),
             Box::new(stats.spool_replays.clone()),
+            Box::new(stats.picks.clone()),
             Box::new(live::Live::new(state)),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

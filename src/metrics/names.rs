@@ -41,4 +41,5 @@ pub const ALL: &[&str] = &[
     RETRIES,
     HOLD_TIMEOUTS,
     SPOOL_REPLAYS,
+    ROUTE_PICKS,
 ];

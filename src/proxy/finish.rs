@@ -49,6 +49,9 @@ pub(super) async fn end_politely(
 /// Request counters and duration by route × pool; stream ends by reason.
 pub(super) fn record_stats(ctx: &Ctx, status: u16, e: Option<&Error>) {
     let Some(route) = &ctx.route else { return };
+    if let Some(how) = ctx.how {
+        route.stats.picks[how.index()].inc();
+    }
     let pool = ctx.pool.as_ref().map_or("none", |p| &*p.name);
     if let Some(s) = route.stats.for_pool(pool) {
         s.observe(status, ctx.started.elapsed());

@@ -83,11 +83,16 @@ pub(super) fn request_host(req: &RequestHeader) -> Option<&str> {
 
 /// X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host (set), plus a Host
 /// header for HTTP/2 clients whose authority came in the URI.
-pub(super) fn forward_headers(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
-    let client = session
+/// The client's address (the connection's peer), for TCP clients.
+pub(super) fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+        .map(|a| a.ip())
+}
+
+pub(super) fn forward_headers(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
+    let client = client_ip(session);
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     forward(session.req_header(), client, tls, upstream)
 }

@@ -139,6 +139,7 @@ pub(super) fn access(state: &AppState, session: &Session, e: Option<&pingora::Er
         pool: ctx.pool.as_ref().map(|p| &*p.name),
         // The last backend tried (a failed connect drops its tracking).
         backend: ctx.last_backend.as_deref(),
+        pick: ctx.how.map(|h| h.as_str()),
         kind,
         attempts: ctx.attempts,
         outcome,

@@ -10,6 +10,7 @@
 //! Counters go down in `Drop` of the guards held in [`Ctx`], so every path — including a
 //! dropped task — brings them back.
 
+mod affinity;
 mod errors;
 mod finish;
 mod headers;
@@ -91,6 +92,12 @@ pub struct Ctx {
     first_byte: Option<Duration>,
     /// Name of the last backend picked (kept when a failed attempt drops its tracking).
     last_backend: Option<Arc<str>>,
+    /// What the request asks of the pick (affinity key, forced pool), and how its pool was
+    /// chosen.
+    want: crate::routing::pick::Want,
+    how: Option<crate::routing::pick::How>,
+    /// An affinity cookie value minted for it, set on its response.
+    minted: Option<Box<str>>,
     upgrade: bool,
     started: Instant,
     _active: ActiveGuard,
@@ -108,12 +115,18 @@ impl Proxy {
     ) -> Result<bool> {
         // The wait watches the client connection (`&mut session`): route on a copy.
         let req = session.req_header().clone();
+        let client = headers::client_ip(session);
         loop {
             let state = &self.state;
+            let asking = pick::Asking {
+                req: &req,
+                client,
+                minted: None,
+            };
             let ended = ctx
                 .hold
                 .wait(state, session, &route, || {
-                    !matches!(route_on(&state.table(), &req), Routed::Unavailable(_))
+                    !matches!(route_on(&state.table(), asking), Routed::Unavailable(_))
                 })
                 .await;
             match ended {
@@ -126,26 +139,20 @@ impl Proxy {
                     return self.refuse_held(session, ctx, &route, why.why()).await;
                 }
             }
-            match route_on(&self.state.table(), session.req_header()) {
-                Routed::To(r, p) => {
+            let routed = route_on(&self.state.table(), ctx.asking(session));
+            match routed {
+                // Raced: unavailable again since the wake-up.
+                Routed::Unavailable(_) => {}
+                Routed::To(r, p, picked) => {
                     if let Some(spec) = self.queued_behind_spool(&r, session) {
                         // Items were spooled while this one waited: it goes behind them.
                         ctx.spooled = true;
                         return self.spool_request(session, &r, spec).await;
                     }
-                    ctx.route = Some(r);
-                    ctx.pool = Some(p);
+                    ctx.settle(r, p, picked);
                     return Ok(false);
                 }
-                Routed::NoRoute => return respond_no_route(session, ctx).await,
-                Routed::Maintenance(r, m) => {
-                    ctx.route = Some(r);
-                    ctx.outcome = Some(Outcome::Maintenance);
-                    errors::respond_maintenance(session, &m).await?;
-                    return Ok(true);
-                }
-                // Raced: unavailable again since the wake-up.
-                Routed::Unavailable(_) => {}
+                other => return Box::pin(self.routed(session, ctx, other)).await,
             }
         }
     }
@@ -159,6 +166,36 @@ impl Proxy {
         session: &Session,
     ) -> Option<&'a crate::config::spec::SpoolSpec> {
         spool::spools(route, session.req_header()).filter(|_| route.stats.spool.queued())
+    }
+}
+
+impl Proxy {
+    /// Act on a routing decision that is not a hold: go on to the backend, or answer.
+    async fn routed(&self, session: &mut Session, ctx: &mut Ctx, routed: Routed) -> Result<bool> {
+        match routed {
+            Routed::To(route, pool, picked) => {
+                ctx.settle(route, pool, picked);
+                Ok(false)
+            }
+            Routed::NoRoute => respond_no_route(session, ctx).await,
+            Routed::Maintenance(r, m) => {
+                ctx.route = Some(r);
+                ctx.outcome = Some(Outcome::Maintenance);
+                errors::respond_maintenance(session, &m).await?;
+                Ok(true)
+            }
+            Routed::ForcedUnavailable(r) => {
+                let msg = format!(
+                    "the pool this request forces on route {:?} cannot take it now",
+                    r.name
+                );
+                ctx.route = Some(r);
+                ctx.outcome = Some(Outcome::NoBackend);
+                errors::respond(session, 503, "forced_pool_unavailable", &msg).await?;
+                Ok(true)
+            }
+            Routed::Unavailable(route) => self.hold_for_route(session, ctx, route).await,
+        }
     }
 }
 
@@ -220,6 +257,9 @@ impl ProxyHttp for Proxy {
             connect_time: None,
             first_byte: None,
             last_backend: None,
+            want: Default::default(),
+            how: None,
+            minted: None,
             upgrade: false,
             started: Instant::now(),
             _active: ActiveGuard::new(self.state.clone()),
@@ -257,11 +297,11 @@ impl ProxyHttp for Proxy {
         } else {
             cfg.spec.timeouts.client_read
         };
-        let routed = route_on(&cfg, session.req_header());
+        let routed = route_on(&cfg, ctx.asking(session));
         drop(cfg);
         session.set_read_timeout(timeout);
         match routed {
-            Routed::To(route, pool) => {
+            Routed::To(route, pool, picked) => {
                 if let Some(spec) = self.queued_behind_spool(&route, session) {
                     // Items wait in the spool: this one goes behind them (arrival order).
                     // Boxed, like the hold below: rare paths stay out of every request's
@@ -269,18 +309,11 @@ impl ProxyHttp for Proxy {
                     ctx.spooled = true;
                     return Box::pin(self.spool_request(session, &route, spec)).await;
                 }
-                ctx.route = Some(route);
-                ctx.pool = Some(pool);
+                ctx.settle(route, pool, picked);
                 Ok(false)
             }
-            Routed::NoRoute => respond_no_route(session, ctx).await,
-            Routed::Maintenance(r, m) => {
-                ctx.route = Some(r);
-                ctx.outcome = Some(Outcome::Maintenance);
-                errors::respond_maintenance(session, &m).await?;
-                Ok(true)
-            }
             Routed::Unavailable(route) => Box::pin(self.hold_for_route(session, ctx, route)).await,
+            other => Box::pin(self.routed(session, ctx, other)).await,
         }
     }
 
@@ -373,6 +406,10 @@ impl ProxyHttp for Proxy {
             if resp.headers.get(&REQUEST_ID) != Some(id) {
                 resp.insert_header(REQUEST_ID.clone(), id.clone())?;
             }
+        }
+        if let (Some(value), Some(route)) = (&ctx.minted, &ctx.route) {
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            affinity::set_cookie(route, value, tls, resp);
         }
         let Some(t) = &ctx.backend else { return Ok(()) };
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {

@@ -3,15 +3,21 @@
 //! until they recover (their passive recovery epoch moves), so a refusing backend is never
 //! hammered by the requests waiting for it.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use pingora::{http::RequestHeader, prelude::*, proxy::Session, ErrorType::HTTPStatus};
 
-use super::{headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
-use crate::state::{
-    backend::BackendState,
-    overrides::Maintenance,
-    table::{Backend, Pool, Route, Table},
+use super::{affinity, headers, headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
+use crate::{
+    routing::pick::{How, Miss, Want},
+    state::{
+        backend::BackendState,
+        overrides::Maintenance,
+        table::{Backend, Pool, Route, Table},
+    },
 };
 
 /// Backends one request failed on, each with the recovery epoch it had then.
@@ -54,34 +60,53 @@ impl Failed {
 /// retry budget (no schedule slot used).
 pub(super) fn elsewhere(route: &Route, ctx: &Ctx) -> bool {
     ctx.failed.len() <= route.spec.retries as usize
-        && route
-            .split
-            .iter()
-            .any(|(p, w)| *w > 0 && p.has_available_avoiding(&|b| ctx.failed.skips(b)))
+        && route.can_take_avoiding(&|b| ctx.failed.skips(b))
 }
 
-/// Route `req` again on `cfg` and pick a backend outside `failed`.
+/// Who is asking: the request, its client's address and the affinity cookie value it was
+/// given already (if tidegate minted one).
+#[derive(Clone, Copy)]
+pub(super) struct Asking<'a> {
+    pub req: &'a RequestHeader,
+    pub client: Option<IpAddr>,
+    pub minted: Option<&'a str>,
+}
+
+/// A pool picked for a request: what it asked, how the pool was chosen, and a cookie value
+/// minted for it.
+pub(super) struct Picked {
+    pub want: Want,
+    pub how: How,
+    pub minted: Option<Box<str>>,
+}
+
+/// Route the request again on `cfg` and pick a pool and a backend outside `failed`.
 fn reroute<'a>(
     cfg: &'a Table,
-    req: &RequestHeader,
+    asking: Asking<'_>,
     failed: &Failed,
-) -> Option<(&'a Arc<Route>, &'a Arc<Pool>, &'a Backend)> {
+) -> Option<(&'a Arc<Route>, &'a Arc<Pool>, &'a Backend, Picked)> {
+    let req = asking.req;
     let host = request_host(req).unwrap_or_default();
     let route = cfg.route(host, req.uri.path(), &req.method)?;
-    let (pool, b) = route.pick_avoiding(&|b| failed.skips(b))?;
-    Some((route, pool, b))
+    let (want, minted) = affinity::want(route, req, asking.client, asking.minted);
+    let (pool, b, how) = route.pick_avoiding(&want, &|b| failed.skips(b))?;
+    Some((route, pool, b, Picked { want, how, minted }))
 }
 
 /// Where a request goes, decided on one snapshot.
 pub(super) enum Routed {
-    To(Arc<Route>, Arc<Pool>),
+    To(Arc<Route>, Arc<Pool>, Picked),
     NoRoute,
     Maintenance(Arc<Route>, Arc<Maintenance>),
     /// The route exists but no pool of its split has an available backend.
     Unavailable(Arc<Route>),
+    /// The request names a forced pool that cannot take it, and the route refuses then.
+    ForcedUnavailable(Arc<Route>),
 }
 
-pub(super) fn route_on(cfg: &Table, req: &RequestHeader) -> Routed {
+pub(super) fn route_on(cfg: &Table, asking: Asking<'_>) -> Routed {
+    let req = asking.req;
     let host = request_host(req).unwrap_or_default();
     let Some(route) = cfg.route(host, req.uri.path(), &req.method) else {
         return Routed::NoRoute;
@@ -93,9 +118,32 @@ pub(super) fn route_on(cfg: &Table, req: &RequestHeader) -> Routed {
     {
         return Routed::Maintenance(route.clone(), m.clone());
     }
-    match route.pick_pool() {
-        Some(pool) => Routed::To(route.clone(), pool.clone()),
-        None => Routed::Unavailable(route.clone()),
+    let (want, minted) = affinity::want(route, req, asking.client, asking.minted);
+    match route.pick_pool(&want) {
+        Ok((pool, how)) => Routed::To(route.clone(), pool.clone(), Picked { want, how, minted }),
+        Err(Miss::Nothing) => Routed::Unavailable(route.clone()),
+        Err(Miss::Forced) => Routed::ForcedUnavailable(route.clone()),
+    }
+}
+
+impl Ctx {
+    /// The request goes to `pool` of `route`, as `picked` says.
+    pub(super) fn settle(&mut self, route: Arc<Route>, pool: Arc<Pool>, picked: Picked) {
+        self.route = Some(route);
+        self.pool = Some(pool);
+        self.want = picked.want;
+        self.how = Some(picked.how);
+        if picked.minted.is_some() {
+            self.minted = picked.minted;
+        }
+    }
+
+    pub(super) fn asking<'a>(&'a self, session: &'a Session) -> Asking<'a> {
+        Asking {
+            req: session.req_header(),
+            client: headers::client_ip(session),
+            minted: self.minted.as_deref(),
+        }
     }
 }
 
@@ -117,20 +165,21 @@ impl Proxy {
                 return Err(unreachable(&route));
             }
             if ctx.failed.len() <= route.spec.retries as usize {
-                let picked = pool.pick_avoiding(&|b| ctx.failed.skips(b));
+                let picked = pool.pick_for(&ctx.want, &|b| ctx.failed.skips(b));
                 if let Some((b, addr)) = picked.and_then(|b| Some((b, b.addr?))) {
                     return Ok((route, b.state.clone(), addr));
                 }
                 // The chosen pool has nothing left for this request (a drain raced the
-                // pick, or its backends failed): any pool of the split, newest snapshot.
+                // pick, or its backends failed): any pool of the split, newest snapshot,
+                // dealt by affinity like a first pick.
                 let cfg = self.state.table();
-                let found = reroute(&cfg, session.req_header(), &ctx.failed);
-                if let Some((r, p, b, addr)) = found.and_then(|(r, p, b)| Some((r, p, b, b.addr?)))
-                {
-                    let chosen = (r.clone(), b.state.clone(), addr);
-                    ctx.route = Some(r.clone());
-                    ctx.pool = Some(p.clone());
-                    return Ok(chosen);
+                let found = reroute(&cfg, ctx.asking(session), &ctx.failed);
+                if let Some((r, p, b, picked)) = found {
+                    if let Some(addr) = b.addr {
+                        let chosen = (r.clone(), b.state.clone(), addr);
+                        ctx.settle(r.clone(), p.clone(), picked);
+                        return Ok(chosen);
+                    }
                 }
             }
             // Boxed: the hold is rare, and its state would otherwise enlarge every request's
@@ -151,8 +200,14 @@ impl Proxy {
         let state = &self.state;
         // The wait watches the client connection (`&mut session`): route on a copy.
         let req = session.req_header().clone();
-        let failed = &ctx.failed;
-        let ready = || reroute(&state.table(), &req, failed).is_some();
+        let client = headers::client_ip(session);
+        let (failed, minted) = (&ctx.failed, ctx.minted.clone());
+        let asking = Asking {
+            req: &req,
+            client,
+            minted: minted.as_deref(),
+        };
+        let ready = || reroute(&state.table(), asking, failed).is_some();
         let ended = ctx.hold.wait(state, session, route, ready).await;
         match ended {
             hold::Ended::Ready => self.reroute_after_hold(session, ctx, route),
@@ -183,9 +238,8 @@ impl Proxy {
     fn reroute_after_hold(&self, session: &Session, ctx: &mut Ctx, route: &Route) -> Result<()> {
         ctx.failed.forget_recovered();
         let cfg = self.state.table();
-        if let Some((r, p, _)) = reroute(&cfg, session.req_header(), &ctx.failed) {
-            ctx.route = Some(r.clone());
-            ctx.pool = Some(p.clone());
+        if let Some((r, p, _, picked)) = reroute(&cfg, ctx.asking(session), &ctx.failed) {
+            ctx.settle(r.clone(), p.clone(), picked);
         }
         let route = ctx.route.as_deref().unwrap_or(route);
         let spooled = super::spool::spools(route, session.req_header());

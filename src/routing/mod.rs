@@ -7,6 +7,7 @@
 //! methods. There is no fallback from a more specific host to a less specific one.
 
 pub mod affinity;
+pub mod pick;
 pub mod schedule;
 
 use std::collections::HashMap;

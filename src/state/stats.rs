@@ -17,6 +17,7 @@ use std::{
 };
 
 use super::spool::SpoolDepth;
+use crate::routing::pick::How;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
@@ -34,6 +35,7 @@ pub mod names {
     pub const RETRIES: &str = "tidegate_retries_total";
     pub const HOLD_TIMEOUTS: &str = "tidegate_hold_timeouts_total";
     pub const SPOOL_REPLAYS: &str = "tidegate_spool_replays_total";
+    pub const ROUTE_PICKS: &str = "tidegate_route_picks_total";
 }
 
 /// Counter handles of one route × pool.
@@ -71,6 +73,8 @@ pub struct RouteStats {
     pub pools: Vec<(Arc<str>, Arc<RoutePoolStats>)>,
     /// The route's spool depth (kept by name, also while the route does not spool).
     pub spool: Arc<SpoolDepth>,
+    /// Requests by how their pool was chosen, in `How::ALL` order.
+    pub picks: [IntCounter; 4],
 }
 
 impl RouteStats {
@@ -144,6 +148,8 @@ pub struct Stats {
     pub hold_timeouts: IntCounterVec,
     /// Replay outcomes by route and result (`delivered`, `retry`, `dead`).
     pub spool_replays: IntCounterVec,
+    /// Requests by route and how their pool was chosen.
+    pub picks: IntCounterVec,
     handles: Mutex<Handles>,
 }
 
@@ -192,6 +198,12 @@ impl Default for Stats {
                 "Replays of spooled requests, by route and result (delivered, retry, dead).",
                 &["route", "result"],
             ),
+            picks: counter(
+                names::ROUTE_PICKS,
+                "Requests by route and how their pool was chosen (split, affinity, redealt: \
+                 their affinity pool could not take them, forced).",
+                &["route", "how"],
+            ),
             handles: Mutex::default(),
         }
     }
@@ -232,6 +244,7 @@ impl Stats {
             retries: self.retries.with_label_values(&[route]),
             held,
             hold_timeouts: self.hold_timeouts.with_label_values(&[route]),
+            picks: How::ALL.map(|h| self.picks.with_label_values(&[route, h.as_str()])),
             pools,
         }
     }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     config::spec::{BackendSpec, PoolSpec, RouteSpec, Spec},
-    routing::Schedule,
+    routing::pick::{self, How, Members, Miss, Split, View, Want},
 };
 
 /// One published generation: the spec, bound.
@@ -44,6 +44,10 @@ impl Table {
         stats: &Stats,
         warnings: &mut Vec<String>,
     ) -> Table {
+        let rings = spec
+            .routes
+            .iter()
+            .any(|r| r.affinity.as_ref().is_some_and(|a| a.sticky_backends));
         let pools: BTreeMap<Arc<str>, Arc<Pool>> = spec
             .pools
             .values()
@@ -57,7 +61,7 @@ impl Table {
                 };
                 (
                     p.name.clone(),
-                    Arc::new(Pool::bind(p, registry, &ov.addresses)),
+                    Arc::new(Pool::bind(p, registry, &ov.addresses, rings)),
                 )
             })
             .collect();
@@ -187,64 +191,108 @@ pub struct Route {
     pub spec: Arc<RouteSpec>,
     /// Effective split: pools with their weights (0 = no new traffic), after overrides.
     pub split: Vec<(Arc<Pool>, u32)>,
-    pub schedule: Schedule,
+    /// The split as the pick sees it (names, weights, schedule).
+    pub picker: Split,
+    /// Pools that may be forced, with their index in `split` (absent: not in the effective
+    /// split, a runtime override removed it).
+    pub forced: Vec<(Arc<str>, usize)>,
     /// Request statistics (shared by every snapshot of this route).
     pub stats: Arc<RouteStats>,
 }
 
+/// A route's pools as the pick sees them, for a request that avoids `skip`.
+struct Avoiding<'a, F> {
+    route: &'a Route,
+    skip: &'a F,
+}
+
+impl<F: Fn(&BackendState) -> bool> View for Avoiding<'_, F> {
+    fn members(&self, pool: usize) -> &Members {
+        &self.route.split[pool].0.members
+    }
+    fn usable(&self, pool: usize, backend: usize) -> bool {
+        let b = &self.route.split[pool].0.backends[backend];
+        b.usable() && !(self.skip)(&b.state)
+    }
+    fn admits(&self, pool: usize, backend: usize) -> bool {
+        let p = &self.route.split[pool].0;
+        p.spec
+            .slow_start
+            .is_none_or(|w| p.backends[backend].state.slow_start_accept(w))
+    }
+}
+
 impl Route {
     fn new(spec: Arc<RouteSpec>, split: Vec<(Arc<Pool>, u32)>, stats: Arc<RouteStats>) -> Route {
-        let weights: Vec<u32> = split.iter().map(|(_, w)| *w).collect();
+        let forced = spec.force_pool.as_ref().map_or_else(Vec::new, |f| {
+            f.pools
+                .iter()
+                .filter_map(|name| {
+                    let i = split.iter().position(|(p, _)| p.name == *name)?;
+                    Some((name.clone(), i))
+                })
+                .collect()
+        });
         Route {
             name: spec.name.clone(),
-            schedule: Schedule::new(&weights),
+            picker: Split::new(split.iter().map(|(p, w)| (p.name.clone(), *w))),
+            forced,
             spec,
             split,
             stats,
         }
     }
 
-    /// Pick a pool by the split, skipping pools with no available backend.
-    pub fn pick_pool(&self) -> Option<&Arc<Pool>> {
-        self.schedule
-            .pick(|i| self.split[i].0.has_available())
-            .map(|i| &self.split[i].0)
+    fn view<'a, F: Fn(&BackendState) -> bool>(&'a self, skip: &'a F) -> Avoiding<'a, F> {
+        Avoiding { route: self, skip }
     }
 
-    /// Pick a pool and a backend for a request that must avoid `skip`, falling back to any
-    /// pool of the split with weight > 0 when the scheduled one has nothing left (a drain
-    /// may race the pick). `None` only when the whole split has nothing for it.
+    /// The pool for a new request (no backend slot used: the backend is picked when it
+    /// connects, [`Pool::pick_for`]).
+    pub fn pick_pool(&self, want: &Want) -> Result<(&Arc<Pool>, How), Miss> {
+        let (i, how) = pick::pool(&self.picker, &self.view(&|_| false), want)?;
+        Ok((&self.split[i].0, how))
+    }
+
+    /// Pick a pool and a backend for a request that must avoid `skip` (a drain may have
+    /// raced the first pick, or its backends failed). `None` only when the whole split has
+    /// nothing for it.
     pub fn pick_avoiding(
         &self,
+        want: &Want,
         skip: &impl Fn(&BackendState) -> bool,
-    ) -> Option<(&Arc<Pool>, &Backend)> {
-        let scheduled = self
-            .schedule
-            .pick(|i| self.split[i].0.has_available_avoiding(skip))
-            .and_then(|i| {
-                let p = &self.split[i].0;
-                p.pick_avoiding(skip).map(|b| (p, b))
-            });
-        scheduled.or_else(|| {
-            self.split
-                .iter()
-                .filter(|(_, w)| *w > 0)
-                .find_map(|(p, _)| p.pick_avoiding(skip).map(|b| (p, b)))
-        })
+    ) -> Option<(&Arc<Pool>, &Backend, How)> {
+        let p = pick::pick(&self.picker, &self.view(skip), want).ok()?;
+        let pool = &self.split[p.pool].0;
+        Some((pool, &pool.backends[p.backend], p.how))
+    }
+
+    /// Whether a pool of the split with weight could take a request avoiding `skip` (no
+    /// schedule slot used).
+    pub fn can_take_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> bool {
+        pick::any_can_take(&self.picker, &self.view(skip))
+    }
+
+    /// The split index of the forced pool `name` names, if it may be forced.
+    pub fn forced_index(&self, name: &[u8]) -> Option<usize> {
+        self.forced
+            .iter()
+            .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+            .map(|(_, i)| *i)
     }
 }
 
-/// A pool, bound: its backends with their registry states, and the weighted schedule.
+/// A pool, bound: its backends with their registry states, and the pick's view of them.
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
     pub spec: Arc<PoolSpec>,
     pub backends: Vec<Backend>,
-    pub schedule: Schedule,
+    pub members: Members,
 }
 
 impl Pool {
-    fn bind(spec: Arc<PoolSpec>, registry: &Registry, addresses: &Addresses) -> Pool {
+    fn bind(spec: Arc<PoolSpec>, registry: &Registry, addresses: &Addresses, ring: bool) -> Pool {
         let backends: Vec<Backend> = spec
             .backends
             .iter()
@@ -258,10 +306,15 @@ impl Pool {
                 }
             })
             .collect();
-        let weights: Vec<u32> = backends.iter().map(|b| b.spec.weight).collect();
+        let members = Members::new(
+            backends
+                .iter()
+                .map(|b| (b.spec.name.as_ref(), b.spec.weight)),
+            ring,
+        );
         Pool {
             name: spec.name.clone(),
-            schedule: Schedule::new(&weights),
+            members,
             backends,
             spec,
         }
@@ -272,24 +325,34 @@ impl Pool {
         self.backends.iter().any(Backend::usable)
     }
 
-    /// Whether a backend not in `skip` could take the request (no schedule slot used).
-    pub fn has_available_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> bool {
-        self.backends.iter().any(|b| b.usable() && !skip(&b.state))
+    /// The backend for an attempt of a request routed here, skipping those `skip` names
+    /// (backends it already failed on): by its sticky key's ring position, else by weight
+    /// with slow start.
+    pub fn pick_for(&self, want: &Want, skip: &impl Fn(&BackendState) -> bool) -> Option<&Backend> {
+        let view = PoolView { pool: self, skip };
+        pick::backend(&view, 0, want).map(|i| &self.backends[i])
     }
+}
 
-    /// Next available backend by weight, skipping those `skip` names (backends this request
-    /// already failed on). Backends in slow start are passed over part of the time; if that
-    /// leaves none, any available one.
-    pub fn pick_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> Option<&Backend> {
-        let base = |i: usize| self.backends[i].usable() && !skip(&self.backends[i].state);
-        let picked = match self.spec.slow_start {
-            Some(w) => self
-                .schedule
-                .pick(|i| base(i) && self.backends[i].state.slow_start_accept(w))
-                .or_else(|| self.schedule.pick(base)),
-            None => self.schedule.pick(base),
-        };
-        picked.map(|i| &self.backends[i])
+/// One pool as the pick sees it (pool index 0).
+struct PoolView<'a, F> {
+    pool: &'a Pool,
+    skip: &'a F,
+}
+
+impl<F: Fn(&BackendState) -> bool> View for PoolView<'_, F> {
+    fn members(&self, _: usize) -> &Members {
+        &self.pool.members
+    }
+    fn usable(&self, _: usize, backend: usize) -> bool {
+        let b = &self.pool.backends[backend];
+        b.usable() && !(self.skip)(&b.state)
+    }
+    fn admits(&self, _: usize, backend: usize) -> bool {
+        self.pool
+            .spec
+            .slow_start
+            .is_none_or(|w| self.pool.backends[backend].state.slow_start_accept(w))
     }
 }
 
@@ -347,7 +410,7 @@ pools:
         let (reg, stats) = (Registry::default(), Stats::default());
         let a = bind(BASE, &reg, &stats);
         assert_eq!(&*a.pools["blue"].backends[0].id, "blue/127.0.0.1:3001");
-        assert_eq!(a.routes[0].schedule.len(), 5);
+        assert_eq!(a.routes[0].picker.schedule().len(), 5);
         let st = &a.pools["blue"].backends[0].state;
         st.drain.start(Default::default(), || 0).unwrap();
         let b = bind(&BASE.replace("weight: 3", "weight: 5"), &reg, &stats);

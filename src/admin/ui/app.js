@@ -190,7 +190,7 @@ function renderRoute(r) {
     r.ramp.reason ? el("span", { class: "kv", text: r.ramp.reason }) : null) : null;
   return el("div", { class: "card", "data-route": r.name },
     el("h3", {}, r.name, r.override ? badge("override") : null),
-    bar, ramp,
+    bar, ramp, picking(r.picking),
     el("div", { class: "scroll" }, el("table", {},
       el("thead", {}, el("tr", {}, el("th", { text: "pool" }), el("th", { class: "num", text: "weight" }),
         el("th", { class: "num", text: "file" }), el("th", { text: "shift to" }))),
@@ -201,6 +201,24 @@ function renderRoute(r) {
       r.override ? el("button", { text: "Back to file split", "data-action": "unshift",
         onclick: () => ask("Put route " + r.name + " back on the file's split?",
           () => call("DELETE", "/api/v1/routes/" + enc(r.name) + "/split")) }) : null));
+}
+
+// How the route picks pools: its affinity mode and key, forced pools, pick counts.
+function picking(p) {
+  if (!p) return null;
+  const mode = p.affinity
+    ? p.affinity + (p.key_name ? " " + p.key_name : "") + (p.sticky_backends ? ", sticky backends" : "")
+    : "none (every request by the split)";
+  const forced = p.force_pool
+    ? el("span", { class: "kv", "data-force": "1",
+        text: "forced by " + p.force_pool.from + " " + p.force_pool.name + ": " +
+          p.force_pool.pools.join(", ") + " (else " + p.force_pool.fallback + ")" })
+    : null;
+  const picks = Object.entries(p.picks || {}).filter(([, n]) => n > 0)
+    .map(([how, n]) => how + " " + n).join(" · ");
+  return el("div", { class: "row", "data-affinity": p.affinity || "none" },
+    el("strong", { text: "Affinity" }), el("span", { class: "kv", text: mode }), forced,
+    picks ? el("span", { class: "kv", text: picks }) : null);
 }
 
 function drainLine(key, startedAt, drainedAt, deadlines) {

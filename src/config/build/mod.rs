@@ -4,6 +4,7 @@
 //! `listeners.rs` checks listeners and the admin endpoint, `pools.rs` pools, backends and
 //! health checks, `routes.rs` routes, matches and splits; this file assembles the result.
 
+mod affinity;
 mod listeners;
 mod log;
 mod pools;

@@ -1,7 +1,7 @@
 //! Routes: matches (host patterns, path prefixes, methods), splits over pools, hold and
 //! retry settings, and the router built from them.
 
-use super::{spool::build_spool, *};
+use super::{affinity, spool::build_spool, *};
 
 type Routes = (Vec<Arc<RouteSpec>>, Router);
 
@@ -46,6 +46,16 @@ pub(super) fn build_routes(
             .spool
             .as_ref()
             .map(|f| build_spool(&format!("{path}.spool"), f));
+        let affinity = r
+            .affinity
+            .as_ref()
+            .map(|f| affinity::build_affinity(&format!("{path}.affinity"), f))
+            .transpose()?;
+        let force_pool = r
+            .force_pool
+            .as_ref()
+            .map(|f| affinity::build_force_pool(&format!("{path}.force_pool"), f, &split))
+            .transpose()?;
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
@@ -55,6 +65,8 @@ pub(super) fn build_routes(
             retries: r.retries,
             retry_sent: retry_sent(r.retry_sent),
             spool: spool.transpose()?,
+            affinity,
+            force_pool,
             hold: Hold {
                 timeout: r.hold.timeout.0,
                 max_queued: r.hold.max_queued,

@@ -5,11 +5,13 @@
 //! unnoticed (the reference config is checked in CI). Validation happens in `build/`.
 //! Routes are in `routes.rs`, pools in `pools.rs`.
 
+mod affinity;
 mod log;
 mod pools;
 mod routes;
 mod spool;
 
+pub use affinity::*;
 pub use log::*;
 pub use pools::*;
 pub use routes::*;

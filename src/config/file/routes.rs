@@ -25,6 +25,12 @@ pub struct FileRoute {
     /// Store matching requests durably while no backend is available; replay them later.
     #[serde(default)]
     pub spool: Option<super::spool::FileSpool>,
+    /// Keep a user on one pool (and backend) through splits and ramps.
+    #[serde(default)]
+    pub affinity: Option<super::affinity::FileAffinity>,
+    /// Let a header or cookie pin a request to an allowed pool (testing before a shift).
+    #[serde(default)]
+    pub force_pool: Option<super::affinity::FileForcePool>,
 }
 
 /// Retry policy for requests that already reached a backend (nginx's `proxy_next_upstream`

@@ -28,6 +28,7 @@ use super::{
 use crate::{
     access_log::{Outcome, Record},
     config::spec::ReplaySpec,
+    routing::pick::Want,
     state::{table::Route, tracking::Tracking, AppState},
 };
 
@@ -178,7 +179,7 @@ impl Worker {
             let Some(replay) = route.spec.spool.as_ref().map(|s| s.replay.clone()) else {
                 return;
             };
-            if in_maintenance(&table, &route) || route.pick_pool().is_none() {
+            if in_maintenance(&table, &route) || route.pick_pool(&Want::default()).is_err() {
                 // Nothing to send to, or the route is in maintenance: wait for a backend
                 // (health, undrain, reload) or the end of maintenance.
                 let _ = tokio::time::timeout(IDLE, self.state.availability.notified()).await;
@@ -221,8 +222,8 @@ impl Worker {
         let item = &claim.item;
         let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
         let picked = route
-            .pick_avoiding(&|_| false)
-            .and_then(|(_, b)| Some((b, b.addr?)));
+            .pick_avoiding(&Want::default(), &|_| false)
+            .and_then(|(_, b, _)| Some((b, b.addr?)));
         let started = std::time::Instant::now();
         let sent = match picked {
             Some((b, addr)) => {
@@ -372,6 +373,7 @@ fn log_replay(
         route: Some(&route.name),
         pool: backend.map(|b| &*b.pool.name),
         backend: backend.map(|b| &*b.name),
+        pick: None,
         kind: "http",
         attempts: attempt,
         outcome,
