@@ -98,14 +98,14 @@ fn assert_ramp(steps: &[(u32, Vec<String>)], tolerance: f64) {
     let keys = steps[0].1.len();
     let mut moved = vec![0; keys];
     for w in steps.windows(2) {
-        for i in 0..keys {
+        for (i, m) in moved.iter_mut().enumerate() {
             if w[0].1[i] != w[1].1[i] {
                 assert_eq!(
                     w[1].1[i], "green",
                     "key {i} moved back to blue at green={}",
                     w[1].0
                 );
-                moved[i] += 1;
+                *m += 1;
             }
         }
     }
@@ -171,7 +171,7 @@ async fn from_address(url: &str, src: std::net::IpAddr) -> String {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.bind(SocketAddr::new(src, 0)).expect("bind source");
     let mut conn = sock.connect(addr).await.expect("connect");
-    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let req = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     conn.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();

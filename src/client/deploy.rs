@@ -193,7 +193,7 @@ async fn smoke(admin: &Admin, a: &DeployArgs, cmd: &str) -> Result<bool, ClientE
         .iter()
         .find(|r| r.name == a.route)
         .and_then(|r| r.picking.force_pool.clone())
-        .filter(|f| f.pools.iter().any(|p| *p == a.to))
+        .filter(|f| f.pools.contains(&a.to))
         .ok_or_else(|| {
             ClientError::Usage(format!(
                 "--smoke: route {} does not let pool {} be forced (add force_pool: {{ header: X-Tidegate-Pool, pools: [{}] }} to the route)",
