@@ -9,10 +9,29 @@ use super::*;
 pub const DEFAULT_COOKIE: &str = "tidegate_affinity";
 /// Default lifetime of the affinity cookie.
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-/// Browsers cap cookie lifetimes at 400 days (RFC 6265bis).
-const MAX_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+/// The longest duration the config takes (browsers cap cookies at 400 days anyway).
+const MAX_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
-pub(super) fn build_affinity(path: &str, f: &FileAffinity) -> Result<AffinitySpec, ConfigError> {
+/// A route's `affinity` and `force_pool`.
+pub(super) fn build_picking(
+    path: &str,
+    r: &FileRoute,
+    split: &[(Arc<str>, u32)],
+) -> Result<(Option<AffinitySpec>, Option<ForcePoolSpec>), ConfigError> {
+    let affinity = r
+        .affinity
+        .as_ref()
+        .map(|f| build_affinity(&format!("{path}.affinity"), f))
+        .transpose()?;
+    let force_pool = r
+        .force_pool
+        .as_ref()
+        .map(|f| build_force_pool(&format!("{path}.force_pool"), f, split))
+        .transpose()?;
+    Ok((affinity, force_pool))
+}
+
+fn build_affinity(path: &str, f: &FileAffinity) -> Result<AffinitySpec, ConfigError> {
     let only = |field: &str, set: bool, key: &str| {
         if set {
             Err(invalid(
@@ -32,7 +51,7 @@ pub(super) fn build_affinity(path: &str, f: &FileAffinity) -> Result<AffinitySpe
             if max_age < Duration::from_secs(1) || max_age > MAX_MAX_AGE {
                 return Err(invalid(
                     format!("{path}.max_age"),
-                    "must be between 1s and 400 days (browsers cap longer lifetimes)",
+                    "must be at least 1s (a cookie that expires at once keeps nothing)",
                 ));
             }
             AffinityKey::Cookie { name, max_age }
@@ -61,7 +80,7 @@ pub(super) fn build_affinity(path: &str, f: &FileAffinity) -> Result<AffinitySpe
     })
 }
 
-pub(super) fn build_force_pool(
+fn build_force_pool(
     path: &str,
     f: &FileForcePool,
     split: &[(Arc<str>, u32)],

@@ -35,27 +35,13 @@ pub(super) fn build_routes(
         let method_key = sorted_methods(&m);
         check_unique_match(&path, i, r, &method_key, &mut keys)?;
         let split = build_split(&path, &r.split, pools)?;
-        if split.iter().all(|(_, w)| *w == 0) {
-            warnings.push(format!(
-                "{path}.split: every weight is 0; route {:?} receives no traffic",
-                r.name
-            ));
-        }
+        warn_all_zero(&path, r, &split, warnings);
         check_limits(&path, r)?;
         let spool = r
             .spool
             .as_ref()
             .map(|f| build_spool(&format!("{path}.spool"), f));
-        let affinity = r
-            .affinity
-            .as_ref()
-            .map(|f| affinity::build_affinity(&format!("{path}.affinity"), f))
-            .transpose()?;
-        let force_pool = r
-            .force_pool
-            .as_ref()
-            .map(|f| affinity::build_force_pool(&format!("{path}.force_pool"), f, &split))
-            .transpose()?;
+        let (affinity, force_pool) = affinity::build_picking(&path, r, &split)?;
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
@@ -75,6 +61,15 @@ pub(super) fn build_routes(
         matches.push(m);
     }
     Ok((routes, Router::new(&matches)))
+}
+
+fn warn_all_zero(path: &str, r: &FileRoute, split: &[(Arc<str>, u32)], warnings: &mut Vec<String>) {
+    if split.iter().all(|(_, w)| *w == 0) {
+        warnings.push(format!(
+            "{path}.split: every weight is 0; route {:?} receives no traffic",
+            r.name
+        ));
+    }
 }
 
 /// The match's methods as sorted strings (the key of a unique match).
