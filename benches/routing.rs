@@ -99,6 +99,54 @@ fn affinity_pick(c: &mut Criterion) {
     });
 }
 
+/// The whole pick (`routing::pick::pick`): pool and backend of a split of two pools of 100
+/// backends each, without a key, by affinity, and sticky; then 10 pools to show O(pools).
+fn whole_pick(c: &mut Criterion) {
+    use std::sync::Arc;
+    use tidegate::routing::{
+        affinity::Key,
+        pick::{pick, Members, Split, View, Want},
+    };
+    struct Pools(Vec<Members>);
+    impl View for Pools {
+        fn members(&self, pool: usize) -> &Members {
+            &self.0[pool]
+        }
+        fn usable(&self, _: usize, backend: usize) -> bool {
+            backend % 10 != 3
+        }
+        fn admits(&self, _: usize, _: usize) -> bool {
+            true
+        }
+    }
+    let names: Vec<String> = (0..100).map(|i| format!("app-{i}")).collect();
+    let members = || Members::new(names.iter().map(|n| (n.as_str(), 1)), true);
+    let keys: Vec<Key> = (0..1024)
+        .map(|i| Key::of(format!("session-{i}").as_bytes()))
+        .collect();
+    for pools in [2usize, 10] {
+        let view = Pools((0..pools).map(|_| members()).collect());
+        let split = Split::new((0..pools).map(|i| (Arc::from(format!("pool-{i}")), 10)));
+        let mut n = 0usize;
+        c.bench_function(&format!("pick/whole_{pools}x100_split"), |b| {
+            b.iter(|| pick(&split, &view, &Want::default()))
+        });
+        for (label, sticky) in [("affinity", false), ("sticky", true)] {
+            c.bench_function(&format!("pick/whole_{pools}x100_{label}"), |b| {
+                b.iter(|| {
+                    n = (n + 1) & 1023;
+                    let want = Want {
+                        key: Some(keys[n]),
+                        sticky,
+                        ..Want::default()
+                    };
+                    pick(&split, &view, &want)
+                })
+            });
+        }
+    }
+}
+
 fn config_build(c: &mut Criterion) {
     let mut yaml = String::from(
         "listeners: [{ name: public, address: 127.0.0.1:8080 }]\nroutes:\n  - name: app\n    split: { blue: 50, green: 50 }\npools:\n",
@@ -125,6 +173,7 @@ criterion_group!(
     route_match,
     weighted_pick,
     affinity_pick,
+    whole_pick,
     config_build
 );
 criterion_main!(benches);

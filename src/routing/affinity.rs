@@ -62,6 +62,29 @@ pub fn pool_for<'a>(key: Key, pools: impl Iterator<Item = (&'a str, u32, bool)>)
     best.map(|(i, _)| i)
 }
 
+/// Like [`pool_for`], also telling whether the pool is the key's own: the one it gets when
+/// every pool with weight is eligible (`false`: the key was dealt elsewhere). One pass.
+pub fn pool_and_own<'a>(
+    key: Key,
+    pools: impl Iterator<Item = (&'a str, u32, bool)>,
+) -> Option<(usize, bool)> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut own: Option<(usize, f64)> = None;
+    for (i, (name, w, eligible)) in pools.enumerate() {
+        if w == 0 {
+            continue;
+        }
+        let score = f64::from(w) / -key.uniform(name).ln();
+        if own.is_none_or(|(_, s)| score > s) {
+            own = Some((i, score));
+        }
+        if eligible && best.is_none_or(|(_, s)| score > s) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| (i, own.is_some_and(|(o, _)| o == i)))
+}
+
 /// A consistent-hash ring over a pool's backends.
 pub struct Ring {
     continuum: Continuum,

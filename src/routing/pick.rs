@@ -96,20 +96,10 @@ impl Split {
         let Some(key) = want.key else {
             return self.schedule.pick(can_take).map(|i| (i, How::Split));
         };
-        let pools = || self.names.iter().zip(self.weights.iter());
-        let chosen = affinity::pool_for(
-            key,
-            pools()
-                .enumerate()
-                .map(|(i, (n, w))| (&**n, *w, can_take(i))),
-        )?;
-        // Its own pool is the one it would get if every pool with weight could take it.
-        let own = affinity::pool_for(key, pools().map(|(n, w)| (&**n, *w, true)));
-        let how = if own == Some(chosen) {
-            How::Affinity
-        } else {
-            How::Redealt
-        };
+        let pools = self.names.iter().zip(self.weights.iter()).enumerate();
+        let (chosen, own) =
+            affinity::pool_and_own(key, pools.map(|(i, (n, w))| (&**n, *w, can_take(i))))?;
+        let how = if own { How::Affinity } else { How::Redealt };
         Some((chosen, how))
     }
 
