@@ -82,8 +82,13 @@ fn route_line(r: &api::RouteStatus) -> String {
     } else {
         ""
     };
+    let affinity = match &r.picking.affinity {
+        Some(mode) if r.picking.sticky_backends => format!("  affinity {mode} (sticky backends)"),
+        Some(mode) => format!("  affinity {mode}"),
+        None => String::new(),
+    };
     format!(
-        "  route {:<16} split {}{over}{ramp}\n",
+        "  route {:<16} split {}{over}{ramp}{affinity}\n",
         r.name,
         split.join(" ")
     )
