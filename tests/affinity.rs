@@ -394,3 +394,108 @@ async fn the_status_page_shows_each_routes_affinity_mode() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_of_a_drained_pool_reconnect_to_their_keys_next_pool_every_time() {
+    let (blue, green, red) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+        TestBackend::start("red").await,
+    );
+    let pool = |name: &str, addr: SocketAddr| {
+        format!("  {name}:\n    backends: [{{ address: \"{addr}\", name: {name} }}]\n    drain: {{ requests_deadline: 0, streams_deadline: 300ms }}\n")
+    };
+    let yaml = format!(
+        "listeners: [{{ name: public, address: \"{{listen}}\" }}]\nadmin: {{ address: \"{{admin}}\" }}\nroutes:\n  - name: app\n    split: {{ blue: 1, green: 1, red: 1 }}\n    affinity: {{ key: cookie }}\npools:\n{}{}{}",
+        pool("blue", blue.addr),
+        pool("green", green.addr),
+        pool("red", red.addr)
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let c = client();
+    let mut on_blue = Vec::new();
+    for i in 0..200 {
+        let cookie = format!("tidegate_affinity=s{i}");
+        let r = send(&c, "GET", &tg.url("/"), &[("cookie", &cookie)], "")
+            .await
+            .unwrap();
+        if r.backend().as_deref() == Some("blue") {
+            on_blue.push(cookie);
+        }
+    }
+    assert!(on_blue.len() >= 40, "{} of 200 keys on blue", on_blue.len());
+    on_blue.truncate(12);
+    let mut streams = Vec::new();
+    for cookie in &on_blue {
+        let s = Sse::open_with(&tg.url("/events"), &[("cookie", cookie)]).await;
+        assert_eq!(s.headers["x-backend"], "blue");
+        streams.push(s);
+    }
+    let r = api(&tg, "POST", "/api/v1/pools/blue/drain", "").await;
+    assert!(r.status < 300, "{}", r.body);
+    for s in &mut streams {
+        loop {
+            match s.next_data(Duration::from_secs(10)).await {
+                Ok(Some(_)) => continue,
+                other => {
+                    assert!(matches!(other, Ok(None)), "ended cleanly: {other:?}");
+                    break;
+                }
+            }
+        }
+    }
+    // Each key's reconnects land on one pool (its next-best, the same every time), and the
+    // keys spread over both remaining pools: dealt by affinity, not at random.
+    let mut landed = Vec::new();
+    for cookie in &on_blue {
+        let first = Sse::open_with(&tg.url("/events"), &[("cookie", cookie)]).await;
+        let to = first.headers["x-backend"].to_str().unwrap().to_string();
+        assert_ne!(to, "blue");
+        for _ in 0..3 {
+            let again = Sse::open_with(&tg.url("/events"), &[("cookie", cookie)]).await;
+            assert_eq!(again.headers["x-backend"], to.as_str(), "{cookie}");
+        }
+        landed.push(to);
+    }
+    assert!(
+        landed.iter().any(|p| p == "green") && landed.iter().any(|p| p == "red"),
+        "{landed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_listener_sets_a_secure_cookie() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let yaml = yaml(blue.addr, green.addr, "{ key: cookie }").variant(
+        r#"listeners: [{ name: public, address: "{listen}" }]"#,
+        &format!(
+            r#"listeners: [{{ name: public, address: "{{listen}}", tls: {{ cert: "{}", key: "{}" }} }}]"#,
+            cert.display(),
+            key.display()
+        ),
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let url = format!("https://localhost:{}/", tg.listen.port());
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let set = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: tidegate_affinity="))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(set.contains("; secure"), "{set}");
+    assert!(
+        set.contains("httponly") && set.contains("samesite=lax"),
+        "{set}"
+    );
+}

@@ -84,6 +84,26 @@ async fn a_weight_zero_pool_is_reached_with_the_header_only_and_a_draining_one_f
     assert_eq!(p["force_pool"]["fallback"], "split");
     assert_eq!(p["picks"]["forced"], 20, "{p}");
     assert_eq!(p["picks"]["affinity"], 0, "{p}");
+    // A split override that names only blue leaves green reachable by force.
+    api(&tg, "POST", "/api/v1/pools/green/undrain", "").await;
+    let r = api(
+        &tg,
+        "POST",
+        "/api/v1/routes/app/split",
+        r#"{"split":{"blue":100}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = backend_for(&tg, &[("x-tidegate-pool", "green")]).await;
+    assert_eq!(
+        r.backend().as_deref(),
+        Some("green"),
+        "forced after the override"
+    );
+    assert_eq!(
+        backend_for(&tg, &[]).await.backend().as_deref(),
+        Some("blue")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,6 +206,13 @@ async fn deploy_runs_its_smoke_test_on_the_forced_pool_and_aborts_when_it_fails(
         green.app.hits(),
         1,
         "the smoke test reached green through the proxy"
+    );
+    // A smoke command that passes without ever using the forced pool proves nothing.
+    let (code, out) = cli(deploy_args(&tg, "true")).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no request reached pool green by force"),
+        "{out}"
     );
     let (code, out) = cli(deploy_args(&tg, &script("green"))).await;
     assert_eq!(code, 0, "{out}");

@@ -213,8 +213,17 @@ async fn smoke(admin: &Admin, a: &DeployArgs, cmd: &str) -> Result<bool, ClientE
         .env(var, &value)
         .kill_on_drop(true)
         .status();
+    let before = forced_picks(admin, &a.route).await?;
     let failed = match tokio::time::timeout(a.smoke_timeout, child).await {
-        Ok(Ok(st)) if st.success() => return Ok(true),
+        Ok(Ok(st)) if st.success() => {
+            if reached_by_force(admin, &a.route, before).await? {
+                return Ok(true);
+            }
+            format!(
+                "it passed, but no request reached pool {} by force (it could not take them and the route fell back to its split)",
+                a.to
+            )
+        }
         Ok(Ok(st)) => format!("it failed: {st}"),
         Ok(Err(e)) => format!("it could not run: {e}"),
         Err(_) => format!(
@@ -227,6 +236,31 @@ async fn smoke(admin: &Admin, a: &DeployArgs, cmd: &str) -> Result<bool, ClientE
         a.route, a.to, a.route
     );
     Ok(false)
+}
+
+/// The route's count of forced picks.
+async fn forced_picks(admin: &Admin, route: &str) -> Result<u64, ClientError> {
+    let s: Status = admin.get("/api/v1/status").await?;
+    Ok(s.routes
+        .iter()
+        .find(|r| r.name == route)
+        .and_then(|r| r.picking.picks.get("forced").copied())
+        .unwrap_or(0))
+}
+
+/// Whether a request was forced since `before` (picks are counted as requests end, a moment
+/// after their response: polled for up to 3 s).
+async fn reached_by_force(admin: &Admin, route: &str, before: u64) -> Result<bool, ClientError> {
+    let start = Instant::now();
+    loop {
+        if forced_picks(admin, route).await? > before {
+            return Ok(true);
+        }
+        if start.elapsed() > Duration::from_secs(3) {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `--then CMD` with the drained pools in its environment, or say what is safe to stop.

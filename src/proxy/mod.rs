@@ -170,48 +170,6 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Act on a routing decision that is not a hold: go on to the backend, or answer.
-    async fn routed(&self, session: &mut Session, ctx: &mut Ctx, routed: Routed) -> Result<bool> {
-        match routed {
-            Routed::To(route, pool, picked) => {
-                ctx.settle(route, pool, picked);
-                Ok(false)
-            }
-            Routed::NoRoute => respond_no_route(session, ctx).await,
-            Routed::Maintenance(r, m) => {
-                ctx.route = Some(r);
-                ctx.outcome = Some(Outcome::Maintenance);
-                errors::respond_maintenance(session, &m).await?;
-                Ok(true)
-            }
-            Routed::ForcedUnavailable(r) => {
-                let msg = format!(
-                    "the pool this request forces on route {:?} cannot take it now",
-                    r.name
-                );
-                ctx.route = Some(r);
-                ctx.outcome = Some(Outcome::NoBackend);
-                errors::respond(session, 503, "forced_pool_unavailable", &msg).await?;
-                Ok(true)
-            }
-            Routed::Unavailable(route) => self.hold_for_route(session, ctx, route).await,
-        }
-    }
-}
-
-async fn respond_no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    ctx.outcome = Some(Outcome::NoRoute);
-    errors::respond(
-        session,
-        404,
-        "no_route",
-        "no route matches this host and path",
-    )
-    .await?;
-    Ok(true)
-}
-
-impl Proxy {
     /// No backend for a request that waited (or could not): spool it if its route spools
     /// its method, else 503.
     async fn refuse_held(
@@ -407,7 +365,9 @@ impl ProxyHttp for Proxy {
                 resp.insert_header(REQUEST_ID.clone(), id.clone())?;
             }
         }
-        if let (Some(value), Some(route)) = (&ctx.minted, &ctx.route) {
+        if let (Some(value), Some(route), false) =
+            (&ctx.minted, &ctx.route, resp.status.is_informational())
+        {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
             affinity::set_cookie(route, value, tls, resp);
         }

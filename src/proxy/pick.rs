@@ -10,8 +10,9 @@ use std::{
 
 use pingora::{http::RequestHeader, prelude::*, proxy::Session, ErrorType::HTTPStatus};
 
-use super::{affinity, headers, headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
+use super::{affinity, errors, headers, headers::request_host, hold, Ctx, Proxy, MAX_ATTEMPTS};
 use crate::{
+    access_log::Outcome,
     routing::pick::{How, Miss, Want},
     state::{
         backend::BackendState,
@@ -60,7 +61,7 @@ impl Failed {
 /// retry budget (no schedule slot used).
 pub(super) fn elsewhere(route: &Route, ctx: &Ctx) -> bool {
     ctx.failed.len() <= route.spec.retries as usize
-        && route.can_take_avoiding(&|b| ctx.failed.skips(b))
+        && route.can_take_avoiding(&ctx.want, &|b| ctx.failed.skips(b))
 }
 
 /// Who is asking: the request, its client's address and the affinity cookie value it was
@@ -255,6 +256,54 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+impl Proxy {
+    /// Act on a routing decision that is not a hold: go on to the backend, or answer.
+    pub(super) async fn routed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        routed: Routed,
+    ) -> Result<bool> {
+        match routed {
+            Routed::To(route, pool, picked) => {
+                ctx.settle(route, pool, picked);
+                Ok(false)
+            }
+            Routed::NoRoute => respond_no_route(session, ctx).await,
+            Routed::Maintenance(r, m) => {
+                ctx.route = Some(r);
+                ctx.outcome = Some(Outcome::Maintenance);
+                errors::respond_maintenance(session, &m).await?;
+                Ok(true)
+            }
+            Routed::ForcedUnavailable(r) => {
+                let msg = format!(
+                    "the pool this request forces on route {:?} cannot take it now",
+                    r.name
+                );
+                ctx.route = Some(r);
+                ctx.how = Some(crate::routing::pick::How::Forced);
+                ctx.outcome = Some(Outcome::NoBackend);
+                errors::respond(session, 503, "forced_pool_unavailable", &msg).await?;
+                Ok(true)
+            }
+            Routed::Unavailable(route) => self.hold_for_route(session, ctx, route).await,
+        }
+    }
+}
+
+async fn respond_no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    ctx.outcome = Some(Outcome::NoRoute);
+    errors::respond(
+        session,
+        404,
+        "no_route",
+        "no route matches this host and path",
+    )
+    .await?;
+    Ok(true)
 }
 
 fn unreachable(route: &Route) -> Box<Error> {

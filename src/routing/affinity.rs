@@ -62,15 +62,17 @@ pub fn pool_for<'a>(key: Key, pools: impl Iterator<Item = (&'a str, u32, bool)>)
     best.map(|(i, _)| i)
 }
 
-/// Like [`pool_for`], also telling whether the pool is the key's own: the one it gets when
-/// every pool with weight is eligible (`false`: the key was dealt elsewhere). One pass.
+/// Like [`pool_for`] over `(name, weight)`, also telling whether the pool is the key's own:
+/// the one it gets when every pool with weight can take it (`false`: the key was dealt
+/// elsewhere). One pass; `eligible` is asked only of pools that would beat the best so far.
 pub fn pool_and_own<'a>(
     key: Key,
-    pools: impl Iterator<Item = (&'a str, u32, bool)>,
+    pools: impl Iterator<Item = (&'a str, u32)>,
+    eligible: &impl Fn(usize) -> bool,
 ) -> Option<(usize, bool)> {
     let mut best: Option<(usize, f64)> = None;
     let mut own: Option<(usize, f64)> = None;
-    for (i, (name, w, eligible)) in pools.enumerate() {
+    for (i, (name, w)) in pools.enumerate() {
         if w == 0 {
             continue;
         }
@@ -78,7 +80,7 @@ pub fn pool_and_own<'a>(
         if own.is_none_or(|(_, s)| score > s) {
             own = Some((i, score));
         }
-        if eligible && best.is_none_or(|(_, s)| score > s) {
+        if best.is_none_or(|(_, s)| score > s) && eligible(i) {
             best = Some((i, score));
         }
     }
@@ -134,6 +136,14 @@ impl Ring {
     /// The backend for `key`: the first one on the ring from the key's point that `usable`
     /// accepts (`None` when none does).
     pub fn pick(&self, key: Key, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        // The common case first: the key's own backend takes it.
+        let first = self.continuum.node(&key.0.to_le_bytes()).and_then(|a| {
+            let i = self.ids.binary_search_by(|(b, _)| b.cmp(&a)).ok()?;
+            Some(self.ids[i].1)
+        });
+        if let Some(i) = first.filter(|i| usable(*i)) {
+            return Some(i);
+        }
         if !(0..self.ids.len()).any(&usable) {
             return None;
         }

@@ -96,9 +96,8 @@ impl Split {
         let Some(key) = want.key else {
             return self.schedule.pick(can_take).map(|i| (i, How::Split));
         };
-        let pools = self.names.iter().zip(self.weights.iter()).enumerate();
-        let (chosen, own) =
-            affinity::pool_and_own(key, pools.map(|(i, (n, w))| (&**n, *w, can_take(i))))?;
+        let pools = self.names.iter().zip(self.weights.iter());
+        let (chosen, own) = affinity::pool_and_own(key, pools.map(|(n, w)| (&**n, *w)), can_take)?;
         let how = if own { How::Affinity } else { How::Redealt };
         Some((chosen, how))
     }
@@ -216,11 +215,15 @@ pub fn backend(view: &impl View, p: usize, want: &Want) -> Option<usize> {
 /// Pool and backend for `want` on `split` in one go (the reroute after a raced drain, the
 /// spool replayer). `Err(Miss::Nothing)` only when the whole split has nothing for it.
 pub fn pick(split: &Split, view: &impl View, want: &Want) -> Result<Pick, Miss> {
-    let (pool, how) = self::pool(split, view, want)?;
-    if let Some(backend) = backend(view, pool, want) {
-        return Ok(Pick { pool, backend, how });
+    // A second look when availability changed between choosing the pool and its backend
+    // (a drain raced the pick): the key is dealt again the same consistent way, and a
+    // refusing forced pool is refused.
+    for _ in 0..2 {
+        let (pool, how) = self::pool(split, view, want)?;
+        if let Some(backend) = backend(view, pool, want) {
+            return Ok(Pick { pool, backend, how });
+        }
     }
-    // Availability changed between the two looks (a drain raced the pick): any pool.
     let pool = split.any(&|p| can_take(view, p)).ok_or(Miss::Nothing)?;
     let backend = backend(view, pool, want).ok_or(Miss::Nothing)?;
     let how = if want.key.is_some() {
@@ -231,10 +234,13 @@ pub fn pick(split: &Split, view: &impl View, want: &Want) -> Result<Pick, Miss> 
     Ok(Pick { pool, backend, how })
 }
 
-/// Whether some pool of the split with weight could take the request (no schedule slot
-/// used: the hold's readiness check and the retry budget's "elsewhere").
-pub fn any_can_take(split: &Split, view: &impl View) -> bool {
-    split.any(&|p| can_take(view, p)).is_some()
+/// Whether some pool of the split with weight, or the request's forced pool, could take
+/// the request (no schedule slot used: the retry budget's "elsewhere").
+pub fn any_can_take(split: &Split, view: &impl View, want: &Want) -> bool {
+    want.forced
+        .is_some_and(|p| p < split.len() && can_take(view, p))
+        || (!want.forced_only || want.forced.is_none())
+            && split.any(&|p| can_take(view, p)).is_some()
 }
 
 #[cfg(test)]
@@ -363,6 +369,6 @@ mod tests {
                 assert_eq!(now, *b, "a key of another backend moved");
             }
         }
-        assert!(any_can_take(&s, &v));
+        assert!(any_can_take(&s, &v, &Want::default()));
     }
 }

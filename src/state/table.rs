@@ -158,6 +158,28 @@ fn effective_split(
     let Some(wanted) = ov.splits.get(&*r.name) else {
         return file();
     };
+    let mut eff = override_split(r, wanted, pools, warnings);
+    if eff.is_empty() {
+        return file();
+    }
+    // A pool the route lets be forced stays reachable by force when an override leaves it
+    // out (a shift to green=100 names no blue): it is kept at weight 0.
+    for name in r.force_pool.iter().flat_map(|f| &f.pools) {
+        if !eff.iter().any(|(p, _)| p.name == *name) {
+            if let Some(p) = pools.get(name) {
+                eff.push((p.clone(), 0));
+            }
+        }
+    }
+    eff
+}
+
+fn override_split(
+    r: &RouteSpec,
+    wanted: &BTreeMap<String, u32>,
+    pools: &BTreeMap<Arc<str>, Arc<Pool>>,
+    warnings: &mut Vec<String>,
+) -> Vec<(Arc<Pool>, u32)> {
     let mut eff = Vec::with_capacity(wanted.len());
     for (pool, w) in wanted {
         match pools.get(pool.as_str()) {
@@ -167,9 +189,6 @@ fn effective_split(
                 r.name
             )),
         }
-    }
-    if eff.is_empty() {
-        return file();
     }
     eff
 }
@@ -269,8 +288,8 @@ impl Route {
 
     /// Whether a pool of the split with weight could take a request avoiding `skip` (no
     /// schedule slot used).
-    pub fn can_take_avoiding(&self, skip: &impl Fn(&BackendState) -> bool) -> bool {
-        pick::any_can_take(&self.picker, &self.view(skip))
+    pub fn can_take_avoiding(&self, want: &Want, skip: &impl Fn(&BackendState) -> bool) -> bool {
+        pick::any_can_take(&self.picker, &self.view(skip), want)
     }
 
     /// The split index of the forced pool `name` names, if it may be forced.

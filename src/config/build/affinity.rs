@@ -51,7 +51,7 @@ fn build_affinity(path: &str, f: &FileAffinity) -> Result<AffinitySpec, ConfigEr
             if max_age < Duration::from_secs(1) || max_age > MAX_MAX_AGE {
                 return Err(invalid(
                     format!("{path}.max_age"),
-                    "must be at least 1s (a cookie that expires at once keeps nothing)",
+                    "must be between 1s and 365 days",
                 ));
             }
             AffinityKey::Cookie { name, max_age }
