@@ -499,3 +499,49 @@ async fn a_tls_listener_sets_a_secure_cookie() {
         "{set}"
     );
 }
+
+/// The backend a WebSocket upgrade with `cookie` reached (from the 101's headers).
+async fn ws_backend(url: &str, cookie: &str) -> String {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("ws request");
+    req.headers_mut()
+        .insert("cookie", cookie.parse().expect("cookie value"));
+    let (_ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("ws connect timed out")
+    .expect("ws connect failed");
+    assert_eq!(resp.status().as_u16(), 101);
+    resp.headers()["x-backend"].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_upgrades_land_by_affinity_and_reconnect_to_the_other_pool_after_a_drain() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let tg = Tidegate::start(&yaml(blue.addr, green.addr, "{ key: cookie }")).await;
+    set_split(&tg, 50, 50).await;
+    let ws_url = format!("ws://{}/ws", tg.listen);
+    let c = client();
+    let mut by_key = Vec::new();
+    for i in 0..16 {
+        let cookie = format!("tidegate_affinity=ws{i}");
+        let r = send(&c, "GET", &tg.url("/"), &[("cookie", &cookie)], "")
+            .await
+            .unwrap();
+        let pool = r.backend().expect("x-backend");
+        for _ in 0..2 {
+            assert_eq!(ws_backend(&ws_url, &cookie).await, pool, "{cookie}");
+        }
+        by_key.push((cookie, pool));
+    }
+    assert!(by_key.iter().any(|(_, p)| p == "blue") && by_key.iter().any(|(_, p)| p == "green"));
+    let r = api(&tg, "POST", "/api/v1/pools/blue/drain", "").await;
+    assert!(r.status < 300, "{}", r.body);
+    for (cookie, pool) in &by_key {
+        let now = ws_backend(&ws_url, cookie).await;
+        assert_eq!(now, "green", "{cookie} was on {pool}");
+    }
+}
