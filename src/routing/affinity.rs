@@ -107,7 +107,11 @@ impl std::fmt::Debug for Ring {
 /// A ring identity for a backend name: stable across restarts and reorders (the address
 /// may change with DNS; the name does not).
 fn identity(name: &str) -> SocketAddr {
-    let a = mix(u64::from(crc32fast::hash(name.as_bytes())));
+    // 64 bits of two independent CRCs (the second over the name seeded differently), so two
+    // names share an identity only if both collide.
+    let mut second = crc32fast::Hasher::new_with_initial(0x9e37_79b9);
+    second.update(name.as_bytes());
+    let a = mix(u64::from(crc32fast::hash(name.as_bytes())) << 32 | u64::from(second.finalize()));
     let b = mix(a ^ name.len() as u64);
     let ip = Ipv6Addr::from((u128::from(a) << 64) | u128::from(b));
     SocketAddr::new(ip.into(), 0)
