@@ -40,21 +40,6 @@ async fn api(tg: &Tidegate, method: &str, path: &str, body: &str) -> Resp {
         .expect("admin call")
 }
 
-/// The route's pick counts once `done` accepts them (a request is counted as it ends, just
-/// after its response).
-async fn wait_picks(tg: &Tidegate, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let url = tg.admin_url("/api/v1/status");
-    wait_for("the pick counts", Duration::from_secs(10), || {
-        let url = url.clone();
-        let found = async move {
-            let s = get(&url).await.ok()?.json();
-            Some(s["routes"][0]["picking"]["picks"].clone())
-        };
-        async { found.await.filter(|p| done(p)) }
-    })
-    .await
-}
-
 async fn set_split(tg: &Tidegate, blue: u32, green: u32) {
     let body = format!(r#"{{"split":{{"blue":{blue},"green":{green}}}}}"#);
     let r = api(tg, "POST", "/api/v1/routes/app/split", &body).await;
@@ -131,7 +116,7 @@ async fn ramp_with(key_header: fn(usize) -> (String, String), affinity: &str) {
     }
     assert_ramp(&steps, 2.0);
     // Once every request has ended, from one snapshot: all were picked by affinity.
-    let picks = wait_picks(&tg, |p| p["affinity"] == 110_000).await;
+    let picks = wait_picking(&tg, |p| p["affinity"] == 110_000).await["picks"].clone();
     assert_eq!(picks["split"], 0, "{picks}");
     assert_eq!(picks["redealt"], 0, "{picks}");
 }
@@ -247,10 +232,11 @@ async fn a_drain_mid_ramp_redeals_blues_keys_and_the_reversed_ramp_brings_them_b
         "blue got a request after its drain began"
     );
     let blues = mid.iter().filter(|b| *b == "blue").count() as u64;
-    let picks = wait_picks(&tg, |p| {
+    let picks = wait_picking(&tg, |p| {
         p["affinity"].as_u64().unwrap_or(0) + p["redealt"].as_u64().unwrap_or(0) == 8_000
     })
-    .await;
+    .await["picks"]
+        .clone();
     assert_eq!(picks["redealt"], blues, "{picks}");
     // Undrain, then reverse the ramp: keys return as the weights say, each once.
     api(&tg, "POST", "/api/v1/pools/blue/undrain", "").await;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr};
 
 use common::*;
 
@@ -30,21 +30,6 @@ async fn api(tg: &Tidegate, method: &str, path: &str, body: &str) -> Resp {
     send(&client(), method, &tg.admin_url(path), &[], body)
         .await
         .expect("admin call")
-}
-
-/// The route's `picking` once `done` accepts its pick counts (requests are counted as they
-/// end, just after their response).
-async fn wait_picks(tg: &Tidegate, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let url = tg.admin_url("/api/v1/status");
-    wait_for("the pick counts", Duration::from_secs(10), || {
-        let url = url.clone();
-        let found = async move {
-            let s = get(&url).await.ok()?.json();
-            Some(s["routes"][0]["picking"].clone())
-        };
-        async { found.await.filter(|p| done(&p["picks"])) }
-    })
-    .await
 }
 
 async fn backend_for(tg: &Tidegate, headers: &[(&str, &str)]) -> Resp {
@@ -79,7 +64,7 @@ async fn a_weight_zero_pool_is_reached_with_the_header_only_and_a_draining_one_f
     let r = backend_for(&tg, &[("x-tidegate-pool", "green")]).await;
     assert_eq!((r.status, r.backend().as_deref()), (200, Some("blue")));
     // Picks are counted when a request ends: read them once everything has ended.
-    let p = wait_picks(&tg, |p| p["split"] == 25).await;
+    let p = wait_picking(&tg, |p| p["split"] == 25).await;
     assert_eq!(p["force_pool"]["pools"], serde_json::json!(["green"]));
     assert_eq!(p["force_pool"]["fallback"], "split");
     assert_eq!(p["picks"]["forced"], 20, "{p}");
@@ -142,23 +127,6 @@ async fn a_cookie_can_force_the_pool_too() {
     );
 }
 
-async fn cli(args: Vec<String>) -> (i32, String) {
-    tokio::task::spawn_blocking(move || {
-        let o = std::process::Command::new(binary())
-            .args(&args)
-            .output()
-            .expect("run tidegate");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code().unwrap_or(-1), text)
-    })
-    .await
-    .expect("cli task")
-}
-
 fn deploy_args(tg: &Tidegate, smoke: &str) -> Vec<String> {
     [
         "deploy",
@@ -194,7 +162,7 @@ async fn deploy_runs_its_smoke_test_on_the_forced_pool_and_aborts_when_it_fails(
         std::fs::write(&path, text).expect("write smoke script");
         format!("bash {}", path.display())
     };
-    let (code, out) = cli(deploy_args(&tg, &script("purple"))).await;
+    let (code, out) = run_cli(deploy_args(&tg, &script("purple"))).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("smoke test on pool green") && out.contains("nothing shifted"),
@@ -208,13 +176,13 @@ async fn deploy_runs_its_smoke_test_on_the_forced_pool_and_aborts_when_it_fails(
         "the smoke test reached green through the proxy"
     );
     // A smoke command that passes without ever using the forced pool proves nothing.
-    let (code, out) = cli(deploy_args(&tg, "true")).await;
+    let (code, out) = run_cli(deploy_args(&tg, "true")).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("no request reached pool green by force"),
         "{out}"
     );
-    let (code, out) = cli(deploy_args(&tg, &script("green"))).await;
+    let (code, out) = run_cli(deploy_args(&tg, &script("green"))).await;
     assert_eq!(code, 0, "{out}");
     let s = api(&tg, "GET", "/api/v1/routes/app/split", "").await.json();
     assert_eq!(
@@ -229,7 +197,7 @@ async fn deploy_runs_its_smoke_test_on_the_forced_pool_and_aborts_when_it_fails(
         .map(|s| s.to_string())
         .chain([tg2.admin_url("")])
         .collect();
-    let (code, out) = cli(args).await;
+    let (code, out) = run_cli(args).await;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("does not let pool app be forced"), "{out}");
 }

@@ -33,21 +33,7 @@ pools:
 }
 
 async fn cli(args: &[String]) -> (i32, String) {
-    let args = args.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let o = std::process::Command::new(binary())
-            .args(&args)
-            .output()
-            .expect("run tidegate");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code().unwrap_or(-1), text)
-    })
-    .await
-    .unwrap()
+    run_cli(args.to_vec()).await
 }
 
 fn with_admin(tg: &Tidegate, args: &[&str]) -> Vec<String> {

@@ -485,3 +485,39 @@ pub async fn read_request(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -
     buf.drain(..end + len);
     Some(head)
 }
+
+/// Run the binary with `args` (a client verb): (exit code, stdout + stderr).
+pub async fn run_cli(args: Vec<String>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let o = Command::new(binary())
+            .args(&args)
+            .output()
+            .expect("run tidegate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code().unwrap_or(-1), text)
+    })
+    .await
+    .expect("cli task")
+}
+
+/// The first route's `picking` once `done` accepts its pick counts (a request is counted
+/// as it ends, just after its response: read after quiescence, from one snapshot).
+pub async fn wait_picking(
+    tg: &Tidegate,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let url = tg.admin_url("/api/v1/status");
+    wait_for("the pick counts", Duration::from_secs(10), || {
+        let url = url.clone();
+        let found = async move {
+            let s = get(&url).await.ok()?.json();
+            Some(s["routes"][0]["picking"].clone())
+        };
+        async { found.await.filter(|p| done(&p["picks"])) }
+    })
+    .await
+}
