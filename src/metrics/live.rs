@@ -17,99 +17,172 @@ use crate::{
     state::{backend::BackendState, counts::Kind, stats::StreamEnd, AppState},
 };
 
-/// What the collector renders, with its help text, type and labels.
-const FAMILIES: [(&str, &str, MetricType, &[&str]); 16] = [
+/// The families the collector renders, addressed by name (a new one is one variant here and
+/// one arm in [`Family::spec`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    BackendInFlight,
+    BackendState,
+    BackendWeight,
+    BackendHealthy,
+    ConnectFailures,
+    StreamsEnded,
+    RouteSplitWeight,
+    Held,
+    Reloads,
+    Generation,
+    LastReloadSuccess,
+    ShuttingDown,
+    BuildInfo,
+    SpoolItems,
+    SpoolOldestAge,
+    AccessLogLines,
+}
+
+impl Family {
+    const ALL: [Family; 16] = [
+        Family::BackendInFlight,
+        Family::BackendState,
+        Family::BackendWeight,
+        Family::BackendHealthy,
+        Family::ConnectFailures,
+        Family::StreamsEnded,
+        Family::RouteSplitWeight,
+        Family::Held,
+        Family::Reloads,
+        Family::Generation,
+        Family::LastReloadSuccess,
+        Family::ShuttingDown,
+        Family::BuildInfo,
+        Family::SpoolItems,
+        Family::SpoolOldestAge,
+        Family::AccessLogLines,
+    ];
+
+    /// Name, help text, type and labels.
+    fn spec(self) -> Spec {
+        let (_, name, help, kind, labels) = SPECS[self as usize];
+        (name, help, kind, labels)
+    }
+}
+
+/// A family's name, help text, type and labels.
+type Spec = (
+    &'static str,
+    &'static str,
+    MetricType,
+    &'static [&'static str],
+);
+
+/// Every family's spec, in [`Family::ALL`] order (a test checks the order).
+const SPECS: [(Family, &str, &str, MetricType, &[&str]); 16] = [
     (
+        Family::BackendInFlight,
         names::BACKEND_IN_FLIGHT,
         "Requests and streams in flight per backend, by kind.",
         MetricType::GAUGE,
         &["pool", "backend", "kind"],
     ),
     (
+        Family::BackendState,
         names::BACKEND_STATE,
         "1 for the backend's current state (active, draining, drained, unhealthy, removed).",
         MetricType::GAUGE,
         &["pool", "backend", "state"],
     ),
     (
+        Family::BackendWeight,
         names::BACKEND_WEIGHT,
         "Configured weight of the backend in its pool.",
         MetricType::GAUGE,
         &["pool", "backend"],
     ),
     (
+        Family::BackendHealthy,
         names::BACKEND_HEALTHY,
         "1 when the backend passes its health checks and its connects succeed.",
         MetricType::GAUGE,
         &["pool", "backend"],
     ),
     (
+        Family::ConnectFailures,
         names::CONNECT_FAILURES,
         "Failed connection attempts to the backend (requests and probes).",
         MetricType::COUNTER,
         &["pool", "backend"],
     ),
     (
+        Family::StreamsEnded,
         names::STREAMS_ENDED,
         "SSE and WebSocket streams ended, by pool, kind and reason.",
         MetricType::COUNTER,
         &["pool", "kind", "reason"],
     ),
     (
+        Family::RouteSplitWeight,
         names::ROUTE_SPLIT_WEIGHT,
         "Effective split weight of a pool in a route (after overrides).",
         MetricType::GAUGE,
         &["route", "pool"],
     ),
     (
+        Family::Held,
         names::HELD,
         "Requests held right now because no backend of the route is available.",
         MetricType::GAUGE,
         &["route"],
     ),
     (
+        Family::Reloads,
         names::RELOADS,
         "Config reloads by result.",
         MetricType::COUNTER,
         &["result"],
     ),
     (
+        Family::Generation,
         names::GENERATION,
         "Generation of the config in force (1 at start, +1 per successful reload).",
         MetricType::GAUGE,
         &[],
     ),
     (
+        Family::LastReloadSuccess,
         names::LAST_RELOAD_SUCCESS,
         "Unix time of the last successful config load (start or reload).",
         MetricType::GAUGE,
         &[],
     ),
     (
+        Family::ShuttingDown,
         names::SHUTTING_DOWN,
         "1 once shutdown has begun.",
         MetricType::GAUGE,
         &[],
     ),
     (
+        Family::BuildInfo,
         names::BUILD_INFO,
         "Build information.",
         MetricType::GAUGE,
         &["version"],
     ),
     (
+        Family::SpoolItems,
         names::SPOOL_ITEMS,
         "Spooled requests by route and state (pending, dead).",
         MetricType::GAUGE,
         &["route", "state"],
     ),
     (
+        Family::SpoolOldestAge,
         names::SPOOL_OLDEST_AGE,
         "Age of the oldest pending spooled request, by route (0 when none is pending).",
         MetricType::GAUGE,
         &["route"],
     ),
     (
+        Family::AccessLogLines,
         names::ACCESS_LOG_LINES,
         "Access log lines written, and dropped because the destination could not keep up.",
         MetricType::COUNTER,
@@ -127,8 +200,9 @@ pub struct Live {
 
 impl Live {
     pub fn new(state: &Arc<AppState>) -> Live {
-        let descs = FAMILIES
+        let descs = Family::ALL
             .iter()
+            .map(|f| f.spec())
             .filter_map(|(name, help, _, labels)| {
                 let labels = labels.iter().map(|l| l.to_string()).collect();
                 Desc::new(
@@ -147,26 +221,28 @@ impl Live {
     }
 }
 
-/// Families being filled, in [`FAMILIES`] order.
+/// Families being filled, in [`Family::ALL`] order.
 struct Out(Vec<MetricFamily>);
 
 impl Out {
     fn new() -> Out {
-        Out(FAMILIES
+        Out(Family::ALL
             .iter()
+            .map(|f| f.spec())
             .map(|(name, help, kind, _)| {
                 let mut mf = MetricFamily::default();
                 mf.set_name(name.to_string());
                 mf.set_help(help.to_string());
-                mf.set_field_type(*kind);
+                mf.set_field_type(kind);
                 mf
             })
             .collect())
     }
 
-    /// One sample of family `i`; label values in the family's label order.
-    fn push(&mut self, i: usize, values: &[&str], v: f64) {
-        let (_, _, kind, labels) = FAMILIES[i];
+    /// One sample of family `f`; label values in the family's label order.
+    fn push(&mut self, f: Family, values: &[&str], v: f64) {
+        let (_, _, kind, labels) = f.spec();
+        let i = f as usize;
         let pairs = labels
             .iter()
             .zip(values)
@@ -212,16 +288,32 @@ impl Collector for Live {
 fn backend(out: &mut Out, b: &BackendState, weight: Option<u32>, label: &str) {
     let (p, n) = (&*b.pool.name, &*b.name);
     for k in Kind::ALL {
-        out.push(0, &[p, n, k.as_str()], b.counts.get(k) as f64);
+        out.push(
+            Family::BackendInFlight,
+            &[p, n, k.as_str()],
+            b.counts.get(k) as f64,
+        );
     }
     for s in STATES {
-        out.push(1, &[p, n, s], f64::from(u8::from(label == s)));
+        out.push(
+            Family::BackendState,
+            &[p, n, s],
+            f64::from(u8::from(label == s)),
+        );
     }
     if let Some(w) = weight {
-        out.push(2, &[p, n], f64::from(w));
+        out.push(Family::BackendWeight, &[p, n], f64::from(w));
     }
-    out.push(3, &[p, n], f64::from(u8::from(b.healthy())));
-    out.push(4, &[p, n], b.connect_failures() as f64);
+    out.push(
+        Family::BackendHealthy,
+        &[p, n],
+        f64::from(u8::from(b.healthy())),
+    );
+    out.push(
+        Family::ConnectFailures,
+        &[p, n],
+        b.connect_failures() as f64,
+    );
 }
 
 fn backends(state: &AppState, out: &mut Out) {
@@ -248,7 +340,7 @@ fn backends(state: &AppState, out: &mut Out) {
         for (ws, kind) in [(false, "sse"), (true, "websocket")] {
             for why in StreamEnd::ALL {
                 let v = p.streams_ended.get(ws, why) as f64;
-                out.push(5, &[&p.name, kind, why.as_str()], v);
+                out.push(Family::StreamsEnded, &[&p.name, kind, why.as_str()], v);
             }
         }
     }
@@ -258,9 +350,9 @@ fn routes(state: &AppState, out: &mut Out) {
     let table = state.table();
     for r in &table.routes {
         for (p, w) in &r.split {
-            out.push(6, &[&r.name, &p.name], f64::from(*w));
+            out.push(Family::RouteSplitWeight, &[&r.name, &p.name], f64::from(*w));
         }
-        out.push(7, &[&r.name], r.stats.held() as f64);
+        out.push(Family::Held, &[&r.name], r.stats.held() as f64);
     }
     let now = crate::state::process::unix_now();
     for (name, d) in state.stats.spool_depths() {
@@ -271,28 +363,49 @@ fn routes(state: &AppState, out: &mut Out) {
         if !spools && d.pending() + d.dead() == 0 {
             continue;
         }
-        out.push(13, &[&name, "pending"], d.pending() as f64);
-        out.push(13, &[&name, "dead"], d.dead() as f64);
+        out.push(Family::SpoolItems, &[&name, "pending"], d.pending() as f64);
+        out.push(Family::SpoolItems, &[&name, "dead"], d.dead() as f64);
         let age = d
             .oldest_ms()
             .filter(|_| d.pending() > 0)
             .map_or(0.0, |ms| (now - ms as f64 / 1000.0).max(0.0));
-        out.push(14, &[&name], age);
+        out.push(Family::SpoolOldestAge, &[&name], age);
     }
 }
 
 fn process(state: &AppState, out: &mut Out) {
     let reloads = state.process.reloads();
-    out.push(8, &["success"], reloads.succeeded as f64);
-    out.push(8, &["failure"], reloads.failed as f64);
-    out.push(9, &[], state.table().generation as f64);
+    out.push(Family::Reloads, &["success"], reloads.succeeded as f64);
+    out.push(Family::Reloads, &["failure"], reloads.failed as f64);
+    out.push(Family::Generation, &[], state.table().generation as f64);
     let last = reloads
         .last_success_unix
         .unwrap_or(state.process.started_unix);
-    out.push(10, &[], last);
-    out.push(11, &[], f64::from(u8::from(state.is_shutting_down())));
-    out.push(12, &[env!("CARGO_PKG_VERSION")], 1.0);
+    out.push(Family::LastReloadSuccess, &[], last);
+    out.push(
+        Family::ShuttingDown,
+        &[],
+        f64::from(u8::from(state.is_shutting_down())),
+    );
+    out.push(Family::BuildInfo, &[env!("CARGO_PKG_VERSION")], 1.0);
     let (written, dropped) = state.access_log.counts();
-    out.push(15, &["written"], written as f64);
-    out.push(15, &["dropped"], dropped as f64);
+    out.push(Family::AccessLogLines, &["written"], written as f64);
+    out.push(Family::AccessLogLines, &["dropped"], dropped as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_listed_in_their_own_order_once_each() {
+        for (i, f) in Family::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}");
+            assert_eq!(SPECS[i].0, *f, "SPECS[{i}] is not {f:?}");
+        }
+        let mut names: Vec<&str> = Family::ALL.iter().map(|f| f.spec().0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Family::ALL.len());
+    }
 }
