@@ -103,11 +103,13 @@ async fn a_refusing_route_answers_503_while_its_forced_pool_cannot_take_the_requ
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"], "forced_pool_unavailable", "{}", r.body);
     assert!(r.json()["request_id"].is_string());
-    // Without the header the split still serves.
+    // Without the header the split still serves. The refused request counts as forced.
     assert_eq!(
         backend_for(&tg, &[]).await.backend().as_deref(),
         Some("blue")
     );
+    let p = wait_picking(&tg, |p| p["split"] == 1).await;
+    assert_eq!(p["picks"]["forced"], 2, "{p}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -118,10 +118,12 @@ impl Proxy {
         let client = headers::client_ip(session);
         loop {
             let state = &self.state;
+            // Readiness only asks whether some pool can take the request, whatever its key:
+            // a placeholder spares minting a cookie value at every wake-up.
             let asking = pick::Asking {
                 req: &req,
                 client,
-                minted: None,
+                minted: Some("-"),
             };
             let ended = ctx
                 .hold

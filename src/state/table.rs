@@ -230,14 +230,10 @@ impl<F: Fn(&BackendState) -> bool> View for Avoiding<'_, F> {
         &self.route.split[pool].0.members
     }
     fn usable(&self, pool: usize, backend: usize) -> bool {
-        let b = &self.route.split[pool].0.backends[backend];
-        b.usable() && !(self.skip)(&b.state)
+        self.route.split[pool].0.takes(backend, self.skip)
     }
     fn admits(&self, pool: usize, backend: usize) -> bool {
-        let p = &self.route.split[pool].0;
-        p.spec
-            .slow_start
-            .is_none_or(|w| p.backends[backend].state.slow_start_accept(w))
+        self.route.split[pool].0.admits(backend)
     }
 }
 
@@ -344,6 +340,19 @@ impl Pool {
         self.backends.iter().any(Backend::usable)
     }
 
+    /// Whether backend `i` can take a request that avoids `skip`.
+    fn takes(&self, i: usize, skip: &impl Fn(&BackendState) -> bool) -> bool {
+        let b = &self.backends[i];
+        b.usable() && !skip(&b.state)
+    }
+
+    /// Whether slow start lets backend `i` take a request now (always, without slow start).
+    fn admits(&self, i: usize) -> bool {
+        self.spec
+            .slow_start
+            .is_none_or(|w| self.backends[i].state.slow_start_accept(w))
+    }
+
     /// The backend for an attempt of a request routed here, skipping those `skip` names
     /// (backends it already failed on): by its sticky key's ring position, else by weight
     /// with slow start.
@@ -364,14 +373,10 @@ impl<F: Fn(&BackendState) -> bool> View for PoolView<'_, F> {
         &self.pool.members
     }
     fn usable(&self, _: usize, backend: usize) -> bool {
-        let b = &self.pool.backends[backend];
-        b.usable() && !(self.skip)(&b.state)
+        self.pool.takes(backend, self.skip)
     }
     fn admits(&self, _: usize, backend: usize) -> bool {
-        self.pool
-            .spec
-            .slow_start
-            .is_none_or(|w| self.pool.backends[backend].state.slow_start_accept(w))
+        self.pool.admits(backend)
     }
 }
 
