@@ -92,20 +92,25 @@ pub async fn health(State(state): St) -> Response {
         ));
     }
     let status = if state.is_shutting_down() {
-        "unhealthy"
+        api::HealthStatus::Unhealthy
     } else if reasons.is_empty() {
-        "healthy"
+        api::HealthStatus::Healthy
     } else {
-        "degraded"
+        api::HealthStatus::Degraded
     };
     let body = api::Health {
-        status: status.into(),
+        status,
         reasons,
         uptime_seconds: state.process.started.elapsed().as_secs(),
         generation: table.generation,
         spool,
     };
-    json(if status == "unhealthy" { 503 } else { 200 }, &body)
+    let code = if status == api::HealthStatus::Unhealthy {
+        503
+    } else {
+        200
+    };
+    json(code, &body)
 }
 
 /// `GET /metrics`.
@@ -148,7 +153,7 @@ fn pool_status(p: &Pool, live: &mut HashSet<String>, overridden: bool) -> api::P
     let ps = &p.backends[0].state.pool;
     let drain = ps.drain.snapshot();
     api::PoolStatus {
-        state: drain.phase().as_str().to_string(),
+        state: drain.phase().shown(),
         backends_override: overridden,
         file_state: file_state(p.spec.declared_draining),
         in_flight: ps.counts.snapshot(),
@@ -159,8 +164,12 @@ fn pool_status(p: &Pool, live: &mut HashSet<String>, overridden: bool) -> api::P
     }
 }
 
-fn file_state(draining: bool) -> String {
-    if draining { "draining" } else { "active" }.to_string()
+fn file_state(draining: bool) -> api::FileState {
+    if draining {
+        api::FileState::Draining
+    } else {
+        api::FileState::Active
+    }
 }
 
 /// The whole status: generation, routes and splits, pools, backends, removed-but-busy work.
@@ -200,7 +209,7 @@ pub fn status_of(state: &AppState) -> api::Status {
         .filter(|b| !live.contains(&*b.id) && b.in_flight() > 0)
         .map(|b| {
             let mut v = view::backend_status(b, None, None);
-            v.state = "removed".into();
+            v.state = api::State::Removed;
             v
         })
         .collect();

@@ -41,7 +41,7 @@ pub fn drain_status_listing(state: &AppState, r: &Resolved, limit: usize) -> api
     v.pool = r.pool.name.to_string();
     if let Some(b) = &r.backend {
         v.backend = Some(b.id.to_string());
-        v.pool_state = Some(r.pool.drain.phase().as_str().to_string());
+        v.pool_state = Some(r.pool.drain.phase().shown());
     }
     v
 }
@@ -59,7 +59,7 @@ fn drain_view(
     let mut all: Vec<_> = backends
         .iter()
         .flat_map(|b| b.items.all().into_iter().map(move |i| (b.clone(), i)))
-        .filter(|(_, i)| i.kind().is_stream())
+        .filter(|(_, i)| i.is_stream())
         .collect();
     let total = all.len() as u64;
     // The oldest `limit`: partition around the limit, then sort only those.
@@ -72,7 +72,7 @@ fn drain_view(
         .into_iter()
         .map(|(b, i)| api::StreamInfo {
             backend: b.id.to_string(),
-            kind: i.kind().as_str().to_string(),
+            kind: i.kind(),
             route: i.route.to_string(),
             path: i.uri.path().to_string(),
             client: i.client.map(|c| c.to_string()),
@@ -83,7 +83,11 @@ fn drain_view(
     let oldest = streams.first().map(|s| s.age_seconds);
     let phase = machine.phase();
     api::DrainStatus {
-        state: if removed { "removed" } else { phase.as_str() }.to_string(),
+        state: if removed {
+            api::State::Removed
+        } else {
+            phase.shown()
+        },
         drained: phase == Phase::Drained || (removed && counts.total() == 0),
         in_flight: counts,
         started_at: machine.started_at().map(unix),
@@ -120,14 +124,14 @@ pub fn backend_status(
         .items
         .all()
         .into_iter()
-        .find(|i| i.kind().is_stream())
+        .find(|i| i.is_stream())
         .map(|i| i.age(Instant::now()).as_secs_f64());
     api::BackendStatus {
         id: b.id.to_string(),
         name: b.name.to_string(),
         address: address.map(str::to_string),
         weight,
-        state: drain.phase().as_str().to_string(),
+        state: drain.phase().shown(),
         available: b.available(),
         healthy: b.healthy(),
         in_flight: b.counts.snapshot(),

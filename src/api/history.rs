@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+
 /// Samples and marks, oldest first.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct History {
@@ -33,10 +34,9 @@ pub struct PoolSample {
     pub errors: f64,
     /// Failed connects per second.
     pub connect_failures: f64,
-    /// In flight now, by kind.
-    pub http: u64,
-    pub sse: u64,
-    pub websocket: u64,
+    /// In flight now, by kind (`http`, `sse`, … keys beside the others).
+    #[serde(flatten)]
+    pub in_flight: super::InFlight,
     /// Requests held now by routes whose split has this pool.
     pub held: u64,
 }

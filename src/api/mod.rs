@@ -7,8 +7,10 @@
 //! times (`…_at`).
 
 mod history;
+mod kind;
 mod spool;
 pub use history::*;
+pub use kind::*;
 pub use spool::*;
 
 use std::collections::BTreeMap;
@@ -46,29 +48,13 @@ pub struct Ready {
 /// `GET /health`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {
-    /// `healthy`, `degraded` or `unhealthy`.
-    pub status: String,
+    pub status: HealthStatus,
     pub reasons: Vec<String>,
     pub uptime_seconds: u64,
     pub generation: u64,
     /// Spool depth by route (routes that spool, or hold items).
     #[serde(default)]
     pub spool: Vec<SpoolDepth>,
-}
-
-/// In-flight work by kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    pub http: u64,
-    pub sse: u64,
-    pub websocket: u64,
-}
-
-impl InFlight {
-    /// Sum over kinds.
-    pub fn total(&self) -> u64 {
-        self.http + self.sse + self.websocket
-    }
 }
 
 /// `GET /api/v1/status`.
@@ -173,8 +159,7 @@ pub struct RouteMatch {
 /// A split ramp's progress.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ramp {
-    /// `running`, `completed`, `cancelled` or `rolled_back`.
-    pub state: String,
+    pub state: RampState,
     pub from: BTreeMap<String, u32>,
     pub to: BTreeMap<String, u32>,
     pub over_seconds: f64,
@@ -195,7 +180,7 @@ pub struct Ramp {
 impl Ramp {
     /// Whether it still moves.
     pub fn is_running(&self) -> bool {
-        self.state == "running"
+        self.state == RampState::Running
     }
 }
 
@@ -203,12 +188,12 @@ impl Ramp {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PoolStatus {
     /// `active`, `draining` or `drained`.
-    pub state: String,
+    pub state: State,
     /// Whether the members are a runtime override (`PUT …/backends`).
     #[serde(default)]
     pub backends_override: bool,
     /// `state:` as written in the file.
-    pub file_state: String,
+    pub file_state: FileState,
     pub in_flight: InFlight,
     pub drain_started_at: Option<f64>,
     pub drained_at: Option<f64>,
@@ -227,8 +212,7 @@ pub struct BackendStatus {
     /// `None` for a removed backend.
     pub address: Option<String>,
     pub weight: Option<u32>,
-    /// `active`, `draining`, `drained` or `removed`.
-    pub state: String,
+    pub state: State,
     pub available: bool,
     pub healthy: bool,
     pub in_flight: InFlight,
@@ -238,7 +222,7 @@ pub struct BackendStatus {
     pub connect_failures: u64,
     /// `state:` as written in the file (configured backends only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file_state: Option<String>,
+    pub file_state: Option<FileState>,
 }
 
 /// Maintenance mode as shown: `{"maintenance": false}` or the whole setting.
@@ -273,8 +257,7 @@ pub struct DrainRequest {
 /// The drain status of a pool or backend (`GET …/drain`, `…/drain/wait`, drain, undrain).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DrainStatus {
-    /// `active`, `draining`, `drained` or `removed`.
-    pub state: String,
+    pub state: State,
     pub drained: bool,
     pub in_flight: InFlight,
     pub started_at: Option<f64>,
@@ -292,7 +275,7 @@ pub struct DrainStatus {
     pub backend: Option<String>,
     /// The pool's own state, when the target is one backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool_state: Option<String>,
+    pub pool_state: Option<State>,
     /// How long a `drain/wait` blocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waited_seconds: Option<f64>,
@@ -310,8 +293,8 @@ pub struct DrainDeadlines {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StreamInfo {
     pub backend: String,
-    /// `sse` or `websocket`.
-    pub kind: String,
+    /// `sse`, `websocket` or `grpc`.
+    pub kind: Kind,
     pub route: String,
     pub path: String,
     pub client: Option<String>,

@@ -1,6 +1,6 @@
 //! `tidegate drain POOL[/BACKEND] [--wait] [--timeout D]` and `tidegate undrain …`, across a
 //! fleet. `--wait` long-polls every proxy until all report drained, with a live progress line
-//! on a terminal (elapsed, http / sse / websocket, deadline countdown) and a plain line every
+//! on a terminal (elapsed, in flight by kind, deadline countdown) and a plain line every
 //! 5 s otherwise. Exit: 0 drained, 1 timed out, 2 error.
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 
 use super::{exit, seg, Admin, ClientError};
 use crate::{
-    api::{DrainRequest, DrainStatus},
+    api::{DrainRequest, DrainStatus, InFlight},
     config::duration::HumanDuration,
     state::process::unix_now,
 };
@@ -80,14 +80,14 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             );
         }
         let drained = statuses.iter().all(|s| s.drained);
-        let (http, sse, ws) = statuses.iter().fold((0, 0, 0), |(h, s, w), v| {
-            let f = &v.in_flight;
-            (h + f.http, s + f.sse, w + f.websocket)
-        });
+        let counts = statuses
+            .iter()
+            .fold(InFlight::default(), |sum, v| sum.plus(v.in_flight));
+        let kinds = counts.words("  ");
         let elapsed = started.elapsed();
         let deadline = next_deadline(&statuses);
         let line = format!(
-            "draining {}: {:>4}s elapsed  http {http}  sse {sse}  websocket {ws}{}",
+            "draining {}: {:>4}s elapsed  {kinds}{}",
             a.target,
             elapsed.as_secs(),
             deadline
@@ -115,7 +115,7 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             if a.json {
                 println!("{}", serde_json::to_string(&statuses).unwrap_or_default());
             } else {
-                println!("{}: not drained after {}s (http {http}, sse {sse}, websocket {ws} still in flight)", a.target, elapsed.as_secs());
+                println!("{}: not drained after {}s ({} still in flight)", a.target, elapsed.as_secs(), counts.words(", "));
             }
             return Ok(exit::NOT_DONE);
         }
@@ -148,11 +148,7 @@ fn print_result(target: &str, statuses: &[DrainStatus], json: bool) {
         return;
     }
     for s in statuses {
-        let f = &s.in_flight;
-        println!(
-            "{target}: {} (http {}, sse {}, websocket {})",
-            s.state, f.http, f.sse, f.websocket
-        );
+        println!("{target}: {} ({})", s.state, s.in_flight.words(", "));
     }
 }
 

@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{exit, seg, Admin, ClientError};
-use crate::api::{RouteSplit, SplitRequest};
+use crate::api::{RampState, RouteSplit, SplitRequest};
 
 /// Arguments of `shift`.
 pub struct ShiftArgs {
@@ -138,11 +138,11 @@ pub(super) async fn follow(
         }
         let stopped = views.iter().zip(fleet).find_map(|(v, admin)| {
             let r = v.ramp.as_ref()?;
-            (r.state == "rolled_back" || r.state == "cancelled").then(|| (admin, r.clone()))
+            matches!(r.state, RampState::RolledBack | RampState::Cancelled).then(|| (admin, r.clone()))
         });
         if let Some((admin, r)) = stopped {
             set_split(fleet, route, from).await?;
-            let verb = if r.state == "rolled_back" {
+            let verb = if r.state == RampState::RolledBack {
                 "rolled back"
             } else {
                 "stopped"
@@ -157,7 +157,7 @@ pub(super) async fn follow(
         }
         let done = views
             .iter()
-            .all(|v| v.ramp.as_ref().is_some_and(|r| r.state == "completed"));
+            .all(|v| v.ramp.as_ref().is_some_and(|r| r.state == RampState::Completed));
         if done {
             println!("{route}: shifted to {}", fmt(to));
             return Ok(exit::OK);

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use super::{exit, Admin, ClientError};
-use crate::api::{self, BackendStatus, MaintenanceRequest, MaintenanceStatus, Status};
+use crate::api::{
+    self, BackendStatus, Kind, MaintenanceRequest, MaintenanceStatus, State, Status,
+};
 
 /// `/readyz` of every proxy: 0 all ready, 1 one is not (starting or shutting down).
 pub async fn health(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
@@ -117,23 +119,27 @@ pub fn table(all: &[(String, Status)]) -> String {
             out.push_str(&route_line(r));
         }
     }
+    let kinds: String = Kind::ALL
+        .iter()
+        .map(|k| format!(" {:>9}", k.as_str().to_uppercase()))
+        .collect();
     out.push_str(&format!(
-        "{:<28} {:<24} {:<10} {:>7} {:>6} {:>6} {:>10}  {}\n",
-        "BACKEND", "ADDRESS", "STATE", "HEALTHY", "HTTP", "SSE", "WEBSOCKET", "PROXY"
+        "{:<28} {:<24} {:<10} {:>7}{kinds}  PROXY\n",
+        "BACKEND", "ADDRESS", "STATE", "HEALTHY"
     ));
     for (admin, s) in all {
         for (pool, p) in &s.pools {
             for b in &p.backends {
-                let state = if p.state != "active" {
-                    &p.state
+                let state = if p.state != State::Active {
+                    p.state
                 } else {
-                    &b.state
+                    b.state
                 };
                 let id = format!("{pool}/{}", b.name);
                 out.push_str(&row(
                     &id,
                     b.address.as_deref().unwrap_or(""),
-                    state,
+                    state.as_str(),
                     b,
                     admin,
                 ));
@@ -147,13 +153,13 @@ pub fn table(all: &[(String, Status)]) -> String {
 }
 
 fn row(id: &str, addr: &str, state: &str, b: &BackendStatus, admin: &str) -> String {
-    let f = &b.in_flight;
+    let counts: String = Kind::ALL
+        .iter()
+        .map(|k| format!(" {:>9}", b.in_flight.get(*k)))
+        .collect();
     format!(
-        "{id:<28} {addr:<24} {state:<10} {:>7} {:>6} {:>6} {:>10}  {admin}\n",
+        "{id:<28} {addr:<24} {state:<10} {:>7}{counts}  {admin}\n",
         if b.healthy { "yes" } else { "no" },
-        f.http,
-        f.sse,
-        f.websocket,
     )
 }
 

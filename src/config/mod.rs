@@ -11,6 +11,7 @@ pub mod error;
 pub mod file;
 mod parse;
 pub mod spec;
+pub mod upstream;
 
 use std::path::Path;
 

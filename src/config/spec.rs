@@ -334,6 +334,8 @@ pub struct PoolSpec {
     pub passive: PassiveHealth,
     pub slow_start: Option<Duration>,
     pub declared_draining: bool,
+    /// How backends are reached (protocol, TLS, HTTP/2 reuse).
+    pub upstream: super::upstream::Upstream,
 }
 
 /// One backend of a pool.

@@ -32,6 +32,15 @@ impl Phase {
         }
     }
 
+    /// The state as the API shows it.
+    pub fn shown(self) -> crate::api::State {
+        match self {
+            Phase::Active => crate::api::State::Active,
+            Phase::Draining => crate::api::State::Draining,
+            Phase::Drained => crate::api::State::Drained,
+        }
+    }
+
     /// Lowercase name as used in JSON and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -337,10 +337,10 @@ fn backends(state: &AppState, out: &mut Out) {
         }
     }
     for p in state.registry.pools() {
-        for (ws, kind) in [(false, "sse"), (true, "websocket")] {
+        for kind in Kind::STREAMS {
             for why in StreamEnd::ALL {
-                let v = p.streams_ended.get(ws, why) as f64;
-                out.push(Family::StreamsEnded, &[&p.name, kind, why.as_str()], v);
+                let v = p.streams_ended.get(kind, why) as f64;
+                out.push(Family::StreamsEnded, &[&p.name, kind.as_str(), why.as_str()], v);
             }
         }
     }

@@ -36,9 +36,14 @@ pub fn json_error_body(code: u16, kind: &str, message: &str, request_id: Option<
     Bytes::from(v)
 }
 
-/// Write a complete JSON error response.
+/// Write a complete JSON error response (a gRPC status to a gRPC call).
 pub async fn respond(session: &mut Session, code: u16, kind: &str, message: &str) -> Result<()> {
     let id = request_id(session);
+    if super::grpc::is_grpc(session.req_header()) {
+        let status = super::grpc::status_for_http(code);
+        let retry = (code == 503).then_some(1);
+        return super::grpc::respond(session, status, message, id.as_deref(), retry).await;
+    }
     let body = json_error_body(code, kind, message, id.as_deref());
     let mut resp = ResponseHeader::build(code, Some(5))?;
     put_request_id(&mut resp, id.as_deref())?;
@@ -101,6 +106,13 @@ pub async fn respond_maintenance(
 ) -> Result<()> {
     let secs = m.retry_after.as_secs();
     let id = request_id(session);
+    if super::grpc::is_grpc(session.req_header()) {
+        // UNAVAILABLE rather than RESOURCE_EXHAUSTED: maintenance passes, and gRPC clients
+        // retry UNAVAILABLE by default.
+        let msg = m.message.as_str();
+        let (status, id) = (super::grpc::UNAVAILABLE, id.as_deref());
+        return super::grpc::respond(session, status, msg, id, Some(secs)).await;
+    }
     let v = serde_json::json!({
         "error": "maintenance",
         "message": m.message,

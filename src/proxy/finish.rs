@@ -35,6 +35,13 @@ pub(super) async fn end_politely(
             };
             errors::respond(session, 503, "ended", msg).await
         }
+        (Kind::Grpc, true) => {
+            let msg = match why {
+                Some(EndReason::Shutdown) => "tidegate is shutting down; retry",
+                _ => "the backend was drained and its deadline passed; retry",
+            };
+            super::grpc::end(session, super::grpc::UNAVAILABLE, msg).await
+        }
         (Kind::Http, true) => Ok(()),
     };
     if let Err(e) = res {
@@ -71,6 +78,6 @@ pub(super) fn record_stats(ctx: &Ctx, status: u16, e: Option<&Error>) {
         t.backend()
             .pool
             .streams_ended
-            .record(kind == Kind::WebSocket, why);
+            .record(kind, why);
     }
 }

@@ -13,6 +13,7 @@
 mod affinity;
 mod errors;
 mod finish;
+mod grpc;
 mod headers;
 mod hold;
 mod hygiene;
@@ -99,6 +100,11 @@ pub struct Ctx {
     /// An affinity cookie value minted for it, set on its response.
     minted: Option<Box<str>>,
     upgrade: bool,
+    /// `grpc` for a gRPC call (known from the request), else `http` (the response may make
+    /// it a stream).
+    kind: Kind,
+    /// The upstream connection is HTTP/2 (shared by other requests).
+    h2: bool,
     started: Instant,
     _active: ActiveGuard,
 }
@@ -221,6 +227,8 @@ impl ProxyHttp for Proxy {
             how: None,
             minted: None,
             upgrade: false,
+            kind: Kind::Http,
+            h2: false,
             started: Instant::now(),
             _active: ActiveGuard::new(self.state.clone()),
         }
@@ -231,6 +239,9 @@ impl ProxyHttp for Proxy {
         // (pingora's default drops them and closes the connection).
         session.as_mut().set_pipelining_enabled(true);
         ctx.upgrade = session.is_upgrade_req();
+        if grpc::is_grpc(session.req_header()) {
+            ctx.kind = Kind::Grpc;
+        }
         if self.state.is_shutting_down() {
             // Answer with `Connection: close` from the moment shutdown begins, so clients move
             // to fresh connections (the new process after an upgrade) before the listeners
@@ -278,28 +289,32 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (route, backend, addr) = self.choose_backend(session, ctx).await?;
+        let (route, backend, addr, address) = self.choose_backend(session, ctx).await?;
         ctx.attempts += 1;
         ctx.last_backend = Some(backend.name.clone());
         // Replacing the guard drops the previous attempt's count (a retry is counted once).
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        ctx.backend = Some(Tracking::new(
+        ctx.backend = Some(Tracking::of_kind(
             backend,
             route.name.clone(),
             session.req_header().uri.clone(),
             client,
+            ctx.kind,
         ));
         let cfg = self.state.table();
         let t = &cfg.spec.timeouts;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let upstream = ctx.pool.as_ref().map(|p| &p.spec.upstream);
+        let mut peer = match upstream {
+            Some(u) => u.peer(addr, address.as_deref().unwrap_or(""), ctx.upgrade),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
+        ctx.h2 = upstream.is_some_and(|u| u.is_h2()) && !ctx.upgrade;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
         peer.options.idle_timeout = Some(t.upstream_keepalive);
-        if ctx.upgrade {
-            // WebSocket needs HTTP/1.1 upstream, and no read timeout on the upstream side:
-            // silence is governed by `timeouts.websocket_idle` on the client side.
-            peer.options.set_http_version(1, 1);
-        } else {
+        // WebSocket (HTTP/1.1 upstream, see `Upstream::peer`) and gRPC calls (streams by
+        // nature) get no read timeout upstream: silence is governed on the client side.
+        if !ctx.upgrade && ctx.kind != Kind::Grpc {
             peer.options.read_timeout = t.upstream_read;
         }
         ctx.attempt_started = Some(Instant::now());
@@ -342,7 +357,7 @@ impl ProxyHttp for Proxy {
             _ => Duration::ZERO,
         });
         if let Some(t) = &ctx.backend {
-            t.item().set_fd(Some(fd));
+            t.item().set_upstream(fd, ctx.h2);
             if t.backend().record_connect_ok() {
                 // It had been failing: requests held after failing on it may try again.
                 self.state.availability_changed();
@@ -374,7 +389,15 @@ impl ProxyHttp for Proxy {
             affinity::set_cookie(route, value, tls, resp);
         }
         let Some(t) = &ctx.backend else { return Ok(()) };
-        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
+        if ctx.kind == Kind::Grpc {
+            // Its response is open from here on: a stream for the drain deadlines. With
+            // `auto`, ALPN decided whether the connection is shared.
+            t.item().set_open();
+            if resp.version == http::Version::HTTP_2 && !ctx.h2 {
+                ctx.h2 = true;
+                t.item().mark_shared();
+            }
+        } else if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
             t.set_kind(Kind::WebSocket);
         } else if is_event_stream(resp) {
             t.set_kind(Kind::Sse);
@@ -389,6 +412,17 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if ctx.h2 {
+            if let Some(t) = ctx.backend.as_ref().filter(|t| t.item().ended().is_some()) {
+                // Ended on purpose on a shared connection: this call alone ends, here (its
+                // upstream stream is reset; the client is answered in `fail_to_proxy`).
+                t.item().set_fd(None);
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "ended on purpose (drain deadline or shutdown)",
+                ));
+            }
+        }
         if end_of_stream {
             // The upstream connection may go back to the pool now: forget its socket so a
             // deadline can never shut down a connection another request reuses.
@@ -434,6 +468,20 @@ impl ProxyHttp for Proxy {
             return end_politely(session, t.item().kind(), t.item().ended()).await;
         }
         let code = errors::status_for(e);
+        if ctx.kind == Kind::Grpc && session.response_written().is_some() {
+            // The backend's answer began and broke off: the call still ends with a status.
+            if code > 0 {
+                let msg = format!("upstream stream broken: {}", e.etype().as_str());
+                let status = grpc::UNAVAILABLE;
+                if let Err(we) = grpc::end(session, status, &msg).await {
+                    tracing::debug!(error = %we, "could not end a gRPC call");
+                }
+            }
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if let Some(done) = Box::pin(self.spool_failed(session, ctx, code)).await {
             return done;
         }

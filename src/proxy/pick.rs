@@ -148,7 +148,14 @@ impl Ctx {
     }
 }
 
-type Chosen = (Arc<Route>, Arc<BackendState>, SocketAddr);
+/// The route, the backend, its address and (TLS pools only) its address as written, whose
+/// host is the default server name.
+type Chosen = (Arc<Route>, Arc<BackendState>, SocketAddr, Option<Box<str>>);
+
+/// The written address of a backend of a TLS pool (no allocation for plain pools).
+fn tls_address(pool: &Pool, address: &str) -> Option<Box<str>> {
+    pool.spec.upstream.tls.as_ref().map(|_| address.into())
+}
 
 impl Proxy {
     /// The backend for the next attempt, holding while the whole split has none for this
@@ -168,7 +175,8 @@ impl Proxy {
             if ctx.failed.len() <= route.spec.retries as usize {
                 let picked = pool.pick_for(&ctx.want, &|b| ctx.failed.skips(b));
                 if let Some((b, addr)) = picked.and_then(|b| Some((b, b.addr?))) {
-                    return Ok((route, b.state.clone(), addr));
+                    let tls = tls_address(&pool, &b.spec.address);
+                    return Ok((route, b.state.clone(), addr, tls));
                 }
                 // The chosen pool has nothing left for this request (a drain raced the
                 // pick, or its backends failed): any pool of the split, newest snapshot,
@@ -177,7 +185,8 @@ impl Proxy {
                 let found = reroute(&cfg, ctx.asking(session), &ctx.failed);
                 if let Some((r, p, b, picked)) = found {
                     if let Some(addr) = b.addr {
-                        let chosen = (r.clone(), b.state.clone(), addr);
+                        let tls = tls_address(p, &b.spec.address);
+                        let chosen = (r.clone(), b.state.clone(), addr, tls);
                         ctx.settle(r.clone(), p.clone(), picked);
                         return Ok(chosen);
                     }

@@ -273,9 +273,37 @@ fn restore(state: &AppState, pool: &str, backend: Option<&str>, started: SystemT
     state.enforce(target, epoch);
 }
 
+/// How long work on a shared (HTTP/2) upstream connection, ended on purpose, may wait for
+/// its next response chunk to end at alone; a quiet call then ends with everything else on
+/// that connection.
+pub const SHARED_GRACE: Duration = Duration::from_secs(1);
+
 /// End one tracked item on purpose. For a WebSocket the backend first gets a close frame
 /// 1001 on its socket; the client gets its close frame from the proxy hooks.
-pub fn end_item(item: &Tracked, reason: EndReason) -> bool {
+///
+/// Work on a shared HTTP/2 connection is only marked: its next response chunk ends it alone
+/// (the proxy resets its upstream stream and answers the client politely: trailers with
+/// `grpc-status: 14` for gRPC). If none comes within [`SHARED_GRACE`], the connection is
+/// shut down, and every call still on it is marked first so each one ends politely too.
+pub fn end_item(backend: &Arc<BackendState>, item: &Arc<Tracked>, reason: EndReason) -> bool {
+    if item.is_shared() {
+        if item.socket().is_none() {
+            return false;
+        }
+        item.mark_ended(reason);
+        let (backend, item) = (backend.clone(), item.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(SHARED_GRACE).await;
+            let Some(socket) = item.socket() else { return };
+            for other in backend.items.all() {
+                if other.socket() == Some(socket) && other.ended().is_none() {
+                    other.mark_ended(reason);
+                }
+            }
+            item.end(reason, |_| {});
+        });
+        return true;
+    }
     let ws = item.kind() == Kind::WebSocket;
     item.end(reason, |fd| {
         if ws {
@@ -351,7 +379,7 @@ async fn run(target: Target, registry: Arc<Registry>, epoch: u64, streams: bool)
         .backends(&registry)
         .into_iter()
         .flat_map(|b| b.items.all().into_iter().map(move |i| (b.clone(), i)))
-        .filter(|(_, i)| i.kind().is_stream() == streams && i.ended().is_none())
+        .filter(|(_, i)| i.is_stream() == streams && i.ended().is_none())
         .collect();
     // Oldest first across the whole pool, not backend by backend.
     victims.sort_by_key(|(_, i)| i.started);
@@ -364,7 +392,7 @@ async fn run(target: Target, registry: Arc<Registry>, epoch: u64, streams: bool)
             return;
         }
         let now = std::time::Instant::now();
-        if end_item(item, EndReason::Deadline) {
+        if end_item(backend, item, EndReason::Deadline) {
             ended += 1;
             tracing::warn!(
                 backend = %backend.id,

@@ -107,9 +107,7 @@ fn sample(table: &Table, before: &Totals, now: &Totals, dt: f64) -> api::Sample 
                 rps: rate(name, 0),
                 errors: rate(name, 1),
                 connect_failures: rate(name, 2),
-                http: count(Kind::Http),
-                sse: count(Kind::Sse),
-                websocket: count(Kind::WebSocket),
+                in_flight: api::InFlight(std::array::from_fn(|i| count(Kind::from_index(i)))),
                 held,
             },
         );

@@ -17,7 +17,7 @@ use std::{
 
 use super::persist;
 use crate::{
-    api::Ramp,
+    api::{self, Ramp},
     state::{process::unix_now, AppState},
 };
 
@@ -77,7 +77,7 @@ pub fn start(state: &Arc<AppState>, route: &str, plan: Plan) -> Ramp {
         .ceil()
         .max(1.0) as u32;
     let ramp = Ramp {
-        state: "running".into(),
+        state: api::RampState::Running,
         from: from.clone(),
         to: plan.to.clone(),
         over_seconds: plan.over.as_secs_f64(),
@@ -178,7 +178,7 @@ async fn drive(
         let split = interpolate(&from, &plan.to, k, n);
         if !apply(state, route, split) {
             state.ramps.update(route, epoch, |r| {
-                r.state = "cancelled".into();
+                r.state = api::RampState::Cancelled;
                 r.reason = Some("the route no longer exists".into());
             });
             return;
@@ -187,7 +187,7 @@ async fn drive(
     }
     state
         .ramps
-        .update(route, epoch, |r| r.state = "completed".into());
+        .update(route, epoch, |r| r.state = api::RampState::Completed);
     tracing::info!(route, "split ramp completed");
 }
 
@@ -224,7 +224,7 @@ fn roll_back(state: &AppState, route: &str, epoch: u64, from: &BTreeMap<String, 
     apply(state, route, from.clone());
     tracing::warn!(route, reason = %why, "split ramp rolled back");
     state.ramps.update(route, epoch, |r| {
-        r.state = "rolled_back".into();
+        r.state = api::RampState::RolledBack;
         r.reason = Some(why);
     });
 }

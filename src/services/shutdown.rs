@@ -8,7 +8,7 @@ use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use tokio::time::Instant;
 
 use super::drains::end_item;
-use crate::state::{counts::Kind, items::EndReason, AppState, ExitReason};
+use crate::state::{items::EndReason, AppState, ExitReason};
 
 /// How long polite ends (final chunk, close frames) get to reach clients before exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -73,12 +73,12 @@ async fn wait_idle(state: &AppState, deadline: Option<Instant>) {
 /// End every tracked item politely and log each one, plus a summary by kind.
 fn end_everything(state: &AppState) {
     let now = std::time::Instant::now();
-    let mut by_kind = [0usize; 3];
+    let mut by_kind = crate::api::InFlight::default();
     for b in state.registry.all() {
         for item in b.items.all() {
             let kind = item.kind();
-            let ended = end_item(&item, EndReason::Shutdown);
-            by_kind[kind as usize] += 1;
+            let ended = end_item(&b, &item, EndReason::Shutdown);
+            by_kind[kind] += 1;
             tracing::warn!(
                 backend = %b.id,
                 kind = kind.as_str(),
@@ -92,9 +92,7 @@ fn end_everything(state: &AppState) {
         }
     }
     tracing::warn!(
-        http = by_kind[Kind::Http as usize],
-        sse = by_kind[Kind::Sse as usize],
-        websocket = by_kind[Kind::WebSocket as usize],
+        ended = %by_kind.words(", "),
         "shutdown.grace reached: ending in-flight work"
     );
 }

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
     },
     time::{Instant, SystemTime},
@@ -36,34 +36,58 @@ pub struct Tracked {
     /// Upstream socket while attached (its number and the kernel's cookie for it); cleared
     /// when the upstream part is over.
     fd: Mutex<Option<(RawFd, Option<u64>)>>,
+    /// The upstream connection may carry other requests (HTTP/2): a deadline end does not
+    /// shut it down at once (see [`Tracked::end`]).
+    shared: AtomicBool,
+    /// A gRPC call whose response has begun: a stream for the drain deadlines.
+    open: AtomicBool,
     ended: AtomicU8,
 }
 
 impl Tracked {
-    /// A new `http` record.
-    pub(super) fn new(route: Arc<str>, uri: http::Uri, client: Option<SocketAddr>) -> Tracked {
+    /// A new record.
+    pub(super) fn new(
+        route: Arc<str>,
+        uri: http::Uri,
+        client: Option<SocketAddr>,
+        kind: Kind,
+    ) -> Tracked {
         Tracked {
             // Relaxed: only uniqueness matters.
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            kind: AtomicU8::new(Kind::Http as u8),
+            kind: AtomicU8::new(kind as u8),
             started: Instant::now(),
             started_wall: SystemTime::now(),
             route,
             uri,
             client,
             fd: Mutex::new(None),
+            shared: AtomicBool::new(false),
+            open: AtomicBool::new(false),
             ended: AtomicU8::new(0),
         }
     }
 
     /// Set the kind; returns the previous one.
     pub(super) fn swap_kind(&self, k: Kind) -> Kind {
-        Kind::from_u8(self.kind.swap(k as u8, Ordering::Relaxed))
+        Kind::from_index(usize::from(self.kind.swap(k as u8, Ordering::Relaxed)))
     }
 
     /// Current kind.
     pub fn kind(&self) -> Kind {
-        Kind::from_u8(self.kind.load(Ordering::Relaxed))
+        Kind::from_index(usize::from(self.kind.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the drain deadlines treat it as a stream: SSE and WebSocket always, a gRPC
+    /// call once its response has begun (server streaming, bidirectional).
+    pub fn is_stream(&self) -> bool {
+        let k = self.kind();
+        k.is_stream() || (k == Kind::Grpc && self.open.load(Ordering::Relaxed))
+    }
+
+    /// A gRPC call's response began.
+    pub fn set_open(&self) {
+        self.open.store(true, Ordering::Relaxed);
     }
 
     /// Why it was ended on purpose, if it was.
@@ -73,6 +97,34 @@ impl Tracked {
             2 => Some(EndReason::Shutdown),
             _ => None,
         }
+    }
+
+    /// Remember the upstream socket and whether it is an HTTP/2 connection other requests
+    /// share.
+    pub fn set_upstream(&self, fd: RawFd, shared: bool) {
+        self.shared.store(shared, Ordering::Relaxed);
+        self.set_fd(Some(fd));
+    }
+
+    /// The connection turned out to be HTTP/2 (ALPN chose it).
+    pub fn mark_shared(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the upstream connection is shared (HTTP/2).
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// The kernel's id of the upstream socket, while attached.
+    pub fn socket(&self) -> Option<u64> {
+        self.fd.lock().unwrap_or_else(|p| p.into_inner()).and_then(|(_, c)| c)
+    }
+
+    /// Mark it ended on purpose without touching its connection (a shared HTTP/2 one): the
+    /// proxy ends it politely at its next response chunk.
+    pub fn mark_ended(&self, reason: EndReason) {
+        self.ended.store(reason as u8, Ordering::Release);
     }
 
     /// Remember the upstream socket (set on connect; `None` when released).

@@ -57,7 +57,7 @@ impl Ramps {
     /// Cancel a running ramp of `route` with `reason`.
     pub fn cancel(&self, route: &str, reason: &str) {
         if let Some((_, r)) = self.lock().get_mut(route).filter(|(_, r)| r.is_running()) {
-            r.state = "cancelled".into();
+            r.state = crate::api::RampState::Cancelled;
             r.reason = Some(reason.to_string());
             tracing::info!(route, reason, "split ramp cancelled");
         }

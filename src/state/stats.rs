@@ -122,20 +122,21 @@ impl StreamEnd {
     }
 }
 
-/// Stream ends of one pool: [sse, websocket] × reason.
+/// Stream ends of one pool: kind × reason (`http` stays zero: plain requests are not
+/// streams).
 #[derive(Debug, Default)]
-pub struct StreamEnds([[AtomicU64; 4]; 2]);
+pub struct StreamEnds([[AtomicU64; 4]; crate::api::Kind::COUNT]);
 
 impl StreamEnds {
-    /// Count one end (`websocket` false = SSE).
-    pub fn record(&self, websocket: bool, why: StreamEnd) {
+    /// Count one end.
+    pub fn record(&self, kind: crate::api::Kind, why: StreamEnd) {
         // Relaxed: statistics read only by the metrics scrape.
-        self.0[usize::from(websocket)][why as usize].fetch_add(1, Ordering::Relaxed);
+        self.0[kind.index()][why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count for one kind and reason.
-    pub fn get(&self, websocket: bool, why: StreamEnd) -> u64 {
-        self.0[usize::from(websocket)][why as usize].load(Ordering::Relaxed)
+    pub fn get(&self, kind: crate::api::Kind, why: StreamEnd) -> u64 {
+        self.0[kind.index()][why as usize].load(Ordering::Relaxed)
     }
 }
 

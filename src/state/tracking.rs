@@ -24,9 +24,20 @@ impl Tracking {
         uri: http::Uri,
         client: Option<SocketAddr>,
     ) -> Self {
-        let item = Arc::new(Tracked::new(route, uri, client));
-        backend.counts.add(Kind::Http);
-        backend.pool.counts.add(Kind::Http);
+        Self::of_kind(backend, route, uri, client, Kind::Http)
+    }
+
+    /// Count a new request of a kind known from the request (`grpc`) on `backend`.
+    pub fn of_kind(
+        backend: Arc<BackendState>,
+        route: Arc<str>,
+        uri: http::Uri,
+        client: Option<SocketAddr>,
+        kind: Kind,
+    ) -> Self {
+        let item = Arc::new(Tracked::new(route, uri, client, kind));
+        backend.counts.add(kind);
+        backend.pool.counts.add(kind);
         backend.items.insert(item.clone());
         Self { backend, item }
     }

@@ -241,15 +241,18 @@ function drainLine(key, startedAt, drainedAt, deadlines) {
   return el("div", { class: "row", "data-drain": key }, ...parts);
 }
 
+// The kinds of work, as the server names them (the keys of every `in_flight`, in its order):
+// a kind added to the server shows up here without a change.
+let KINDS = ["http", "sse", "websocket", "grpc"];
+
 function renderPool(name, p) {
+  KINDS = Object.keys(p.in_flight);
   const rows = p.backends.map((b) => backendRow(b));
   const draining = p.state !== "active";
   return el("div", { class: "card", "data-pool": name },
     el("h3", {}, name, badge(p.state), p.backends_override ? badge("runtime members") : null),
     el("div", { class: "row" },
-      el("span", { class: "kv" }, "http ", live("pool/" + name + "/http", p.in_flight.http, "b")),
-      el("span", { class: "kv" }, "sse ", live("pool/" + name + "/sse", p.in_flight.sse, "b")),
-      el("span", { class: "kv" }, "websocket ", live("pool/" + name + "/websocket", p.in_flight.websocket, "b")),
+      ...KINDS.map((k) => el("span", { class: "kv" }, k + " ", live("pool/" + name + "/" + k, p.in_flight[k], "b"))),
       el("button", { text: draining ? "Undrain" : "Drain", "data-action": draining ? "undrain" : "drain",
         "data-pool": name, onclick: () => draining
           ? ask("Undrain pool " + name + "? It takes new traffic again.",
@@ -259,7 +262,7 @@ function renderPool(name, p) {
     drainLine(name, p.drain_started_at, p.drained_at, p.drain_deadlines),
     el("div", { class: "charts", "data-charts": name }),
     el("div", { class: "scroll" }, el("table", {},
-      el("thead", {}, el("tr", {}, ...["backend", "address", "state", "health", "weight", "http", "sse", "ws", "oldest stream", "connect fails"]
+      el("thead", {}, el("tr", {}, ...["backend", "address", "state", "health", "weight", ...KINDS, "oldest stream", "connect fails"]
         .map((h, i) => el("th", { class: i >= 4 ? "num" : "", text: h })))),
       el("tbody", {}, ...rows))));
 }
@@ -271,9 +274,7 @@ function backendRow(b) {
     el("td", {}, badge(b.state)),
     el("td", {}, badge(b.healthy ? (b.available ? "healthy" : "unavailable") : "down")),
     el("td", { class: "num", text: b.weight ?? "–" }),
-    el("td", { class: "num" }, live(k + "http", b.in_flight.http)),
-    el("td", { class: "num" }, live(k + "sse", b.in_flight.sse)),
-    el("td", { class: "num" }, live(k + "websocket", b.in_flight.websocket)),
+    ...KINDS.map((kind) => el("td", { class: "num" }, live(k + kind, b.in_flight[kind] ?? 0))),
     el("td", { class: "num", text: b.oldest_stream_age_seconds == null ? "–" : fmtSecs(b.oldest_stream_age_seconds) }),
     el("td", { class: "num" }, live(k + "fails", b.connect_failures)));
 }
@@ -298,7 +299,7 @@ function renderSpool(list) {
 const SVG = "http://www.w3.org/2000/svg";
 const CHARTS = [
   { title: "per second", series: [["rps", "requests"], ["errors", "5xx"], ["connect_failures", "connect failures"]] },
-  { title: "now", series: [["http", "http"], ["sse", "sse"], ["websocket", "websocket"], ["held", "held"]] },
+  { title: "now", get series() { return [...KINDS.map((k) => [k, k]), ["held", "held"]]; } },
 ];
 const W = 600, H = 110;
 

@@ -10,6 +10,7 @@ mod log;
 mod pools;
 mod routes;
 mod spool;
+mod upstream;
 
 use std::{
     collections::{BTreeMap, HashMap},

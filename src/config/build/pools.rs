@@ -36,6 +36,7 @@ pub(super) fn build_pools(
                 passive: build_passive(&format!("{path}.passive_health"), &p.passive_health)?,
                 slow_start: p.slow_start.non_zero(),
                 declared_draining: p.state == FileState::Draining,
+                upstream: super::upstream::build_upstream(&path, p, warnings)?,
             }),
         );
     }

@@ -21,6 +21,72 @@ pub struct FilePool {
     pub slow_start: HumanDuration,
     #[serde(default)]
     pub state: FileState,
+    /// How backends are spoken to: `http1` (default), `h2c` (HTTP/2 without TLS, prior
+    /// knowledge), `h2` (HTTP/2 over TLS) or `auto` (TLS, HTTP/2 or 1.1 by ALPN).
+    #[serde(default)]
+    pub protocol: FileProtocol,
+    /// TLS to the backends (implied by `h2` and `auto`).
+    #[serde(default)]
+    pub tls: Option<FileUpstreamTls>,
+    /// HTTP/2 connection reuse.
+    #[serde(default)]
+    pub h2: FileH2,
+}
+
+/// `pools.NAME.protocol`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileProtocol {
+    #[default]
+    Http1,
+    H2c,
+    H2,
+    Auto,
+}
+
+/// `pools.NAME.tls`: TLS to the backends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    /// Server name sent and verified; default: the backend address's host name.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM file of the CA certificates to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Verify the backend's certificate (default true; false is logged at start).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `pools.NAME.h2`: HTTP/2 connection reuse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileH2 {
+    /// Concurrent streams on one connection before another is opened.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+}
+
+impl Default for FileH2 {
+    fn default() -> Self {
+        Self {
+            max_streams: default_max_streams(),
+        }
+    }
+}
+
+fn default_max_streams() -> u32 {
+    100
 }
 
 /// Declared state of a pool or backend.
