@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cdp;
+pub mod grpc;
 pub mod client;
 pub mod postgres;
 pub mod recorder;
