@@ -90,3 +90,113 @@ async fn unary_and_server_streaming_calls_pass_through_h2c_and_count_as_grpc() {
     let logs = tg.logs();
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+/// How one long call ended, and where its retry landed.
+#[derive(Debug)]
+struct StreamRun {
+    first_end: Option<Code>,
+    messages_before: usize,
+    retry_landed_on: Option<String>,
+}
+
+/// Open a stream, read it to its end, then retry once (as a gRPC client does on
+/// UNAVAILABLE) and note which backend the retry's first message came from.
+async fn long_call(ch: tonic::transport::Channel, every_ms: u64) -> StreamRun {
+    let s = stream(&ch, every_ms).await.expect("open stream");
+    let (got, end) = drain_stream(s).await;
+    let mut run = StreamRun {
+        first_end: end.err().map(|s| s.code()),
+        messages_before: got.len(),
+        retry_landed_on: None,
+    };
+    if run.first_end == Some(Code::Unavailable) {
+        let mut s = stream(&ch, every_ms.min(100)).await.expect("retry");
+        if let Ok(Some(m)) = s.message().await {
+            let m = String::from_utf8_lossy(&m).into_owned();
+            run.retry_landed_on = m.split(':').next().map(str::to_string);
+        }
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_ends_every_grpc_stream_with_unavailable_and_retries_land_on_green() {
+    let blue = GrpcBackend::start("blue");
+    let green = GrpcBackend::start("green");
+    let drain = "    drain: { requests_deadline: 2s, streams_deadline: 3s, close_spread: 2s }\n";
+    let yaml = yaml(
+        &[("blue", &[&blue]), ("green", &[&green])],
+        "blue: 100, green: 0",
+        drain,
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let url = format!("http://{}", tg.listen);
+    let ch = channel(&url, None).await.expect("channel");
+    // 15 streams that talk every 100 ms and 5 quiet ones (a message a minute): the quiet
+    // ones have no next message to end at, so their shared connection is ended for them.
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let every = if i < 15 { 100 } else { 60_000 };
+        calls.push(tokio::spawn(long_call(ch.clone(), every)));
+    }
+    wait_for("20 streams open on blue", Duration::from_secs(10), || async {
+        (pool_in_flight(&tg, "blue").await["grpc"] == 20).then_some(())
+    })
+    .await;
+    // Unary load on its own connection, all through the deploy.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, ch) = (stop.clone(), channel(&url, None).await.expect("channel"));
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut on_green) = (0u32, Vec::new(), 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match unary(&ch, "x").await {
+                    Ok(who) => {
+                        ok += 1;
+                        on_green += u32::from(who == "green");
+                    }
+                    Err(s) => failed.push(format!("{:?} {}", s.code(), s.message())),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed, on_green)
+        })
+    };
+    let started = std::time::Instant::now();
+    let (code, out) = run_cli(vec![
+        "deploy".into(),
+        "api".into(),
+        "--to".into(),
+        "green".into(),
+        "--admin".into(),
+        tg.admin_url(""),
+    ])
+    .await;
+    assert_eq!(code, 0, "deploy: {out}\n{}", tg.logs());
+    let took = started.elapsed();
+    let mut runs = Vec::new();
+    for c in calls {
+        runs.push(c.await.expect("call task"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, on_green) = load.await.expect("load");
+    assert!(failed.is_empty(), "failed unary calls: {failed:?}");
+    assert!(ok > 50 && on_green > 0, "ok {ok}, on green {on_green}");
+    for r in &runs {
+        assert_eq!(r.first_end, Some(Code::Unavailable), "{runs:#?}\n{}", tg.logs());
+        assert_eq!(r.retry_landed_on.as_deref(), Some("green"), "{runs:#?}");
+    }
+    // The chatty streams ran until their deadline (3 s), not less.
+    assert!(runs[..15].iter().all(|r| r.messages_before >= 25), "{runs:#?}");
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    let d = get(&tg.admin_url("/api/v1/pools/blue/drain")).await.unwrap().json();
+    assert_eq!(d["drained"], true, "{d}");
+    wait_pool_idle(&tg, "blue").await;
+    let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with(r#"tidegate_streams_ended_total{pool="blue",kind="grpc",reason="deadline"}"#))
+        .unwrap_or_else(|| panic!("no grpc deadline line:\n{m}"))
+        .to_string();
+    assert!(line.ends_with(" 20"), "{line}");
+}

@@ -65,7 +65,8 @@ pub(super) fn record_stats(ctx: &Ctx, status: u16, e: Option<&Error>) {
     }
     let Some(t) = &ctx.backend else { return };
     let kind = t.item().kind();
-    if kind.is_stream() {
+    // Every gRPC call is an HTTP/2 stream: its end is counted by reason like SSE's.
+    if kind.is_stream() || kind == Kind::Grpc {
         let why = if t.item().ended().is_some() {
             StreamEnd::Deadline
         } else {
