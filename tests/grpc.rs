@@ -200,3 +200,182 @@ async fn a_deploy_ends_every_grpc_stream_with_unavailable_and_retries_land_on_gr
         .to_string();
     assert!(line.ends_with(" 20"), "{line}");
 }
+
+async fn admin(tg: &Tidegate, method: &str, path: &str, body: &str) -> Resp {
+    send(&client(), method, &tg.admin_url(path), &[], body)
+        .await
+        .expect("admin call")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_clients_get_a_grpc_status_for_tidegates_own_answers() {
+    let blue = GrpcBackend::start("blue");
+    // `down`: a backend nothing listens on, behind a short hold; `api`: only host `api.test`.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "{{listen}}", h2c: true }}]
+admin: {{ address: "{{admin}}" }}
+routes:
+  - name: down
+    match: {{ path_prefix: /test.Echo/Stream }}
+    split: {{ dead: 100 }}
+    hold: {{ timeout: 300ms }}
+  - name: api
+    match: {{ path_prefix: /test.Echo/Unary }}
+    split: {{ blue: 100 }}
+pools:
+  blue:
+    protocol: h2c
+    backends: [{{ address: "{}", name: blue }}]
+  dead:
+    protocol: h2c
+    backends: [{{ address: "{dead}", name: dead }}]
+"#,
+        blue.addr
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let ch = channel(&format!("http://{}", tg.listen), None)
+        .await
+        .expect("channel");
+    assert_eq!(unary(&ch, "x").await.expect("unary"), "blue");
+
+    // No backend after the hold: UNAVAILABLE with tidegate's message, not an HTTP error.
+    let err = stream(&ch, 100).await.expect_err("no backend");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("became available"), "{err:?}");
+
+    // No route: UNIMPLEMENTED (gRPC's mapping of 404).
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    g.ready().await.unwrap();
+    let err = g
+        .unary(
+            tonic::Request::new(bytes::Bytes::new()),
+            http::uri::PathAndQuery::from_static("/other.Svc/Call"),
+            Raw,
+        )
+        .await
+        .expect_err("no route");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    // Maintenance: UNAVAILABLE with its message and Retry-After.
+    let r = admin(
+        &tg,
+        "POST",
+        "/api/v1/maintenance",
+        r#"{"message": "back at noon", "retry_after": "120s"}"#,
+    )
+    .await;
+    assert!(r.status < 300, "{}", r.body);
+    let err = unary(&ch, "x").await.expect_err("maintenance");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "back at noon");
+    assert_eq!(
+        err.metadata().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("120")
+    );
+    admin(&tg, "DELETE", "/api/v1/maintenance", "").await;
+    assert_eq!(unary(&ch, "x").await.expect("after maintenance"), "blue");
+
+    // A 502: the backend dies; the next call gets UNAVAILABLE, not INTERNAL.
+    drop(blue);
+    let err = unary(&ch, "x").await.expect_err("backend gone");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // The access log shows these as tidegate's own answers (HTTP 200, gRPC status inside).
+    let l = tg
+        .access_line("maintenance", |l| l["outcome"] == "maintenance")
+        .await;
+    assert_eq!(l["status"], 200, "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_return_to_zero_when_clients_vanish_and_backends_die_mid_stream() {
+    let mut blue = GrpcBackend::start("blue");
+    let tg = Tidegate::start(&yaml(&[("blue", &[&blue])], "blue: 100", "")).await;
+    let url = format!("http://{}", tg.listen);
+    // Clients vanish: streams open on their own connections, then the connections drop.
+    for _ in 0..3 {
+        let ch = channel(&url, None).await.expect("channel");
+        let mut streams = Vec::new();
+        for _ in 0..5 {
+            let mut s = stream(&ch, 20).await.expect("stream");
+            s.message().await.expect("first").expect("some");
+            streams.push(s);
+        }
+        assert_eq!(pool_in_flight(&tg, "blue").await["grpc"], 5);
+        drop(streams);
+        drop(ch);
+        wait_pool_idle(&tg, "blue").await;
+    }
+    wait_for("backend saw the resets", Duration::from_secs(10), || async {
+        (blue.open_streams() == 0).then_some(())
+    })
+    .await;
+    // The backend dies mid-stream: every stream ends with a status, counts go to zero.
+    let ch = channel(&url, None).await.expect("channel");
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let mut s = stream(&ch, 20).await.expect("stream");
+        s.message().await.expect("first").expect("some");
+        open.push(tokio::spawn(drain_stream(s)));
+    }
+    blue.kill();
+    for t in open {
+        let (_, end) = t.await.unwrap();
+        let code = end.expect_err("ended by the death").code();
+        assert_eq!(code, Code::Unavailable, "a dead backend reads as UNAVAILABLE");
+    }
+    wait_pool_idle(&tg, "blue").await;
+    let st = status(&tg).await;
+    assert_eq!(st["in_flight"], 0, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_sends_goaway_and_no_call_in_flight_is_lost() {
+    let blue = GrpcBackend::start("blue");
+    let web = TestBackend::start("web").await;
+    let yaml = yaml(&[("blue", &[&blue])], "blue: 100", "")
+        .variant("admin: {", "shutdown: { grace: 20s }\nadmin: {")
+        .variant(
+            "routes:\n",
+            "routes:\n  - name: web\n    match: { path_prefix: /slow }\n    split: { web: 100 }\n",
+        )
+        .variant(
+            "pools:\n",
+            &format!("pools:\n  web:\n    backends: [{{ address: \"{}\" }}]\n", web.addr),
+        );
+    let mut tg = Tidegate::start(&yaml).await;
+    let ch = channel(&format!("http://{}", tg.listen), None)
+        .await
+        .expect("channel");
+    assert_eq!(unary(&ch, "x").await.expect("warm"), "blue");
+    // 30 slow calls in flight on one HTTP/2 connection when SIGTERM comes, and a plain
+    // HTTP/2 client (nghttp, printing the frames it gets) with a slow request of its own.
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let ch = ch.clone();
+            tokio::spawn(async move { unary(&ch, "sleep:1500").await })
+        })
+        .collect();
+    let nghttp = tokio::process::Command::new("nghttp")
+        .args(["-v", "-n", &tg.url("/slow?ms=1500")])
+        .output();
+    let nghttp = tokio::spawn(nghttp);
+    wait_for("31 calls in flight", Duration::from_secs(10), || async {
+        let st = status(&tg).await;
+        (st["pools"]["blue"]["in_flight"]["grpc"] == 30 && st["pools"]["web"]["in_flight"]["http"] == 1)
+            .then_some(())
+    })
+    .await;
+    tg.signal(libc::SIGTERM);
+    for c in calls {
+        assert_eq!(c.await.unwrap().expect("a call in flight at SIGTERM"), "blue");
+    }
+    let out = nghttp.await.unwrap().expect("run nghttp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(":status: 200"), "{text}");
+    assert!(text.contains("recv GOAWAY frame"), "no GOAWAY:\n{text}");
+    let exit = tg.wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "{exit:?}\n{}", tg.logs());
+    let err = unary(&ch, "x").await.expect_err("after exit");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}
