@@ -379,3 +379,72 @@ async fn sigterm_sends_goaway_and_no_call_in_flight_is_lost() {
     let err = unary(&ch, "x").await.expect_err("after exit");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
+
+/// A TLS listener (its own CA) in front of a TLS gRPC backend (another CA), `tls` being the
+/// pool's `tls:` block.
+fn tls_yaml(dir: &std::path::Path, listener: &(String, String, String), backend: &GrpcBackend, tls: &str) -> String {
+    std::fs::write(dir.join("l.crt"), &listener.1).unwrap();
+    std::fs::write(dir.join("l.key"), &listener.2).unwrap();
+    format!(
+        r#"listeners:
+  - name: public
+    address: "{{listen}}"
+    tls: {{ cert: "{d}/l.crt", key: "{d}/l.key" }}
+admin: {{ address: "{{admin}}" }}
+routes:
+  - name: api
+    split: {{ secure: 100 }}
+    hold: {{ timeout: 0 }}
+pools:
+  secure:
+    protocol: h2
+    tls: {tls}
+    backends: [{{ address: "{}", name: secure }}]
+"#,
+        backend.addr,
+        d = dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_listener_to_a_tls_backend_verified_with_a_ca_file_and_clear_errors_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = ca_and_cert(&["localhost"]);
+    let (bca, bcert, bkey) = ca_and_cert(&["api.internal"]);
+    std::fs::write(dir.path().join("backend-ca.pem"), &bca).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), &listener.0).unwrap();
+    let backend = GrpcBackend::start_tls("secure", &bcert, &bkey);
+    let d = dir.path().display();
+    let good = format!(r#"{{ sni: api.internal, ca_file: "{d}/backend-ca.pem" }}"#);
+    let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &good)).await;
+    let url = format!("https://localhost:{}", tg.listen.port());
+    let ch = channel(&url, Some((&listener.0, "localhost")))
+        .await
+        .expect("TLS channel");
+    assert_eq!(unary(&ch, "x").await.expect("unary over TLS both ways"), "secure");
+    let mut s = stream(&ch, 20).await.expect("stream");
+    for i in 0..3 {
+        let m = s.message().await.expect("message").expect("some");
+        assert_eq!(String::from_utf8_lossy(&m), format!("secure:{i}"));
+    }
+    drop(s);
+
+    // The wrong CA, then the wrong server name: refused, a gRPC status to the client and a
+    // log line that names the cause.
+    for (tls, cause) in [
+        (format!(r#"{{ sni: api.internal, ca_file: "{d}/other-ca.pem" }}"#), "UnknownIssuer"),
+        (format!(r#"{{ sni: wrong.internal, ca_file: "{d}/backend-ca.pem" }}"#), "not valid for name"),
+    ] {
+        let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &tls)).await;
+        let url = format!("https://localhost:{}", tg.listen.port());
+        let ch = channel(&url, Some((&listener.0, "localhost"))).await.expect("channel");
+        let err = unary(&ch, "x").await.expect_err("must not reach the backend");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        let logs = tg.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("upstream connect failed"))
+            .unwrap_or_else(|| panic!("no connect failure logged:\n{logs}"));
+        assert!(line.contains("TLS") && line.contains(cause), "{line}");
+    }
+}

@@ -52,7 +52,8 @@ impl Proxy {
         ctx.failed.push(&st);
         let elsewhere = pick::elsewhere(&route, ctx);
         let retry = ctx.attempts < MAX_ATTEMPTS && (elsewhere || ctx.hold.may_wait(&route));
-        tracing::warn!(backend = %st.id, error = e.etype().as_str(), retry, "upstream connect failed");
+        // The whole error: a TLS failure names its cause (unknown issuer, name mismatch).
+        tracing::warn!(backend = %st.id, error = e.etype().as_str(), reason = %e, retry, "upstream connect failed");
         if retry && elsewhere {
             route.stats.retries.inc();
         }

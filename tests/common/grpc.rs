@@ -315,7 +315,7 @@ pub fn ca_and_cert(names: &[&str]) -> (String, String, String) {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.distinguished_name
-        .push(rcgen::DnType::CommonName, "tidegate test CA");
+        .push(rcgen::DnType::CommonName, format!("tidegate test CA {}", fastrand::u64(..)));
     let ca = rcgen::CertifiedIssuer::self_signed(p, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
