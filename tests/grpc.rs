@@ -72,7 +72,10 @@ async fn unary_and_server_streaming_calls_pass_through_h2c_and_count_as_grpc() {
     let st = status(&tg).await;
     assert_eq!(st["pools"]["blue"]["in_flight"]["grpc"], 1, "{st}");
     assert_eq!(st["pools"]["blue"]["backends"][0]["in_flight"]["grpc"], 1);
-    let d = get(&tg.admin_url("/api/v1/pools/blue/drain")).await.unwrap().json();
+    let d = get(&tg.admin_url("/api/v1/pools/blue/drain"))
+        .await
+        .unwrap()
+        .json();
     assert_eq!(d["streams"][0]["kind"], "grpc", "{d}");
     let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
     assert!(
@@ -85,7 +88,10 @@ async fn unary_and_server_streaming_calls_pass_through_h2c_and_count_as_grpc() {
         (blue.open_streams() == 0).then_some(())
     })
     .await;
-    assert_eq!(blue.seen.unary.load(std::sync::atomic::Ordering::SeqCst), 20);
+    assert_eq!(
+        blue.seen.unary.load(std::sync::atomic::Ordering::SeqCst),
+        20
+    );
     // Unary calls shared connections: far fewer upstream connections than calls (h2 reuse).
     let logs = tg.logs();
     assert!(!logs.contains("panicked"), "{logs}");
@@ -139,9 +145,11 @@ async fn a_deploy_ends_every_grpc_stream_with_unavailable_and_retries_land_on_gr
         let every = if i < 15 { 100 } else { 60_000 };
         calls.push(tokio::spawn(long_call(ch.clone(), every)));
     }
-    wait_for("20 streams open on blue", Duration::from_secs(10), || async {
-        (pool_in_flight(&tg, "blue").await["grpc"] == 20).then_some(())
-    })
+    wait_for(
+        "20 streams open on blue",
+        Duration::from_secs(10),
+        || async { (pool_in_flight(&tg, "blue").await["grpc"] == 20).then_some(()) },
+    )
     .await;
     // Unary load on its own connection, all through the deploy.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -183,19 +191,34 @@ async fn a_deploy_ends_every_grpc_stream_with_unavailable_and_retries_land_on_gr
     assert!(failed.is_empty(), "failed unary calls: {failed:?}");
     assert!(ok > 50 && on_green > 0, "ok {ok}, on green {on_green}");
     for r in &runs {
-        assert_eq!(r.first_end, Some(Code::Unavailable), "{runs:#?}\n{}", tg.logs());
+        assert_eq!(
+            r.first_end,
+            Some(Code::Unavailable),
+            "{runs:#?}\n{}",
+            tg.logs()
+        );
         assert_eq!(r.retry_landed_on.as_deref(), Some("green"), "{runs:#?}");
     }
     // The chatty streams ran until their deadline (3 s), not less.
-    assert!(runs[..15].iter().all(|r| r.messages_before >= 25), "{runs:#?}");
+    assert!(
+        runs[..15].iter().all(|r| r.messages_before >= 25),
+        "{runs:#?}"
+    );
     assert!(took >= Duration::from_secs(3), "{took:?}");
-    let d = get(&tg.admin_url("/api/v1/pools/blue/drain")).await.unwrap().json();
+    let d = get(&tg.admin_url("/api/v1/pools/blue/drain"))
+        .await
+        .unwrap()
+        .json();
     assert_eq!(d["drained"], true, "{d}");
     wait_pool_idle(&tg, "blue").await;
     let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
     let line = m
         .lines()
-        .find(|l| l.starts_with(r#"tidegate_streams_ended_total{pool="blue",kind="grpc",reason="deadline"}"#))
+        .find(|l| {
+            l.starts_with(
+                r#"tidegate_streams_ended_total{pool="blue",kind="grpc",reason="deadline"}"#,
+            )
+        })
         .unwrap_or_else(|| panic!("no grpc deadline line:\n{m}"))
         .to_string();
     assert!(line.ends_with(" 20"), "{line}");
@@ -270,7 +293,9 @@ pools:
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(err.message(), "back at noon");
     assert_eq!(
-        err.metadata().get("retry-after").and_then(|v| v.to_str().ok()),
+        err.metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("120")
     );
     admin(&tg, "DELETE", "/api/v1/maintenance", "").await;
@@ -306,9 +331,11 @@ async fn counts_return_to_zero_when_clients_vanish_and_backends_die_mid_stream()
         drop(ch);
         wait_pool_idle(&tg, "blue").await;
     }
-    wait_for("backend saw the resets", Duration::from_secs(10), || async {
-        (blue.open_streams() == 0).then_some(())
-    })
+    wait_for(
+        "backend saw the resets",
+        Duration::from_secs(10),
+        || async { (blue.open_streams() == 0).then_some(()) },
+    )
     .await;
     // The backend dies mid-stream: every stream ends with a status, counts go to zero.
     let ch = channel(&url, None).await.expect("channel");
@@ -322,7 +349,11 @@ async fn counts_return_to_zero_when_clients_vanish_and_backends_die_mid_stream()
     for t in open {
         let (_, end) = t.await.unwrap();
         let code = end.expect_err("ended by the death").code();
-        assert_eq!(code, Code::Unavailable, "a dead backend reads as UNAVAILABLE");
+        assert_eq!(
+            code,
+            Code::Unavailable,
+            "a dead backend reads as UNAVAILABLE"
+        );
     }
     wait_pool_idle(&tg, "blue").await;
     let st = status(&tg).await;
@@ -341,7 +372,10 @@ async fn sigterm_sends_goaway_and_no_call_in_flight_is_lost() {
         )
         .variant(
             "pools:\n",
-            &format!("pools:\n  web:\n    backends: [{{ address: \"{}\" }}]\n", web.addr),
+            &format!(
+                "pools:\n  web:\n    backends: [{{ address: \"{}\" }}]\n",
+                web.addr
+            ),
         );
     let mut tg = Tidegate::start(&yaml).await;
     let ch = channel(&format!("http://{}", tg.listen), None)
@@ -362,13 +396,17 @@ async fn sigterm_sends_goaway_and_no_call_in_flight_is_lost() {
     let nghttp = tokio::spawn(nghttp);
     wait_for("31 calls in flight", Duration::from_secs(10), || async {
         let st = status(&tg).await;
-        (st["pools"]["blue"]["in_flight"]["grpc"] == 30 && st["pools"]["web"]["in_flight"]["http"] == 1)
+        (st["pools"]["blue"]["in_flight"]["grpc"] == 30
+            && st["pools"]["web"]["in_flight"]["http"] == 1)
             .then_some(())
     })
     .await;
     tg.signal(libc::SIGTERM);
     for c in calls {
-        assert_eq!(c.await.unwrap().expect("a call in flight at SIGTERM"), "blue");
+        assert_eq!(
+            c.await.unwrap().expect("a call in flight at SIGTERM"),
+            "blue"
+        );
     }
     let out = nghttp.await.unwrap().expect("run nghttp");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -382,7 +420,12 @@ async fn sigterm_sends_goaway_and_no_call_in_flight_is_lost() {
 
 /// A TLS listener (its own CA) in front of a TLS gRPC backend (another CA), `tls` being the
 /// pool's `tls:` block.
-fn tls_yaml(dir: &std::path::Path, listener: &(String, String, String), backend: &GrpcBackend, tls: &str) -> String {
+fn tls_yaml(
+    dir: &std::path::Path,
+    listener: &(String, String, String),
+    backend: &GrpcBackend,
+    tls: &str,
+) -> String {
     std::fs::write(dir.join("l.crt"), &listener.1).unwrap();
     std::fs::write(dir.join("l.key"), &listener.2).unwrap();
     format!(
@@ -421,7 +464,10 @@ async fn tls_listener_to_a_tls_backend_verified_with_a_ca_file_and_clear_errors_
     let ch = channel(&url, Some((&listener.0, "localhost")))
         .await
         .expect("TLS channel");
-    assert_eq!(unary(&ch, "x").await.expect("unary over TLS both ways"), "secure");
+    assert_eq!(
+        unary(&ch, "x").await.expect("unary over TLS both ways"),
+        "secure"
+    );
     let mut s = stream(&ch, 20).await.expect("stream");
     for i in 0..3 {
         let m = s.message().await.expect("message").expect("some");
@@ -432,13 +478,23 @@ async fn tls_listener_to_a_tls_backend_verified_with_a_ca_file_and_clear_errors_
     // The wrong CA, then the wrong server name: refused, a gRPC status to the client and a
     // log line that names the cause.
     for (tls, cause) in [
-        (format!(r#"{{ sni: api.internal, ca_file: "{d}/other-ca.pem" }}"#), "UnknownIssuer"),
-        (format!(r#"{{ sni: wrong.internal, ca_file: "{d}/backend-ca.pem" }}"#), "not valid for name"),
+        (
+            format!(r#"{{ sni: api.internal, ca_file: "{d}/other-ca.pem" }}"#),
+            "UnknownIssuer",
+        ),
+        (
+            format!(r#"{{ sni: wrong.internal, ca_file: "{d}/backend-ca.pem" }}"#),
+            "not valid for name",
+        ),
     ] {
         let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &tls)).await;
         let url = format!("https://localhost:{}", tg.listen.port());
-        let ch = channel(&url, Some((&listener.0, "localhost"))).await.expect("channel");
-        let err = unary(&ch, "x").await.expect_err("must not reach the backend");
+        let ch = channel(&url, Some((&listener.0, "localhost")))
+            .await
+            .expect("channel");
+        let err = unary(&ch, "x")
+            .await
+            .expect_err("must not reach the backend");
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         let logs = tg.logs();
         let line = logs

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-
 /// Samples and marks, oldest first.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct History {

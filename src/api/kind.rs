@@ -207,7 +207,10 @@ mod tests {
             serde_json::json!({"http": 0, "sse": 0, "websocket": 1, "grpc": 3})
         );
         let old: InFlight = serde_json::from_str(r#"{"http":2,"sse":1,"websocket":0}"#).unwrap();
-        assert_eq!((old.get(Kind::Http), old.get(Kind::Grpc), old.total()), (2, 0, 3));
+        assert_eq!(
+            (old.get(Kind::Http), old.get(Kind::Grpc), old.total()),
+            (2, 0, 3)
+        );
         for k in Kind::ALL {
             let s = serde_json::to_string(&k).unwrap();
             assert_eq!(s, format!("\"{}\"", k.as_str()));
@@ -217,14 +220,36 @@ mod tests {
 
     #[test]
     fn states_travel_as_the_words_they_always_had() {
-        assert_eq!(serde_json::to_string(&RampState::RolledBack).unwrap(), "\"rolled_back\"");
-        assert_eq!(serde_json::to_string(&State::Drained).unwrap(), "\"drained\"");
-        assert_eq!(serde_json::to_string(&HealthStatus::Degraded).unwrap(), "\"degraded\"");
-        for s in [State::Active, State::Draining, State::Drained, State::Removed] {
+        assert_eq!(
+            serde_json::to_string(&RampState::RolledBack).unwrap(),
+            "\"rolled_back\""
+        );
+        assert_eq!(
+            serde_json::to_string(&State::Drained).unwrap(),
+            "\"drained\""
+        );
+        assert_eq!(
+            serde_json::to_string(&HealthStatus::Degraded).unwrap(),
+            "\"degraded\""
+        );
+        for s in [
+            State::Active,
+            State::Draining,
+            State::Drained,
+            State::Removed,
+        ] {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
-        for r in [RampState::Running, RampState::Completed, RampState::Cancelled, RampState::RolledBack] {
-            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
+        for r in [
+            RampState::Running,
+            RampState::Completed,
+            RampState::Cancelled,
+            RampState::RolledBack,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
         }
     }
 }

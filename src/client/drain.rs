@@ -115,7 +115,12 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             if a.json {
                 println!("{}", serde_json::to_string(&statuses).unwrap_or_default());
             } else {
-                println!("{}: not drained after {}s ({} still in flight)", a.target, elapsed.as_secs(), counts.words(", "));
+                println!(
+                    "{}: not drained after {}s ({} still in flight)",
+                    a.target,
+                    elapsed.as_secs(),
+                    counts.words(", ")
+                );
             }
             return Ok(exit::NOT_DONE);
         }

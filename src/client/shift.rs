@@ -138,7 +138,8 @@ pub(super) async fn follow(
         }
         let stopped = views.iter().zip(fleet).find_map(|(v, admin)| {
             let r = v.ramp.as_ref()?;
-            matches!(r.state, RampState::RolledBack | RampState::Cancelled).then(|| (admin, r.clone()))
+            matches!(r.state, RampState::RolledBack | RampState::Cancelled)
+                .then(|| (admin, r.clone()))
         });
         if let Some((admin, r)) = stopped {
             set_split(fleet, route, from).await?;
@@ -155,9 +156,11 @@ pub(super) async fn follow(
             );
             return Ok(exit::NOT_DONE);
         }
-        let done = views
-            .iter()
-            .all(|v| v.ramp.as_ref().is_some_and(|r| r.state == RampState::Completed));
+        let done = views.iter().all(|v| {
+            v.ramp
+                .as_ref()
+                .is_some_and(|r| r.state == RampState::Completed)
+        });
         if done {
             println!("{route}: shifted to {}", fmt(to));
             return Ok(exit::OK);

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use super::{exit, Admin, ClientError};
-use crate::api::{
-    self, BackendStatus, Kind, MaintenanceRequest, MaintenanceStatus, State, Status,
-};
+use crate::api::{self, BackendStatus, Kind, MaintenanceRequest, MaintenanceStatus, State, Status};
 
 /// `/readyz` of every proxy: 0 all ready, 1 one is not (starting or shutting down).
 pub async fn health(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {

@@ -78,8 +78,13 @@ impl std::fmt::Debug for UpstreamTls {
 
 impl PartialEq for UpstreamTls {
     fn eq(&self, o: &Self) -> bool {
-        (&self.sni, self.verify, &self.ca_file, &self.client_cert, &self.client_key)
-            == (&o.sni, o.verify, &o.ca_file, &o.client_cert, &o.client_key)
+        (
+            &self.sni,
+            self.verify,
+            &self.ca_file,
+            &self.client_cert,
+            &self.client_key,
+        ) == (&o.sni, o.verify, &o.ca_file, &o.client_cert, &o.client_key)
             && self.contents == o.contents
     }
 }

@@ -340,7 +340,11 @@ fn backends(state: &AppState, out: &mut Out) {
         for kind in Kind::STREAMS {
             for why in StreamEnd::ALL {
                 let v = p.streams_ended.get(kind, why) as f64;
-                out.push(Family::StreamsEnded, &[&p.name, kind.as_str(), why.as_str()], v);
+                out.push(
+                    Family::StreamsEnded,
+                    &[&p.name, kind.as_str(), why.as_str()],
+                    v,
+                );
             }
         }
     }

@@ -76,9 +76,6 @@ pub(super) fn record_stats(ctx: &Ctx, status: u16, e: Option<&Error>) {
                 Some(_) => StreamEnd::Upstream,
             }
         };
-        t.backend()
-            .pool
-            .streams_ended
-            .record(kind, why);
+        t.backend().pool.streams_ended.record(kind, why);
     }
 }

@@ -117,10 +117,19 @@ mod tests {
 
     #[test]
     fn grpc_content_types() {
-        for yes in ["application/grpc", "application/grpc+proto", "Application/GRPC; charset=x"] {
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC; charset=x",
+        ] {
             assert!(is_grpc_type(yes.as_bytes()), "{yes}");
         }
-        for no in ["application/grpc-web", "application/grpcx", "application/json", ""] {
+        for no in [
+            "application/grpc-web",
+            "application/grpcx",
+            "application/json",
+            "",
+        ] {
             assert!(!is_grpc_type(no.as_bytes()), "{no}");
         }
     }

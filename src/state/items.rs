@@ -118,7 +118,10 @@ impl Tracked {
 
     /// The kernel's id of the upstream socket, while attached.
     pub fn socket(&self) -> Option<u64> {
-        self.fd.lock().unwrap_or_else(|p| p.into_inner()).and_then(|(_, c)| c)
+        self.fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .and_then(|(_, c)| c)
     }
 
     /// Mark it ended on purpose without touching its connection (a shared HTTP/2 one): the

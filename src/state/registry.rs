@@ -107,8 +107,8 @@ mod tests {
             let g1 = track(&a);
             let _g2 = track(&r.get_or_create("blue", "127.0.0.1:1"));
             g1.set_kind(Kind::Sse);
-            assert_eq!(a.counts.snapshot().http, 1);
-            assert_eq!(a.counts.snapshot().sse, 1);
+            assert_eq!(a.counts.snapshot()[Kind::Http], 1);
+            assert_eq!(a.counts.snapshot()[Kind::Sse], 1);
             assert_eq!(a.pool.counts.total(), 2);
             assert_eq!(a.items.all().len(), 2);
         }

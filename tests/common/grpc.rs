@@ -213,7 +213,10 @@ impl GrpcBackend {
         let _ = up_rx.recv();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "gRPC backend {name} did not listen");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gRPC backend {name} did not listen"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Self {
@@ -314,8 +317,10 @@ pub fn ca_and_cert(names: &[&str]) -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("tidegate test CA {}", fastrand::u64(..)));
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("tidegate test CA {}", fastrand::u64(..)),
+    );
     let ca = rcgen::CertifiedIssuer::self_signed(p, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();

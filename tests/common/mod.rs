@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 pub mod cdp;
-pub mod grpc;
 pub mod client;
+pub mod grpc;
 pub mod postgres;
 pub mod recorder;
 pub mod spool;
