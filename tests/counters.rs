@@ -24,7 +24,7 @@ pools:
 }
 
 fn zero() -> serde_json::Value {
-    serde_json::json!({"http": 0, "sse": 0, "websocket": 0})
+    serde_json::json!({"http": 0, "sse": 0, "websocket": 0, "grpc": 0})
 }
 
 async fn wait_zero(tg: &Tidegate) {

@@ -79,7 +79,8 @@ pools:
         || async {
             let s = get(&url).await.ok()?.json();
             let all_zero = s["pools"]["blue"]["backends"].as_array()?.iter().all(|b| {
-                b["in_flight"] == serde_json::json!({"http": 0, "sse": 0, "websocket": 0})
+                b["in_flight"]
+                    == serde_json::json!({"http": 0, "sse": 0, "websocket": 0, "grpc": 0})
             });
             all_zero.then_some(())
         },

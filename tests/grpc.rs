@@ -504,3 +504,48 @@ async fn tls_listener_to_a_tls_backend_verified_with_a_ca_file_and_clear_errors_
         assert!(line.contains("TLS") && line.contains(cause), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
+    let one = GrpcBackend::start("one");
+    let two = GrpcBackend::start("two");
+    let hc = "    health_check: { grpc: true, interval: 100ms, timeout: 1s, rise: 1, fall: 1 }\n";
+    let tg = Tidegate::start(&yaml(&[("app", &[&one, &two])], "app: 100", hc)).await;
+    let healthy =
+        |st: &serde_json::Value, i: usize| st["pools"]["app"]["backends"][i]["healthy"].clone();
+    wait_for("both healthy", Duration::from_secs(10), || async {
+        let st = status(&tg).await;
+        (healthy(&st, 0) == true && healthy(&st, 1) == true).then_some(())
+    })
+    .await;
+    two.health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    wait_for("two unhealthy", Duration::from_secs(10), || async {
+        (healthy(&status(&tg).await, 1) == false).then_some(())
+    })
+    .await;
+    let ch = channel(&format!("http://{}", tg.listen), None)
+        .await
+        .expect("channel");
+    for _ in 0..20 {
+        assert_eq!(unary(&ch, "x").await.expect("unary"), "one");
+    }
+    two.health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    wait_for("two healthy again", Duration::from_secs(10), || async {
+        (healthy(&status(&tg).await, 1) == true).then_some(())
+    })
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(unary(&ch, "x").await.expect("unary"));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        tg.logs().contains("NOT_SERVING"),
+        "the reason is logged:\n{}",
+        tg.logs()
+    );
+}

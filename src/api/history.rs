@@ -35,7 +35,7 @@ pub struct PoolSample {
     pub connect_failures: f64,
     /// In flight now, by kind (`http`, `sse`, … keys beside the others).
     #[serde(flatten)]
-    pub in_flight: super::InFlight,
+    pub in_flight: super::kind::InFlight,
     /// Requests held now by routes whose split has this pool.
     pub held: u64,
 }

@@ -83,17 +83,8 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
         let counts = statuses
             .iter()
             .fold(InFlight::default(), |sum, v| sum.plus(v.in_flight));
-        let kinds = counts.words("  ");
         let elapsed = started.elapsed();
-        let deadline = next_deadline(&statuses);
-        let line = format!(
-            "draining {}: {:>4}s elapsed  {kinds}{}",
-            a.target,
-            elapsed.as_secs(),
-            deadline
-                .map(|d| format!("  deadline in {}s", d.max(0.0).round() as u64))
-                .unwrap_or_default()
-        );
+        let line = progress_line(&a.target, elapsed, &counts, &statuses);
         if tty {
             eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
@@ -125,6 +116,23 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             return Ok(exit::NOT_DONE);
         }
     }
+}
+
+/// `draining blue:   12s elapsed  http 0  sse 3 …  deadline in 48s`.
+fn progress_line(
+    target: &str,
+    elapsed: Duration,
+    counts: &InFlight,
+    statuses: &[DrainStatus],
+) -> String {
+    let deadline = next_deadline(statuses)
+        .map(|d| format!("  deadline in {}s", d.max(0.0).round() as u64))
+        .unwrap_or_default();
+    format!(
+        "draining {target}: {:>4}s elapsed  {}{deadline}",
+        elapsed.as_secs(),
+        counts.words("  ")
+    )
 }
 
 /// Seconds until the nearest deadline of any proxy's drain, if one is set.

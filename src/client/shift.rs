@@ -143,24 +143,15 @@ pub(super) async fn follow(
         });
         if let Some((admin, r)) = stopped {
             set_split(fleet, route, from).await?;
-            let verb = if r.state == RampState::RolledBack {
-                "rolled back"
-            } else {
-                "stopped"
-            };
-            println!(
-                "{verb} to {} on {}: {}",
-                fmt(from),
-                admin.base,
-                r.reason.unwrap_or_default()
-            );
+            let verb = stopped_verb(r.state);
+            let why = r.reason.unwrap_or_default();
+            println!("{verb} to {} on {}: {why}", fmt(from), admin.base);
             return Ok(exit::NOT_DONE);
         }
-        let done = views.iter().all(|v| {
-            v.ramp
-                .as_ref()
-                .is_some_and(|r| r.state == RampState::Completed)
-        });
+        let completed = |v: &RouteSplit| v.ramp.as_ref().map(|r| r.state);
+        let done = views
+            .iter()
+            .all(|v| completed(v) == Some(RampState::Completed));
         if done {
             println!("{route}: shifted to {}", fmt(to));
             return Ok(exit::OK);
@@ -170,6 +161,14 @@ pub(super) async fn follow(
             return Ok(exit::NOT_DONE);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How a ramp that did not complete is told.
+fn stopped_verb(s: RampState) -> &'static str {
+    match s {
+        RampState::RolledBack => "rolled back",
+        _ => "stopped",
     }
 }
 

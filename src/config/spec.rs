@@ -379,4 +379,6 @@ pub struct HealthCheck {
     pub rise: u32,
     pub fall: u32,
     pub start_healthy: bool,
+    /// `Some(service)`: a gRPC health check (`grpc.health.v1.Health/Check`).
+    pub grpc: Option<String>,
 }

@@ -81,7 +81,9 @@ pub async fn respond(
     retry_after: Option<u64>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(200, Some(6))?;
-    super::errors::put_request_id(&mut resp, request_id)?;
+    if let Some(id) = request_id {
+        resp.insert_header(super::headers::REQUEST_ID.clone(), id)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
     for (k, v) in status_headers(status, msg) {
         if let Some(k) = k {

@@ -1,5 +1,5 @@
-//! Active health checks: every pool with a `health_check` has each backend probed with an
-//! HTTP/1.1 GET on its interval; `fall` consecutive failures make it unhealthy, `rise`
+//! Active health checks: every pool with a `health_check` has each backend probed on its
+//! interval, over the pool's protocol and TLS (a `GET`, or gRPC's health service); `fall` consecutive failures make it unhealthy, `rise`
 //! consecutive passes healthy again (a never-checked backend needs one pass). Health lives in
 //! the backend's registry state, so it survives reloads. Changes wake held requests.
 
@@ -10,8 +10,11 @@ use std::{
 };
 
 use async_trait::async_trait;
+use pingora::{
+    connectors::http::Connector, http::RequestHeader, protocols::http::client::HttpSession,
+    upstreams::peer::HttpPeer,
+};
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     config::spec::HealthCheck,
@@ -55,8 +58,12 @@ impl HealthChecker {
                 }
                 *next = now + hc.interval;
                 let Some(addr) = b.addr else { continue };
+                let mut peer = pool.spec.upstream.peer(addr, &b.spec.address, false);
+                peer.options.connection_timeout = Some(hc.timeout);
+                peer.options.read_timeout = Some(hc.timeout);
+                let host = b.spec.address.clone();
                 let (st, hc, state) = (b.state.clone(), hc.clone(), self.state.clone());
-                tokio::spawn(async move { check(&state, &st, addr, &hc).await });
+                tokio::spawn(async move { check(&state, &st, peer, &host, &hc).await });
             }
         }
         due.retain(|id, _| table.backends().any(|(_, b)| b.id == *id));
@@ -64,8 +71,8 @@ impl HealthChecker {
 }
 
 /// One check and its consequences: health changes are logged and wake held requests.
-async fn check(state: &AppState, st: &BackendState, addr: std::net::SocketAddr, hc: &HealthCheck) {
-    let ok = probe(addr, hc).await;
+async fn check(state: &AppState, st: &BackendState, peer: HttpPeer, host: &str, hc: &HealthCheck) {
+    let ok = probe(peer, host, hc).await;
     if let Err(why) = &ok {
         tracing::debug!(backend = %st.id, why, "health check failed");
     }
@@ -86,44 +93,174 @@ async fn check(state: &AppState, st: &BackendState, addr: std::net::SocketAddr, 
     }
 }
 
-/// One probe: connect, `GET path`, read the status line, compare.
-async fn probe(addr: std::net::SocketAddr, hc: &HealthCheck) -> Result<(), String> {
+/// One probe over the pool's own protocol and TLS (pingora's connector, as proxied requests
+/// use): `GET path` compared with `expected_status`, or gRPC's `Health/Check` answering
+/// SERVING.
+async fn probe(peer: HttpPeer, host: &str, hc: &HealthCheck) -> Result<(), String> {
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
+        let connector = connector();
+        let (mut s, _) = connector
+            .get_http_session(&peer)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tidegate-health-check\r\nConnection: close\r\n\r\n",
-            hc.path
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while n < 12 {
-            let r = s
-                .read(&mut buf[n..])
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if r == 0 {
-                break;
-            }
-            n += r;
-        }
-        let head = std::str::from_utf8(&buf[..n]).unwrap_or("");
-        let code: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line {head:?}"))?;
-        if code == hc.expected_status {
-            Ok(())
-        } else {
-            Err(format!("status {code}, expected {}", hc.expected_status))
+        match &hc.grpc {
+            None => http_check(&mut s, host, hc).await,
+            Some(service) => grpc_check(&mut s, host, service).await,
         }
     };
     tokio::time::timeout(hc.timeout, work)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+/// One connector for every check (its TLS roots are loaded once).
+fn connector() -> &'static Connector {
+    static C: std::sync::OnceLock<Connector> = std::sync::OnceLock::new();
+    C.get_or_init(|| Connector::new(None))
+}
+
+async fn http_check(s: &mut HttpSession, host: &str, hc: &HealthCheck) -> Result<(), String> {
+    let mut req =
+        RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(|e| e.to_string())?;
+    req.insert_header(http::header::HOST, host)
+        .map_err(|e| e.to_string())?;
+    req.insert_header(http::header::USER_AGENT, "tidegate-health-check")
+        .map_err(|e| e.to_string())?;
+    if s.as_http1().is_some() {
+        req.insert_header(http::header::CONNECTION, "close")
+            .map_err(|e| e.to_string())?;
+    }
+    s.write_request_header(Box::new(req))
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.finish_request_body()
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.read_response_header()
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let code = s.response_header().map_or(0, |r| r.status.as_u16());
+    if code == hc.expected_status {
+        Ok(())
+    } else {
+        Err(format!("status {code}, expected {}", hc.expected_status))
+    }
+}
+
+/// `grpc.health.v1.Health/Check` for `service`: the answer must be OK and SERVING.
+async fn grpc_check(s: &mut HttpSession, host: &str, service: &str) -> Result<(), String> {
+    let e = |e: pingora::BError| e.to_string();
+    let mut req = RequestHeader::build("POST", b"/grpc.health.v1.Health/Check", None).map_err(e)?;
+    req.insert_header(http::header::HOST, host).map_err(e)?;
+    req.insert_header(http::header::CONTENT_TYPE, "application/grpc")
+        .map_err(e)?;
+    req.insert_header(http::header::TE, "trailers").map_err(e)?;
+    req.insert_header(http::header::USER_AGENT, "tidegate-health-check")
+        .map_err(e)?;
+    s.write_request_header(Box::new(req))
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let body = grpc_health::request(service)?;
+    s.write_request_body(body, true)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.finish_request_body()
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.read_response_header()
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let head = s.response_header().ok_or("no response header")?.clone();
+    if head.status != 200 {
+        return Err(format!("HTTP status {}", head.status.as_u16()));
+    }
+    let mut msg = Vec::new();
+    while let Some(b) = s
+        .read_response_body()
+        .await
+        .map_err(|e| format!("read: {e}"))?
+    {
+        msg.extend_from_slice(&b);
+    }
+    let trailers = match s {
+        HttpSession::H2(h2) => h2.read_trailers().await.map_err(|e| format!("read: {e}"))?,
+        _ => None,
+    };
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| head.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("missing");
+    if status != "0" {
+        return Err(format!("grpc-status {status}"));
+    }
+    grpc_health::serving(&msg)
+}
+
+/// The two messages of `grpc.health.v1.Health/Check`, in gRPC's framing: small enough to
+/// write out (one string field in, one enum field out) rather than pull a protobuf
+/// toolchain into the proxy.
+mod grpc_health {
+    use bytes::Bytes;
+
+    /// `HealthCheckRequest { string service = 1; }`, length-prefixed, uncompressed.
+    pub fn request(service: &str) -> Result<Bytes, String> {
+        let n = service.len();
+        if n > 127 {
+            return Err("grpc_service is longer than 127 bytes".into());
+        }
+        let mut msg = Vec::with_capacity(2 + n);
+        if n > 0 {
+            msg.extend_from_slice(&[0x0a, n as u8]);
+            msg.extend_from_slice(service.as_bytes());
+        }
+        let mut out = Vec::with_capacity(5 + msg.len());
+        out.push(0);
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(&msg);
+        Ok(Bytes::from(out))
+    }
+
+    /// `HealthCheckResponse { ServingStatus status = 1; }` must say SERVING (1).
+    pub fn serving(framed: &[u8]) -> Result<(), String> {
+        let Some((&flag, rest)) = framed.split_first() else {
+            return Err("empty answer".into());
+        };
+        if flag != 0 || rest.len() < 4 {
+            return Err("unexpected answer framing".into());
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let msg = rest.get(4..4 + len).ok_or("truncated answer")?;
+        // Field 1, varint: tag 0x08. Unknown fields before it are not expected here.
+        let status = match msg {
+            [0x08, v, ..] => *v,
+            _ => 0,
+        };
+        match status {
+            1 => Ok(()),
+            2 => Err("NOT_SERVING".into()),
+            3 => Err("SERVICE_UNKNOWN".into()),
+            _ => Err("UNKNOWN".into()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn frames_the_request_and_reads_the_status() {
+            assert_eq!(&super::request("").unwrap()[..], &[0, 0, 0, 0, 0]);
+            assert_eq!(
+                &super::request("a.B").unwrap()[..],
+                &[0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']
+            );
+            assert!(super::serving(&[0, 0, 0, 0, 2, 0x08, 1]).is_ok());
+            assert_eq!(
+                super::serving(&[0, 0, 0, 0, 2, 0x08, 2]).unwrap_err(),
+                "NOT_SERVING"
+            );
+            assert!(super::serving(&[0, 0, 0, 0, 0]).is_err());
+            assert!(super::serving(&[0, 0, 0, 0, 9, 0x08]).is_err());
+        }
+    }
 }

@@ -21,6 +21,15 @@ pub(super) fn build_pools(
             Some(h) => Some(build_health_check(&format!("{path}.health_check"), h)?),
             None => None,
         };
+        let upstream = super::upstream::build_upstream(&path, p, warnings)?;
+        if health_check.as_ref().is_some_and(|h| h.grpc.is_some())
+            && upstream.protocol == crate::config::upstream::Protocol::Http1
+        {
+            return Err(invalid(
+                format!("{path}.health_check.grpc"),
+                "gRPC health checks need an HTTP/2 pool (protocol: h2c, h2 or auto)",
+            ));
+        }
         let name: Arc<str> = pname.as_str().into();
         pools.insert(
             name.clone(),
@@ -36,7 +45,7 @@ pub(super) fn build_pools(
                 passive: build_passive(&format!("{path}.passive_health"), &p.passive_health)?,
                 slow_start: p.slow_start.non_zero(),
                 declared_draining: p.state == FileState::Draining,
-                upstream: super::upstream::build_upstream(&path, p, warnings)?,
+                upstream,
             }),
         );
     }
@@ -152,5 +161,6 @@ fn build_health_check(path: &str, h: &FileHealthCheck) -> Result<HealthCheck, Co
         rise: h.rise,
         fall: h.fall,
         start_healthy: h.start_healthy,
+        grpc: h.grpc.then(|| h.grpc_service.clone()),
     })
 }

@@ -105,7 +105,13 @@ fn build_tls(
 }
 
 fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bytes = std::fs::read(file).map_err(|e| {
+        format!(
+            "cannot read {}: {}",
+            file.display(),
+            super::listeners::io_reason(&e)
+        )
+    })?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not PEM certificates: {e}", file.display()))?;
@@ -138,8 +144,13 @@ fn to_wrapped(certs: Vec<CertificateDer<'static>>) -> Vec<pingora::utils::tls::W
 fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     let certs = read_certs(cert)?;
     check_roots(&certs[..1])?;
-    let key_bytes =
-        std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key_bytes = std::fs::read(key).map_err(|e| {
+        format!(
+            "cannot read {}: {}",
+            key.display(),
+            super::listeners::io_reason(&e)
+        )
+    })?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|e| format!("{}: no private key: {e}", key.display()))?;
     pingora::tls::install_default_crypto_provider();

@@ -133,6 +133,13 @@ pub struct FileHealthCheck {
     pub fall: u32,
     #[serde(default)]
     pub start_healthy: bool,
+    /// Check with gRPC's standard health service (`grpc.health.v1.Health/Check`) instead
+    /// of `GET path` (pools speaking HTTP/2).
+    #[serde(default)]
+    pub grpc: bool,
+    /// The service name asked about (`""`: the server as a whole).
+    #[serde(default)]
+    pub grpc_service: String,
 }
 
 fn default_hc_path() -> String {
