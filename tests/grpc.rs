@@ -33,6 +33,20 @@ pools:
     )
 }
 
+/// Established TCP connections on this machine whose remote end is 127.0.0.1:`port` (the
+/// tests' clients never talk to backends directly: these are tidegate's upstream ones).
+fn connections_to(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == want && f[3] == "01"
+        })
+        .count()
+}
+
 async fn status(tg: &Tidegate) -> serde_json::Value {
     get(&tg.admin_url("/api/v1/status"))
         .await
@@ -211,6 +225,14 @@ async fn a_deploy_ends_every_grpc_stream_with_unavailable_and_retries_land_on_gr
         .json();
     assert_eq!(d["drained"], true, "{d}");
     wait_pool_idle(&tg, "blue").await;
+    // Drained: tidegate closed its (pooled, idle) HTTP/2 connections to blue; green's stay.
+    wait_for(
+        "no connection left to blue",
+        Duration::from_secs(5),
+        || async { (connections_to(blue.addr.port()) == 0).then_some(()) },
+    )
+    .await;
+    assert!(connections_to(green.addr.port()) > 0);
     let m = get(&tg.admin_url("/metrics")).await.unwrap().body;
     let line = m
         .lines()

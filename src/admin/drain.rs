@@ -125,7 +125,7 @@ async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, 
         let changed = r.cell().changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        r.cell().observe(r.in_flight().total());
+        r.observe();
         let removed_idle = r.removed && r.in_flight().total() == 0;
         if r.cell().phase() != Phase::Draining || removed_idle {
             break;

@@ -29,7 +29,7 @@ pub const STREAMS_LISTED_MAX: usize = 10_000;
 
 /// [`drain_status`] listing at most `limit` streams, the oldest first.
 pub fn drain_status_listing(state: &AppState, r: &Resolved, limit: usize) -> api::DrainStatus {
-    r.cell().observe(r.in_flight().total());
+    r.observe();
     let backends = r.target.backends(&state.registry);
     let mut v = drain_view(
         &r.cell().snapshot(),

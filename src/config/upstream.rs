@@ -37,6 +37,10 @@ pub struct Upstream {
     pub tls: Option<Arc<UpstreamTls>>,
     /// Concurrent streams per HTTP/2 connection.
     pub max_streams: usize,
+    /// Keeps pingora's connection pool apart per pool and TLS settings: two pools listing
+    /// one address never share a connection (a drain of one closes only its own), nor
+    /// does a connection verified against one CA file serve a pool that trusts another.
+    pub group_key: u64,
 }
 
 impl Default for Upstream {
@@ -45,6 +49,7 @@ impl Default for Upstream {
             protocol: Protocol::Http1,
             tls: None,
             max_streams: 100,
+            group_key: 0,
         }
     }
 }
@@ -92,9 +97,10 @@ impl PartialEq for UpstreamTls {
 impl Eq for UpstreamTls {}
 
 impl Upstream {
-    /// Whether requests go over HTTP/2 (shared connections) by configuration.
+    /// Whether connections may be HTTP/2 (shared by several requests): `auto` counts, as
+    /// ALPN may choose HTTP/2 (on HTTP/1.1 a deadline end then only waits a little longer).
     pub fn is_h2(&self) -> bool {
-        matches!(self.protocol, Protocol::H2c | Protocol::H2)
+        self.protocol != Protocol::Http1
     }
 
     /// A peer for one backend (`address` as written: its host is the default SNI). An
@@ -102,6 +108,7 @@ impl Upstream {
     pub fn peer(&self, addr: SocketAddr, address: &str, upgrade: bool) -> HttpPeer {
         let Some(tls) = &self.tls else {
             let mut peer = HttpPeer::new(addr, false, String::new());
+            peer.group_key = self.group_key;
             if self.protocol == Protocol::H2c && !upgrade {
                 // Plain text with HTTP/2 as the lowest version: prior knowledge (h2c).
                 peer.options.set_http_version(2, 2);
@@ -114,6 +121,7 @@ impl Upstream {
             .clone()
             .unwrap_or_else(|| host_of(address).to_string());
         let mut peer = HttpPeer::new(addr, true, sni);
+        peer.group_key = self.group_key;
         peer.options.verify_cert = tls.verify;
         peer.options.verify_hostname = tls.verify;
         peer.options.ca = tls.ca.clone();
@@ -157,6 +165,7 @@ mod tests {
             protocol: Protocol::H2c,
             tls: None,
             max_streams: 7,
+            group_key: 1,
         };
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let p = up.peer(addr, "127.0.0.1:1", false);

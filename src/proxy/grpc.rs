@@ -26,9 +26,14 @@ pub const PERMISSION_DENIED: u8 = 7;
 /// A gRPC call: `Content-Type: application/grpc`, `application/grpc+proto`, … (gRPC-Web,
 /// which carries its trailers in the body over HTTP/1.1, is plain HTTP here).
 pub fn is_grpc(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| is_grpc_type(v.as_bytes()))
+    // gRPC runs over HTTP/2 POSTs only: an HTTP/1.1 request claiming the content type is
+    // plain HTTP (its read timeout, deadlines and error bodies stay those of HTTP).
+    req.version == http::Version::HTTP_2
+        && req.method == http::Method::POST
+        && req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| is_grpc_type(v.as_bytes()))
 }
 
 fn is_grpc_type(v: &[u8]) -> bool {
@@ -85,6 +90,7 @@ pub async fn respond(
         resp.insert_header(super::headers::REQUEST_ID.clone(), id)?;
     }
     resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     for (k, v) in status_headers(status, msg) {
         if let Some(k) = k {
             resp.insert_header(k, v)?;

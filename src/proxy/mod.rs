@@ -270,6 +270,10 @@ impl ProxyHttp for Proxy {
         });
         if let Some(t) = &ctx.backend {
             t.item().set_upstream(fd, ctx.h2);
+            if ctx.h2 && !reused {
+                let b = t.backend();
+                b.pool.h2_conns.add(&b.id, fd);
+            }
             if t.backend().record_connect_ok() {
                 // It had been failing: requests held after failing on it may try again.
                 self.state.availability_changed();

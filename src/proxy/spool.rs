@@ -33,7 +33,13 @@ const NOT_STORED: [&str; 9] = [
 
 /// The route's spool settings if it spools this request's method.
 pub(super) fn spools<'a>(route: &'a Route, req: &RequestHeader) -> Option<&'a SpoolSpec> {
-    route.spec.spool.as_ref().filter(|s| s.spools(&req.method))
+    // A gRPC call is never spooled: its client reads a 202 as an error and retries, and the
+    // replay would run it a second time.
+    route
+        .spec
+        .spool
+        .as_ref()
+        .filter(|s| s.spools(&req.method) && !super::grpc::is_grpc(req))
 }
 
 impl Proxy {

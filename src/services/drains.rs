@@ -66,6 +66,15 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// Record its in-flight total (drained at zero); a drain that ends here closes the
+    /// target's idle HTTP/2 connections, like one that ends with its last request.
+    pub fn observe(&self) {
+        if self.cell().observe(self.in_flight().total()) {
+            let id = self.backend.as_ref().map(|b| &*b.id);
+            self.pool.h2_conns.close(id);
+        }
+    }
+
     /// The drain cell of the target.
     pub fn cell(&self) -> &DrainCell {
         match &self.backend {
@@ -283,24 +292,28 @@ pub const SHARED_GRACE: Duration = Duration::from_secs(1);
 ///
 /// Work on a shared HTTP/2 connection is only marked: its next response chunk ends it alone
 /// (the proxy resets its upstream stream and answers the client politely: trailers with
-/// `grpc-status: 14` for gRPC). If none comes within [`SHARED_GRACE`], the connection is
-/// shut down, and every call still on it is marked first so each one ends politely too.
+/// `grpc-status: 14` for gRPC). A quiet call, with nothing coming within [`SHARED_GRACE`],
+/// ends when every other call on its connection is due too (ended on purpose): then the
+/// connection is shut down and each of them ends politely. Nothing that is not due yet
+/// (a stream before the streams deadline, a request routed after an undrain) is cut.
 pub fn end_item(backend: &Arc<BackendState>, item: &Arc<Tracked>, reason: EndReason) -> bool {
-    if item.is_shared() {
-        if item.socket().is_none() {
-            return false;
-        }
+    if item.is_shared() && item.socket().is_some() {
         item.mark_ended(reason);
         let (backend, item) = (backend.clone(), item.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(SHARED_GRACE).await;
-            let Some(socket) = item.socket() else { return };
-            for other in backend.items.all() {
-                if other.socket() == Some(socket) && other.ended().is_none() {
-                    other.mark_ended(reason);
+            loop {
+                tokio::time::sleep(SHARED_GRACE).await;
+                let Some(socket) = item.socket() else { return };
+                let all_due = backend
+                    .items
+                    .all()
+                    .iter()
+                    .all(|o| o.socket() != Some(socket) || o.ended().is_some());
+                if all_due {
+                    item.end(reason, |_| {});
+                    return;
                 }
             }
-            item.end(reason, |_| {});
         });
         return true;
     }

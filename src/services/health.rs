@@ -147,6 +147,9 @@ async fn http_check(s: &mut HttpSession, host: &str, hc: &HealthCheck) -> Result
     }
 }
 
+/// The largest gRPC health answer read (a real one is a few bytes).
+const MAX_HEALTH_ANSWER: usize = 64 * 1024;
+
 /// `grpc.health.v1.Health/Check` for `service`: the answer must be OK and SERVING.
 async fn grpc_check(s: &mut HttpSession, host: &str, service: &str) -> Result<(), String> {
     let e = |e: pingora::BError| e.to_string();
@@ -181,6 +184,9 @@ async fn grpc_check(s: &mut HttpSession, host: &str, service: &str) -> Result<()
         .map_err(|e| format!("read: {e}"))?
     {
         msg.extend_from_slice(&b);
+        if msg.len() > MAX_HEALTH_ANSWER {
+            return Err("answer larger than 64 KiB".into());
+        }
     }
     let trailers = match s {
         HttpSession::H2(h2) => h2.read_trailers().await.map_err(|e| format!("read: {e}"))?,

@@ -19,6 +19,8 @@ pub struct PoolState {
     pub counts: Counts,
     pub drain: DrainCell,
     pub streams_ended: super::stats::StreamEnds,
+    /// Upstream HTTP/2 connections of its backends, closed when a drain ends.
+    pub h2_conns: super::items::H2Conns,
 }
 
 impl PoolState {
@@ -28,12 +30,16 @@ impl PoolState {
             counts: Counts::default(),
             drain: DrainCell::default(),
             streams_ended: Default::default(),
+            h2_conns: Default::default(),
         }
     }
 
     /// Called when the pool's in-flight total reached zero.
     pub fn on_idle(&self) {
-        self.drain.observe(self.counts.total());
+        if self.drain.observe(self.counts.total()) {
+            // Drained: its backends' idle HTTP/2 connections go (nothing is on them now).
+            self.h2_conns.close(None);
+        }
     }
 }
 
@@ -155,7 +161,9 @@ impl BackendState {
 
     /// Called when the backend's in-flight total reached zero.
     pub fn on_idle(&self) {
-        self.drain.observe(self.counts.total());
+        if self.drain.observe(self.counts.total()) {
+            self.pool.h2_conns.close(Some(&self.id));
+        }
     }
 }
 

@@ -106,22 +106,26 @@ impl DrainCell {
         Ok(())
     }
 
-    /// Record the current in-flight total (drained at zero).
-    pub fn observe(&self, in_flight: u64) {
+    /// Record the current in-flight total (drained at zero); true when this made it drained.
+    pub fn observe(&self, in_flight: u64) -> bool {
         // SeqCst, after the SeqCst decrement that reached zero (`Counts::sub`): pairs with
         // the fence in `start` (free on x86: a plain load).
         if !self.draining.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
-        let changed = {
+        let (changed, drained) = {
             let mut m = self.lock();
             let before = m.phase();
             m.observe(SystemTime::now(), in_flight);
-            before != m.phase()
+            (
+                before != m.phase(),
+                m.phase() == crate::drain::machine::Phase::Drained,
+            )
         };
         if changed {
             self.changed.notify_waiters();
         }
+        changed && drained
     }
 
     /// A copy of the machine for reporting.

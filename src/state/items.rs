@@ -200,6 +200,59 @@ fn socket_cookie(fd: RawFd) -> Option<u64> {
     (r == 0 && len as usize == std::mem::size_of::<u64>()).then_some(v)
 }
 
+/// Shut down the socket behind `fd` if it is still the one with `cookie` (see
+/// [`Tracked::end`] for why a duplicate is used). False when it is gone.
+fn shutdown_same(fd: RawFd, cookie: Option<u64>) -> bool {
+    // SAFETY: F_DUPFD_CLOEXEC on any number is harmless (fails on a closed one).
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return false;
+    }
+    // SAFETY: `dup` was just created and is owned by nobody else.
+    let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+    if cookie.is_none() || socket_cookie(dup.as_raw_fd()) != cookie {
+        return false;
+    }
+    // SAFETY: a live descriptor of the recorded socket (its cookie matched).
+    unsafe {
+        libc::shutdown(dup.as_raw_fd(), libc::SHUT_RDWR);
+    }
+    true
+}
+
+/// The upstream HTTP/2 connections opened to a pool's backends (`backend id`, socket and its
+/// cookie): pingora keeps idle ones pooled, so a drain that ends closes them itself. Entries
+/// whose socket is gone are dropped as new ones come.
+#[derive(Debug, Default)]
+pub struct H2Conns(Mutex<Vec<H2Conn>>);
+
+/// One connection: its backend's id, its socket number and the socket's cookie.
+type H2Conn = (Arc<str>, RawFd, Option<u64>);
+
+impl H2Conns {
+    /// Remember a new connection to `backend`.
+    pub fn add(&self, backend: &Arc<str>, fd: RawFd) {
+        let cookie = socket_cookie(fd);
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.retain(|(_, f, c)| socket_cookie(*f) == *c && c.is_some());
+        v.push((backend.clone(), fd, cookie));
+    }
+
+    /// Close the connections of one backend (`None`: of every backend); how many were open.
+    pub fn close(&self, backend: Option<&str>) -> usize {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        v.retain(|(b, fd, c)| {
+            if backend.is_some_and(|x| x != &**b) {
+                return true;
+            }
+            closed += usize::from(shutdown_same(*fd, *c));
+            false
+        });
+        closed
+    }
+}
+
 const SHARDS: usize = 8;
 
 /// The tracked records of one backend, sharded to keep lock contention low.

@@ -143,6 +143,9 @@ fn build_health_check(path: &str, h: &FileHealthCheck) -> Result<HealthCheck, Co
             return Err(invalid(format!("{path}.{k}"), "must be greater than 0"));
         }
     }
+    if h.grpc_service.len() > 127 {
+        return Err(invalid(format!("{path}.grpc_service"), "at most 127 bytes"));
+    }
     for (k, v) in [("rise", h.rise), ("fall", h.fall)] {
         if !(1..=100).contains(&v) {
             return Err(ConfigError::OutOfRange {

@@ -46,10 +46,17 @@ pub(super) fn build_upstream(
         )?),
         (None, _) => None,
     };
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    if let Some(t) = &tls {
+        (&t.sni, t.verify, &t.contents).hash(&mut h);
+    }
     Ok(Upstream {
         protocol,
         tls: tls.map(Arc::new),
         max_streams: p.h2.max_streams as usize,
+        group_key: h.finish(),
     })
 }
 
@@ -126,6 +133,9 @@ fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn check_roots(certs: &[CertificateDer<'static>]) -> Result<(), String> {
     let mut store = pingora::tls::RootCertStore::empty();
     for (i, c) in certs.iter().enumerate() {
+        // pingora parses them again with x509-parser (and panics on what it refuses).
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("certificate {} cannot be parsed: {e}", i + 1))?;
         store
             .add(c.clone())
             .map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
@@ -143,7 +153,10 @@ fn to_wrapped(certs: Vec<CertificateDer<'static>>) -> Vec<pingora::utils::tls::W
 /// A client certificate chain and its key, checked to belong together.
 fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     let certs = read_certs(cert)?;
-    check_roots(&certs[..1])?;
+    for (i, c) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("certificate {} cannot be parsed: {e}", i + 1))?;
+    }
     let key_bytes = std::fs::read(key).map_err(|e| {
         format!(
             "cannot read {}: {}",
