@@ -571,3 +571,45 @@ async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
         tg.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_to_the_backend_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = ca_and_cert(&["localhost"]);
+    let (bca, bcert, bkey) = ca_and_cert(&["api.internal"]);
+    let (cca, ccert, ckey) = ca_and_cert(&["tidegate.client"]);
+    for (f, v) in [
+        ("backend-ca.pem", &bca),
+        ("client.pem", &ccert),
+        ("client.key", &ckey),
+    ] {
+        std::fs::write(dir.path().join(f), v).unwrap();
+    }
+    let backend = GrpcBackend::start_mtls("secure", &bcert, &bkey, &cca);
+    let d = dir.path().display();
+    let with_cert = format!(
+        r#"{{ sni: api.internal, ca_file: "{d}/backend-ca.pem", client_cert: "{d}/client.pem", client_key: "{d}/client.key" }}"#
+    );
+    let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &with_cert)).await;
+    let url = format!("https://localhost:{}", tg.listen.port());
+    let ch = channel(&url, Some((&listener.0, "localhost")))
+        .await
+        .expect("channel");
+    assert_eq!(unary(&ch, "x").await.expect("mTLS call"), "secure");
+
+    // Without the client certificate the backend refuses; with verify: false tidegate
+    // says so at start.
+    let without = r#"{ sni: api.internal, verify: false }"#;
+    let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, without)).await;
+    assert!(
+        tg.logs().contains("pools.secure.tls.verify is false"),
+        "{}",
+        tg.logs()
+    );
+    let url = format!("https://localhost:{}", tg.listen.port());
+    let ch = channel(&url, Some((&listener.0, "localhost")))
+        .await
+        .expect("channel");
+    let err = unary(&ch, "x").await.expect_err("no client certificate");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}

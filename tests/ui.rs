@@ -381,7 +381,13 @@ async fn a_deploy_is_drawn_with_its_marks_and_every_column_is_reachable_on_a_pho
     let headers = phone
         .eval(r#"[...document.querySelector('[data-pool="blue"] thead tr').children].filter(th => th.getBoundingClientRect().width > 0).length"#)
         .await;
-    assert_eq!(headers, 10, "every backend column is shown");
+    // backend, address, state, health, weight, one per kind (http, sse, websocket, grpc),
+    // oldest stream, connect fails.
+    assert_eq!(headers, 11, "every backend column is shown");
+    let grpc = phone
+        .eval(r#"[...document.querySelector('[data-pool="blue"] thead tr').children].some(th => th.textContent === "grpc")"#)
+        .await;
+    assert_eq!(grpc, true, "a grpc column, from the kinds the server sends");
     phone
         .eval("document.querySelectorAll('.scroll').forEach(b => b.scrollLeft = 0); true")
         .await;

@@ -79,6 +79,15 @@ impl InFlight {
         InFlight(std::array::from_fn(|i| self.0[i] + other.0[i]))
     }
 
+    /// `http=1 sse=0 websocket=0 grpc=0` (log lines).
+    pub fn fields(&self) -> String {
+        Kind::ALL
+            .iter()
+            .map(|k| format!("{k}={}", self.get(*k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// `http 1  sse 0  websocket 0  grpc 0` (the CLI's progress and result lines).
     pub fn words(&self, sep: &str) -> String {
         Kind::ALL

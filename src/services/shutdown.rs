@@ -92,7 +92,7 @@ fn end_everything(state: &AppState) {
         }
     }
     tracing::warn!(
-        ended = %by_kind.words(", "),
-        "shutdown.grace reached: ending in-flight work"
+        "shutdown.grace reached: ending in-flight work ({})",
+        by_kind.fields()
     );
 }

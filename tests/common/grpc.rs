@@ -172,10 +172,21 @@ impl GrpcBackend {
 
     /// HTTP/2 over TLS with this certificate and key (PEM).
     pub fn start_tls(name: &str, cert: &str, key: &str) -> Self {
-        Self::start_with(name, Some(Identity::from_pem(cert, key)))
+        Self::start_with(
+            name,
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))),
+        )
     }
 
-    fn start_with(name: &str, tls: Option<Identity>) -> Self {
+    /// HTTP/2 over TLS that requires a client certificate signed by `client_ca` (mTLS).
+    pub fn start_mtls(name: &str, cert: &str, key: &str, client_ca: &str) -> Self {
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .client_ca_root(Certificate::from_pem(client_ca));
+        Self::start_with(name, Some(tls))
+    }
+
+    fn start_with(name: &str, tls: Option<ServerTlsConfig>) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
         let seen = Arc::new(Seen::default());
         let (health, health_svc) = tonic_health::server::health_reporter();
@@ -195,8 +206,8 @@ impl GrpcBackend {
             rt.spawn(async move {
                 reporter.set_serving::<Echo>().await;
                 let mut b = Server::builder();
-                if let Some(id) = tls {
-                    b = b.tls_config(ServerTlsConfig::new().identity(id)).unwrap();
+                if let Some(tls) = tls {
+                    b = b.tls_config(tls).unwrap();
                 }
                 let _ = b
                     .add_service(health_svc)
