@@ -130,21 +130,32 @@ async fn http_check(s: &mut HttpSession, host: &str, hc: &HealthCheck) -> Result
         req.insert_header(http::header::CONNECTION, "close")
             .map_err(|e| e.to_string())?;
     }
-    s.write_request_header(Box::new(req))
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    s.finish_request_body()
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    s.read_response_header()
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let code = s.response_header().map_or(0, |r| r.status.as_u16());
+    let code = exchange(s, req, None).await?.status.as_u16();
     if code == hc.expected_status {
         Ok(())
     } else {
         Err(format!("status {code}, expected {}", hc.expected_status))
     }
+}
+
+/// Send `req` (and `body`), and read the answer's header.
+async fn exchange(
+    s: &mut HttpSession,
+    req: RequestHeader,
+    body: Option<bytes::Bytes>,
+) -> Result<pingora::http::ResponseHeader, String> {
+    let w = |e: pingora::BError| format!("write: {e}");
+    s.write_request_header(Box::new(req)).await.map_err(w)?;
+    if let Some(b) = body {
+        s.write_request_body(b, true).await.map_err(w)?;
+    }
+    s.finish_request_body().await.map_err(w)?;
+    s.read_response_header()
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    s.response_header()
+        .cloned()
+        .ok_or_else(|| "no response header".to_string())
 }
 
 /// The largest gRPC health answer read (a real one is a few bytes).
@@ -160,20 +171,7 @@ async fn grpc_check(s: &mut HttpSession, host: &str, service: &str) -> Result<()
     req.insert_header(http::header::TE, "trailers").map_err(e)?;
     req.insert_header(http::header::USER_AGENT, "tidegate-health-check")
         .map_err(e)?;
-    s.write_request_header(Box::new(req))
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let body = grpc_health::request(service)?;
-    s.write_request_body(body, true)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    s.finish_request_body()
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    s.read_response_header()
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let head = s.response_header().ok_or("no response header")?.clone();
+    let head = exchange(s, req, Some(grpc_health::request(service)?)).await?;
     if head.status != 200 {
         return Err(format!("HTTP status {}", head.status.as_u16()));
     }

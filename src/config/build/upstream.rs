@@ -125,6 +125,12 @@ fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     if certs.is_empty() {
         return Err(format!("{}: no certificate found", file.display()));
     }
+    for (i, c) in certs.iter().enumerate() {
+        // pingora parses them again with x509-parser at connect (and panics on what it
+        // refuses): refuse those here.
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("certificate {} cannot be parsed: {e}", i + 1))?;
+    }
     Ok(certs)
 }
 
@@ -133,9 +139,6 @@ fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn check_roots(certs: &[CertificateDer<'static>]) -> Result<(), String> {
     let mut store = pingora::tls::RootCertStore::empty();
     for (i, c) in certs.iter().enumerate() {
-        // pingora parses them again with x509-parser (and panics on what it refuses).
-        x509_parser::parse_x509_certificate(c.as_ref())
-            .map_err(|e| format!("certificate {} cannot be parsed: {e}", i + 1))?;
         store
             .add(c.clone())
             .map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
@@ -153,10 +156,6 @@ fn to_wrapped(certs: Vec<CertificateDer<'static>>) -> Vec<pingora::utils::tls::W
 /// A client certificate chain and its key, checked to belong together.
 fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     let certs = read_certs(cert)?;
-    for (i, c) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(c.as_ref())
-            .map_err(|e| format!("certificate {} cannot be parsed: {e}", i + 1))?;
-    }
     let key_bytes = std::fs::read(key).map_err(|e| {
         format!(
             "cannot read {}: {}",
