@@ -268,15 +268,20 @@ routes:
   - name: api
     match: {{ path_prefix: /test.Echo/Unary }}
     split: {{ blue: 100 }}
+  - name: legacy
+    match: {{ path_prefix: /legacy.Svc/ }}
+    split: {{ plain: 100 }}
 pools:
   blue:
     protocol: h2c
     backends: [{{ address: "{}", name: blue }}]
+  plain:
+    backends: [{{ address: "{}", name: plain }}]
   dead:
     protocol: h2c
     backends: [{{ address: "{dead}", name: dead }}]
 "#,
-        blue.addr
+        blue.addr, blue.addr
     );
     let tg = Tidegate::start(&yaml).await;
     let ch = channel(&format!("http://{}", tg.listen), None)
@@ -301,6 +306,23 @@ pools:
         .await
         .expect_err("no route");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    // A pool that speaks HTTP/1.1 cannot carry gRPC: UNIMPLEMENTED, naming the pool.
+    g.ready().await.unwrap();
+    let err = g
+        .unary(
+            tonic::Request::new(bytes::Bytes::new()),
+            http::uri::PathAndQuery::from_static("/legacy.Svc/Call"),
+            Raw,
+        )
+        .await
+        .expect_err("http1 pool");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(
+        err.message().contains("pool \"plain\" speaks HTTP/1.1"),
+        "{err:?}"
+    );
+    assert_eq!(blue.seen.unary.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // Maintenance: UNAVAILABLE with its message and Retry-After.
     let r = admin(
@@ -440,93 +462,6 @@ async fn sigterm_sends_goaway_and_no_call_in_flight_is_lost() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
-/// A TLS listener (its own CA) in front of a TLS gRPC backend (another CA), `tls` being the
-/// pool's `tls:` block.
-fn tls_yaml(
-    dir: &std::path::Path,
-    listener: &(String, String, String),
-    backend: &GrpcBackend,
-    tls: &str,
-) -> String {
-    std::fs::write(dir.join("l.crt"), &listener.1).unwrap();
-    std::fs::write(dir.join("l.key"), &listener.2).unwrap();
-    format!(
-        r#"listeners:
-  - name: public
-    address: "{{listen}}"
-    tls: {{ cert: "{d}/l.crt", key: "{d}/l.key" }}
-admin: {{ address: "{{admin}}" }}
-routes:
-  - name: api
-    split: {{ secure: 100 }}
-    hold: {{ timeout: 0 }}
-pools:
-  secure:
-    protocol: h2
-    tls: {tls}
-    backends: [{{ address: "{}", name: secure }}]
-"#,
-        backend.addr,
-        d = dir.display()
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tls_listener_to_a_tls_backend_verified_with_a_ca_file_and_clear_errors_otherwise() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = ca_and_cert(&["localhost"]);
-    let (bca, bcert, bkey) = ca_and_cert(&["api.internal"]);
-    std::fs::write(dir.path().join("backend-ca.pem"), &bca).unwrap();
-    std::fs::write(dir.path().join("other-ca.pem"), &listener.0).unwrap();
-    let backend = GrpcBackend::start_tls("secure", &bcert, &bkey);
-    let d = dir.path().display();
-    let good = format!(r#"{{ sni: api.internal, ca_file: "{d}/backend-ca.pem" }}"#);
-    let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &good)).await;
-    let url = format!("https://localhost:{}", tg.listen.port());
-    let ch = channel(&url, Some((&listener.0, "localhost")))
-        .await
-        .expect("TLS channel");
-    assert_eq!(
-        unary(&ch, "x").await.expect("unary over TLS both ways"),
-        "secure"
-    );
-    let mut s = stream(&ch, 20).await.expect("stream");
-    for i in 0..3 {
-        let m = s.message().await.expect("message").expect("some");
-        assert_eq!(String::from_utf8_lossy(&m), format!("secure:{i}"));
-    }
-    drop(s);
-
-    // The wrong CA, then the wrong server name: refused, a gRPC status to the client and a
-    // log line that names the cause.
-    for (tls, cause) in [
-        (
-            format!(r#"{{ sni: api.internal, ca_file: "{d}/other-ca.pem" }}"#),
-            "UnknownIssuer",
-        ),
-        (
-            format!(r#"{{ sni: wrong.internal, ca_file: "{d}/backend-ca.pem" }}"#),
-            "not valid for name",
-        ),
-    ] {
-        let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &tls)).await;
-        let url = format!("https://localhost:{}", tg.listen.port());
-        let ch = channel(&url, Some((&listener.0, "localhost")))
-            .await
-            .expect("channel");
-        let err = unary(&ch, "x")
-            .await
-            .expect_err("must not reach the backend");
-        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-        let logs = tg.logs();
-        let line = logs
-            .lines()
-            .find(|l| l.contains("upstream connect failed"))
-            .unwrap_or_else(|| panic!("no connect failure logged:\n{logs}"));
-        assert!(line.contains("TLS") && line.contains(cause), "{line}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
     let one = GrpcBackend::start("one");
@@ -572,44 +507,62 @@ async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mutual_tls_to_the_backend_with_a_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = ca_and_cert(&["localhost"]);
-    let (bca, bcert, bkey) = ca_and_cert(&["api.internal"]);
-    let (cca, ccert, ckey) = ca_and_cert(&["tidegate.client"]);
-    for (f, v) in [
-        ("backend-ca.pem", &bca),
-        ("client.pem", &ccert),
-        ("client.key", &ckey),
-    ] {
-        std::fs::write(dir.path().join(f), v).unwrap();
-    }
-    let backend = GrpcBackend::start_mtls("secure", &bcert, &bkey, &cca);
-    let d = dir.path().display();
-    let with_cert = format!(
-        r#"{{ sni: api.internal, ca_file: "{d}/backend-ca.pem", client_cert: "{d}/client.pem", client_key: "{d}/client.key" }}"#
-    );
-    let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, &with_cert)).await;
-    let url = format!("https://localhost:{}", tg.listen.port());
-    let ch = channel(&url, Some((&listener.0, "localhost")))
-        .await
-        .expect("channel");
-    assert_eq!(unary(&ch, "x").await.expect("mTLS call"), "secure");
+type OpenCall = (tonic::transport::Channel, tonic::Streaming<bytes::Bytes>);
 
-    // Without the client certificate the backend refuses; with verify: false tidegate
-    // says so at start.
-    let without = r#"{ sni: api.internal, verify: false }"#;
-    let tg = Tidegate::start(&tls_yaml(dir.path(), &listener, &backend, without)).await;
-    assert!(
-        tg.logs().contains("pools.secure.tls.verify is false"),
-        "{}",
-        tg.logs()
+/// Open `n` server-streaming calls at once, each on its own client connection (so nothing
+/// serializes them before tidegate); the open streams and the refusals.
+async fn burst(url: &str, n: usize) -> (Vec<OpenCall>, Vec<tonic::Status>) {
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let ch = channel(url, None).await.expect("channel");
+        calls.push(tokio::spawn(async move {
+            stream(&ch, 50).await.map(|s| (ch, s))
+        }));
+    }
+    let (mut open, mut refused) = (Vec::new(), Vec::new());
+    for c in calls {
+        match c.await.expect("join") {
+            Ok(run) => open.push(run),
+            Err(st) => refused.push(st),
+        }
+    }
+    (open, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_calls_shares_upstream_connections_up_to_the_cap() {
+    // Defaults (100 streams per connection): 30 calls opened at once ride one connection.
+    let shared = GrpcBackend::start("shared");
+    let tg = Tidegate::start(&yaml(&[("app", &[&shared])], "app: 100", "")).await;
+    let (open, refused) = burst(&format!("http://{}", tg.listen), 30).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(open.len(), 30);
+    assert_eq!(shared.open_streams(), 30);
+    assert_eq!(
+        connections_to(shared.addr.port()),
+        1,
+        "one upstream connection"
     );
-    let url = format!("https://localhost:{}", tg.listen.port());
-    let ch = channel(&url, Some((&listener.0, "localhost")))
-        .await
-        .expect("channel");
-    let err = unary(&ch, "x").await.expect_err("no client certificate");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    drop(open);
+
+    // 10 streams per connection, 2 connections: 20 calls fit, the next 5 are refused with
+    // UNAVAILABLE and a message that names the limits; never a third connection.
+    let capped = GrpcBackend::start("capped");
+    let h2 = "    h2: { max_streams: 10, max_connections: 2 }\n";
+    let tg = Tidegate::start(&yaml(&[("app", &[&capped])], "app: 100", h2)).await;
+    let url = format!("http://{}", tg.listen);
+    let (open, refused) = burst(&url, 25).await;
+    assert_eq!((open.len(), refused.len()), (20, 5), "{refused:?}");
+    for st in &refused {
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+        assert!(st.message().contains("h2.max_connections"), "{st:?}");
+    }
+    assert_eq!(connections_to(capped.addr.port()), 2);
+    assert_eq!(capped.open_streams(), 20);
+    // Room again once calls end; the counts come back to zero.
+    drop(open);
+    wait_pool_idle(&tg, "app").await;
+    let ch = channel(&url, None).await.expect("channel");
+    assert_eq!(unary(&ch, "x").await.expect("unary"), "capped");
+    assert!(connections_to(capped.addr.port()) <= 2);
 }

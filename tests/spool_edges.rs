@@ -377,3 +377,57 @@ async fn a_commit_landing_after_the_503_is_revoked_and_never_replayed() {
     let bodies: Vec<String> = rec.seen().into_iter().map(|s| s.body).collect();
     assert!(!bodies.iter().any(|b| b == "late"), "{bodies:?}");
 }
+
+/// Spooled requests are replayed over plain HTTP/1.1: a split override that would send a
+/// spooled route to an HTTP/2 pool is refused, and a reload that turns the pool it already
+/// goes to into one leaves the item unsent (the attempt fails with the reason) instead of
+/// sending it wrongly.
+#[tokio::test]
+async fn spooled_routes_never_replay_into_an_http2_pool() {
+    let (app, green) = (dead_addr(), dead_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let base = fast_yaml(app, dir.path(), "");
+    let with = |proto: &str| {
+        format!("{base}  green:\n    protocol: {proto}\n    backends: [{{ address: \"{green}\" }}]\n  grpc:\n    protocol: h2c\n    backends: [{{ address: \"{green}\" }}]\n")
+    };
+    let tg = Tidegate::start(&with("http1")).await;
+    let split = |to: &str| {
+        let (tg, body) = (&tg, format!(r#"{{"split": {{"{to}": 100}}}}"#));
+        async move {
+            let url = tg.admin_url("/api/v1/routes/hooks/split");
+            let h = [("content-type", "application/json")];
+            post(&url, &h, &body).await.unwrap()
+        }
+    };
+    let r = split("grpc").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains(
+            "pool \\\"grpc\\\" speaks h2c; spooled requests are replayed over plain HTTP/1.1 only"
+        ),
+        "{}",
+        r.body
+    );
+    assert_eq!(split("green").await.status, 200);
+
+    let r = post(&tg.url("/hooks/x"), &[], "kept").await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let gen = tg.generation().await;
+    tg.rewrite_config(&with("h2c"));
+    wait_for("reloaded", Duration::from_secs(10), || async {
+        (tg.generation().await > gen).then_some(())
+    })
+    .await;
+    let rec = Recorder::start(green).await;
+    let item = wait_for("the attempt refused", Duration::from_secs(10), || async {
+        let l = spool_list(&tg, "").await;
+        let item = l["items"][0].clone();
+        item["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("speaks h2c"))
+            .then_some(item)
+    })
+    .await;
+    assert_eq!(item["path"], "/hooks/x", "{item}");
+    assert!(rec.seen().is_empty(), "sent over HTTP/1.1 to an h2c pool");
+}

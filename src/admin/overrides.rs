@@ -90,6 +90,27 @@ fn checked_split(
     Ok(split)
 }
 
+/// A spooled route's split may name only pools its replays can speak to.
+fn check_replayable(
+    state: &AppState,
+    route: &str,
+    split: &BTreeMap<String, u32>,
+) -> Result<(), ApiError> {
+    let cfg = state.table();
+    let spools = cfg
+        .routes
+        .iter()
+        .any(|r| &*r.name == route && r.spec.spool.is_some());
+    let refusal = split.iter().filter(|(_, w)| **w > 0).find_map(|(p, _)| {
+        let pool = cfg.pools.get(p.as_str())?;
+        pool.spec.upstream.replay_refusal(p)
+    });
+    match refusal.filter(|_| spools) {
+        Some(why) => Err(ApiError::new(400, "bad_request", format!("split: {why}"))),
+        None => Ok(()),
+    }
+}
+
 /// `GET /api/v1/routes/{route}/split`.
 pub async fn split_get(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
     Ok(json(200, &route_view(&s, &route)?))
@@ -105,6 +126,7 @@ pub async fn split_set(
     let req: api::SplitRequest = body::parse(&b)?;
     let timing = ramp_timing(&req.over, &req.step)?;
     let split = checked_split(&s, &req)?;
+    check_replayable(&s, &route, &split)?;
     if let Some(r) = req.max_error_rate {
         if !(0.0..=1.0).contains(&r) {
             return Err(ApiError::field("max_error_rate", "must be between 0 and 1"));

@@ -37,6 +37,8 @@ pub struct Upstream {
     pub tls: Option<Arc<UpstreamTls>>,
     /// Concurrent streams per HTTP/2 connection.
     pub max_streams: usize,
+    /// HTTP/2 connections per backend at most.
+    pub max_connections: usize,
     /// Keeps pingora's connection pool apart per pool and TLS settings: two pools listing
     /// one address never share a connection (a drain of one closes only its own), nor
     /// does a connection verified against one CA file serve a pool that trusts another.
@@ -49,6 +51,7 @@ impl Default for Upstream {
             protocol: Protocol::Http1,
             tls: None,
             max_streams: 100,
+            max_connections: 16,
             group_key: 0,
         }
     }
@@ -97,6 +100,19 @@ impl PartialEq for UpstreamTls {
 impl Eq for UpstreamTls {}
 
 impl Upstream {
+    /// Why spooled requests cannot be replayed to this pool (`None`: they can). The replay
+    /// speaks plain HTTP/1.1.
+    pub fn replay_refusal(&self, pool: &str) -> Option<String> {
+        let how = match (self.protocol, &self.tls) {
+            (Protocol::Http1, None) => return None,
+            (Protocol::Http1, Some(_)) => "TLS".to_string(),
+            (p, _) => p.as_str().to_string(),
+        };
+        Some(format!(
+            "pool {pool:?} speaks {how}; spooled requests are replayed over plain HTTP/1.1 only"
+        ))
+    }
+
     /// Whether connections may be HTTP/2 (shared by several requests): `auto` counts, as
     /// ALPN may choose HTTP/2 (on HTTP/1.1 a deadline end then only waits a little longer).
     pub fn is_h2(&self) -> bool {
@@ -166,6 +182,7 @@ mod tests {
             tls: None,
             max_streams: 7,
             group_key: 1,
+            ..Default::default()
         };
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let p = up.peer(addr, "127.0.0.1:1", false);

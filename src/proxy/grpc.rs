@@ -45,12 +45,28 @@ fn is_grpc_type(v: &[u8]) -> bool {
 
 /// The gRPC status for an HTTP status tidegate would have answered (gRPC's own mapping of
 /// HTTP to gRPC statuses, as Envoy applies it).
+/// A gRPC call can go only to a pool that speaks HTTP/2 (trailers carry its status); to an
+/// `http1` pool it is refused with UNIMPLEMENTED and a message naming the pool.
+pub fn check_pool(pool: Option<&crate::state::table::Pool>) -> pingora::Result<()> {
+    match pool {
+        Some(p) if !p.spec.upstream.is_h2() => Err(pingora::Error::explain(
+            pingora::ErrorType::HTTPStatus(501),
+            format!(
+                "pool {:?} speaks HTTP/1.1; gRPC needs protocol: h2c, h2 or auto",
+                &*p.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn status_for_http(code: u16) -> u8 {
     match code {
         400 => INTERNAL,
         401 => UNAUTHENTICATED,
         403 => PERMISSION_DENIED,
-        404 => UNIMPLEMENTED,
+        // 501: ours, for a gRPC call routed to a pool that speaks HTTP/1.1.
+        404 | 501 => UNIMPLEMENTED,
         413 | 431 => RESOURCE_EXHAUSTED,
         429 | 502 | 503 | 504 => UNAVAILABLE,
         _ => UNKNOWN,

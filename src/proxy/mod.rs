@@ -106,6 +106,8 @@ pub struct Ctx {
     kind: Kind,
     /// The upstream connection is HTTP/2 (shared by other requests).
     h2: bool,
+    /// This call's turn to take an upstream HTTP/2 stream, held until it has one.
+    h2_turn: Option<tokio::sync::OwnedSemaphorePermit>,
     started: Instant,
     _active: ActiveGuard,
 }
@@ -141,6 +143,7 @@ impl ProxyHttp for Proxy {
             upgrade: false,
             kind: Kind::Http,
             h2: false,
+            h2_turn: None,
             started: Instant::now(),
             _active: ActiveGuard::new(self.state.clone()),
         }
@@ -202,6 +205,9 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let (route, backend, addr, address) = self.choose_backend(session, ctx).await?;
+        if ctx.kind == Kind::Grpc {
+            grpc::check_pool(ctx.pool.as_deref())?;
+        }
         ctx.attempts += 1;
         ctx.last_backend = Some(backend.name.clone());
         // Replacing the guard drops the previous attempt's count (a retry is counted once).
@@ -221,6 +227,9 @@ impl ProxyHttp for Proxy {
             None => HttpPeer::new(addr, false, String::new()),
         };
         ctx.h2 = upstream.is_some_and(|u| u.is_h2()) && !ctx.upgrade;
+        if let (true, Some(u), Some(tr)) = (ctx.h2, upstream, &ctx.backend) {
+            ctx.h2_turn = Some(pick::h2_turn(tr.backend(), u, t.connect).await?);
+        }
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
         peer.options.idle_timeout = Some(t.upstream_keepalive);
@@ -240,6 +249,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> Box<Error> {
+        ctx.h2_turn = None;
         self.after_connect_failure(ctx, e)
     }
 
@@ -268,8 +278,9 @@ impl ProxyHttp for Proxy {
             Some(t) if !reused => t.elapsed(),
             _ => Duration::ZERO,
         });
-        if let Some(t) = &ctx.backend {
-            t.item().set_upstream(fd, ctx.h2);
+        ctx.h2_turn = None;
+        if let Some(t) = &mut ctx.backend {
+            t.connected(fd, ctx.h2);
             if ctx.h2 && !reused {
                 let b = t.backend();
                 b.pool.h2_conns.add(&b.id, fd);

@@ -315,6 +315,35 @@ async fn respond_no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> 
     Ok(true)
 }
 
+/// This call's turn to take a stream to `backend` on a shared HTTP/2 connection: one at a
+/// time per backend, so a burst of calls shares the connection the first one opens.
+/// `Err` (503) when the backend has `max_connections × max_streams` streams already, or the
+/// call ahead is stuck connecting for longer than the connect timeout.
+pub(super) async fn h2_turn(
+    backend: &BackendState,
+    up: &crate::config::upstream::Upstream,
+    wait: std::time::Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    use crate::state::h2::NoStream;
+    let why = match backend
+        .h2
+        .admit(up.max_streams, up.max_connections, wait)
+        .await
+    {
+        Ok(turn) => return Ok(turn),
+        Err(NoStream::Full { streams }) => format!(
+            "backend {:?} is at capacity: {streams} HTTP/2 streams open \
+             ({} connections × {} streams; h2.max_connections, h2.max_streams)",
+            &*backend.id, up.max_connections, up.max_streams
+        ),
+        Err(NoStream::Waited) => format!(
+            "backend {:?}: no HTTP/2 connection within the connect timeout",
+            &*backend.id
+        ),
+    };
+    Err(Error::explain(HTTPStatus(503), why))
+}
+
 fn unreachable(route: &Route) -> Box<Error> {
     Error::explain(
         HTTPStatus(502),

@@ -59,6 +59,8 @@ pub struct BackendState {
     pub health: Mutex<crate::health::HealthStreak>,
     /// Passive health: failed connects in a row, down flag, probe claim.
     pub passive: super::passive::Passive,
+    /// Upstream HTTP/2 streams and the turn for taking one.
+    pub h2: super::h2::H2Lane,
     /// When it last became available (ms on the process clock; 0 = since start): slow start.
     available_since_ms: AtomicU64,
 }
@@ -76,6 +78,7 @@ impl BackendState {
             connect_failures: AtomicU64::new(0),
             health: Mutex::new(crate::health::HealthStreak::default()),
             passive: Default::default(),
+            h2: Default::default(),
             available_since_ms: AtomicU64::new(0),
         }
     }

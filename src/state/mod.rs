@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod backend;
 pub mod counts;
 pub mod drain_cell;
+pub mod h2;
 pub mod history;
 pub mod items;
 pub mod overrides;

@@ -14,6 +14,8 @@ use super::{backend::BackendState, counts::Kind, items::Tracked};
 pub struct Tracking {
     backend: Arc<BackendState>,
     item: Arc<Tracked>,
+    /// It took a stream on a shared HTTP/2 connection (counted in the backend's lane).
+    h2_stream: bool,
 }
 
 impl Tracking {
@@ -39,7 +41,20 @@ impl Tracking {
         backend.counts.add(kind);
         backend.pool.counts.add(kind);
         backend.items.insert(item.clone());
-        Self { backend, item }
+        Self {
+            backend,
+            item,
+            h2_stream: false,
+        }
+    }
+
+    /// It got its upstream connection (socket `fd`; `h2`: a stream on a shared one).
+    pub fn connected(&mut self, fd: std::os::unix::io::RawFd, h2: bool) {
+        self.item.set_upstream(fd, h2);
+        if h2 && !self.h2_stream {
+            self.h2_stream = true;
+            self.backend.h2.opened();
+        }
     }
 
     /// Reclassify (e.g. `http` → `sse` when the response is an event stream).
@@ -68,6 +83,9 @@ impl Tracking {
 impl Drop for Tracking {
     fn drop(&mut self) {
         self.item.set_fd(None);
+        if self.h2_stream {
+            self.backend.h2.closed();
+        }
         self.backend.items.remove(self.item.id);
         let k = self.item.kind();
         if self.backend.counts.sub(k) {

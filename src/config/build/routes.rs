@@ -41,6 +41,14 @@ pub(super) fn build_routes(
             .spool
             .as_ref()
             .map(|f| build_spool(&format!("{path}.spool"), f));
+        if r.spool.is_some() {
+            let refusal = split
+                .iter()
+                .find_map(|(p, _)| pools.get(p)?.upstream.replay_refusal(p));
+            if let Some(why) = refusal {
+                return Err(invalid(format!("{path}.spool"), why));
+            }
+        }
         let (affinity, force_pool) = affinity::build_picking(&path, r, &split)?;
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),

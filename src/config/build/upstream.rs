@@ -20,13 +20,18 @@ pub(super) fn build_upstream(
         FileProtocol::H2 => Protocol::H2,
         FileProtocol::Auto => Protocol::Auto,
     };
-    if !(1..=10_000).contains(&p.h2.max_streams) {
-        return Err(ConfigError::OutOfRange {
-            path: format!("{path}.h2.max_streams"),
-            value: p.h2.max_streams.into(),
-            min: 1,
-            max: 10_000,
-        });
+    for (key, value, max) in [
+        ("max_streams", p.h2.max_streams, 10_000),
+        ("max_connections", p.h2.max_connections, 1_000),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(ConfigError::OutOfRange {
+                path: format!("{path}.h2.{key}"),
+                value: value.into(),
+                min: 1,
+                max: max.into(),
+            });
+        }
     }
     let tls = match (&p.tls, protocol) {
         (Some(_), Protocol::H2c) => {
@@ -56,6 +61,7 @@ pub(super) fn build_upstream(
         protocol,
         tls: tls.map(Arc::new),
         max_streams: p.h2.max_streams as usize,
+        max_connections: p.h2.max_connections as usize,
         group_key: h.finish(),
     })
 }

@@ -75,18 +75,27 @@ pub struct FileH2 {
     /// Concurrent streams on one connection before another is opened.
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
+    /// Connections per backend at most; past `max_connections × max_streams` calls in flight
+    /// to one backend, tidegate answers 503 (gRPC: UNAVAILABLE) instead of opening more.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for FileH2 {
     fn default() -> Self {
         Self {
             max_streams: default_max_streams(),
+            max_connections: default_max_connections(),
         }
     }
 }
 
 fn default_max_streams() -> u32 {
     100
+}
+
+fn default_max_connections() -> u32 {
+    16
 }
 
 /// Declared state of a pool or backend.

@@ -225,7 +225,14 @@ impl Worker {
             .pick_avoiding(&Want::default(), &|_| false)
             .and_then(|(_, b, _)| Some((b, b.addr?)));
         let started = std::time::Instant::now();
+        let refusal = picked.and_then(|(b, _)| {
+            let pool = &b.state.pool.name;
+            let cfg = self.state.table();
+            cfg.pools.get(pool)?.spec.upstream.replay_refusal(pool)
+        });
         let sent = match picked {
+            // A reload made the pool HTTP/2 or TLS: the item waits (retried after back-off).
+            Some(_) if refusal.is_some() => Sent::Failed(refusal.unwrap_or_default()),
             Some((b, addr)) => {
                 let uri: http::Uri = item.target.parse().unwrap_or_default();
                 let _tracking = Tracking::new(b.state.clone(), route.name.clone(), uri, None);

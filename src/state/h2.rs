@@ -1,0 +1,104 @@
+//! One backend's upstream HTTP/2 lane: calls take a stream on a shared connection one at a
+//! time, so pingora (which opens a connection whenever it finds none free at that instant)
+//! opens one only when every connection is full, and the number of connections stays within
+//! `h2.max_connections`.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Streams open to one backend and the turn for taking the next one.
+#[derive(Debug)]
+pub struct H2Lane {
+    turn: Arc<Semaphore>,
+    streams: AtomicUsize,
+}
+
+impl Default for H2Lane {
+    fn default() -> Self {
+        Self {
+            turn: Arc::new(Semaphore::new(1)),
+            streams: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Why a call could not have a stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoStream {
+    /// `max_connections × max_streams` streams are open already.
+    Full { streams: usize },
+    /// The call ahead took longer than `wait` to get its stream (a slow connect).
+    Waited,
+}
+
+impl H2Lane {
+    /// Wait for this call's turn (at most `wait`), then admit it if the backend has room
+    /// for one more stream. Hold the permit until the stream is taken (connected or failed).
+    pub async fn admit(
+        &self,
+        max_streams: usize,
+        max_connections: usize,
+        wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, NoStream> {
+        let turn = tokio::time::timeout(wait, self.turn.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = turn else {
+            return Err(NoStream::Waited);
+        };
+        let streams = self.streams();
+        if streams >= max_streams.saturating_mul(max_connections) {
+            return Err(NoStream::Full { streams });
+        }
+        Ok(permit)
+    }
+
+    /// A call took its stream.
+    pub fn opened(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call that took a stream ended.
+    pub fn closed(&self) {
+        // Saturating: a stray decrement must never wrap into "full".
+        let _ = self
+            .streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_turn_at_a_time_and_full_past_the_cap() {
+        let lane = H2Lane::default();
+        let wait = Duration::from_millis(50);
+        let first = lane.admit(2, 1, wait).await.expect("room");
+        assert_eq!(lane.admit(2, 1, wait).await.err(), Some(NoStream::Waited));
+        lane.opened();
+        drop(first);
+        let second = lane.admit(2, 1, wait).await.expect("room for a second");
+        lane.opened();
+        drop(second);
+        assert_eq!(
+            lane.admit(2, 1, wait).await.err(),
+            Some(NoStream::Full { streams: 2 })
+        );
+        lane.closed();
+        assert!(lane.admit(2, 1, wait).await.is_ok());
+        lane.closed();
+        lane.closed();
+        assert_eq!(lane.streams(), 0, "never below zero");
+    }
+}
