@@ -227,24 +227,31 @@ fn build_server(
     server.configuration = Arc::new(conf);
     let sconf = server.configuration.clone();
     let spool = Spool::new(state.clone());
+    let certs = crate::services::certs::load_all(&spec)
+        .map_err(|(name, message)| StartError::Tls { name, message })?;
+    state.certs.set(certs);
     for l in &spec.listeners {
         let mut options = HttpServerOptions::default();
         options.h2c = l.h2c;
-        let mut svc = ProxyServiceBuilder::new(&sconf, Proxy::new(state.clone(), spool.clone()))
+        let proxy = Proxy::new(state.clone(), spool.clone()).on(crate::proxy::Edge::of(l));
+        let mut svc = ProxyServiceBuilder::new(&sconf, proxy)
             .name(format!("listener {}", l.name))
             .server_options(options)
             .build();
         let addr = l.addr.to_string();
         match &l.tls {
             None => svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(PLAIN_BUFFERS)),
-            Some(t) => {
-                let tls_err = |e: pingora::BError| StartError::Tls {
+            Some(_) => {
+                let tls_err = |message: String| StartError::Tls {
                     name: l.name.clone(),
-                    message: e.to_string(),
+                    message,
                 };
+                let certs = state.certs.of(&l.name).cloned();
+                let certs = certs.ok_or_else(|| tls_err("certificates not loaded".into()))?;
+                // The paths are unused: the resolver answers every handshake.
                 let mut tls =
-                    TlsSettings::intermediate(&t.cert.to_string_lossy(), &t.key.to_string_lossy())
-                        .map_err(tls_err)?;
+                    TlsSettings::intermediate("", "").map_err(|e| tls_err(e.to_string()))?;
+                tls.set_cert_resolver(Arc::new(crate::state::certs::Resolver(certs)));
                 tls.enable_h2();
                 svc.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(TLS_BUFFERS));
             }
@@ -276,6 +283,10 @@ fn add_background(
     server.add_service(background_service("health", HealthChecker { state: st() }));
     server.add_service(background_service("drains", DrainService { state: st() }));
     server.add_service(background_service("resolver", Resolver { state: st() }));
+    server.add_service(background_service(
+        "certificates",
+        crate::services::certs::CertWatcher { state: st() },
+    ));
     server.add_service(background_service(
         "history",
         HistorySampler { state: st() },

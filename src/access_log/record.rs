@@ -27,6 +27,8 @@ pub enum Outcome {
     Maintenance,
     /// Refused at the edge before routing (400, 405, 431).
     Refused,
+    /// Redirected to HTTPS by a plain listener (308).
+    Redirected,
     /// No route matched (404).
     NoRoute,
     /// Ended by a drain deadline (503, SSE end, WebSocket close 1001).
@@ -56,6 +58,7 @@ impl Outcome {
             Outcome::ReplayFailed => "replay_failed",
             Outcome::Maintenance => "maintenance",
             Outcome::Refused => "refused",
+            Outcome::Redirected => "redirected",
             Outcome::NoRoute => "no_route",
             Outcome::DrainDeadline => "drain_deadline",
             Outcome::Shutdown => "shutdown",

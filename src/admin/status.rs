@@ -72,6 +72,56 @@ fn pool_reason(p: &Pool) -> Option<String> {
     None
 }
 
+/// Every served certificate with its files' last reload.
+pub fn certificates(state: &AppState) -> Vec<api::CertificateStatus> {
+    let mut out = Vec::new();
+    for l in state.certs.all() {
+        let status = l.status();
+        for (i, c) in l.current().certs.iter().enumerate() {
+            let s = status.get(i).cloned().unwrap_or_default();
+            out.push(api::CertificateStatus {
+                listener: l.listener.clone(),
+                names: c.info.names.clone(),
+                issuer: c.info.issuer.clone(),
+                not_before: c.info.not_before,
+                not_after: c.info.not_after,
+                source: c.source.as_str().to_string(),
+                file: l.pairs.get(i).map(|f| f.cert.display().to_string()),
+                loaded_at: s.loaded_at,
+                last_error: s.last_error,
+                reloads_ok: s.reloads_ok,
+                reloads_failed: s.reloads_failed,
+            });
+        }
+    }
+    out
+}
+
+/// Certificates that expire within 7 days (or have), or whose last reload was refused.
+fn certificate_reasons(state: &AppState) -> Vec<String> {
+    let now = crate::config::unix_now();
+    let mut reasons = Vec::new();
+    for c in certificates(state) {
+        let info = crate::config::tls::CertInfo {
+            names: c.names.clone(),
+            issuer: c.issuer.clone(),
+            not_before: c.not_before,
+            not_after: c.not_after,
+        };
+        if let Some(w) = crate::config::tls::expiry_warning(&info, now, 7) {
+            reasons.push(format!("listener {}: {w}", c.listener));
+        }
+        if let Some(e) = &c.last_error {
+            reasons.push(format!(
+                "listener {}: the certificate for {} could not be reloaded ({e}); the old one serves",
+                c.listener,
+                c.names.join(", ")
+            ));
+        }
+    }
+    reasons
+}
+
 /// `GET /health`: `healthy` | `degraded` (a drain, unhealthy backends, a pool with nothing
 /// available, maintenance) | `unhealthy` (shutting down; 503).
 pub async fn health(State(state): St) -> Response {
@@ -84,6 +134,7 @@ pub async fn health(State(state): St) -> Response {
     if table.maintenance.is_some() {
         reasons.push("maintenance mode is on".to_string());
     }
+    reasons.extend(certificate_reasons(&state));
     let spool = super::spool::depths(&state);
     for d in spool.iter().filter(|d| d.dead > 0) {
         reasons.push(format!(
@@ -213,7 +264,6 @@ pub fn status_of(state: &AppState) -> api::Status {
             v
         })
         .collect();
-    let r = state.process.reloads();
     api::Status {
         generation: table.generation,
         ready: state.process.is_ready(),
@@ -225,12 +275,18 @@ pub fn status_of(state: &AppState) -> api::Status {
         maintenance: view::maintenance(&ov.maintenance),
         spool: super::spool::depths(state),
         event_streams: 0,
-        reloads: api::Reloads {
-            succeeded: r.succeeded,
-            failed: r.failed,
-            last_success_unix: r.last_success_unix,
-            last_error: r.last_error,
-        },
+        certificates: certificates(state),
+        reloads: reloads(state),
+    }
+}
+
+fn reloads(state: &AppState) -> api::Reloads {
+    let r = state.process.reloads();
+    api::Reloads {
+        succeeded: r.succeeded,
+        failed: r.failed,
+        last_success_unix: r.last_success_unix,
+        last_error: r.last_error,
     }
 }
 

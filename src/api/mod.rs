@@ -77,6 +77,33 @@ pub struct Status {
     /// Open `GET /api/v1/events` streams.
     #[serde(default)]
     pub event_streams: u64,
+    /// Certificates TLS listeners serve.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate a TLS listener serves.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub listener: String,
+    /// DNS names it is served for (the first pair of a listener is also its default).
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `file` or `acme`.
+    pub source: String,
+    /// The certificate file (file certificates).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// When the certificate now served was loaded (Unix seconds).
+    pub loaded_at: i64,
+    /// The last reload that was refused (the certificate above kept serving).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
 }
 
 /// One event of `GET /api/v1/events`: the status, with the proxy's clock.

@@ -9,13 +9,16 @@ pub mod diff;
 pub mod duration;
 pub mod error;
 pub mod file;
+pub mod inputs;
 mod parse;
 pub mod spec;
+pub mod tls;
 pub mod upstream;
 
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use inputs::{unix_now, Inputs};
 pub use spec::Spec;
 
 /// A validated config plus non-fatal warnings.
@@ -33,7 +36,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         file: path.to_path_buf(),
         source,
     })?;
-    load_bytes(&bytes, &|k| std::env::var(k).ok())
+    load_with(&bytes, &Inputs::system())
 }
 
 /// Parse and validate a file's bytes (UTF-8, a byte order mark allowed).
@@ -41,9 +44,14 @@ pub fn load_bytes(
     bytes: &[u8],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
+    load_with(bytes, &Inputs::with_env(env))
+}
+
+/// Parse and validate a file's bytes, reading the world only through `io`.
+pub fn load_with(bytes: &[u8], io: &Inputs) -> Result<Loaded, ConfigError> {
     let file = parse_bytes(bytes)?;
     let mut warnings = Vec::new();
-    let spec = build::build(file, env, &mut warnings)?;
+    let spec = build::build(file, io, &mut warnings)?;
     Ok(Loaded { spec, warnings })
 }
 
@@ -51,7 +59,7 @@ pub fn load_bytes(
 pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
     let file = parse(text)?;
     let mut warnings = Vec::new();
-    let spec = build::build(file, env, &mut warnings)?;
+    let spec = build::build(file, &Inputs::with_env(env), &mut warnings)?;
     Ok(Loaded { spec, warnings })
 }
 

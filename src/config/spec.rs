@@ -110,7 +110,17 @@ pub struct Listener {
     pub name: String,
     pub addr: SocketAddr,
     pub h2c: bool,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<ListenerTls>,
+    /// Plain listener answering with 308 to HTTPS (`Some(port)`: that port in the URL).
+    pub redirect_https: Option<Option<u16>>,
+}
+
+/// A TLS listener's certificate files (the first pair is the default) and HSTS header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub pairs: Vec<TlsFiles>,
+    /// The `Strict-Transport-Security` value, when set.
+    pub hsts: Option<String>,
 }
 
 /// PEM cert chain and key paths, verified loadable at build time.

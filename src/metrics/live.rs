@@ -37,10 +37,12 @@ enum Family {
     SpoolItems,
     SpoolOldestAge,
     AccessLogLines,
+    TlsCertExpiry,
+    TlsCertReloads,
 }
 
 impl Family {
-    const ALL: [Family; 16] = [
+    const ALL: [Family; 18] = [
         Family::BackendInFlight,
         Family::BackendState,
         Family::BackendWeight,
@@ -57,6 +59,8 @@ impl Family {
         Family::SpoolItems,
         Family::SpoolOldestAge,
         Family::AccessLogLines,
+        Family::TlsCertExpiry,
+        Family::TlsCertReloads,
     ];
 
     /// Name, help text, type and labels.
@@ -75,7 +79,7 @@ type Spec = (
 );
 
 /// Every family's spec, in [`Family::ALL`] order (a test checks the order).
-const SPECS: [(Family, &str, &str, MetricType, &[&str]); 16] = [
+const SPECS: [(Family, &str, &str, MetricType, &[&str]); 18] = [
     (
         Family::BackendInFlight,
         names::BACKEND_IN_FLIGHT,
@@ -188,6 +192,20 @@ const SPECS: [(Family, &str, &str, MetricType, &[&str]); 16] = [
         MetricType::COUNTER,
         &["result"],
     ),
+    (
+        Family::TlsCertExpiry,
+        names::TLS_CERT_EXPIRY,
+        "Unix time a served listener certificate expires (not after), by listener and names.",
+        MetricType::GAUGE,
+        &["listener", "names", "issuer", "source"],
+    ),
+    (
+        Family::TlsCertReloads,
+        names::TLS_CERT_RELOADS,
+        "Listener certificate reloads after a file changed: loaded (ok) or refused (error).",
+        MetricType::COUNTER,
+        &["listener", "result"],
+    ),
 ];
 
 const STATES: [&str; 5] = ["active", "draining", "drained", "unhealthy", "removed"];
@@ -280,6 +298,7 @@ impl Collector for Live {
         backends(&state, &mut out);
         routes(&state, &mut out);
         process(&state, &mut out);
+        certificates(&state, &mut out);
         out.0
     }
 }
@@ -395,6 +414,31 @@ fn process(state: &AppState, out: &mut Out) {
     let (written, dropped) = state.access_log.counts();
     out.push(Family::AccessLogLines, &["written"], written as f64);
     out.push(Family::AccessLogLines, &["dropped"], dropped as f64);
+}
+
+fn certificates(state: &AppState, out: &mut Out) {
+    for l in state.certs.all() {
+        for c in &l.current().certs {
+            let i = &c.info;
+            let labels = [
+                &*l.listener,
+                &i.names.join(","),
+                &i.issuer,
+                c.source.as_str(),
+            ];
+            out.push(Family::TlsCertExpiry, &labels, i.not_after as f64);
+        }
+        let (ok, failed) = l
+            .status()
+            .iter()
+            .fold((0, 0), |(o, f), s| (o + s.reloads_ok, f + s.reloads_failed));
+        out.push(Family::TlsCertReloads, &[&l.listener, "ok"], ok as f64);
+        out.push(
+            Family::TlsCertReloads,
+            &[&l.listener, "error"],
+            failed as f64,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub const BUILD_INFO: &str = "tidegate_build_info";
 pub const SPOOL_ITEMS: &str = "tidegate_spool_items";
 pub const SPOOL_OLDEST_AGE: &str = "tidegate_spool_oldest_age_seconds";
 pub const ACCESS_LOG_LINES: &str = "tidegate_access_log_lines_total";
+pub const TLS_CERT_EXPIRY: &str = "tidegate_tls_certificate_expiry_timestamp_seconds";
+pub const TLS_CERT_RELOADS: &str = "tidegate_tls_certificate_reloads_total";
 
 /// Every name above (dashboards and tests check against this list).
 pub const ALL: &[&str] = &[
@@ -36,6 +38,8 @@ pub const ALL: &[&str] = &[
     SPOOL_ITEMS,
     SPOOL_OLDEST_AGE,
     ACCESS_LOG_LINES,
+    TLS_CERT_EXPIRY,
+    TLS_CERT_RELOADS,
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     RETRIES,

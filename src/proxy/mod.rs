@@ -11,6 +11,7 @@
 //! dropped task — brings them back.
 
 mod affinity;
+mod edge;
 mod errors;
 mod finish;
 mod grpc;
@@ -53,12 +54,24 @@ use pick::{route_on, Routed};
 pub struct Proxy {
     state: Arc<AppState>,
     spool: Arc<Spool>,
+    edge: Edge,
 }
+
+pub use edge::Edge;
 
 impl Proxy {
     /// A proxy over the shared state, spooling through `spool`.
     pub fn new(state: Arc<AppState>, spool: Arc<Spool>) -> Self {
-        Self { state, spool }
+        Self {
+            state,
+            spool,
+            edge: Edge::default(),
+        }
+    }
+
+    /// Serving one listener (its redirect and HSTS).
+    pub fn on(self, edge: Edge) -> Self {
+        Self { edge, ..self }
     }
 }
 
@@ -177,6 +190,12 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
             errors::respond(session, code, kind, &msg).await?;
             return Ok(true);
+        }
+        let req = session.req_header();
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(to) = self.edge.redirect_for(headers::request_host(req), pq) {
+            drop(cfg);
+            return Box::pin(self.to_https(session, ctx, to)).await;
         }
         let timeout = if ctx.upgrade {
             cfg.spec.timeouts.websocket_idle
@@ -307,6 +326,15 @@ impl ProxyHttp for Proxy {
         if let Some(id) = session.req_header().headers.get(&REQUEST_ID) {
             if resp.headers.get(&REQUEST_ID) != Some(id) {
                 resp.insert_header(REQUEST_ID.clone(), id.clone())?;
+            }
+        }
+        if let Some(v) = self.edge.hsts() {
+            // The app's own header, when it sends one, wins.
+            if !resp
+                .headers
+                .contains_key(http::header::STRICT_TRANSPORT_SECURITY)
+            {
+                resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
             }
         }
         if let (Some(value), Some(route), false) =

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod backend;
+pub mod certs;
 pub mod counts;
 pub mod drain_cell;
 pub mod h2;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub access_log: access_log::AccessLog,
     /// The last minutes per pool, for the status page (sampled by `services::history`).
     pub history: history::History,
+    /// The certificates TLS listeners serve (watched by `services::certs`).
+    pub certs: certs::Certs,
     /// Drains whose deadline tasks the drain service starts.
     enforce: (
         mpsc::UnboundedSender<Enforce>,
@@ -121,6 +124,7 @@ impl AppState {
         Self {
             access_log,
             history: Default::default(),
+            certs: Default::default(),
             admin_bound,
             table: ArcSwap::from_pointee(table),
             publish: Mutex::new(Published {

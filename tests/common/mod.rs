@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod postgres;
 pub mod recorder;
 pub mod spool;
+pub mod tls;
 
 use std::{
     net::SocketAddr,

@@ -1,8 +1,13 @@
-//! Listeners (names, addresses, TLS files) and the admin endpoint (address, token).
+//! Listeners (names, addresses, TLS certificates, redirects) and the admin endpoint
+//! (address, token). Files and names are read only through the injected [`Inputs`].
 
 use super::*;
 
-pub(super) fn build_listeners(file: &[FileListener]) -> Result<Vec<Listener>, ConfigError> {
+pub(super) fn build_listeners(
+    file: &[FileListener],
+    io: &Inputs,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Listener>, ConfigError> {
     if file.is_empty() {
         return Err(ConfigError::Empty {
             path: "listeners".into(),
@@ -33,29 +38,110 @@ pub(super) fn build_listeners(file: &[FileListener]) -> Result<Vec<Listener>, Co
             ));
         }
         let tls = match &l.tls {
-            Some(t) => {
-                if l.h2c {
-                    return Err(invalid(
-                        format!("{path}.h2c"),
-                        "h2c is for plain listeners; TLS listeners offer h2 through ALPN",
-                    ));
-                }
-                check_tls(&format!("{path}.tls"), &t.cert, &t.key)?;
-                Some(TlsFiles {
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
-                })
-            }
+            Some(t) => Some(build_listener_tls(&path, l, t, io, warnings)?),
             None => None,
         };
         out.push(Listener {
             name: l.name.clone(),
             addr,
             h2c: l.h2c,
+            redirect_https: build_redirect(&path, l, tls.is_some())?,
             tls,
         });
     }
     Ok(out)
+}
+
+/// `redirect_https` and `https_port`: only on plain listeners.
+fn build_redirect(
+    path: &str,
+    l: &FileListener,
+    tls: bool,
+) -> Result<Option<Option<u16>>, ConfigError> {
+    if l.https_port == Some(0) {
+        return Err(invalid(format!("{path}.https_port"), "must be 1..=65535"));
+    }
+    match (l.redirect_https, tls) {
+        (true, true) => Err(invalid(
+            format!("{path}.redirect_https"),
+            "is for plain listeners (this one serves TLS already)",
+        )),
+        (true, false) => Ok(Some(l.https_port)),
+        (false, _) => Ok(None),
+    }
+}
+
+/// `listeners[i].tls`: every pair loaded and checked (as the listener will load it), an
+/// expiry within 14 days warned about, the HSTS value built.
+fn build_listener_tls(
+    path: &str,
+    l: &FileListener,
+    t: &FileTls,
+    io: &Inputs,
+    warnings: &mut Vec<String>,
+) -> Result<ListenerTls, ConfigError> {
+    let path = format!("{path}.tls");
+    if l.h2c {
+        return Err(invalid(
+            path.replace(".tls", ".h2c"),
+            "h2c is for plain listeners; TLS listeners offer h2 through ALPN",
+        ));
+    }
+    let mut pairs = Vec::new();
+    match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => pairs.push((
+            path.clone(),
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        )),
+        (Some(_), None) => return Err(tls_err(&path, "key", "cert needs key".into())),
+        (None, Some(_)) => return Err(tls_err(&path, "cert", "key needs cert".into())),
+        (None, None) => {}
+    }
+    for (j, p) in t.certificates.iter().enumerate() {
+        let files = TlsFiles {
+            cert: p.cert.clone(),
+            key: p.key.clone(),
+        };
+        pairs.push((format!("{path}.certificates[{j}]"), files));
+    }
+    if pairs.is_empty() {
+        return Err(tls_err(
+            &path,
+            "cert",
+            "a TLS listener needs cert and key (or certificates)".into(),
+        ));
+    }
+    for (ppath, files) in &pairs {
+        let info = check_pair(ppath, files, io)?;
+        if let Some(w) = crate::config::tls::expiry_warning(&info, io.now, 14) {
+            warnings.push(format!("{ppath}: {w} ({})", files.cert.display()));
+        }
+    }
+    Ok(ListenerTls {
+        pairs: pairs.into_iter().map(|(_, f)| f).collect(),
+        hsts: t.hsts.as_ref().map(|h| hsts_value(&path, h)).transpose()?,
+    })
+}
+
+fn hsts_value(path: &str, h: &FileHsts) -> Result<String, ConfigError> {
+    let secs = h.max_age.0.as_secs();
+    if h.preload && (!h.include_subdomains || secs < 365 * 86_400) {
+        return Err(invalid(
+            format!("{path}.hsts.preload"),
+            "preload lists require include_subdomains: true and max_age of at least 365d",
+        ));
+    }
+    let mut v = format!("max-age={secs}");
+    if h.include_subdomains {
+        v.push_str("; includeSubDomains");
+    }
+    if h.preload {
+        v.push_str("; preload");
+    }
+    Ok(v)
 }
 
 fn parse_socket_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -74,6 +160,7 @@ fn parse_socket_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError>
 pub(super) fn resolve_backend(
     path: &str,
     value: &str,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Option<SocketAddr>, ConfigError> {
     if let Ok(a) = value.parse::<SocketAddr>() {
@@ -94,7 +181,7 @@ pub(super) fn resolve_backend(
     if !host_ok || !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
         return Err(bad("expected HOST:PORT with a port in 1..=65535".into()));
     }
-    match lookup(value) {
+    match (io.lookup)(value) {
         Some(a) => Ok(Some(a)),
         None => {
             warnings.push(format!(
@@ -103,16 +190,6 @@ pub(super) fn resolve_backend(
             Ok(None)
         }
     }
-}
-
-/// Resolve `HOST:PORT` (IPv4 preferred). Blocking.
-pub fn lookup(value: &str) -> Option<SocketAddr> {
-    let addrs: Vec<SocketAddr> = value.to_socket_addrs().ok()?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
 }
 
 fn check_port(path: &str, value: &str, a: SocketAddr) -> Result<SocketAddr, ConfigError> {
@@ -126,44 +203,43 @@ fn check_port(path: &str, value: &str, a: SocketAddr) -> Result<SocketAddr, Conf
     Ok(a)
 }
 
-fn check_tls(path: &str, cert: &Path, key: &Path) -> Result<(), ConfigError> {
-    let tls_err = |sub: &str, message: String| ConfigError::Tls {
+fn tls_err(path: &str, sub: &str, message: String) -> ConfigError {
+    ConfigError::Tls {
         path: format!("{path}.{sub}"),
         message,
-    };
-    for (sub, p) in [("cert", cert), ("key", key)] {
-        std::fs::metadata(p).map_err(|e| {
+    }
+}
+
+/// Read and load one pair the way the listener will; what the certificate says.
+fn check_pair(
+    path: &str,
+    f: &TlsFiles,
+    io: &Inputs,
+) -> Result<crate::config::tls::CertInfo, ConfigError> {
+    let read = |sub: &str, p: &Path| {
+        (io.read)(p).map_err(|e| {
             tls_err(
+                path,
                 sub,
                 format!("cannot read {}: {}", p.display(), io_reason(&e)),
             )
-        })?;
-    }
-    pingora::tls::install_default_crypto_provider();
-    let (chain, key_der) =
-        pingora::tls::load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy())
-            .map_err(|e| tls_err("cert", format!("cannot load PEM: {e}")))?
-            .ok_or_else(|| {
-                tls_err(
-                    "cert",
-                    "no certificate or no private key found in the PEM files".into(),
-                )
-            })?;
-    pingora::tls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| {
-            tls_err(
-                "key",
-                format!("certificate and key do not form a usable pair: {e}"),
-            )
-        })?;
-    Ok(())
+        })
+    };
+    let (cert, key) = (read("cert", &f.cert)?, read("key", &f.key)?);
+    let (_, info) = crate::config::tls::load_pair(&cert, &key).map_err(|m| {
+        let sub = if m.starts_with("cert:") {
+            "cert"
+        } else {
+            "key"
+        };
+        tls_err(path, sub, m)
+    })?;
+    Ok(info)
 }
 
 pub(super) fn build_admin(
     a: &FileAdmin,
-    env: &dyn Fn(&str) -> Option<String>,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Admin, ConfigError> {
     let addr = parse_socket_addr("admin.address", &a.address)?;
@@ -171,7 +247,7 @@ pub(super) fn build_admin(
         return Err(invalid("admin", "set token_env or token_file, not both"));
     }
     let token = if let Some(var) = &a.token_env {
-        match env(var)
+        match (io.env)(var)
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
         {
@@ -182,9 +258,9 @@ pub(super) fn build_admin(
             }
         }
     } else if let Some(f) = &a.token_file {
-        let t = std::fs::read_to_string(f).map_err(|e| ConfigError::Security {
+        let t = read_text(io, f).map_err(|e| ConfigError::Security {
             path: "admin.token_file".into(),
-            message: format!("{}: {e}", f.display()),
+            message: format!("{}: {}", f.display(), io_reason(&e)),
         })?;
         let t = t.trim().to_string();
         if t.is_empty() {

@@ -14,14 +14,14 @@ mod upstream;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{SocketAddr, ToSocketAddrs},
+    net::SocketAddr,
     path::Path,
     sync::Arc,
 };
 
-use super::{error::ConfigError, file::*, spec::*};
+pub use super::inputs::lookup;
+use super::{error::ConfigError, file::*, inputs::Inputs, spec::*};
 use crate::routing::{HostPattern, RouteMatch, Router};
-pub use listeners::lookup;
 use listeners::{build_admin, build_listeners};
 use pools::build_pools;
 use routes::build_routes;
@@ -35,14 +35,14 @@ pub const WEIGHT_MAX: i64 = 1_000;
 /// tests). Non-fatal findings (e.g. a route that can receive no traffic) go into `warnings`.
 pub fn build(
     file: FileConfig,
-    env: &dyn Fn(&str) -> Option<String>,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Spec, ConfigError> {
-    let listeners = build_listeners(&file.listeners)?;
-    let admin = build_admin(&file.admin, env, warnings)?;
-    let pools = build_pools(&file.pools, warnings)?;
+    let listeners = build_listeners(&file.listeners, io, warnings)?;
+    let admin = build_admin(&file.admin, io, warnings)?;
+    let pools = build_pools(&file.pools, io, warnings)?;
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
-    let spool_store = spool::build_store(&file, &routes, env, warnings)?;
+    let spool_store = spool::build_store(&file, &routes, io, warnings)?;
     let spool_buffer = spool::build_buffer(&file, &routes)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
@@ -104,7 +104,7 @@ pub fn runtime_backends(
         })
         .collect();
     let mut warnings = Vec::new();
-    let members = pools::build_backends("backends", &file, &mut warnings)?;
+    let members = pools::build_backends("backends", &file, &Inputs::system(), &mut warnings)?;
     for w in warnings {
         tracing::warn!(pool, "{w}");
     }
@@ -123,6 +123,12 @@ fn build_upgrade_sock(file: &FileConfig) -> Result<std::path::PathBuf, ConfigErr
             file.state_file.as_deref(),
         )),
     }
+}
+
+/// A text file through the injected reader.
+fn read_text(io: &Inputs, f: &Path) -> std::io::Result<String> {
+    let bytes = (io.read)(f)?;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -4,6 +4,7 @@ use super::{listeners::resolve_backend, *};
 
 pub(super) fn build_pools(
     file: &BTreeMap<String, FilePool>,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<BTreeMap<Arc<str>, Arc<PoolSpec>>, ConfigError> {
     let mut pools = BTreeMap::new();
@@ -16,12 +17,12 @@ pub(super) fn build_pools(
                 what: "a pool needs at least one backend",
             });
         }
-        let backends = build_backends(&path, &p.backends, warnings)?;
+        let backends = build_backends(&path, &p.backends, io, warnings)?;
         let health_check = match &p.health_check {
             Some(h) => Some(build_health_check(&format!("{path}.health_check"), h)?),
             None => None,
         };
-        let upstream = super::upstream::build_upstream(&path, p, warnings)?;
+        let upstream = super::upstream::build_upstream(&path, p, io, warnings)?;
         if health_check.as_ref().is_some_and(|h| h.grpc.is_some())
             && upstream.protocol == crate::config::upstream::Protocol::Http1
         {
@@ -56,13 +57,14 @@ pub(super) fn build_pools(
 pub(super) fn build_backends(
     path: &str,
     file: &[FileBackend],
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<BackendSpec>, ConfigError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut backends = Vec::with_capacity(file.len());
     for (i, b) in file.iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
-        let addr = resolve_backend(&format!("{bpath}.address"), &b.address, warnings)?;
+        let addr = resolve_backend(&format!("{bpath}.address"), &b.address, io, warnings)?;
         let name = b.name.clone().unwrap_or_else(|| b.address.clone());
         if b.name.is_some() {
             check_name(&format!("{bpath}.name"), &name)?;

@@ -42,12 +42,7 @@ pub(super) fn build_routes(
             .as_ref()
             .map(|f| build_spool(&format!("{path}.spool"), f));
         if r.spool.is_some() {
-            let refusal = split
-                .iter()
-                .find_map(|(p, _)| pools.get(p)?.upstream.replay_refusal(p));
-            if let Some(why) = refusal {
-                return Err(invalid(format!("{path}.spool"), why));
-            }
+            check_replayable(&path, &split, pools)?;
         }
         let (affinity, force_pool) = affinity::build_picking(&path, r, &split)?;
         routes.push(Arc::new(RouteSpec {
@@ -69,6 +64,21 @@ pub(super) fn build_routes(
         matches.push(m);
     }
     Ok((routes, Router::new(&matches)))
+}
+
+/// A spooled route's pools must be ones its replays (plain HTTP/1.1) can reach.
+fn check_replayable(
+    path: &str,
+    split: &[(Arc<str>, u32)],
+    pools: &BTreeMap<Arc<str>, Arc<PoolSpec>>,
+) -> Result<(), ConfigError> {
+    let refusal = split
+        .iter()
+        .find_map(|(p, _)| pools.get(p)?.upstream.replay_refusal(p));
+    match refusal {
+        Some(why) => Err(invalid(format!("{path}.spool"), why)),
+        None => Ok(()),
+    }
 }
 
 fn warn_all_zero(path: &str, r: &FileRoute, split: &[(Arc<str>, u32)], warnings: &mut Vec<String>) {

@@ -94,7 +94,7 @@ pub(super) fn build_buffer(
 pub(super) fn build_store(
     file: &FileConfig,
     routes: &[Arc<RouteSpec>],
-    env: &dyn Fn(&str) -> Option<String>,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Option<SpoolStore>, ConfigError> {
     let spooling = routes.iter().position(|r| r.spool.is_some());
@@ -127,13 +127,13 @@ pub(super) fn build_store(
         }
         return Ok(Some(SpoolStore::Embedded(p.clone())));
     }
-    postgres_url(s, env, warnings).map(Some)
+    postgres_url(s, io, warnings).map(Some)
 }
 
 /// `spool_store.postgres`, `postgres_env` or `postgres_file` (exactly one is set).
 fn postgres_url(
     s: &FileSpoolStore,
-    env: &dyn Fn(&str) -> Option<String>,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<SpoolStore, ConfigError> {
     let (key, url) = if let Some(u) = &s.postgres {
@@ -142,7 +142,9 @@ fn postgres_url(
         }
         ("spool_store.postgres", u.trim().to_string())
     } else if let Some(var) = &s.postgres_env {
-        let u = env(var).map(|u| u.trim().to_string()).unwrap_or_default();
+        let u = (io.env)(var)
+            .map(|u| u.trim().to_string())
+            .unwrap_or_default();
         if u.is_empty() {
             return Err(ConfigError::Security {
                 path: "spool_store.postgres_env".into(),
@@ -153,7 +155,7 @@ fn postgres_url(
     } else {
         // One of the four is set (checked above).
         let f = s.postgres_file.as_deref().unwrap_or(Path::new(""));
-        let u = std::fs::read_to_string(f).map_err(|e| ConfigError::Security {
+        let u = read_text(io, f).map_err(|e| ConfigError::Security {
             path: "spool_store.postgres_file".into(),
             message: format!("{}: {}", f.display(), listeners::io_reason(&e)),
         })?;

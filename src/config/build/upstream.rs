@@ -12,6 +12,7 @@ use crate::config::upstream::{Protocol, Upstream, UpstreamTls};
 pub(super) fn build_upstream(
     path: &str,
     p: &FilePool,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Upstream, ConfigError> {
     let protocol = match p.protocol {
@@ -40,13 +41,14 @@ pub(super) fn build_upstream(
                 "h2c is HTTP/2 without TLS; use protocol: h2 (or auto) for HTTP/2 over TLS",
             ))
         }
-        (Some(t), _) => Some(build_tls(&format!("{path}.tls"), t, warnings)?),
+        (Some(t), _) => Some(build_tls(&format!("{path}.tls"), t, io, warnings)?),
         (None, Protocol::H2 | Protocol::Auto) => Some(build_tls(
             &format!("{path}.tls"),
             &FileUpstreamTls {
                 verify: true,
                 ..Default::default()
             },
+            io,
             warnings,
         )?),
         (None, _) => None,
@@ -69,6 +71,7 @@ pub(super) fn build_upstream(
 fn build_tls(
     path: &str,
     t: &FileUpstreamTls,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<UpstreamTls, ConfigError> {
     let err = |sub: &str, message: String| ConfigError::Tls {
@@ -88,7 +91,7 @@ fn build_tls(
     let mut contents = Vec::new();
     let ca = match &t.ca_file {
         Some(f) => {
-            let certs = read_certs(f).map_err(|m| err("ca_file", m))?;
+            let certs = read_certs(io, f).map_err(|m| err("ca_file", m))?;
             check_roots(&certs).map_err(|m| err("ca_file", m))?;
             contents.extend(certs.iter().flat_map(|c| c.as_ref().to_vec()));
             Some(Arc::from(to_wrapped(certs)))
@@ -98,7 +101,7 @@ fn build_tls(
     let client = match (&t.client_cert, &t.client_key) {
         (None, None) => None,
         (Some(c), Some(k)) => {
-            let (certs, key) = read_pair(c, k).map_err(|m| err("client_cert", m))?;
+            let (certs, key) = read_pair(io, c, k).map_err(|m| err("client_cert", m))?;
             contents.extend(certs.iter().flat_map(|c| c.to_vec()));
             Some(Arc::new(pingora::utils::tls::CertKey::new(certs, key)))
         }
@@ -117,8 +120,8 @@ fn build_tls(
     })
 }
 
-fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(file).map_err(|e| {
+fn read_certs(io: &Inputs, file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = (io.read)(file).map_err(|e| {
         format!(
             "cannot read {}: {}",
             file.display(),
@@ -160,9 +163,9 @@ fn to_wrapped(certs: Vec<CertificateDer<'static>>) -> Vec<pingora::utils::tls::W
 }
 
 /// A client certificate chain and its key, checked to belong together.
-fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
-    let certs = read_certs(cert)?;
-    let key_bytes = std::fs::read(key).map_err(|e| {
+fn read_pair(io: &Inputs, cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+    let certs = read_certs(io, cert)?;
+    let key_bytes = (io.read)(key).map_err(|e| {
         format!(
             "cannot read {}: {}",
             key.display(),

@@ -83,14 +83,53 @@ pub struct FileListener {
     pub h2c: bool,
     #[serde(default)]
     pub tls: Option<FileTls>,
+    /// On a plain listener: answer every request (but ACME HTTP-01 challenges) with a 308
+    /// to the same host, path and query over HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port in those redirects (default: none, i.e. 443).
+    #[serde(default)]
+    pub https_port: Option<u16>,
 }
 
-/// Certificate chain and private key, PEM files.
+/// A TLS listener's certificates (PEM files), chosen by SNI, and its HSTS header.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
+    /// The default certificate (for names no other pair claims, and for no SNI).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// More pairs, each served for the DNS names in its certificate.
+    #[serde(default)]
+    pub certificates: Vec<FileCertPair>,
+    #[serde(default)]
+    pub hsts: Option<FileHsts>,
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `Strict-Transport-Security` on every proxied answer of a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHsts {
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: HumanDuration,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> HumanDuration {
+    HumanDuration::from_secs(365 * 86_400)
 }
 
 /// The admin listener.
