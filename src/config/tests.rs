@@ -185,3 +185,58 @@ fn an_unchanged_spec_diffs_empty_and_a_weight_change_is_a_pool_change() {
     assert_eq!(d.pools_changed, vec!["blue".to_string()]);
     assert!(d.routes_changed.is_empty() && d.needs_restart.is_empty());
 }
+
+/// Validation reads the world only through `Inputs`: certificate files, backend names and
+/// the clock can all be handed in, and nothing on disk or in DNS is touched.
+#[test]
+fn validation_reads_files_names_and_the_clock_only_through_inputs() {
+    let k = rcgen::generate_simple_self_signed(vec!["site.test".to_string()]).expect("rcgen");
+    let (cert, key) = (k.cert.pem(), k.signing_key.serialize_pem());
+    let files: std::collections::HashMap<&str, &str> =
+        [("/virtual/site.crt", cert.as_str()), ("/virtual/site.key", key.as_str())].into();
+    let read = |p: &Path| {
+        files
+            .get(p.to_str().unwrap_or(""))
+            .map(|t| t.as_bytes().to_vec())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    };
+    let lookup = |name: &str| (name == "app.internal:3000").then(|| "10.1.2.3:3000".parse().unwrap());
+    let text = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls: { cert: /virtual/site.crt, key: /virtual/site.key }
+routes:
+  - name: app
+    split: { blue: 100 }
+pools:
+  blue:
+    backends: [{ address: "app.internal:3000" }]
+"#;
+    let not_after = crate::config::tls::load_pair(cert.as_bytes(), key.as_bytes())
+        .expect("pair")
+        .1
+        .not_after;
+    let io = Inputs {
+        env: &|_| None,
+        read: &read,
+        lookup: &lookup,
+        // Ten days before the certificate expires: warned about.
+        now: not_after - 10 * 86_400,
+    };
+    let l = load_with(text.as_bytes(), &io).expect("valid with the injected files");
+    assert_eq!(
+        l.spec.pools["blue"].backends[0].addr,
+        Some("10.1.2.3:3000".parse().unwrap())
+    );
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("certificate for site.test expires in 10 days")),
+        "{:?}",
+        l.warnings
+    );
+    let missing = text.replace("/virtual/site.key", "/virtual/gone.key");
+    let e = load_with(missing.as_bytes(), &io).expect_err("no such file");
+    assert!(e.to_string().contains("cannot read /virtual/gone.key"), "{e}");
+}
