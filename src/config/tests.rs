@@ -192,15 +192,19 @@ fn an_unchanged_spec_diffs_empty_and_a_weight_change_is_a_pool_change() {
 fn validation_reads_files_names_and_the_clock_only_through_inputs() {
     let k = rcgen::generate_simple_self_signed(vec!["site.test".to_string()]).expect("rcgen");
     let (cert, key) = (k.cert.pem(), k.signing_key.serialize_pem());
-    let files: std::collections::HashMap<&str, &str> =
-        [("/virtual/site.crt", cert.as_str()), ("/virtual/site.key", key.as_str())].into();
+    let files: std::collections::HashMap<&str, &str> = [
+        ("/virtual/site.crt", cert.as_str()),
+        ("/virtual/site.key", key.as_str()),
+    ]
+    .into();
     let read = |p: &Path| {
         files
             .get(p.to_str().unwrap_or(""))
             .map(|t| t.as_bytes().to_vec())
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     };
-    let lookup = |name: &str| (name == "app.internal:3000").then(|| "10.1.2.3:3000".parse().unwrap());
+    let lookup =
+        |name: &str| (name == "app.internal:3000").then(|| "10.1.2.3:3000".parse().unwrap());
     let text = r#"
 listeners:
   - name: public
@@ -238,5 +242,8 @@ pools:
     );
     let missing = text.replace("/virtual/site.key", "/virtual/gone.key");
     let e = load_with(missing.as_bytes(), &io).expect_err("no such file");
-    assert!(e.to_string().contains("cannot read /virtual/gone.key"), "{e}");
+    assert!(
+        e.to_string().contains("cannot read /virtual/gone.key"),
+        "{e}"
+    );
 }
