@@ -254,6 +254,15 @@ fn build_server(
                 tls.set_cert_resolver(Arc::new(crate::state::certs::Resolver(certs)));
                 tls.enable_h2();
                 svc.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(TLS_BUFFERS));
+                let alpn01 = l.tls.as_ref().and_then(|t| t.acme.as_ref());
+                let alpn01 =
+                    alpn01.is_some_and(|a| a.challenge == config::spec::AcmeChallenge::TlsAlpn01);
+                if alpn01 {
+                    let responder = crate::services::acme::alpn::AlpnResponder {
+                        state: state.clone(),
+                    };
+                    svc.endpoints().set_pre_tls_callback(Arc::new(responder));
+                }
             }
         }
         server.add_service(svc);
@@ -286,6 +295,10 @@ fn add_background(
     server.add_service(background_service(
         "certificates",
         crate::services::certs::CertWatcher { state: st() },
+    ));
+    server.add_service(background_service(
+        "acme",
+        crate::services::acme::AcmeService { state: st() },
     ));
     server.add_service(background_service(
         "history",

@@ -29,6 +29,8 @@ pub enum Outcome {
     Refused,
     /// Redirected to HTTPS by a plain listener (308).
     Redirected,
+    /// An ACME HTTP-01 challenge answered by tidegate.
+    Acme,
     /// No route matched (404).
     NoRoute,
     /// Ended by a drain deadline (503, SSE end, WebSocket close 1001).
@@ -59,6 +61,7 @@ impl Outcome {
             Outcome::Maintenance => "maintenance",
             Outcome::Refused => "refused",
             Outcome::Redirected => "redirected",
+            Outcome::Acme => "acme_challenge",
             Outcome::NoRoute => "no_route",
             Outcome::DrainDeadline => "drain_deadline",
             Outcome::Shutdown => "shutdown",

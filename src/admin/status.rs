@@ -108,10 +108,14 @@ fn certificate_reasons(state: &AppState) -> Vec<String> {
             not_before: c.not_before,
             not_after: c.not_after,
         };
-        if let Some(w) = crate::config::tls::expiry_warning(&info, now, 7) {
+        // ACME certificates are renewed by tidegate: their trouble is a failing renewal
+        // (below), not a short lifetime.
+        let expiry =
+            (c.source == "file").then(|| crate::config::tls::expiry_warning(&info, now, 7));
+        if let Some(w) = expiry.flatten() {
             reasons.push(format!("listener {}: {w}", c.listener));
         }
-        if let Some(e) = &c.last_error {
+        if let Some(e) = c.last_error.as_ref().filter(|_| c.source == "file") {
             reasons.push(format!(
                 "listener {}: the certificate for {} could not be reloaded ({e}); the old one serves",
                 c.listener,
@@ -119,6 +123,8 @@ fn certificate_reasons(state: &AppState) -> Vec<String> {
             ));
         }
     }
+    let now = crate::config::unix_now();
+    reasons.extend(state.acme.entries().iter().filter_map(|e| e.trouble(now)));
     reasons
 }
 

@@ -121,6 +121,41 @@ pub struct ListenerTls {
     pub pairs: Vec<TlsFiles>,
     /// The `Strict-Transport-Security` value, when set.
     pub hsts: Option<String>,
+    pub acme: Option<AcmeSpec>,
+}
+
+/// Let's Encrypt's directories.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// How a listener obtains certificates over ACME (RFC 8555).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeSpec {
+    /// Lowercase names, one certificate for all of them (may be empty with `on_demand`).
+    pub domains: Vec<String>,
+    pub directory: String,
+    pub email: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// Key id and HMAC key (base64url).
+    pub eab: Option<(String, Secret)>,
+    pub storage: PathBuf,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub on_demand: Option<OnDemand>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    Http01,
+    TlsAlpn01,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnDemand {
+    pub ask: String,
+    pub max_orders: u32,
+    pub per: Duration,
 }
 
 /// PEM cert chain and key paths, verified loadable at build time.

@@ -160,11 +160,12 @@ impl CertSet {
         self.wildcard.get(parent).copied()
     }
 
-    /// The same set with certificate `i` replaced.
+    /// The same set with certificate `i` replaced (added, when `i` is the length).
     pub fn with(&self, i: usize, c: Arc<Served>) -> Self {
         let mut certs = self.certs.clone();
-        if let Some(slot) = certs.get_mut(i) {
-            *slot = c;
+        match certs.get_mut(i) {
+            Some(slot) => *slot = c,
+            None => certs.push(c),
         }
         Self::new(certs)
     }

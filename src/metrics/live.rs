@@ -39,10 +39,11 @@ enum Family {
     AccessLogLines,
     TlsCertExpiry,
     TlsCertReloads,
+    AcmeOrders,
 }
 
 impl Family {
-    const ALL: [Family; 18] = [
+    const ALL: [Family; 19] = [
         Family::BackendInFlight,
         Family::BackendState,
         Family::BackendWeight,
@@ -61,6 +62,7 @@ impl Family {
         Family::AccessLogLines,
         Family::TlsCertExpiry,
         Family::TlsCertReloads,
+        Family::AcmeOrders,
     ];
 
     /// Name, help text, type and labels.
@@ -79,7 +81,7 @@ type Spec = (
 );
 
 /// Every family's spec, in [`Family::ALL`] order (a test checks the order).
-const SPECS: [(Family, &str, &str, MetricType, &[&str]); 18] = [
+const SPECS: [(Family, &str, &str, MetricType, &[&str]); 19] = [
     (
         Family::BackendInFlight,
         names::BACKEND_IN_FLIGHT,
@@ -205,6 +207,13 @@ const SPECS: [(Family, &str, &str, MetricType, &[&str]); 18] = [
         "Listener certificate reloads after a file changed: loaded (ok) or refused (error).",
         MetricType::COUNTER,
         &["listener", "result"],
+    ),
+    (
+        Family::AcmeOrders,
+        names::ACME_ORDERS,
+        "ACME certificate orders by listener and names: ok, or error (retried with back-off).",
+        MetricType::COUNTER,
+        &["listener", "names", "result"],
     ),
 ];
 
@@ -417,6 +426,11 @@ fn process(state: &AppState, out: &mut Out) {
 }
 
 fn certificates(state: &AppState, out: &mut Out) {
+    for e in state.acme.entries() {
+        let (l, n) = (&*e.listener, &*e.names);
+        out.push(Family::AcmeOrders, &[l, n, "ok"], e.orders_ok as f64);
+        out.push(Family::AcmeOrders, &[l, n, "error"], e.orders_failed as f64);
+    }
     for l in state.certs.all() {
         for c in &l.current().certs {
             let i = &c.info;
@@ -431,6 +445,7 @@ fn certificates(state: &AppState, out: &mut Out) {
         let (ok, failed) = l
             .status()
             .iter()
+            .take(l.pairs.len())
             .fold((0, 0), |(o, f), s| (o + s.reloads_ok, f + s.reloads_failed));
         out.push(Family::TlsCertReloads, &[&l.listener, "ok"], ok as f64);
         out.push(

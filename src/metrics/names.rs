@@ -19,6 +19,7 @@ pub const SPOOL_OLDEST_AGE: &str = "tidegate_spool_oldest_age_seconds";
 pub const ACCESS_LOG_LINES: &str = "tidegate_access_log_lines_total";
 pub const TLS_CERT_EXPIRY: &str = "tidegate_tls_certificate_expiry_timestamp_seconds";
 pub const TLS_CERT_RELOADS: &str = "tidegate_tls_certificate_reloads_total";
+pub const ACME_ORDERS: &str = "tidegate_acme_orders_total";
 
 /// Every name above (dashboards and tests check against this list).
 pub const ALL: &[&str] = &[
@@ -40,6 +41,7 @@ pub const ALL: &[&str] = &[
     ACCESS_LOG_LINES,
     TLS_CERT_EXPIRY,
     TLS_CERT_RELOADS,
+    ACME_ORDERS,
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     RETRIES,

@@ -72,6 +72,16 @@ fn https_url(host: Option<&str>, port: Option<u16>, path_and_query: &str) -> Res
     })
 }
 
+/// Answer an ACME HTTP-01 challenge with its key authorization (RFC 8555 8.3).
+pub async fn answer_challenge(session: &mut Session, key_authorization: &str) -> Result<()> {
+    let body = bytes::Bytes::from(key_authorization.to_string());
+    let mut resp = ResponseHeader::build(200, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/octet-stream")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
 /// Answer with a 308 to `location` (the method and body are kept by the client).
 pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
     let body = bytes::Bytes::from(format!("Moved permanently to {location}\n"));

@@ -193,6 +193,14 @@ impl ProxyHttp for Proxy {
         }
         let req = session.req_header();
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(token) = pq.strip_prefix(edge::ACME_CHALLENGE) {
+            if let Some(answer) = self.state.challenges.answer(token) {
+                drop(cfg);
+                ctx.outcome = Some(Outcome::Acme);
+                edge::answer_challenge(session, &answer).await?;
+                return Ok(true);
+            }
+        }
         if let Some(to) = self.edge.redirect_for(headers::request_host(req), pq) {
             drop(cfg);
             return Box::pin(self.to_https(session, ctx, to)).await;

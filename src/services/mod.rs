@@ -18,6 +18,7 @@
 //!   check and the relay that sends listening sockets only to tidegate's own user.
 
 pub mod access_log;
+pub mod acme;
 pub mod certs;
 pub mod control;
 pub mod drains;

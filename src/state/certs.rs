@@ -2,7 +2,10 @@
 //! (`services::certs` watches and loads them), and the rustls resolver that picks one per
 //! handshake by SNI. Open connections keep the certificate they were made with.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+};
 
 use arc_swap::ArcSwap;
 use pingora::tls::{sign::CertifiedKey, ClientHello, ResolvesServerCert};
@@ -21,6 +24,8 @@ pub struct PairStatus {
     pub last_error: Option<String>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// ACME: when it is due for renewal (Unix seconds).
+    pub renew_at: Option<i64>,
 }
 
 /// One TLS listener's certificates.
@@ -30,7 +35,13 @@ pub struct ListenerCerts {
     /// The files, in the config's order (the first is the default).
     pub pairs: Vec<TlsFiles>,
     set: ArcSwap<CertSet>,
+    /// Per certificate, in the set's order (file pairs, then ACME ones). Held while the
+    /// set is replaced, so the file watcher and the ACME service never lose an update.
     status: Mutex<Vec<PairStatus>>,
+    /// ACME certificates by key (their names), in the set's order after the file pairs.
+    acme: Mutex<Vec<String>>,
+    /// Names seen in handshakes that no certificate claims (on-demand issuance).
+    wanted: OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
 impl ListenerCerts {
@@ -48,7 +59,42 @@ impl ListenerCerts {
             pairs,
             set: ArcSwap::from_pointee(CertSet::new(certs)),
             status: Mutex::new(status),
+            acme: Mutex::new(Vec::new()),
+            wanted: OnceLock::new(),
         }
+    }
+
+    /// Serve an ACME certificate under `key` (replacing the one it had), due for renewal
+    /// at `renew_at`.
+    pub fn install(&self, key: &str, c: Arc<Served>, now: i64, renew_at: i64) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys = self.acme.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match keys.iter().position(|k| k == key) {
+            Some(k) => self.pairs.len() + k,
+            None => {
+                keys.push(key.to_string());
+                status.push(PairStatus::default());
+                status.len() - 1
+            }
+        };
+        self.set.store(Arc::new(self.current().with(i, c)));
+        if let Some(s) = status.get_mut(i) {
+            s.loaded_at = now;
+            s.last_error = None;
+            s.reloads_ok += 1;
+            s.renew_at = Some(renew_at);
+        }
+    }
+
+    /// Whether an ACME certificate under `key` is served.
+    pub fn has_acme(&self, key: &str) -> bool {
+        let keys = self.acme.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().any(|k| k == key)
+    }
+
+    /// Names no certificate claims go to `tx` (the on-demand issuer).
+    pub fn want_unknown_names(&self, tx: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.wanted.set(tx);
     }
 
     /// The set served now.
@@ -58,13 +104,13 @@ impl ListenerCerts {
 
     /// Pair `i` now serves `c` (new handshakes only).
     pub fn replace(&self, i: usize, c: Arc<Served>, now: i64) {
-        let next = self.current().with(i, c);
-        self.set.store(Arc::new(next));
-        self.update(i, |s| {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        self.set.store(Arc::new(self.current().with(i, c)));
+        if let Some(s) = status.get_mut(i) {
             s.loaded_at = now;
             s.last_error = None;
             s.reloads_ok += 1;
-        });
+        }
     }
 
     /// Pair `i` could not be loaded; the old certificate keeps serving.
@@ -97,7 +143,76 @@ pub struct Resolver(pub Arc<ListenerCerts>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.0.set.load();
+        if let (Some(name), Some(tx)) = (hello.server_name(), self.0.wanted.get()) {
+            if set.find(name).is_none() {
+                // Never blocks the handshake: a full queue drops the name (it is asked
+                // for again on a later handshake).
+                let _ = tx.try_send(name.to_ascii_lowercase());
+            }
+        }
         set.pick(hello.server_name()).map(|c| c.key.clone())
+    }
+}
+
+/// A TLS-ALPN-01 challenge certificate and its key.
+pub type AlpnCert = Arc<(
+    pingora::tls::CertificateDer<'static>,
+    pingora::tls::PrivateKeyDer<'static>,
+)>;
+
+/// ACME challenge answers: HTTP-01 (token → key authorization), served before routing, and
+/// TLS-ALPN-01 (name → challenge certificate), answered before the TLS handshake.
+#[derive(Debug, Default)]
+pub struct Challenges(
+    Mutex<HashMap<String, String>>,
+    Mutex<HashMap<String, AlpnCert>>,
+    std::sync::atomic::AtomicUsize,
+);
+
+impl Challenges {
+    pub fn put_alpn(&self, name: &str, cert: AlpnCert) {
+        let mut m = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(name.to_ascii_lowercase(), cert);
+        self.2.store(m.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn remove_alpn(&self, name: &str) {
+        let mut m = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&name.to_ascii_lowercase());
+        self.2.store(m.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether any TLS-ALPN-01 challenge is pending (one atomic load: the accept path).
+    pub fn alpn_pending(&self) -> bool {
+        self.2.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    pub fn alpn_cert(&self, name: &str) -> Option<AlpnCert> {
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn put(&self, token: &str, key_authorization: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(token.to_string(), key_authorization.to_string());
+    }
+
+    pub fn remove(&self, token: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    pub fn answer(&self, token: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
     }
 }
 

@@ -7,6 +7,7 @@
 //! a new [`Table`], stored with one `ArcSwap::store`.
 
 pub mod access_log;
+pub mod acme;
 pub mod backend;
 pub mod certs;
 pub mod counts;
@@ -87,6 +88,10 @@ pub struct AppState {
     pub history: history::History,
     /// The certificates TLS listeners serve (watched by `services::certs`).
     pub certs: certs::Certs,
+    /// ACME HTTP-01 answers being asked for.
+    pub challenges: certs::Challenges,
+    /// What the ACME service is doing (`services::acme`).
+    pub acme: acme::AcmeBoard,
     /// Drains whose deadline tasks the drain service starts.
     enforce: (
         mpsc::UnboundedSender<Enforce>,
@@ -125,6 +130,8 @@ impl AppState {
             access_log,
             history: Default::default(),
             certs: Default::default(),
+            challenges: Default::default(),
+            acme: Default::default(),
             admin_bound,
             table: ArcSwap::from_pointee(table),
             publish: Mutex::new(Published {

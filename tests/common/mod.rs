@@ -2,6 +2,7 @@
 //! spawned with a temp config, readiness polled with a deadline, processes killed on drop.
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod cdp;
 pub mod client;
 pub mod grpc;

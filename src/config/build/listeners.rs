@@ -4,10 +4,11 @@
 use super::*;
 
 pub(super) fn build_listeners(
-    file: &[FileListener],
+    config: &FileConfig,
     io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Listener>, ConfigError> {
+    let file = &config.listeners;
     if file.is_empty() {
         return Err(ConfigError::Empty {
             path: "listeners".into(),
@@ -38,7 +39,10 @@ pub(super) fn build_listeners(
             ));
         }
         let tls = match &l.tls {
-            Some(t) => Some(build_listener_tls(&path, l, t, io, warnings)?),
+            Some(t) => {
+                let state = config.state_file.as_deref();
+                Some(build_listener_tls(&path, l, t, state, io, warnings)?)
+            }
             None => None,
         };
         out.push(Listener {
@@ -77,6 +81,7 @@ fn build_listener_tls(
     path: &str,
     l: &FileListener,
     t: &FileTls,
+    state_file: Option<&Path>,
     io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<ListenerTls, ConfigError> {
@@ -107,11 +112,16 @@ fn build_listener_tls(
         };
         pairs.push((format!("{path}.certificates[{j}]"), files));
     }
-    if pairs.is_empty() {
+    let acme = t
+        .acme
+        .as_ref()
+        .map(|a| super::acme::build_acme(&path, a, state_file, io))
+        .transpose()?;
+    if pairs.is_empty() && acme.is_none() {
         return Err(tls_err(
             &path,
             "cert",
-            "a TLS listener needs cert and key (or certificates)".into(),
+            "a TLS listener needs cert and key (or certificates, or acme)".into(),
         ));
     }
     for (ppath, files) in &pairs {
@@ -123,6 +133,7 @@ fn build_listener_tls(
     Ok(ListenerTls {
         pairs: pairs.into_iter().map(|(_, f)| f).collect(),
         hsts: t.hsts.as_ref().map(|h| hsts_value(&path, h)).transpose()?,
+        acme,
     })
 }
 

@@ -10,6 +10,8 @@ mod log;
 mod pools;
 mod routes;
 mod spool;
+pub use acme::is_dns_name;
+mod acme;
 mod upstream;
 
 use std::{
@@ -38,7 +40,7 @@ pub fn build(
     io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Spec, ConfigError> {
-    let listeners = build_listeners(&file.listeners, io, warnings)?;
+    let listeners = build_listeners(&file, io, warnings)?;
     let admin = build_admin(&file.admin, io, warnings)?;
     let pools = build_pools(&file.pools, io, warnings)?;
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;

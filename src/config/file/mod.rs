@@ -106,6 +106,92 @@ pub struct FileTls {
     pub certificates: Vec<FileCertPair>,
     #[serde(default)]
     pub hsts: Option<FileHsts>,
+    /// Certificates from an ACME directory (Let's Encrypt by default).
+    #[serde(default)]
+    pub acme: Option<FileAcme>,
+}
+
+/// `listeners[i].tls.acme`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcme {
+    /// Names on one certificate (ordered together, renewed together).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Directory URL; default Let's Encrypt (`staging: true`: its staging directory).
+    #[serde(default)]
+    pub directory: Option<String>,
+    #[serde(default)]
+    pub staging: bool,
+    /// Account contact (`mailto:` added).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// CA certificate (PEM) to trust for the directory's own HTTPS (test directories).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `http-01` (default; answered on plain listeners) or `tls-alpn-01`.
+    #[serde(default)]
+    pub challenge: FileAcmeChallenge,
+    /// External Account Binding: key id, and the HMAC key (base64url) from an environment
+    /// variable.
+    #[serde(default)]
+    pub eab: Option<FileEab>,
+    /// Where the account key and certificates are kept (default: `acme/` next to
+    /// `state_file`).
+    #[serde(default)]
+    pub storage: Option<PathBuf>,
+    /// Back-off after a failed order: from `min`, doubled per failure, up to `max`.
+    #[serde(default = "default_acme_retry_min")]
+    pub retry_min: HumanDuration,
+    #[serde(default = "default_acme_retry_max")]
+    pub retry_max: HumanDuration,
+    #[serde(default)]
+    pub on_demand: Option<FileOnDemand>,
+}
+
+fn default_acme_retry_min() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+fn default_acme_retry_max() -> HumanDuration {
+    HumanDuration::from_secs(3600)
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum FileAcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEab {
+    pub kid: String,
+    pub hmac_key_env: String,
+}
+
+/// Certificates for names not known in advance, when `ask` approves them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOnDemand {
+    /// `GET ask?domain=NAME` must answer 2xx for NAME to be ordered.
+    pub ask: String,
+    /// At most this many orders per `per`.
+    #[serde(default = "default_on_demand_max")]
+    pub max_orders: u32,
+    #[serde(default = "default_on_demand_per")]
+    pub per: HumanDuration,
+}
+
+fn default_on_demand_max() -> u32 {
+    10
+}
+
+fn default_on_demand_per() -> HumanDuration {
+    HumanDuration::from_secs(3600)
 }
 
 /// One certificate chain and its private key.

@@ -1,0 +1,469 @@
+//! ACME (RFC 8555) certificates for TLS listeners, through `instant-acme`: one account per
+//! directory, kept under the storage directory (mode 0600) with the certificates, reused
+//! across restarts; an order answered with HTTP-01 (tokens served before routing) and, for
+//! names seen in handshakes, on-demand orders approved by an `ask` URL and rate-limited.
+//! Certificates are renewed at two thirds of their lifetime; a failed order is retried
+//! after a jittered, doubling back-off, and the certificate served keeps serving.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use pingora::{server::ShutdownWatch, services::background::BackgroundService};
+
+use crate::{
+    config::{
+        self,
+        spec::{AcmeChallenge, AcmeSpec, OnDemand},
+        tls::{Served, Source},
+    },
+    state::{acme::AcmeBoard, certs::ListenerCerts, AppState},
+};
+
+pub mod alpn;
+
+/// An order that takes longer than this is abandoned (and retried after the back-off).
+const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The background service.
+pub struct AcmeService {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for AcmeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let spec = self.state.table().spec.clone();
+        let mut tasks = Vec::new();
+        for l in &spec.listeners {
+            let Some(acme) = l.tls.as_ref().and_then(|t| t.acme.clone()) else {
+                continue;
+            };
+            let Some(certs) = self.state.certs.of(&l.name).cloned() else {
+                continue;
+            };
+            let m = Managed {
+                state: self.state.clone(),
+                certs,
+                acme: Arc::new(acme),
+            };
+            if !m.acme.domains.is_empty() {
+                let (m, names) = (m.clone(), m.acme.domains.clone());
+                tasks.push(tokio::spawn(async move { m.keep(names).await }));
+            }
+            if let Some(od) = m.acme.on_demand.clone() {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                m.certs.want_unknown_names(tx);
+                tasks.push(tokio::spawn(async move { m.on_demand(od, rx).await }));
+            }
+        }
+        let _ = shutdown.changed().await;
+        tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+/// One listener's ACME work.
+#[derive(Clone)]
+struct Managed {
+    state: Arc<AppState>,
+    certs: Arc<ListenerCerts>,
+    acme: Arc<AcmeSpec>,
+}
+
+/// Where one certificate (its names) is kept.
+fn cert_dir(storage: &Path, names: &[String]) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    names.hash(&mut h);
+    let first = names.first().map_or("cert", String::as_str);
+    storage.join(format!("{first}-{:016x}", h.finish()))
+}
+
+/// When a certificate is due for renewal: two thirds into its lifetime.
+pub fn renew_at(info: &config::tls::CertInfo) -> i64 {
+    info.not_before + (info.not_after - info.not_before) * 2 / 3
+}
+
+/// The back-off after `failures` failed orders in a row: `min` doubled per failure up to
+/// `max`, then ±20 % jitter (so a fleet that failed together does not retry together).
+pub fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    let base = min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(max);
+    let jitter = 0.8 + fastrand::f64() * 0.4;
+    base.mul_f64(jitter)
+}
+
+impl Managed {
+    fn board(&self) -> &AcmeBoard {
+        &self.state.acme
+    }
+
+    /// Keep a certificate for `names`: the stored one while it is good, a new one when it
+    /// is due; failures retried with back-off.
+    async fn keep(self, names: Vec<String>) {
+        let key = names.join(",");
+        let dir = cert_dir(&self.acme.storage, &names);
+        let now = config::unix_now();
+        let mut due = now;
+        match load_stored(&dir) {
+            Ok(c) if c.info.not_after > now => {
+                due = renew_at(&c.info);
+                tracing::info!(listener = %self.certs.listener, names = %key, not_after = c.info.not_after, "ACME certificate loaded from storage");
+                self.board()
+                    .served(&self.certs.listener, &key, &c.info, due);
+                self.certs.install(&key, c, now, due);
+            }
+            _ => self.board().wanted(&self.certs.listener, &key),
+        }
+        let mut failures = 0;
+        loop {
+            let wait = (due - config::unix_now()).max(0) as u64;
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            match self.obtain(&names, &dir).await {
+                Ok(c) => {
+                    failures = 0;
+                    // Never due at once again (a CA that backdates or issues short-lived
+                    // certificates): at least half the remaining lifetime away.
+                    let now = config::unix_now();
+                    due = renew_at(&c.info).max(now + (c.info.not_after - now) / 2);
+                    tracing::info!(listener = %self.certs.listener, names = %key, not_after = c.info.not_after, renew_at = due, "ACME certificate obtained");
+                    self.board()
+                        .served(&self.certs.listener, &key, &c.info, due);
+                    self.board().ordered(&self.certs.listener, &key);
+                    self.certs.install(&key, c, config::unix_now(), due);
+                }
+                Err(e) => {
+                    failures += 1;
+                    let pause = backoff(self.acme.retry_min, self.acme.retry_max, failures);
+                    tracing::warn!(listener = %self.certs.listener, names = %key, attempt = failures, retry_in_ms = pause.as_millis() as u64, error = %e, "ACME order failed; the certificate served (if any) keeps serving");
+                    self.board().failed(&self.certs.listener, &key, e);
+                    tokio::time::sleep(pause).await;
+                    due = config::unix_now();
+                }
+            }
+        }
+    }
+
+    /// Order a certificate for `names` and keep it under `dir`.
+    async fn obtain(&self, names: &[String], dir: &Path) -> Result<Arc<Served>, String> {
+        let order = tokio::time::timeout(ORDER_TIMEOUT, self.order(names)).await;
+        let order = order.map_err(|_| "the order timed out".to_string())?;
+        let (chain, key) = order.inspect_err(|e| {
+            // The CA forgot the account (a test CA restarted, an account deactivated): the
+            // next attempt makes a new one.
+            if e.contains("accountDoesNotExist") {
+                let _ = std::fs::remove_file(self.account_file());
+            }
+        })?;
+        let (ck, info) = config::tls::load_pair(chain.as_bytes(), key.as_bytes())
+            .map_err(|e| format!("the CA's certificate is unusable: {e}"))?;
+        store(dir, &chain, &key).map_err(|e| format!("cannot store the certificate: {e}"))?;
+        Ok(Arc::new(Served {
+            key: ck,
+            info,
+            source: Source::Acme,
+        }))
+    }
+
+    /// One order, HTTP-01 answered: (chain PEM, key PEM).
+    async fn order(&self, names: &[String]) -> Result<(String, String), String> {
+        let account = self.account().await?;
+        let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| format!("new order: {e}"))?;
+        let mut tokens = Tokens(&self.state, Vec::new(), Vec::new());
+        let mut auths = order.authorizations();
+        while let Some(a) = auths.next().await {
+            let mut a = a.map_err(|e| format!("authorization: {e}"))?;
+            match a.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            if self.acme.challenge == AcmeChallenge::TlsAlpn01 {
+                let mut ch = a
+                    .challenge(ChallengeType::TlsAlpn01)
+                    .ok_or("the CA offers no tls-alpn-01 challenge")?;
+                let name = ch.identifier().to_string();
+                let cert = alpn_cert(&name, ch.key_authorization().digest().as_ref())?;
+                tokens.put_alpn(&name, cert);
+                ch.set_ready()
+                    .await
+                    .map_err(|e| format!("challenge: {e}"))?;
+                continue;
+            }
+            let mut ch = a
+                .challenge(ChallengeType::Http01)
+                .ok_or("the CA offers no http-01 challenge")?;
+            tokens.put(&ch.token, ch.key_authorization().as_str());
+            ch.set_ready()
+                .await
+                .map_err(|e| format!("challenge: {e}"))?;
+        }
+        let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| format!("waiting for validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            return Err(format!("validation failed: order is {status:?}"));
+        }
+        let key = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        Ok((chain, key))
+    }
+
+    fn account_file(&self) -> PathBuf {
+        let a = &self.acme;
+        a.storage
+            .join(format!("account-{}.json", short_hash(&a.directory)))
+    }
+
+    /// The account for this directory: stored credentials, or a new account (stored).
+    async fn account(&self) -> Result<Account, String> {
+        let a = &self.acme;
+        let builder = || match &a.ca_file {
+            Some(ca) => Account::builder_with_root(ca),
+            None => Account::builder(),
+        };
+        let file = self.account_file();
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(creds) = serde_json::from_str::<AccountCredentials>(&text) {
+                let b = builder().map_err(|e| format!("ACME client: {e}"))?;
+                return b
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| format!("account: {e}"));
+            }
+        }
+        let contact = a.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let eab = match &a.eab {
+            Some((kid, key)) => Some(ExternalAccountKey::new(
+                kid.clone(),
+                &decode_b64url(&key.0)?,
+            )),
+            None => None,
+        };
+        let new = NewAccount {
+            contact: &contact,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let b = builder().map_err(|e| format!("ACME client: {e}"))?;
+        let (account, creds) = b
+            .create(&new, a.directory.clone(), eab.as_ref())
+            .await
+            .map_err(|e| format!("new account: {e}"))?;
+        let text = serde_json::to_string(&creds).map_err(|e| e.to_string())?;
+        write_private(&file, text.as_bytes())
+            .map_err(|e| format!("cannot store the account: {e}"))?;
+        tracing::info!(directory = %a.directory, "ACME account created");
+        Ok(account)
+    }
+
+    /// Names seen in handshakes that nothing serves: ask, then order within the limit.
+    async fn on_demand(self, od: OnDemand, mut rx: tokio::sync::mpsc::Receiver<String>) {
+        let mut recent: VecDeque<std::time::Instant> = VecDeque::new();
+        let mut seen: HashMap<String, std::time::Instant> = HashMap::new();
+        let forget = Duration::from_secs(600);
+        let mut limited_logged = false;
+        while let Some(name) = rx.recv().await {
+            if !config::build::is_dns_name(&name) || self.certs.has_acme(&name) {
+                continue;
+            }
+            // A name asked about (approved or refused) is not asked again for 10 minutes.
+            seen.retain(|_, t| t.elapsed() < forget);
+            if seen.contains_key(&name) {
+                continue;
+            }
+            seen.insert(name.clone(), std::time::Instant::now());
+            recent.retain(|t| t.elapsed() < od.per);
+            if recent.len() >= od.max_orders as usize {
+                if !limited_logged {
+                    tracing::warn!(listener = %self.certs.listener, max_orders = od.max_orders, "on-demand certificates: rate limit reached; names are not ordered until it passes");
+                    limited_logged = true;
+                }
+                seen.remove(&name);
+                continue;
+            }
+            match ask(&od.ask, &name).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(listener = %self.certs.listener, name, "on-demand certificate refused by ask");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %self.certs.listener, name, error = %e, "on-demand: ask failed; not ordering");
+                    continue;
+                }
+            }
+            limited_logged = false;
+            recent.push_back(std::time::Instant::now());
+            tracing::info!(listener = %self.certs.listener, name, "on-demand certificate approved by ask; ordering");
+            let m = self.clone();
+            tokio::spawn(async move { m.keep(vec![name]).await });
+        }
+    }
+}
+
+/// `GET ask?domain=NAME`: whether it answered 2xx.
+async fn ask(url: &str, name: &str) -> Result<bool, String> {
+    use http_body_util::BodyExt;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let uri: http::Uri = format!("{url}{sep}domain={name}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let exchange = async {
+        let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let _ = resp.into_body().collect().await;
+        Ok::<bool, String>(ok)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "no answer within 5s".to_string())?
+}
+
+/// Challenge answers being served (HTTP-01 tokens, TLS-ALPN-01 names), taken back when the
+/// order is done, however it ends.
+struct Tokens<'a>(&'a AppState, Vec<String>, Vec<String>);
+
+impl Tokens<'_> {
+    fn put(&mut self, token: &str, key_authorization: &str) {
+        self.0.challenges.put(token, key_authorization);
+        self.1.push(token.to_string());
+    }
+
+    fn put_alpn(&mut self, name: &str, cert: crate::state::certs::AlpnCert) {
+        self.0.challenges.put_alpn(name, cert);
+        self.2.push(name.to_string());
+    }
+}
+
+impl Drop for Tokens<'_> {
+    fn drop(&mut self) {
+        for t in &self.1 {
+            self.0.challenges.remove(t);
+        }
+        for n in &self.2 {
+            self.0.challenges.remove_alpn(n);
+        }
+    }
+}
+
+/// The TLS-ALPN-01 certificate for `name`: self-signed, carrying the key authorization's
+/// SHA-256 in the critical acmeIdentifier extension (RFC 8737 3).
+fn alpn_cert(name: &str, digest: &[u8]) -> Result<crate::state::certs::AlpnCert, String> {
+    let err = |e: rcgen::Error| format!("challenge certificate: {e}");
+    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(err)?;
+    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = p.self_signed(&key).map_err(err)?;
+    let der = pingora::tls::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    Ok(Arc::new((cert.der().clone(), der)))
+}
+
+fn load_stored(dir: &Path) -> Result<Arc<Served>, String> {
+    let read = |f: &str| std::fs::read(dir.join(f)).map_err(|e| e.to_string());
+    let (key, info) = config::tls::load_pair(&read("cert.pem")?, &read("key.pem")?)?;
+    Ok(Arc::new(Served {
+        key,
+        info,
+        source: Source::Acme,
+    }))
+}
+
+fn store(dir: &Path, chain: &str, key: &str) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    write_private(&dir.join("key.pem"), key.as_bytes())?;
+    write_private(&dir.join("cert.pem"), chain.as_bytes())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Write a file only its owner can read, atomically (a temp file renamed over it).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    if let Some(parent) = path.parent() {
+        create_private_dir(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn short_hash(s: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn decode_b64url(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|e| format!("eab: the HMAC key is not base64url: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_within_jitter_up_to_the_cap() {
+        let (min, max) = (Duration::from_secs(10), Duration::from_secs(60));
+        for (n, want) in [(1, 10.0), (2, 20.0), (3, 40.0), (4, 60.0), (30, 60.0)] {
+            let got = backoff(min, max, n).as_secs_f64();
+            assert!(
+                got >= want * 0.8 - 0.01 && got <= want * 1.2 + 0.01,
+                "{n}: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_lifetime() {
+        let info = config::tls::CertInfo {
+            names: vec![],
+            issuer: String::new(),
+            not_before: 1000,
+            not_after: 1900,
+        };
+        assert_eq!(renew_at(&info), 1600);
+    }
+}
