@@ -238,37 +238,44 @@ fn build_server(
             .name(format!("listener {}", l.name))
             .server_options(options)
             .build();
-        let addr = l.addr.to_string();
-        match &l.tls {
-            None => svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(PLAIN_BUFFERS)),
-            Some(_) => {
-                let tls_err = |message: String| StartError::Tls {
-                    name: l.name.clone(),
-                    message,
-                };
-                let certs = state.certs.of(&l.name).cloned();
-                let certs = certs.ok_or_else(|| tls_err("certificates not loaded".into()))?;
-                // The paths are unused: the resolver answers every handshake.
-                let mut tls =
-                    TlsSettings::intermediate("", "").map_err(|e| tls_err(e.to_string()))?;
-                tls.set_cert_resolver(Arc::new(crate::state::certs::Resolver(certs)));
-                tls.enable_h2();
-                svc.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(TLS_BUFFERS));
-                let alpn01 = l.tls.as_ref().and_then(|t| t.acme.as_ref());
-                let alpn01 =
-                    alpn01.is_some_and(|a| a.challenge == config::spec::AcmeChallenge::TlsAlpn01);
-                if alpn01 {
-                    let responder = crate::services::acme::alpn::AlpnResponder {
-                        state: state.clone(),
-                    };
-                    svc.endpoints().set_pre_tls_callback(Arc::new(responder));
-                }
-            }
-        }
+        add_listener(&mut svc, l, state)?;
         server.add_service(svc);
     }
     add_background(&mut server, state, admin_listener, spool);
     Ok((server, relay))
+}
+
+/// A listener's socket on its service: plain, or TLS with the live certificate resolver
+/// (and the TLS-ALPN-01 responder before the handshake when ACME asks for it).
+fn add_listener(
+    svc: &mut pingora::services::listening::Service<pingora::proxy::HttpProxy<Proxy>>,
+    l: &crate::config::spec::Listener,
+    state: &Arc<AppState>,
+) -> Result<(), StartError> {
+    let addr = l.addr.to_string();
+    let Some(t) = &l.tls else {
+        svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(PLAIN_BUFFERS));
+        return Ok(());
+    };
+    let tls_err = |message: String| StartError::Tls {
+        name: l.name.clone(),
+        message,
+    };
+    let certs = state.certs.of(&l.name).cloned();
+    let certs = certs.ok_or_else(|| tls_err("certificates not loaded".into()))?;
+    // The paths are unused: the resolver answers every handshake.
+    let mut tls = TlsSettings::intermediate("", "").map_err(|e| tls_err(e.to_string()))?;
+    tls.set_cert_resolver(Arc::new(crate::state::certs::Resolver(certs)));
+    tls.enable_h2();
+    svc.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(TLS_BUFFERS));
+    let alpn01 = t.acme.as_ref().map(|a| a.challenge);
+    if alpn01 == Some(config::spec::AcmeChallenge::TlsAlpn01) {
+        let responder = crate::services::acme::alpn::AlpnResponder {
+            state: state.clone(),
+        };
+        svc.endpoints().set_pre_tls_callback(Arc::new(responder));
+    }
+    Ok(())
 }
 
 /// The background services: admin API, control, health checks, drains, resolver, spool and

@@ -369,3 +369,31 @@ async fn tls_alpn01_obtains_a_certificate_on_the_tls_listener() {
     // and a client that offers h2 and http/1.1 gets the normal handshake.
     assert!(presented(s.tls, "b.test").await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_account_binding_when_the_ca_requires_it() {
+    let (http, tls) = (free_port(), free_port());
+    // A 32-byte HMAC key, base64url as CAs hand it out.
+    let key = "dGlkZWdhdGUtdGVzdC1obWFjLWtleS0zMi1ieXRlcyE";
+    let pebble = Pebble::start_with(http, tls, 30 * 86_400, Some(("kid-1", key)));
+    let s = Setup {
+        http,
+        tls,
+        pebble,
+        app: TestBackend::start("app").await,
+        state: tempfile::tempdir().unwrap(),
+    };
+    // Without the binding the CA refuses the account: logged, retried, nothing served.
+    let tg = Tidegate::start(&s.yaml("domains: [e.test]")).await;
+    wait_for("the refusal", Duration::from_secs(20), || async {
+        tg.logs().contains("externalAccountRequired").then_some(())
+    })
+    .await;
+    assert!(acme_cert(&tg, "e.test").await.is_none());
+    drop(tg);
+    let eab = "domains: [e.test], eab: { kid: kid-1, hmac_key_env: TEST_EAB_KEY }";
+    let tg = Tidegate::spawn(&s.yaml(eab), &[("TEST_EAB_KEY", key)]);
+    tg.wait_ready().await;
+    wait_cert(&tg, "e.test", 0).await;
+    assert!(!tg.logs().contains(key), "the HMAC key is never logged");
+}

@@ -72,6 +72,25 @@ fn https_url(host: Option<&str>, port: Option<u16>, path_and_query: &str) -> Res
     })
 }
 
+/// The answer to an ACME HTTP-01 challenge request (RFC 8555 8.3), when it is one this
+/// proxy or a peer of its fleet is being validated with. Only a token's shape is looked
+/// up (a peer's answer may cost a database trip).
+pub async fn challenge_answer(
+    state: &crate::state::AppState,
+    req: &pingora::http::RequestHeader,
+) -> Option<String> {
+    let token = req.uri.path().strip_prefix(ACME_CHALLENGE)?;
+    let plausible = !token.is_empty()
+        && token.len() <= 128
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !plausible || req.method != http::Method::GET {
+        return None;
+    }
+    state.challenges.answer_any(token).await
+}
+
 /// Answer an ACME HTTP-01 challenge with its key authorization (RFC 8555 8.3).
 pub async fn answer_challenge(session: &mut Session, key_authorization: &str) -> Result<()> {
     let body = bytes::Bytes::from(key_authorization.to_string());
@@ -97,6 +116,20 @@ pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
 }
 
 impl super::Proxy {
+    /// Answer an ACME HTTP-01 challenge request; `false` when it is not one we know.
+    pub(super) async fn acme_challenge(
+        &self,
+        session: &mut Session,
+        ctx: &mut super::Ctx,
+    ) -> Result<bool> {
+        let Some(answer) = challenge_answer(&self.state, session.req_header()).await else {
+            return Ok(false);
+        };
+        ctx.outcome = Some(crate::access_log::Outcome::Acme);
+        answer_challenge(session, &answer).await?;
+        Ok(true)
+    }
+
     /// Answer a plain-listener request with its HTTPS location (400 without a usable host).
     pub(super) async fn to_https(
         &self,

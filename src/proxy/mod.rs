@@ -75,6 +75,26 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// What every request starts with: pipelining, its kind, and `Connection: close` once
+    /// shutdown has begun.
+    fn begin(&self, session: &mut Session, ctx: &mut Ctx) {
+        // RFC 9112 9.3.2: pipelined requests are answered one after the other, in order
+        // (pingora's default drops them and closes the connection).
+        session.as_mut().set_pipelining_enabled(true);
+        ctx.upgrade = session.is_upgrade_req();
+        if grpc::is_grpc(session.req_header()) {
+            ctx.kind = Kind::Grpc;
+        }
+        if self.state.is_shutting_down() {
+            // Answer with `Connection: close` from the moment shutdown begins, so clients move
+            // to fresh connections (the new process after an upgrade) before the listeners
+            // close and idle keep-alive connections are dropped under them.
+            session.set_keepalive(None);
+        }
+    }
+}
+
 /// Connect attempts one request may make in all (holds and retries included).
 const MAX_ATTEMPTS: u32 = 12;
 
@@ -163,18 +183,17 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // RFC 9112 9.3.2: pipelined requests are answered one after the other, in order
-        // (pingora's default drops them and closes the connection).
-        session.as_mut().set_pipelining_enabled(true);
-        ctx.upgrade = session.is_upgrade_req();
-        if grpc::is_grpc(session.req_header()) {
-            ctx.kind = Kind::Grpc;
-        }
-        if self.state.is_shutting_down() {
-            // Answer with `Connection: close` from the moment shutdown begins, so clients move
-            // to fresh connections (the new process after an upgrade) before the listeners
-            // close and idle keep-alive connections are dropped under them.
-            session.set_keepalive(None);
+        self.begin(session, ctx);
+        if session
+            .req_header()
+            .uri
+            .path()
+            .starts_with(edge::ACME_CHALLENGE)
+        {
+            // Boxed: rare, and kept out of every request's future.
+            if Box::pin(self.acme_challenge(session, ctx)).await? {
+                return Ok(true);
+            }
         }
         let cfg = self.state.table();
         let req = session.req_header_mut();
@@ -193,14 +212,6 @@ impl ProxyHttp for Proxy {
         }
         let req = session.req_header();
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Some(token) = pq.strip_prefix(edge::ACME_CHALLENGE) {
-            if let Some(answer) = self.state.challenges.answer(token) {
-                drop(cfg);
-                ctx.outcome = Some(Outcome::Acme);
-                edge::answer_challenge(session, &answer).await?;
-                return Ok(true);
-            }
-        }
         if let Some(to) = self.edge.redirect_for(headers::request_host(req), pq) {
             drop(cfg);
             return Box::pin(self.to_https(session, ctx, to)).await;

@@ -160,16 +160,43 @@ pub type AlpnCert = Arc<(
     pingora::tls::PrivateKeyDer<'static>,
 )>;
 
+/// HTTP-01 tokens a fleet's peers are being validated with (the shared ACME store).
+#[async_trait::async_trait]
+pub trait PeerTokens: Send + Sync {
+    async fn token(&self, token: &str) -> Option<String>;
+}
+
 /// ACME challenge answers: HTTP-01 (token → key authorization), served before routing, and
 /// TLS-ALPN-01 (name → challenge certificate), answered before the TLS handshake.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Challenges(
     Mutex<HashMap<String, String>>,
     Mutex<HashMap<String, AlpnCert>>,
     std::sync::atomic::AtomicUsize,
+    OnceLock<Arc<dyn PeerTokens>>,
 );
 
+impl std::fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Challenges")
+    }
+}
+
 impl Challenges {
+    /// Ask `peers` for tokens this proxy does not hold.
+    pub fn set_peers(&self, peers: Arc<dyn PeerTokens>) {
+        let _ = self.3.set(peers);
+    }
+
+    /// The answer to an HTTP-01 challenge: this proxy's, else a peer's.
+    pub async fn answer_any(&self, token: &str) -> Option<String> {
+        if let Some(a) = self.answer(token) {
+            return Some(a);
+        }
+        let peers = self.3.get()?.clone();
+        peers.token(token).await
+    }
+
     pub fn put_alpn(&self, name: &str, cert: AlpnCert) {
         let mut m = self.1.lock().unwrap_or_else(|p| p.into_inner());
         m.insert(name.to_ascii_lowercase(), cert);

@@ -29,6 +29,16 @@ pub struct Pebble {
 impl Pebble {
     /// Start pebble issuing certificates valid for `validity_secs`.
     pub fn start(http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+        Self::start_with(http_port, tls_port, validity_secs, None)
+    }
+
+    /// Also requiring External Account Binding with this key id and HMAC key (base64url).
+    pub fn start_with(
+        http_port: u16,
+        tls_port: u16,
+        validity_secs: u64,
+        eab: Option<(&str, &str)>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new();
         let (cert, key) = ca.issue(&["localhost"], 30);
@@ -46,7 +56,8 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": eab.is_some(),
+            "externalAccountMACKeys": eab.map(|(k, v)| serde_json::json!({ k: v })).unwrap_or(serde_json::json!({})),
             "certificateValidityPeriod": validity_secs,
         }});
         std::fs::write(&config, json.to_string()).unwrap();

@@ -54,13 +54,22 @@ pub fn sidecar_yaml(app: SocketAddr, extra: &str) -> String {
         .variant("routes:", &format!("{extra}\nroutes:"))
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not hand it out again
-/// at once).
+/// A free TCP port on 127.0.0.1 (bound then released), never one this test process has
+/// handed out before: the kernel may give a released port again soon, and tidegate binds
+/// with SO_REUSEPORT, so two proxies of concurrent tests would silently share a port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Poll `f` until it returns `Some` or `deadline` passes.

@@ -10,46 +10,8 @@ pub(super) fn build_acme(
     io: &Inputs,
 ) -> Result<AcmeSpec, ConfigError> {
     let path = format!("{path}.acme");
-    let mut domains = Vec::with_capacity(a.domains.len());
-    for (i, d) in a.domains.iter().enumerate() {
-        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
-        if d.starts_with("*.") {
-            return Err(invalid(
-                format!("{path}.domains[{i}]"),
-                "wildcard names need the DNS-01 challenge, which tidegate does not answer; list the names",
-            ));
-        }
-        if !is_dns_name(&d) {
-            return Err(invalid(
-                format!("{path}.domains[{i}]"),
-                format!("{d:?} is not a DNS name"),
-            ));
-        }
-        domains.push(d);
-    }
-    if domains.is_empty() && a.on_demand.is_none() {
-        return Err(invalid(
-            format!("{path}.domains"),
-            "name at least one domain (or set on_demand)",
-        ));
-    }
-    let directory = match (&a.directory, a.staging) {
-        (Some(_), true) => {
-            return Err(invalid(
-                format!("{path}.staging"),
-                "set directory or staging, not both",
-            ))
-        }
-        (Some(d), false) => d.trim().to_string(),
-        (None, true) => LETS_ENCRYPT_STAGING.to_string(),
-        (None, false) => LETS_ENCRYPT.to_string(),
-    };
-    if !directory.starts_with("https://") {
-        return Err(invalid(
-            format!("{path}.directory"),
-            "must be an https:// URL",
-        ));
-    }
+    let domains = build_domains(&path, a)?;
+    let directory = directory_of(&path, a)?;
     if a.email
         .as_ref()
         .is_some_and(|e| !e.contains('@') || e.contains(char::is_whitespace))
@@ -66,15 +28,7 @@ pub(super) fn build_acme(
         Some(e) => Some((e.kid.clone(), eab_key(&path, e, io)?)),
         None => None,
     };
-    let storage =
-        match (&a.storage, state_file) {
-            (Some(s), _) => s.clone(),
-            (None, Some(st)) => st.parent().unwrap_or(Path::new(".")).join("acme"),
-            (None, None) => return Err(invalid(
-                format!("{path}.storage"),
-                "ACME keeps its account key and certificates on disk: set storage or state_file",
-            )),
-        };
+    let storage = storage_of(&path, a, state_file)?;
     let (retry_min, retry_max) = (a.retry_min.0, a.retry_max.0);
     if retry_min.is_zero() || retry_min > retry_max {
         return Err(invalid(
@@ -101,6 +55,69 @@ pub(super) fn build_acme(
             .map(|o| on_demand(&path, o))
             .transpose()?,
     })
+}
+
+fn build_domains(path: &str, a: &FileAcme) -> Result<Vec<String>, ConfigError> {
+    let mut domains = Vec::with_capacity(a.domains.len());
+    for (i, d) in a.domains.iter().enumerate() {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        if d.starts_with("*.") {
+            return Err(invalid(
+                format!("{path}.domains[{i}]"),
+                "wildcard names need the DNS-01 challenge, which tidegate does not answer; list the names",
+            ));
+        }
+        if !is_dns_name(&d) {
+            return Err(invalid(
+                format!("{path}.domains[{i}]"),
+                format!("{d:?} is not a DNS name"),
+            ));
+        }
+        domains.push(d);
+    }
+    if domains.is_empty() && a.on_demand.is_none() {
+        return Err(invalid(
+            format!("{path}.domains"),
+            "name at least one domain (or set on_demand)",
+        ));
+    }
+    Ok(domains)
+}
+
+fn directory_of(path: &str, a: &FileAcme) -> Result<String, ConfigError> {
+    let directory = match (&a.directory, a.staging) {
+        (Some(_), true) => {
+            return Err(invalid(
+                format!("{path}.staging"),
+                "set directory or staging, not both",
+            ))
+        }
+        (Some(d), false) => d.trim().to_string(),
+        (None, true) => LETS_ENCRYPT_STAGING.to_string(),
+        (None, false) => LETS_ENCRYPT.to_string(),
+    };
+    if !directory.starts_with("https://") {
+        return Err(invalid(
+            format!("{path}.directory"),
+            "must be an https:// URL",
+        ));
+    }
+    Ok(directory)
+}
+
+fn storage_of(
+    path: &str,
+    a: &FileAcme,
+    state_file: Option<&Path>,
+) -> Result<std::path::PathBuf, ConfigError> {
+    match (&a.storage, state_file) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, Some(st)) => Ok(st.parent().unwrap_or(Path::new(".")).join("acme")),
+        (None, None) => Err(invalid(
+            format!("{path}.storage"),
+            "ACME keeps its account key and certificates on disk: set storage or state_file",
+        )),
+    }
 }
 
 fn on_demand(path: &str, o: &FileOnDemand) -> Result<OnDemand, ConfigError> {

@@ -6,7 +6,6 @@
 //! after a jittered, doubling back-off, and the certificate served keeps serving.
 
 use std::{
-    collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -22,13 +21,20 @@ use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use crate::{
     config::{
         self,
-        spec::{AcmeChallenge, AcmeSpec, OnDemand},
+        spec::{AcmeChallenge, AcmeSpec},
         tls::{Served, Source},
     },
     state::{acme::AcmeBoard, certs::ListenerCerts, AppState},
 };
 
 pub mod alpn;
+mod files;
+mod on_demand;
+pub mod shared;
+
+use files::{cert_dir, decode_b64url, load_stored, short_hash, store, write_private};
+
+use shared::Shared;
 
 /// An order that takes longer than this is abandoned (and retried after the back-off).
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,6 +48,7 @@ pub struct AcmeService {
 impl BackgroundService for AcmeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let spec = self.state.table().spec.clone();
+        let shared = self.shared(&spec);
         let mut tasks = Vec::new();
         for l in &spec.listeners {
             let Some(acme) = l.tls.as_ref().and_then(|t| t.acme.clone()) else {
@@ -54,6 +61,7 @@ impl BackgroundService for AcmeService {
                 state: self.state.clone(),
                 certs,
                 acme: Arc::new(acme),
+                shared: shared.clone(),
             };
             if !m.acme.domains.is_empty() {
                 let (m, names) = (m.clone(), m.acme.domains.clone());
@@ -70,21 +78,42 @@ impl BackgroundService for AcmeService {
     }
 }
 
+impl AcmeService {
+    /// The fleet's ACME store, when ACME is used and the spool store is PostgreSQL; tokens
+    /// of peers are then answered here too.
+    fn shared(&self, spec: &crate::config::Spec) -> Option<Arc<Shared>> {
+        let acme = spec
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.acme.is_some()));
+        let Some(crate::config::spec::SpoolStore::Postgres(url)) = &spec.spool_store else {
+            return None;
+        };
+        if !acme {
+            return None;
+        }
+        match Shared::open(&url.0) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.state.challenges.set_peers(s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ACME: the fleet's store cannot be used; this proxy orders its own certificates");
+                None
+            }
+        }
+    }
+}
+
 /// One listener's ACME work.
 #[derive(Clone)]
 struct Managed {
     state: Arc<AppState>,
     certs: Arc<ListenerCerts>,
     acme: Arc<AcmeSpec>,
-}
-
-/// Where one certificate (its names) is kept.
-fn cert_dir(storage: &Path, names: &[String]) -> PathBuf {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    names.hash(&mut h);
-    let first = names.first().map_or("cert", String::as_str);
-    storage.join(format!("{first}-{:016x}", h.finish()))
+    /// The fleet's store (with a PostgreSQL `spool_store`).
+    shared: Option<Arc<Shared>>,
 }
 
 /// When a certificate is due for renewal: two thirds into its lifetime.
@@ -153,8 +182,86 @@ impl Managed {
         }
     }
 
-    /// Order a certificate for `names` and keep it under `dir`.
+    /// A new certificate for `names`, kept under `dir`: with a shared store, the one a peer
+    /// just obtained, else one ordered here while holding the fleet's lock for the names.
     async fn obtain(&self, names: &[String], dir: &Path) -> Result<Arc<Served>, String> {
+        let Some(shared) = self.shared.clone() else {
+            return self.order_and_keep(names, dir).await.map(|(c, _)| c);
+        };
+        let key = names.join(",");
+        let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
+        loop {
+            if let Some(c) = self.fleet_cert(&shared, &key, dir).await? {
+                return Ok(c);
+            }
+            if let Some(lock) = shared.try_lock(&key).await? {
+                let out = self.order_for_fleet(&shared, &key, names, dir).await;
+                lock.release().await;
+                return out;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(
+                    "a peer of the fleet has been ordering these names for too long".into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Holding the fleet's lock: order, and share the result.
+    async fn order_for_fleet(
+        &self,
+        shared: &Shared,
+        key: &str,
+        names: &[String],
+        dir: &Path,
+    ) -> Result<Arc<Served>, String> {
+        // A peer may have finished just before the lock was free.
+        if let Some(c) = self.fleet_cert(shared, key, dir).await? {
+            return Ok(c);
+        }
+        let (c, (chain, pem)) = self.order_and_keep(names, dir).await?;
+        let directory = &self.acme.directory;
+        if let Err(e) = shared
+            .save(key, directory, &chain, &pem, c.info.not_after)
+            .await
+        {
+            tracing::warn!(names = key, error = %e, "ACME certificate not shared with the fleet (it serves here)");
+        }
+        Ok(c)
+    }
+
+    /// The fleet's certificate for `key`, when it is good and not yet due (kept under `dir`).
+    async fn fleet_cert(
+        &self,
+        shared: &Shared,
+        key: &str,
+        dir: &Path,
+    ) -> Result<Option<Arc<Served>>, String> {
+        let Some((chain, pem)) = shared.load(key, &self.acme.directory).await? else {
+            return Ok(None);
+        };
+        let Ok((ck, info)) = config::tls::load_pair(chain.as_bytes(), pem.as_bytes()) else {
+            return Ok(None);
+        };
+        if renew_at(&info) <= config::unix_now() {
+            return Ok(None);
+        }
+        store(dir, &chain, &pem).map_err(|e| format!("cannot store the certificate: {e}"))?;
+        tracing::info!(listener = %self.certs.listener, names = key, not_after = info.not_after, "ACME certificate taken from the fleet's store");
+        Ok(Some(Arc::new(Served {
+            key: ck,
+            info,
+            source: Source::Acme,
+        })))
+    }
+
+    /// Order a certificate for `names` and keep it under `dir`: it, and (chain, key) PEM.
+    async fn order_and_keep(
+        &self,
+        names: &[String],
+        dir: &Path,
+    ) -> Result<(Arc<Served>, (String, String)), String> {
         let order = tokio::time::timeout(ORDER_TIMEOUT, self.order(names)).await;
         let order = order.map_err(|_| "the order timed out".to_string())?;
         let (chain, key) = order.inspect_err(|e| {
@@ -167,14 +274,15 @@ impl Managed {
         let (ck, info) = config::tls::load_pair(chain.as_bytes(), key.as_bytes())
             .map_err(|e| format!("the CA's certificate is unusable: {e}"))?;
         store(dir, &chain, &key).map_err(|e| format!("cannot store the certificate: {e}"))?;
-        Ok(Arc::new(Served {
+        let served = Arc::new(Served {
             key: ck,
             info,
             source: Source::Acme,
-        }))
+        });
+        Ok((served, (chain, key)))
     }
 
-    /// One order, HTTP-01 answered: (chain PEM, key PEM).
+    /// One order, its challenges answered: (chain PEM, key PEM).
     async fn order(&self, names: &[String]) -> Result<(String, String), String> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -183,6 +291,39 @@ impl Managed {
             .await
             .map_err(|e| format!("new order: {e}"))?;
         let mut tokens = Tokens(&self.state, Vec::new(), Vec::new());
+        let answered = self.answer_challenges(&mut order, &mut tokens).await;
+        if let Some(shared) = &self.shared {
+            for t in &tokens.1 {
+                let _ = shared.remove_token(t).await;
+            }
+        }
+        answered?;
+        let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| format!("waiting for validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            return Err(format!("validation failed: order is {status:?}"));
+        }
+        let key = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        Ok((chain, key))
+    }
+
+    /// Serve each pending authorization's challenge (HTTP-01 tokens also to the fleet) and
+    /// tell the CA it is ready.
+    async fn answer_challenges(
+        &self,
+        order: &mut instant_acme::Order,
+        tokens: &mut Tokens<'_>,
+    ) -> Result<(), String> {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
             let mut a = a.map_err(|e| format!("authorization: {e}"))?;
@@ -206,28 +347,16 @@ impl Managed {
             let mut ch = a
                 .challenge(ChallengeType::Http01)
                 .ok_or("the CA offers no http-01 challenge")?;
-            tokens.put(&ch.token, ch.key_authorization().as_str());
+            let ka = ch.key_authorization();
+            tokens.put(&ch.token, ka.as_str());
+            if let Some(shared) = &self.shared {
+                shared.put_token(&ch.token, ka.as_str()).await?;
+            }
             ch.set_ready()
                 .await
                 .map_err(|e| format!("challenge: {e}"))?;
         }
-        let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
-        let status = order
-            .poll_ready(&retry)
-            .await
-            .map_err(|e| format!("waiting for validation: {e}"))?;
-        if status != OrderStatus::Ready {
-            return Err(format!("validation failed: order is {status:?}"));
-        }
-        let key = order
-            .finalize()
-            .await
-            .map_err(|e| format!("finalize: {e}"))?;
-        let chain = order
-            .poll_certificate(&retry)
-            .await
-            .map_err(|e| format!("certificate: {e}"))?;
-        Ok((chain, key))
+        Ok(())
     }
 
     fn account_file(&self) -> PathBuf {
@@ -278,71 +407,6 @@ impl Managed {
         tracing::info!(directory = %a.directory, "ACME account created");
         Ok(account)
     }
-
-    /// Names seen in handshakes that nothing serves: ask, then order within the limit.
-    async fn on_demand(self, od: OnDemand, mut rx: tokio::sync::mpsc::Receiver<String>) {
-        let mut recent: VecDeque<std::time::Instant> = VecDeque::new();
-        let mut seen: HashMap<String, std::time::Instant> = HashMap::new();
-        let forget = Duration::from_secs(600);
-        let mut limited_logged = false;
-        while let Some(name) = rx.recv().await {
-            if !config::build::is_dns_name(&name) || self.certs.has_acme(&name) {
-                continue;
-            }
-            // A name asked about (approved or refused) is not asked again for 10 minutes.
-            seen.retain(|_, t| t.elapsed() < forget);
-            if seen.contains_key(&name) {
-                continue;
-            }
-            seen.insert(name.clone(), std::time::Instant::now());
-            recent.retain(|t| t.elapsed() < od.per);
-            if recent.len() >= od.max_orders as usize {
-                if !limited_logged {
-                    tracing::warn!(listener = %self.certs.listener, max_orders = od.max_orders, "on-demand certificates: rate limit reached; names are not ordered until it passes");
-                    limited_logged = true;
-                }
-                seen.remove(&name);
-                continue;
-            }
-            match ask(&od.ask, &name).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(listener = %self.certs.listener, name, "on-demand certificate refused by ask");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %self.certs.listener, name, error = %e, "on-demand: ask failed; not ordering");
-                    continue;
-                }
-            }
-            limited_logged = false;
-            recent.push_back(std::time::Instant::now());
-            tracing::info!(listener = %self.certs.listener, name, "on-demand certificate approved by ask; ordering");
-            let m = self.clone();
-            tokio::spawn(async move { m.keep(vec![name]).await });
-        }
-    }
-}
-
-/// `GET ask?domain=NAME`: whether it answered 2xx.
-async fn ask(url: &str, name: &str) -> Result<bool, String> {
-    use http_body_util::BodyExt;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let uri: http::Uri = format!("{url}{sep}domain={name}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let exchange = async {
-        let resp = client.get(uri).await.map_err(|e| e.to_string())?;
-        let ok = resp.status().is_success();
-        let _ = resp.into_body().collect().await;
-        Ok::<bool, String>(ok)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| "no answer within 5s".to_string())?
 }
 
 /// Challenge answers being served (HTTP-01 tokens, TLS-ALPN-01 names), taken back when the
@@ -382,62 +446,6 @@ fn alpn_cert(name: &str, digest: &[u8]) -> Result<crate::state::certs::AlpnCert,
     let cert = p.self_signed(&key).map_err(err)?;
     let der = pingora::tls::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     Ok(Arc::new((cert.der().clone(), der)))
-}
-
-fn load_stored(dir: &Path) -> Result<Arc<Served>, String> {
-    let read = |f: &str| std::fs::read(dir.join(f)).map_err(|e| e.to_string());
-    let (key, info) = config::tls::load_pair(&read("cert.pem")?, &read("key.pem")?)?;
-    Ok(Arc::new(Served {
-        key,
-        info,
-        source: Source::Acme,
-    }))
-}
-
-fn store(dir: &Path, chain: &str, key: &str) -> std::io::Result<()> {
-    create_private_dir(dir)?;
-    write_private(&dir.join("key.pem"), key.as_bytes())?;
-    write_private(&dir.join("cert.pem"), chain.as_bytes())
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Write a file only its owner can read, atomically (a temp file renamed over it).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    if let Some(parent) = path.parent() {
-        create_private_dir(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-fn short_hash(s: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    format!("{:016x}", h.finish())
-}
-
-fn decode_b64url(s: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .map_err(|e| format!("eab: the HMAC key is not base64url: {e}"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! ACME for a fleet on the PostgreSQL `spool_store`: the CA may validate any proxy behind
+//! the name (HTTP-01 tokens are shared), one proxy orders while the others wait for its
+//! certificate (an advisory lock per set of names), and a proxy that starts later serves
+//! the fleet's certificate without ordering.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{acme::Pebble, postgres::Postgres, tls::*, *};
+
+/// One proxy: plain and TLS listeners on the given ports, ACME for `names`.
+fn yaml(
+    plain: u16,
+    tls: u16,
+    p: &Pebble,
+    names: &str,
+    state: &std::path::Path,
+    app: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"listeners:
+  - {{ name: plain, address: "127.0.0.1:{plain}" }}
+  - name: secure
+    address: "127.0.0.1:{tls}"
+    tls:
+      acme: {{ domains: [{names}], directory: "{dir}", ca_file: "{ca}", retry_min: 500ms, retry_max: 2s }}
+admin: {{ address: "{{admin}}" }}
+state_file: "{state}/state.json"
+spool_store: {{ postgres_env: TIDEGATE_SPOOL_URL }}
+routes:
+  - name: app
+    split: {{ app: 100 }}
+pools:
+  app:
+    backends: [{{ address: "{app}" }}]
+"#,
+        dir = p.directory,
+        ca = p.ca_file.display(),
+        state = state.display(),
+    )
+}
+
+async fn start(yaml: &str, url: &str) -> Tidegate {
+    let tg = Tidegate::spawn(yaml, &[("TIDEGATE_SPOOL_URL", url)]);
+    tg.wait_ready().await;
+    tg
+}
+
+async fn acme_not_after(tg: &Tidegate, name: &str) -> Option<i64> {
+    let st = get(&tg.admin_url("/api/v1/status")).await.ok()?.json();
+    st["certificates"]
+        .as_array()?
+        .iter()
+        .find(|c| c["source"] == "acme" && c["names"][0] == name)
+        .and_then(|c| c["not_after"].as_i64())
+}
+
+async fn wait_cert(tg: &Tidegate, name: &str) -> i64 {
+    wait_for("an ACME certificate", Duration::from_secs(60), || async {
+        acme_not_after(tg, name).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_orders_once_and_any_proxy_answers_the_challenge() {
+    let pg = Postgres::start().await;
+    let app = TestBackend::start("app").await;
+    // Pebble validates on proxy A's ports only (A stands for "the one the CA reached").
+    let (a_plain, a_tls) = (free_port(), free_port());
+    let pebble = Pebble::start(a_plain, a_tls, 30 * 86_400);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(
+        &yaml(a_plain, a_tls, &pebble, "a.test", dirs[0].path(), app.addr),
+        &pg.url(),
+    )
+    .await;
+    wait_cert(&a, "a.test").await;
+
+    // B orders fleet.test; the CA's HTTP-01 request reaches A, which answers B's token
+    // from the shared store.
+    let b_tls = free_port();
+    let b = start(
+        &yaml(
+            free_port(),
+            b_tls,
+            &pebble,
+            "fleet.test",
+            dirs[1].path(),
+            app.addr,
+        ),
+        &pg.url(),
+    )
+    .await;
+    let not_after = wait_cert(&b, "fleet.test").await;
+    assert!(
+        a.access_lines()
+            .iter()
+            .filter(|l| l["outcome"] == "acme_challenge")
+            .count()
+            >= 2,
+        "A answered its own and B's challenge:\n{}",
+        a.logs()
+    );
+    assert_eq!(pebble.issued(), 2);
+
+    // C starts later for the same names: it serves the fleet's certificate, orders nothing.
+    let c_tls = free_port();
+    let c = start(
+        &yaml(
+            free_port(),
+            c_tls,
+            &pebble,
+            "fleet.test",
+            dirs[2].path(),
+            app.addr,
+        ),
+        &pg.url(),
+    )
+    .await;
+    assert_eq!(wait_cert(&c, "fleet.test").await, not_after);
+    assert!(
+        c.logs()
+            .contains("ACME certificate taken from the fleet's store"),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(pebble.issued(), 2, "C ordered again");
+    let root = pebble.root();
+    assert_eq!(https_status(c_tls, "fleet.test", &root, "/").await, Ok(200));
+    assert_eq!(https_status(b_tls, "fleet.test", &root, "/").await, Ok(200));
+    // One row per set of names; no challenge token is left behind.
+    assert_eq!(pg.psql("SELECT count(*) FROM tidegate_acme_certs"), "2");
+    assert_eq!(pg.psql("SELECT count(*) FROM tidegate_acme_tokens"), "0");
+}
