@@ -161,27 +161,15 @@ pub enum Command {
     /// Stop new traffic to POOL or POOL/BACKEND; with --wait, block until it is idle
     /// (exit 0 drained, 1 timed out, 2 error).
     Drain {
-        /// POOL or POOL/BACKEND.
-        target: String,
-        /// Wait until every proxy reports it drained.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this long (exit 1).
-        #[arg(long, default_value = "10m", value_parser = duration)]
-        timeout: Duration,
-        /// Deadline for plain requests (default: the pool's `drain.requests_deadline`).
-        #[arg(long)]
-        requests_deadline: Option<String>,
-        /// Deadline for SSE and WebSocket streams (default: the pool's).
-        #[arg(long)]
-        streams_deadline: Option<String>,
+        #[command(flatten)]
+        args: crate::client::DrainArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// Return POOL or POOL/BACKEND to active.
     Undrain {
-        /// POOL or POOL/BACKEND.
-        target: String,
+        #[command(flatten)]
+        args: crate::client::UndrainArgs,
         #[command(flatten)]
         client: ClientOpts,
     },

@@ -15,7 +15,7 @@ use clap::Parser;
 use tidegate::{
     api::MaintenanceRequest,
     cli::{Cli, ClientOpts, Command, SpoolAction},
-    client::{self, exit, ClientError, DrainArgs, ShiftArgs},
+    client::{self, exit, ClientError, ShiftArgs},
 };
 
 /// mimalloc's eager commit makes every idle stream's buffers resident: about 180 kB per idle
@@ -223,26 +223,12 @@ async fn run_verb(verb: Command) -> Result<u8, ClientError> {
             client::deploy(&fleet(&client)?, args).await
         }
         Command::Rollback { route, client } => client::rollback(&fleet(&client)?, &route).await,
-        Command::Drain {
-            target,
-            wait,
-            timeout,
-            requests_deadline,
-            streams_deadline,
-            client,
-        } => {
-            let args = DrainArgs {
-                target,
-                wait,
-                timeout,
-                requests_deadline,
-                streams_deadline,
-                json: client.json,
-            };
+        Command::Drain { mut args, client } => {
+            args.json = client.json;
             client::drain(&fleet(&client)?, args).await
         }
-        Command::Undrain { target, client } => {
-            client::undrain(&fleet(&client)?, &target, client.json).await
+        Command::Undrain { args, client } => {
+            client::undrain(&fleet(&client)?, &args, client.json).await
         }
         Command::Shift {
             route,

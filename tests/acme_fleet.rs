@@ -78,55 +78,49 @@ async fn a_fleet_orders_once_and_any_proxy_answers_the_challenge() {
     .await;
     wait_cert(&a, "a.test").await;
 
-    // B orders fleet.test; the CA's HTTP-01 request reaches A, which answers B's token
-    // from the shared store.
-    let b_tls = free_port();
-    let b = start(
-        &yaml(
-            free_port(),
-            b_tls,
-            &pebble,
-            "fleet.test",
-            dirs[1].path(),
-            app.addr,
-        ),
-        &pg.url(),
-    )
-    .await;
-    let not_after = wait_cert(&b, "fleet.test").await;
+    // B and C start together for fleet.test: one of them orders (the lock), the other
+    // takes its certificate from the store; the CA's HTTP-01 requests reach only A, which
+    // answers the orderer's token from the shared store.
+    let (b_tls, c_tls) = (free_port(), free_port());
+    let yb = yaml(
+        free_port(),
+        b_tls,
+        &pebble,
+        "fleet.test",
+        dirs[1].path(),
+        app.addr,
+    );
+    let yc = yaml(
+        free_port(),
+        c_tls,
+        &pebble,
+        "fleet.test",
+        dirs[2].path(),
+        app.addr,
+    );
+    let url = pg.url();
+    let (b, c) = tokio::join!(start(&yb, &url), start(&yc, &url));
+    let (nb, nc) = tokio::join!(wait_cert(&b, "fleet.test"), wait_cert(&c, "fleet.test"));
+    assert_eq!(nb, nc, "one certificate for the fleet");
+    assert_eq!(pebble.issued(), 2, "{}", pebble.log());
+    let took = [&b, &c]
+        .iter()
+        .filter(|t| {
+            t.logs()
+                .contains("ACME certificate taken from the fleet's store")
+        })
+        .count();
+    assert_eq!(took, 1, "B:\n{}\nC:\n{}", b.logs(), c.logs());
+    let answered = a
+        .access_lines()
+        .iter()
+        .filter(|l| l["outcome"] == "acme_challenge")
+        .count();
     assert!(
-        a.access_lines()
-            .iter()
-            .filter(|l| l["outcome"] == "acme_challenge")
-            .count()
-            >= 2,
-        "A answered its own and B's challenge:\n{}",
+        answered >= 2,
+        "A answered its own and the orderer's challenge:\n{}",
         a.logs()
     );
-    assert_eq!(pebble.issued(), 2);
-
-    // C starts later for the same names: it serves the fleet's certificate, orders nothing.
-    let c_tls = free_port();
-    let c = start(
-        &yaml(
-            free_port(),
-            c_tls,
-            &pebble,
-            "fleet.test",
-            dirs[2].path(),
-            app.addr,
-        ),
-        &pg.url(),
-    )
-    .await;
-    assert_eq!(wait_cert(&c, "fleet.test").await, not_after);
-    assert!(
-        c.logs()
-            .contains("ACME certificate taken from the fleet's store"),
-        "{}",
-        c.logs()
-    );
-    assert_eq!(pebble.issued(), 2, "C ordered again");
     let root = pebble.root();
     assert_eq!(https_status(c_tls, "fleet.test", &root, "/").await, Ok(200));
     assert_eq!(https_status(b_tls, "fleet.test", &root, "/").await, Ok(200));

@@ -121,13 +121,35 @@ async fn sni_picks_each_names_certificate_and_the_default_for_the_rest() {
     assert_eq!(v as i64, not_after);
 }
 
-/// Handshakes in a loop on fresh connections until stopped: (ok, failed).
-fn handshake_load(port: u16, ca: String) -> (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) {
+/// Requests on fresh connections (a handshake each) until stopped.
+struct HandshakeLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HandshakeLoad {
+    /// Stop, wait for the requests in flight, then count: (ok, failed).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn handshake_load(port: u16, ca: String) -> HandshakeLoad {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
     for _ in 0..2 {
         let (stop, ok, failed, ca) = (stop.clone(), ok.clone(), failed.clone(), ca.clone());
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 match https_status(port, "a.test", &ca, "/").await {
                     Ok(200) => ok.fetch_add(1, Ordering::SeqCst),
@@ -137,15 +159,22 @@ fn handshake_load(port: u16, ca: String) -> (Arc<AtomicBool>, Arc<AtomicU64>, Ar
                     }
                 };
             }
-        });
+        }));
     }
-    (stop, ok, failed)
+    HandshakeLoad {
+        stop,
+        ok,
+        failed,
+        tasks,
+    }
 }
 
-/// The not-after of the certificate now presented for `a.test` (new handshake).
+/// The not-after of the certificate a new handshake for `a.test` is given.
 async fn not_after_now(tg: &Tidegate) -> i64 {
-    let st = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
-    st["certificates"][0]["not_after"].as_i64().unwrap()
+    presented_cert(tg.listen.port(), "a.test")
+        .await
+        .expect("handshake")
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -178,7 +207,7 @@ async fn replaced_pairs_serve_new_handshakes_under_load_and_a_mismatch_is_refuse
     let first = not_after_now(&tg).await;
 
     let mut ws = wss_connect(port, "a.test", &ca.pem, "/ws").await;
-    let (stop, ok, failed) = handshake_load(port, ca.pem.clone());
+    let load = handshake_load(port, ca.pem.clone());
 
     // 1. Symlink swap.
     version("..v2", 60);
@@ -228,13 +257,8 @@ async fn replaced_pairs_serve_new_handshakes_under_load_and_a_mismatch_is_refuse
         h["reasons"].to_string().contains("could not be reloaded"),
         "{h}"
     );
-    let served_ok = ok.load(Ordering::SeqCst);
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "failed handshakes or requests"
-    );
+    let (served_ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "failed handshakes or requests");
     assert!(served_ok > 10, "only {served_ok} requests under load");
 
     // The WebSocket opened before the first swap is still open and carries messages.
@@ -251,12 +275,18 @@ async fn replaced_pairs_serve_new_handshakes_under_load_and_a_mismatch_is_refuse
         m.contains("tidegate_tls_certificate_reloads_total{listener=\"public\",result=\"ok\"} 2"),
         "{m}"
     );
-    assert!(
-        m.contains(
-            "tidegate_tls_certificate_reloads_total{listener=\"public\",result=\"error\"} 1"
-        ),
-        "{m}"
-    );
+    // At least the mismatch; a writer stalled between renaming key and cert is refused
+    // once more, which is right (the pair on disk did not match for a moment).
+    let errors: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "tidegate_tls_certificate_reloads_total{listener=\"public\",result=\"error\"} ",
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

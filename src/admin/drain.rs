@@ -99,7 +99,7 @@ fn undrain(state: &AppState, r: Resolved) -> Result<Response, ApiError> {
 }
 
 /// `?timeout=60s` (or bare seconds), capped at [`MAX_WAIT`]; default 30 s.
-fn wait_timeout(q: &WaitQuery) -> Result<Duration, ApiError> {
+pub(super) fn wait_timeout(q: &WaitQuery) -> Result<Duration, ApiError> {
     let Some(raw) = &q.timeout else {
         return Ok(Duration::from_secs(30));
     };
@@ -118,7 +118,14 @@ fn wait_timeout(q: &WaitQuery) -> Result<Duration, ApiError> {
 async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, ApiError> {
     let timeout = wait_timeout(q)?;
     let started = tokio::time::Instant::now();
-    let deadline = started + timeout;
+    wait_until(&r, started + timeout).await;
+    let mut v = view::drain_status_listing(state, &r, listed(q.streams)?);
+    v.waited_seconds = Some(started.elapsed().as_secs_f64());
+    Ok(json(200, &v))
+}
+
+/// Until `r` is drained (or removed and idle), or `deadline`.
+pub(super) async fn wait_until(r: &Resolved, deadline: tokio::time::Instant) {
     loop {
         // Register interest before checking, so a transition between the check and the
         // await is not missed.
@@ -135,9 +142,6 @@ async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, 
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let mut v = view::drain_status_listing(state, &r, listed(q.streams)?);
-    v.waited_seconds = Some(started.elapsed().as_secs_f64());
-    Ok(json(200, &v))
 }
 
 /// `GET /api/v1/pools/{pool}/drain`.

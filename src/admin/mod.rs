@@ -26,6 +26,9 @@
 //! | DELETE | `/api/v1/routes/{route}/split` | token | back to the file's split |
 //! | PUT | `/api/v1/routes/{route}/checkpoint` | token | record the state before a deploy |
 //! | POST | `/api/v1/routes/{route}/rollback` | token | restore it, undrain the old pools |
+//! | POST | `/api/v1/nodes/{host}/drain` | token | drain every backend on the host (`mode`: soft/hard) |
+//! | POST | `/api/v1/nodes/{host}/undrain` | token | back to active, every backend on the host |
+//! | GET | `/api/v1/nodes/{host}/drain[/wait]` | token | their drain statuses; wait until all drained |
 //! | POST, PUT | `/api/v1/maintenance` | token | enter: `{routes?, methods?, retry_after?, message?}` |
 //! | DELETE | `/api/v1/maintenance` | token | exit |
 //! | GET | `/api/v1/spool?route=&state=&limit=` | token | spooled items (oldest first) and depths |
@@ -54,6 +57,7 @@ mod drain;
 mod edge;
 mod events;
 mod guard;
+mod node;
 mod overrides;
 mod spool;
 mod status;
@@ -181,6 +185,12 @@ pub fn router(ctx: Ctx) -> Router {
             axum::routing::put(deploy::checkpoint),
         )
         .route("/api/v1/routes/{route}/rollback", post(deploy::rollback))
+        .route(
+            "/api/v1/nodes/{host}/drain",
+            get(node::get).post(node::drain),
+        )
+        .route("/api/v1/nodes/{host}/undrain", post(node::undrain))
+        .route("/api/v1/nodes/{host}/drain/wait", get(node::wait))
         .route("/api/v1/spool", get(spool::list).delete(spool::purge))
         .route("/api/v1/spool/retry", post(spool::retry_all))
         .route(

@@ -282,8 +282,25 @@ pub fn status_of(state: &AppState) -> api::Status {
         spool: super::spool::depths(state),
         event_streams: 0,
         certificates: certificates(state),
+        acme: acme(state),
         reloads: reloads(state),
     }
+}
+
+fn acme(state: &AppState) -> Vec<api::AcmeStatus> {
+    let entries = state.acme.entries();
+    entries
+        .into_iter()
+        .map(|e| api::AcmeStatus {
+            listener: e.listener,
+            names: e.names,
+            orders_ok: e.orders_ok,
+            orders_failed: e.orders_failed,
+            last_error: e.last_error,
+            not_after: e.not_after,
+            renew_at: e.renew_at,
+        })
+        .collect()
 }
 
 fn reloads(state: &AppState) -> api::Reloads {

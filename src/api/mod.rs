@@ -13,6 +13,12 @@ pub use history::*;
 pub use kind::*;
 pub use spool::*;
 
+mod node;
+mod tls;
+
+pub use node::{NodeDrainMode, NodeDrainRequest};
+pub use tls::{AcmeStatus, CertificateStatus};
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -80,30 +86,9 @@ pub struct Status {
     /// Certificates TLS listeners serve.
     #[serde(default)]
     pub certificates: Vec<CertificateStatus>,
-}
-
-/// One certificate a TLS listener serves.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CertificateStatus {
-    pub listener: String,
-    /// DNS names it is served for (the first pair of a listener is also its default).
-    pub names: Vec<String>,
-    pub issuer: String,
-    /// Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
-    /// `file` or `acme`.
-    pub source: String,
-    /// The certificate file (file certificates).
+    /// ACME certificates tidegate obtains and renews: orders, the last failure, renewal.
     #[serde(default)]
-    pub file: Option<String>,
-    /// When the certificate now served was loaded (Unix seconds).
-    pub loaded_at: i64,
-    /// The last reload that was refused (the certificate above kept serving).
-    #[serde(default)]
-    pub last_error: Option<String>,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
+    pub acme: Vec<AcmeStatus>,
 }
 
 /// One event of `GET /api/v1/events`: the status, with the proxy's clock.
@@ -279,6 +264,15 @@ pub struct DrainRequest {
     pub streams_deadline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_spread: Option<String>,
+}
+
+/// A node's drain: every backend on the host, in every pool.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeDrainStatus {
+    pub node: String,
+    /// Every backend on the node is drained.
+    pub drained: bool,
+    pub backends: Vec<DrainStatus>,
 }
 
 /// The drain status of a pool or backend (`GET …/drain`, `…/drain/wait`, drain, undrain).

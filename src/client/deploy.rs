@@ -104,7 +104,9 @@ async fn shift_and_drain(
     }
     for pool in old {
         let args = DrainArgs {
-            target: pool.clone(),
+            target: Some(pool.clone()),
+            node: None,
+            hard: false,
             wait: true,
             timeout: a
                 .drain_timeout

@@ -1,4 +1,5 @@
-//! `tidegate drain POOL[/BACKEND] [--wait] [--timeout D]` and `tidegate undrain …`, across a
+//! `tidegate drain POOL[/BACKEND] [--wait] [--timeout D]`, `tidegate drain --node HOST
+//! [--hard]` (every backend on a host, in every pool) and `tidegate undrain …`, across a
 //! fleet. `--wait` long-polls every proxy until all report drained, with a live progress line
 //! on a terminal (elapsed, in flight by kind, deadline countdown) and a plain line every
 //! 5 s otherwise. Exit: 0 drained, 1 timed out, 2 error.
@@ -15,14 +16,49 @@ use crate::{
     state::process::unix_now,
 };
 
-/// Arguments of `drain`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    HumanDuration::parse(s).map(|d| d.0)
+}
+
+/// Arguments of `drain` (parsed by clap straight into this).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DrainArgs {
-    pub target: String,
+    /// POOL or POOL/BACKEND.
+    #[arg(required_unless_present = "node", conflicts_with = "node")]
+    pub target: Option<String>,
+    /// Drain every backend on this host, in every pool (node maintenance).
+    #[arg(long, value_name = "HOST")]
+    pub node: Option<String>,
+    /// With --node: deadlines now (requests ended, streams ended politely at once) instead
+    /// of each pool's.
+    #[arg(long, requires = "node")]
+    pub hard: bool,
+    /// Wait until every proxy reports it drained.
+    #[arg(long)]
     pub wait: bool,
+    /// Give up waiting after this long (exit 1).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Deadline for plain requests (default: the pool's `drain.requests_deadline`).
+    #[arg(long)]
     pub requests_deadline: Option<String>,
+    /// Deadline for SSE and WebSocket streams (default: the pool's).
+    #[arg(long)]
     pub streams_deadline: Option<String>,
+    /// Set from the client options.
+    #[arg(skip)]
     pub json: bool,
+}
+
+/// Arguments of `undrain`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UndrainArgs {
+    /// POOL or POOL/BACKEND.
+    #[arg(required_unless_present = "node", conflicts_with = "node")]
+    pub target: Option<String>,
+    /// Every backend on this host, in every pool.
+    #[arg(long, value_name = "HOST")]
+    pub node: Option<String>,
 }
 
 /// `/api/v1/pools/{pool}` or `/api/v1/pools/{pool}/backends/{backend}`.
@@ -44,7 +80,11 @@ fn base_path(target: &str) -> Result<String, ClientError> {
 
 /// Start draining on every proxy (409 "already draining" is fine), then optionally wait.
 pub async fn drain(fleet: &[Admin], a: DrainArgs) -> Result<u8, ClientError> {
-    let path = base_path(&a.target)?;
+    if let Some(host) = a.node.clone() {
+        return super::node::drain(fleet, &host, &a).await;
+    }
+    let target = a.target.clone().unwrap_or_default();
+    let path = base_path(&target)?;
     let body = DrainRequest {
         requests_deadline: a.requests_deadline.clone(),
         streams_deadline: a.streams_deadline.clone(),
@@ -59,13 +99,18 @@ pub async fn drain(fleet: &[Admin], a: DrainArgs) -> Result<u8, ClientError> {
         last.push(v);
     }
     if !a.wait {
-        print_result(&a.target, &last, a.json);
+        print_result(&target, &last, a.json);
         return Ok(exit::OK);
     }
-    wait_all(fleet, &path, &a).await
+    wait_all(fleet, &path, &target, &a).await
 }
 
-async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, ClientError> {
+async fn wait_all(
+    fleet: &[Admin],
+    path: &str,
+    target: &str,
+    a: &DrainArgs,
+) -> Result<u8, ClientError> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal() && !a.json;
     let mut last_line = Instant::now() - Duration::from_secs(10);
@@ -84,7 +129,7 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             .iter()
             .fold(InFlight::default(), |sum, v| sum.plus(v.in_flight));
         let elapsed = started.elapsed();
-        let line = progress_line(&a.target, elapsed, &counts, &statuses);
+        let line = progress_line(target, elapsed, &counts, &statuses);
         if tty {
             eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
@@ -96,7 +141,7 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             if tty {
                 eprintln!();
             }
-            print_result(&a.target, &statuses, a.json);
+            print_result(target, &statuses, a.json);
             return Ok(exit::OK);
         }
         if elapsed >= a.timeout {
@@ -108,7 +153,7 @@ async fn wait_all(fleet: &[Admin], path: &str, a: &DrainArgs) -> Result<u8, Clie
             } else {
                 println!(
                     "{}: not drained after {}s ({} still in flight)",
-                    a.target,
+                    target,
                     elapsed.as_secs(),
                     counts.words(", ")
                 );
@@ -166,7 +211,11 @@ fn print_result(target: &str, statuses: &[DrainStatus], json: bool) {
 }
 
 /// Back to active on every proxy (409 "not draining" is fine).
-pub async fn undrain(fleet: &[Admin], target: &str, json: bool) -> Result<u8, ClientError> {
+pub async fn undrain(fleet: &[Admin], a: &UndrainArgs, json: bool) -> Result<u8, ClientError> {
+    if let Some(host) = &a.node {
+        return super::node::undrain(fleet, host, json).await;
+    }
+    let target = a.target.as_deref().unwrap_or_default();
     let path = base_path(target)?;
     let mut out = Vec::new();
     for admin in fleet {

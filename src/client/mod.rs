@@ -6,6 +6,7 @@
 
 mod deploy;
 mod drain;
+mod node;
 mod shift;
 mod spool;
 mod verbs;
@@ -23,7 +24,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api::ErrorBody;
 pub use deploy::{deploy, rollback, DeployArgs};
-pub use drain::{drain, undrain, DrainArgs};
+pub use drain::{drain, undrain, DrainArgs, UndrainArgs};
 pub use shift::{shift, ShiftArgs};
 pub use spool::{spool, SpoolVerb};
 pub use verbs::{health, maintenance, reload, status, table};

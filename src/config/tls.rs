@@ -41,6 +41,21 @@ pub struct Served {
     pub key: Arc<CertifiedKey>,
     pub info: CertInfo,
     pub source: Source,
+    /// Served only for its own names, never as the default (an on-demand certificate:
+    /// one customer's name must not be shown for another's).
+    pub only_named: bool,
+}
+
+impl Served {
+    /// The same certificate, served for its names only.
+    pub fn only_named(self: &Arc<Self>) -> Arc<Self> {
+        Arc::new(Served {
+            key: self.key.clone(),
+            info: self.info.clone(),
+            source: self.source,
+            only_named: true,
+        })
+    }
 }
 
 impl std::fmt::Debug for Served {
@@ -146,8 +161,10 @@ impl CertSet {
     /// The certificate for a handshake's server name (`None`, or a name nothing claims:
     /// the default).
     pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<Served>> {
-        let i = sni.and_then(|name| self.find(name)).unwrap_or(0);
-        self.certs.get(i)
+        match sni.and_then(|name| self.find(name)) {
+            Some(i) => self.certs.get(i),
+            None => self.certs.iter().find(|c| !c.only_named),
+        }
     }
 
     /// The certificate that claims `name` (not the default), if any.
@@ -206,6 +223,7 @@ mod tests {
             key,
             info,
             source: Source::File,
+            only_named: false,
         })
     }
 

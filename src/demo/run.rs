@@ -184,7 +184,9 @@ async fn walk(url: &str, admin: &Admin, blue: &Arc<Backend>) -> Result<u8, Strin
     let code = client::drain(
         &fleet,
         DrainArgs {
-            target: "blue".into(),
+            target: Some("blue".into()),
+            node: None,
+            hard: false,
             wait: true,
             timeout: Duration::from_secs(30),
             requests_deadline: None,

@@ -127,6 +127,21 @@ impl Machine {
         Ok(())
     }
 
+    /// A drain under way: its deadlines become `now` (a hard drain after a soft one).
+    /// `false` when it is not draining.
+    pub fn hasten(&mut self, now: Instant) -> bool {
+        let (Phase::Draining, Some((start, _))) = (self.phase, self.started) else {
+            return false;
+        };
+        let at = now.saturating_duration_since(start) + Duration::from_millis(1);
+        self.deadlines = Deadlines {
+            requests: Some(at),
+            streams: Some(at),
+            close_spread: Duration::ZERO,
+        };
+        true
+    }
+
     /// Restore a drain (from the state file) that began at `started_wall`.
     pub fn restore(
         &mut self,

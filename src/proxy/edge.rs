@@ -54,9 +54,12 @@ fn https_url(host: Option<&str>, port: Option<u16>, path_and_query: &str) -> Res
         Some(rest) => &host[..rest.find(']').ok_or(())? + 2],
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
+    let bracketed = name.starts_with('[');
     let ok = !name.is_empty()
         && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'-' | b'_')
+                || (bracketed && matches!(b, b'[' | b']' | b':'))
         });
     if !ok {
         return Err(());
@@ -174,6 +177,7 @@ mod tests {
         assert_eq!(to(Some("a.test"), "/.well-known/acme-challenge/tok"), None);
         assert_eq!(to(None, "/"), Some(Err(())));
         assert_eq!(to(Some("evil.test/x"), "/"), Some(Err(())));
+        assert_eq!(to(Some("a:1:2"), "/"), Some(Err(())));
         let e = Edge {
             redirect_https: Some(Some(8443)),
             hsts: None,

@@ -29,6 +29,7 @@ pub fn load_files(f: &TlsFiles) -> Result<Arc<Served>, String> {
         key,
         info,
         source: Source::File,
+        only_named: false,
     }))
 }
 
@@ -44,12 +45,19 @@ pub fn load_all(spec: &Spec) -> Result<Vec<Arc<ListenerCerts>>, (String, String)
             .map(load_files)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| (l.name.clone(), e))?;
-        all.push(Arc::new(ListenerCerts::new(
-            &l.name,
-            tls.pairs.clone(),
-            certs,
-            now,
-        )));
+        let lc = Arc::new(ListenerCerts::new(&l.name, tls.pairs.clone(), certs, now));
+        // An ACME certificate stored by an earlier run serves from the first handshake
+        // (the ACME service takes it over from here).
+        if let Some(a) = tls.acme.as_ref().filter(|a| !a.domains.is_empty()) {
+            let dir = super::acme::files::cert_dir(&a.storage, &a.domains);
+            if let Ok(c) = super::acme::files::load_stored(&dir) {
+                if c.info.not_after > now {
+                    let due = super::acme::renew_at(&c.info);
+                    lc.install(&a.domains.join(","), c, now, due);
+                }
+            }
+        }
+        all.push(lc);
     }
     Ok(all)
 }

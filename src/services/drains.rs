@@ -187,6 +187,35 @@ pub fn deadlines(r: &Resolved, req: &api::DrainRequest) -> Result<Deadlines, Dra
     })
 }
 
+/// Every backend in the table on `host` (its address's host, or the IP it resolved to),
+/// in pool order: a node's drain targets.
+pub fn on_node(state: &AppState, host: &str) -> Vec<Resolved> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let table = state.table();
+    let names: Vec<(Arc<str>, Arc<str>)> = table
+        .backends()
+        .filter(|(_, b)| {
+            let named = crate::config::upstream::host_of(&b.spec.address);
+            named.eq_ignore_ascii_case(host) || b.addr.is_some_and(|a| a.ip().to_string() == host)
+        })
+        .map(|(p, b)| (p.name.clone(), b.spec.name.clone()))
+        .collect();
+    drop(table);
+    names
+        .iter()
+        .filter_map(|(p, b)| resolve(state, p, Some(b)).ok())
+        .collect()
+}
+
+/// A hard drain's deadlines: now (requests ended, streams ended politely, all at once).
+pub fn hard_deadlines() -> Deadlines {
+    Deadlines {
+        requests: Some(Duration::from_millis(1)),
+        streams: Some(Duration::from_millis(1)),
+        close_spread: Duration::ZERO,
+    }
+}
+
 /// Start draining `r`: no new work goes there; deadline tasks start; ramps over its pool
 /// stop; the state file is saved.
 pub fn start(state: &AppState, r: &Resolved, d: Deadlines) -> Result<(), DrainError> {
@@ -202,6 +231,18 @@ pub fn start(state: &AppState, r: &Resolved, d: Deadlines) -> Result<(), DrainEr
         .cancel_for_pool(pool, &format!("pool {pool} was drained"));
     persist::save(state);
     Ok(())
+}
+
+/// A drain under way ends what is left now (deadline tasks start again with the new
+/// deadlines); `false` when `r` is not draining.
+pub fn hasten(state: &AppState, r: &Resolved) -> bool {
+    let Some(epoch) = r.cell().hasten() else {
+        return false;
+    };
+    state.enforce(r.target.clone(), epoch);
+    tracing::info!(drain = %r.target.name(), "drain deadlines brought to now");
+    persist::save(state);
+    true
 }
 
 /// Back to active at once: held requests may go there now.

@@ -61,6 +61,18 @@ impl DrainCell {
         Ok(epoch)
     }
 
+    /// Bring a drain's deadlines to now; its new epoch (`None`: not draining).
+    pub fn hasten(&self) -> Option<u64> {
+        let mut m = self.lock();
+        if !m.hasten(Instant::now()) {
+            return None;
+        }
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(m);
+        self.changed.notify_waiters();
+        Some(epoch)
+    }
+
     /// Restore a drain that began at `started` (from the state file).
     pub fn restore(&self, started: SystemTime, deadlines: Deadlines, in_flight: u64) -> u64 {
         let mut m = self.lock();

@@ -100,7 +100,12 @@ pub struct TestBackend {
 impl TestBackend {
     /// Start a backend named `name`.
     pub async fn start(name: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_at(name, "127.0.0.1").await
+    }
+
+    /// Start one on another loopback address (`127.0.0.2`: "another host").
+    pub async fn start_at(name: &str, ip: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");

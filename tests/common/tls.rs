@@ -83,6 +83,12 @@ impl ServerCertVerifier for Anything {
 
 /// The DNS names of the certificate the listener at `port` presents for `sni`.
 pub async fn presented(port: u16, sni: &str) -> Result<Vec<String>, String> {
+    presented_cert(port, sni).await.map(|(names, _)| names)
+}
+
+/// Names and not-after (Unix seconds) of the certificate presented for `sni`, from a new
+/// handshake.
+pub async fn presented_cert(port: u16, sni: &str) -> Result<(Vec<String>, i64), String> {
     pingora::tls::install_default_crypto_provider();
     let cfg = ClientConfig::builder()
         .dangerous()
@@ -102,8 +108,9 @@ pub async fn presented(port: u16, sni: &str) -> Result<Vec<String>, String> {
         .and_then(|c| c.first())
         .ok_or("no certificate")?;
     let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let not_after = x.validity().not_after.timestamp();
     let san = x.subject_alternative_name().ok().flatten();
-    Ok(san
+    let names = san
         .map(|s| {
             s.value
                 .general_names
@@ -114,7 +121,8 @@ pub async fn presented(port: u16, sni: &str) -> Result<Vec<String>, String> {
                 })
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok((names, not_after))
 }
 
 /// `curl` to `https://NAME:PORT/path` pinned to 127.0.0.1, trusting `ca_file`: (exit code,

@@ -122,10 +122,10 @@ fn storage_of(
 
 fn on_demand(path: &str, o: &FileOnDemand) -> Result<OnDemand, ConfigError> {
     let path = format!("{path}.on_demand");
-    if !(o.ask.starts_with("http://") || o.ask.starts_with("https://")) {
+    if !o.ask.starts_with("http://") {
         return Err(invalid(
             format!("{path}.ask"),
-            "must be an http:// or https:// URL",
+            "must be an http:// URL (a local service: the question never leaves the host)",
         ));
     }
     if o.max_orders == 0 || o.per.0.is_zero() {

@@ -53,7 +53,26 @@ pub(super) fn build_listeners(
             tls,
         });
     }
+    check_http01(&out)?;
     Ok(out)
+}
+
+/// ACME HTTP-01 is answered on a plain listener: one must exist.
+fn check_http01(listeners: &[Listener]) -> Result<(), ConfigError> {
+    if listeners.iter().any(|l| l.tls.is_none()) {
+        return Ok(());
+    }
+    let http01 = listeners.iter().position(|l| {
+        let acme = l.tls.as_ref().and_then(|t| t.acme.as_ref());
+        acme.is_some_and(|a| a.challenge == AcmeChallenge::Http01)
+    });
+    match http01 {
+        Some(i) => Err(invalid(
+            format!("listeners[{i}].tls.acme.challenge"),
+            "http-01 is answered on a plain listener (port 80 for public CAs): add one, or use tls-alpn-01",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `redirect_https` and `https_port`: only on plain listeners.

@@ -28,7 +28,7 @@ use crate::{
 };
 
 pub mod alpn;
-mod files;
+pub(crate) mod files;
 mod on_demand;
 pub mod shared;
 
@@ -65,7 +65,7 @@ impl BackgroundService for AcmeService {
             };
             if !m.acme.domains.is_empty() {
                 let (m, names) = (m.clone(), m.acme.domains.clone());
-                tasks.push(tokio::spawn(async move { m.keep(names).await }));
+                tasks.push(tokio::spawn(async move { m.keep(names, false).await }));
             }
             if let Some(od) = m.acme.on_demand.clone() {
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -138,7 +138,10 @@ impl Managed {
 
     /// Keep a certificate for `names`: the stored one while it is good, a new one when it
     /// is due; failures retried with back-off.
-    async fn keep(self, names: Vec<String>) {
+    /// `on_demand`: the certificate serves its name only, and an order that fails with
+    /// nothing served yet is not retried (the name is dropped).
+    async fn keep(self, names: Vec<String>, on_demand: bool) {
+        let mark = |c: Arc<Served>| if on_demand { c.only_named() } else { c };
         let key = names.join(",");
         let dir = cert_dir(&self.acme.storage, &names);
         let now = config::unix_now();
@@ -149,7 +152,7 @@ impl Managed {
                 tracing::info!(listener = %self.certs.listener, names = %key, not_after = c.info.not_after, "ACME certificate loaded from storage");
                 self.board()
                     .served(&self.certs.listener, &key, &c.info, due);
-                self.certs.install(&key, c, now, due);
+                self.certs.install(&key, mark(c), now, due);
             }
             _ => self.board().wanted(&self.certs.listener, &key),
         }
@@ -168,13 +171,16 @@ impl Managed {
                     self.board()
                         .served(&self.certs.listener, &key, &c.info, due);
                     self.board().ordered(&self.certs.listener, &key);
-                    self.certs.install(&key, c, config::unix_now(), due);
+                    self.certs.install(&key, mark(c), config::unix_now(), due);
                 }
                 Err(e) => {
                     failures += 1;
                     let pause = backoff(self.acme.retry_min, self.acme.retry_max, failures);
                     tracing::warn!(listener = %self.certs.listener, names = %key, attempt = failures, retry_in_ms = pause.as_millis() as u64, error = %e, "ACME order failed; the certificate served (if any) keeps serving");
                     self.board().failed(&self.certs.listener, &key, e);
+                    if on_demand && !self.certs.has_acme(&key) {
+                        return;
+                    }
                     tokio::time::sleep(pause).await;
                     due = config::unix_now();
                 }
@@ -253,6 +259,7 @@ impl Managed {
             key: ck,
             info,
             source: Source::Acme,
+            only_named: false,
         })))
     }
 
@@ -278,6 +285,7 @@ impl Managed {
             key: ck,
             info,
             source: Source::Acme,
+            only_named: false,
         });
         Ok((served, (chain, key)))
     }
@@ -291,13 +299,23 @@ impl Managed {
             .await
             .map_err(|e| format!("new order: {e}"))?;
         let mut tokens = Tokens(&self.state, Vec::new(), Vec::new());
-        let answered = self.answer_challenges(&mut order, &mut tokens).await;
+        let done = self.validate_and_finalize(&mut order, &mut tokens).await;
+        // Only now: the CA validates after `set_ready`, and may ask any proxy.
         if let Some(shared) = &self.shared {
             for t in &tokens.1 {
                 let _ = shared.remove_token(t).await;
             }
         }
-        answered?;
+        done
+    }
+
+    /// Answer the challenges, wait for validation, finalize: (chain PEM, key PEM).
+    async fn validate_and_finalize(
+        &self,
+        order: &mut instant_acme::Order,
+        tokens: &mut Tokens<'_>,
+    ) -> Result<(String, String), String> {
+        self.answer_challenges(order, tokens).await?;
         let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
         let status = order
             .poll_ready(&retry)

@@ -28,6 +28,9 @@ const SCHEMA_LOCK: i64 = 0x7469_6465_6163_6d65;
 pub struct Shared {
     pool: PgPool,
     schema: OnceCell<()>,
+    /// Peers' token look-ups in flight: a flood of made-up challenge paths costs at most
+    /// this many database queries at a time (the rest are answered 404 at once).
+    lookups: tokio::sync::Semaphore,
 }
 
 /// An order lock: held while the transaction is open.
@@ -44,12 +47,13 @@ impl Shared {
             .map_err(|e| format!("spool_store: invalid PostgreSQL URL: {e}"))?
             .application_name("tidegate-acme");
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .acquire_timeout(Duration::from_secs(2))
             .connect_lazy_with(opts);
         Ok(Shared {
             pool,
             schema: OnceCell::new(),
+            lookups: tokio::sync::Semaphore::new(2),
         })
     }
 
@@ -171,7 +175,12 @@ impl Shared {
 #[async_trait::async_trait]
 impl crate::state::certs::PeerTokens for Shared {
     async fn token(&self, token: &str) -> Option<String> {
-        match Shared::token(self, token).await {
+        let _turn = self.lookups.try_acquire().ok()?;
+        let lookup = tokio::time::timeout(Duration::from_secs(2), Shared::token(self, token));
+        match lookup
+            .await
+            .unwrap_or_else(|_| Err("no answer within 2s".into()))
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "ACME: cannot look up a peer's challenge token");
