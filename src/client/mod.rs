@@ -6,6 +6,7 @@
 
 mod deploy;
 mod drain;
+mod drain_args;
 mod node;
 mod shift;
 mod spool;
