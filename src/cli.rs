@@ -1,7 +1,7 @@
 //! Command line: `run`, `check`, the client verbs (`status`, `drain`, `undrain`, `shift`,
 //! `reload`, `maintenance`), `demo` and `backend`.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -26,10 +26,6 @@ pub struct ClientOpts {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    crate::config::duration::HumanDuration::parse(s).map(|d| d.0)
 }
 
 /// Verbs.
@@ -98,44 +94,8 @@ pub enum Command {
     /// shift (at once or a ramp that rolls back on errors), drain the other pools and wait,
     /// then run --then. Exit 0 done, 1 rolled back or timed out, 2 error.
     Deploy {
-        /// Route to deploy.
-        route: String,
-        /// Pool that gets all the traffic.
-        #[arg(long)]
-        to: String,
-        /// Set the pool's members first (repeatable; HOST:PORT or IP:PORT).
-        #[arg(long = "backend", value_name = "ADDR")]
-        backends: Vec<String>,
-        /// How long the pool may take to have an available backend.
-        #[arg(long, default_value = "60s", value_parser = duration)]
-        health_timeout: Duration,
-        /// Ramp over this long instead of shifting at once.
-        #[arg(long, value_parser = duration)]
-        over: Option<Duration>,
-        /// Ramp step (default a tenth of --over).
-        #[arg(long, value_parser = duration)]
-        step: Option<Duration>,
-        /// Roll the ramp back above this share of failed requests (e.g. 0.02).
-        #[arg(long)]
-        max_error_rate: Option<f64>,
-        /// Requests a ramp step must see before its error rate counts.
-        #[arg(long, default_value_t = 20)]
-        min_requests: u64,
-        /// Give up waiting for the old pools to drain after this long (0 = wait forever).
-        #[arg(long, default_value = "0", value_parser = duration)]
-        drain_timeout: Duration,
-        /// Run this (sh -c) once the old pools are drained; they are in
-        /// $TIDEGATE_DRAINED_POOLS.
-        #[arg(long)]
-        then: Option<String>,
-        /// Before shifting, run this (sh -c) against POOL through the route's force_pool:
-        /// $TIDEGATE_FORCE_HEADER (or $TIDEGATE_FORCE_COOKIE) pins a request to it. A failure
-        /// stops the deploy with nothing shifted.
-        #[arg(long)]
-        smoke: Option<String>,
-        /// Kill the smoke command after this long (a failure).
-        #[arg(long, default_value = "60s", value_parser = duration)]
-        smoke_timeout: Duration,
+        #[command(flatten)]
+        args: crate::client::DeployArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -175,23 +135,8 @@ pub enum Command {
     },
     /// Set a route's split (POOL=WEIGHT …), at once or in steps with automatic rollback.
     Shift {
-        /// Route name.
-        route: String,
-        /// POOL=WEIGHT pairs (0..=10000); pools not named keep their weight.
-        #[arg(required = true)]
-        weights: Vec<String>,
-        /// Move there in steps over this long.
-        #[arg(long, value_parser = duration)]
-        over: Option<Duration>,
-        /// Length of one step (default: a tenth of --over).
-        #[arg(long, value_parser = duration)]
-        step: Option<Duration>,
-        /// Roll back when the pools gaining weight exceed this error rate (0.05 = 5 %) in a step.
-        #[arg(long)]
-        max_error_rate: Option<f64>,
-        /// Requests a step must see before the error rate counts.
-        #[arg(long, default_value_t = 20)]
-        min_requests: u64,
+        #[command(flatten)]
+        args: crate::client::ShiftArgs,
         #[command(flatten)]
         client: ClientOpts,
     },

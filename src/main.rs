@@ -15,7 +15,7 @@ use clap::Parser;
 use tidegate::{
     api::MaintenanceRequest,
     cli::{Cli, ClientOpts, Command, SpoolAction},
-    client::{self, exit, ClientError, ShiftArgs},
+    client::{self, exit, ClientError},
 };
 
 /// mimalloc's eager commit makes every idle stream's buffers resident: about 180 kB per idle
@@ -190,36 +190,8 @@ async fn run_verb(verb: Command) -> Result<u8, ClientError> {
     match verb {
         Command::Status { client } => client::status(&fleet(&client)?, client.json).await,
         Command::Health { client } => client::health(&fleet(&client)?, client.json).await,
-        Command::Deploy {
-            route,
-            to,
-            backends,
-            health_timeout,
-            over,
-            step,
-            max_error_rate,
-            min_requests,
-            drain_timeout,
-            then,
-            smoke,
-            smoke_timeout,
-            client,
-        } => {
-            let args = client::DeployArgs {
-                route,
-                to,
-                backends,
-                health_timeout,
-                over,
-                step,
-                max_error_rate,
-                min_requests,
-                drain_timeout: (!drain_timeout.is_zero()).then_some(drain_timeout),
-                then,
-                smoke,
-                smoke_timeout,
-                json: client.json,
-            };
+        Command::Deploy { mut args, client } => {
+            args.json = client.json;
             client::deploy(&fleet(&client)?, args).await
         }
         Command::Rollback { route, client } => client::rollback(&fleet(&client)?, &route).await,
@@ -230,25 +202,7 @@ async fn run_verb(verb: Command) -> Result<u8, ClientError> {
         Command::Undrain { args, client } => {
             client::undrain(&fleet(&client)?, &args, client.json).await
         }
-        Command::Shift {
-            route,
-            weights,
-            over,
-            step,
-            max_error_rate,
-            min_requests,
-            client,
-        } => {
-            let args = ShiftArgs {
-                route,
-                weights,
-                over,
-                step,
-                max_error_rate,
-                min_requests,
-            };
-            client::shift(&fleet(&client)?, args).await
-        }
+        Command::Shift { args, client } => client::shift(&fleet(&client)?, args).await,
         Command::Reload { client } => client::reload(&fleet(&client)?, client.json).await,
         Command::Spool { action } => spool(action).await,
         Command::Maintenance {

@@ -170,4 +170,17 @@ async fn a_node_drain_drains_that_host_in_every_pool_and_nothing_else() {
     let (code, out) = run_cli(cli(&tg, &["drain", "--node", "10.9.9.9"])).await;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no backend of any pool is on node"), "{out}");
+    // A target and --node together, or --hard without --node: usage errors, nothing done.
+    for args in [
+        &["drain", "web", "--node", "127.0.0.2"][..],
+        &["drain", "web", "--hard"][..],
+    ] {
+        let (code, out) = run_cli(cli(&tg, args)).await;
+        assert_eq!(code, 2, "{args:?}: {out}");
+    }
+    let web = get(&tg.admin_url("/api/v1/pools/web/drain"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(web["state"], "active", "{web}");
 }

@@ -16,24 +16,7 @@ use crate::api::{
     BackendEntry, BackendsRequest, Checkpoint, DrainStatus, PoolBackends, RouteSplit, Status,
 };
 
-/// Arguments of `deploy`.
-pub struct DeployArgs {
-    pub route: String,
-    pub to: String,
-    pub backends: Vec<String>,
-    pub health_timeout: Duration,
-    pub over: Option<Duration>,
-    pub step: Option<Duration>,
-    pub max_error_rate: Option<f64>,
-    pub min_requests: u64,
-    /// `None` = wait forever.
-    pub drain_timeout: Option<Duration>,
-    pub then: Option<String>,
-    /// Run before shifting, against the target through its forced pool; a failure aborts.
-    pub smoke: Option<String>,
-    pub smoke_timeout: Duration,
-    pub json: bool,
-}
+pub use super::args::DeployArgs;
 
 /// Run `deploy`.
 pub async fn deploy(fleet: &[Admin], a: DeployArgs) -> Result<u8, ClientError> {
@@ -93,10 +76,7 @@ async fn shift_and_drain(
     let args = shift::ShiftArgs {
         route: a.route.clone(),
         weights,
-        over: a.over,
-        step: a.step,
-        max_error_rate: a.max_error_rate,
-        min_requests: a.min_requests,
+        ramp: a.ramp.clone(),
     };
     let code = shift::shift(fleet, args).await?;
     if code != exit::OK {
@@ -109,7 +89,7 @@ async fn shift_and_drain(
             hard: false,
             wait: true,
             timeout: a
-                .drain_timeout
+                .drain_wait()
                 .unwrap_or(Duration::from_secs(100 * 365 * 86_400)),
             requests_deadline: None,
             streams_deadline: None,

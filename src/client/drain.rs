@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use super::drain_args::{DrainArgs, UndrainArgs};
+pub use super::args::{DrainArgs, UndrainArgs};
 use super::{exit, seg, Admin, ClientError};
 use crate::{
     api::{DrainRequest, DrainStatus, InFlight},
@@ -38,6 +38,11 @@ fn base_path(target: &str) -> Result<String, ClientError> {
 pub async fn drain(fleet: &[Admin], a: DrainArgs) -> Result<u8, ClientError> {
     if let Some(host) = a.node.clone() {
         return super::node::drain(fleet, &host, &a).await;
+    }
+    if a.hard {
+        return Err(ClientError::Usage(
+            "--hard is for --node HOST (a pool's deadlines come from --requests-deadline and --streams-deadline)".into(),
+        ));
     }
     let target = a.target.clone().unwrap_or_default();
     let path = base_path(&target)?;

@@ -4,9 +4,9 @@
 //! `status`, `drain`, `undrain`, `shift`, `reload`, `maintenance` live in their own files; this
 //! file holds the HTTP client and the fleet helpers. Errors are one clear line and exit 2.
 
+mod args;
 mod deploy;
 mod drain;
-mod drain_args;
 mod node;
 mod shift;
 mod spool;
@@ -24,9 +24,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api::ErrorBody;
-pub use deploy::{deploy, rollback, DeployArgs};
+pub use args::{DeployArgs, RampOpts, ShiftArgs};
+pub use deploy::{deploy, rollback};
 pub use drain::{drain, undrain, DrainArgs, UndrainArgs};
-pub use shift::{shift, ShiftArgs};
+pub use shift::shift;
 pub use spool::{spool, SpoolVerb};
 pub use verbs::{health, maintenance, reload, status, table};
 

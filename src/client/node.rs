@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{drain_args::DrainArgs, exit, seg, Admin, ClientError};
+use super::{args::DrainArgs, exit, seg, Admin, ClientError};
 use crate::api::{InFlight, NodeDrainMode, NodeDrainRequest, NodeDrainStatus};
 
 fn base(host: &str) -> String {

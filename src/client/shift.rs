@@ -10,15 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 use super::{exit, seg, Admin, ClientError};
 use crate::api::{RampState, RouteSplit, SplitRequest};
 
-/// Arguments of `shift`.
-pub struct ShiftArgs {
-    pub route: String,
-    pub weights: Vec<String>,
-    pub over: Option<Duration>,
-    pub step: Option<Duration>,
-    pub max_error_rate: Option<f64>,
-    pub min_requests: u64,
-}
+pub use super::args::ShiftArgs;
 
 fn parse_weights(ws: &[String]) -> Result<BTreeMap<String, u32>, ClientError> {
     if ws.is_empty() {
@@ -80,17 +72,21 @@ pub async fn shift(fleet: &[Admin], a: ShiftArgs) -> Result<u8, ClientError> {
     let from = first.get::<RouteSplit>(&split_path(&a.route)).await?.split;
     let mut to = from.clone();
     to.extend(parse_weights(&a.weights)?);
-    let Some(over) = a.over else {
+    let Some(over) = a.ramp.over else {
         set_split(fleet, &a.route, &to).await?;
         println!("{}: split {}", a.route, fmt(&to));
         return Ok(exit::OK);
     };
-    let step = a.step.unwrap_or(over / 10).max(Duration::from_millis(100));
+    let step = a
+        .ramp
+        .step
+        .unwrap_or(over / 10)
+        .max(Duration::from_millis(100));
     let mut req = request(&to);
     req.over = Some(format!("{}ms", over.as_millis()));
     req.step = Some(format!("{}ms", step.as_millis()));
-    req.max_error_rate = a.max_error_rate;
-    req.min_requests = Some(a.min_requests);
+    req.max_error_rate = a.ramp.max_error_rate;
+    req.min_requests = Some(a.ramp.min_requests);
     for admin in fleet {
         admin
             .call::<_, RouteSplit>("POST", &split_path(&a.route), Some(&req), &[])
@@ -102,7 +98,8 @@ pub async fn shift(fleet: &[Admin], a: ShiftArgs) -> Result<u8, ClientError> {
         fmt(&from),
         fmt(&to),
         step.as_secs_f64(),
-        a.max_error_rate
+        a.ramp
+            .max_error_rate
             .map(|r| format!(", rolled back above {:.1}% errors", r * 100.0))
             .unwrap_or_default()
     );

@@ -146,10 +146,12 @@ async fn walk(url: &str, admin: &Admin, blue: &Arc<Backend>) -> Result<u8, Strin
         ShiftArgs {
             route: "app".into(),
             weights: vec!["green=100".into(), "blue=0".into()],
-            over: Some(Duration::from_secs(2)),
-            step: Some(Duration::from_millis(500)),
-            max_error_rate: Some(0.05),
-            min_requests: 20,
+            ramp: client::RampOpts {
+                over: Some(Duration::from_secs(2)),
+                step: Some(Duration::from_millis(500)),
+                max_error_rate: Some(0.05),
+                min_requests: 20,
+            },
         },
     )
     .await
