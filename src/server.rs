@@ -313,6 +313,10 @@ fn add_background(
     ));
     server.add_service(background_service("spool", SpoolService { spool }));
     server.add_service(background_service(
+        "fleet",
+        crate::services::fleet::FleetService { state: st() },
+    ));
+    server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { state: st() },
     ));

@@ -118,14 +118,15 @@ pub(super) fn wait_timeout(q: &WaitQuery) -> Result<Duration, ApiError> {
 async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, ApiError> {
     let timeout = wait_timeout(q)?;
     let started = tokio::time::Instant::now();
-    wait_until(&r, started + timeout).await;
+    wait_until(state, &r, started + timeout).await;
     let mut v = view::drain_status_listing(state, &r, listed(q.streams)?);
     v.waited_seconds = Some(started.elapsed().as_secs_f64());
     Ok(json(200, &v))
 }
 
-/// Until `r` is drained (or removed and idle), or `deadline`.
-pub(super) async fn wait_until(r: &Resolved, deadline: tokio::time::Instant) {
+/// Until `r` is drained (or removed and idle) here and on the fleet's other proxies, or
+/// `deadline`.
+pub(super) async fn wait_until(state: &AppState, r: &Resolved, deadline: tokio::time::Instant) {
     loop {
         // Register interest before checking, so a transition between the check and the
         // await is not missed.
@@ -142,6 +143,7 @@ pub(super) async fn wait_until(r: &Resolved, deadline: tokio::time::Instant) {
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
+    super::fleet::wait_drained(state, r, deadline).await;
 }
 
 /// `GET /api/v1/pools/{pool}/drain`.

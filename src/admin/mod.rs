@@ -42,6 +42,10 @@
 //! `/api/` without the token (401, also for unknown paths) and a mutation without
 //! `Content-Type: application/json` (415, with or without a body).
 //!
+//! With a `control_store`, a change to the shared state is refused with 503 while the store
+//! is unreachable, and answered only once the store holds it ([`fleet`]); drain answers
+//! and the status then speak for the whole fleet.
+//!
 //! Every mutation, allowed or refused, is one line of the audit trail ([`audit`]).
 //!
 //! Every error is JSON (`api::ErrorBody`): 401 with `WWW-Authenticate: Bearer`, 403 from the
@@ -56,6 +60,7 @@ mod deploy;
 mod drain;
 mod edge;
 mod events;
+mod fleet;
 mod guard;
 mod node;
 mod overrides;
@@ -205,7 +210,8 @@ pub fn router(ctx: Ctx) -> Router {
                 .delete(overrides::maintenance_off),
         )
         .fallback(edge::not_found)
-        .layer(middleware::from_fn(body::check_layer));
+        .layer(middleware::from_fn(body::check_layer))
+        .layer(middleware::from_fn_with_state(state.clone(), fleet::gate));
     Router::new()
         .route("/healthz", get(status::alive))
         .route("/readyz", get(status::ready))

@@ -106,7 +106,7 @@ pub async fn wait(
     let targets = targets(&s, &host)?;
     let deadline = tokio::time::Instant::now() + drain::wait_timeout(&q)?;
     for r in &targets {
-        drain::wait_until(r, deadline).await;
+        drain::wait_until(&s, r, deadline).await;
     }
     Ok(json(200, &status(&s, &host, &targets)))
 }

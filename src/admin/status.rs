@@ -30,7 +30,8 @@ pub async fn alive() -> Response {
 
 /// `GET /readyz`.
 pub async fn ready(State(state): St) -> Response {
-    if state.process.is_ready() {
+    let loaded = state.fleet.is_loaded();
+    if state.process.is_ready() && loaded {
         return json(
             200,
             &api::Ready {
@@ -41,6 +42,8 @@ pub async fn ready(State(state): St) -> Response {
     }
     let why = if state.is_shutting_down() {
         "shutting down"
+    } else if !loaded {
+        "loading the shared state from the control store"
     } else {
         "starting"
     };
@@ -141,6 +144,11 @@ pub async fn health(State(state): St) -> Response {
         reasons.push("maintenance mode is on".to_string());
     }
     reasons.extend(certificate_reasons(&state));
+    if let Some(why) = state.fleet.down() {
+        reasons.push(format!(
+            "control store unreachable: {why} (serving with the last shared state; changes refused)"
+        ));
+    }
     let spool = super::spool::depths(&state);
     for d in spool.iter().filter(|d| d.dead > 0) {
         reasons.push(format!(
@@ -272,7 +280,8 @@ pub fn status_of(state: &AppState) -> api::Status {
         .collect();
     api::Status {
         generation: table.generation,
-        ready: state.process.is_ready(),
+        ready: state.process.is_ready() && state.fleet.is_loaded(),
+        fleet: super::fleet::status(state),
         shutting_down: state.is_shutting_down(),
         in_flight: state.active(),
         routes,

@@ -43,6 +43,10 @@ pub fn drain_status_listing(state: &AppState, r: &Resolved, limit: usize) -> api
         v.backend = Some(b.id.to_string());
         v.pool_state = Some(r.pool.drain.phase().shown());
     }
+    if let Some(f) = super::fleet::drain(state, r) {
+        v.drained &= f.drained;
+        v.fleet = Some(f);
+    }
     v
 }
 
@@ -100,6 +104,7 @@ fn drain_view(
         backend: None,
         pool_state: None,
         waited_seconds: None,
+        fleet: None,
     }
 }
 

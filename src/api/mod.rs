@@ -13,9 +13,11 @@ pub use history::*;
 pub use kind::*;
 pub use spool::*;
 
+mod fleet;
 mod node;
 mod tls;
 
+pub use fleet::{FleetDrain, FleetDrainProxy, FleetProxy, FleetStatus};
 pub use node::{NodeDrainMode, NodeDrainRequest};
 pub use tls::{AcmeStatus, CertificateStatus};
 
@@ -89,6 +91,9 @@ pub struct Status {
     /// ACME certificates tidegate obtains and renews: orders, the last failure, renewal.
     #[serde(default)]
     pub acme: Vec<AcmeStatus>,
+    /// With a `control_store`: the proxies of the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
 }
 
 /// One event of `GET /api/v1/events`: the status, with the proxy's clock.
@@ -187,6 +192,16 @@ pub struct Ramp {
     /// Requests a step must see before its error rate counts.
     #[serde(default)]
     pub min_requests: u64,
+    /// With a `control_store`: the fleet-wide id of this ramp (steps are recorded under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// With a `control_store` and `max_error_rate`: the fleet's requests and failures to the
+    /// gaining pools at the last step; the next step is judged against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<(u64, u64)>,
+    /// With a `control_store`: the proxy that made the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stepped_by: Option<String>,
 }
 
 impl Ramp {
@@ -300,6 +315,9 @@ pub struct DrainStatus {
     /// How long a `drain/wait` blocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waited_seconds: Option<f64>,
+    /// With a `control_store`: every proxy's part (`drained` is the fleet's then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetDrain>,
 }
 
 /// Deadlines of a drain, as duration strings (`"0"` = none).

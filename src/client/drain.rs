@@ -88,7 +88,7 @@ async fn wait_all(
         let drained = statuses.iter().all(|s| s.drained);
         let counts = statuses
             .iter()
-            .fold(InFlight::default(), |sum, v| sum.plus(v.in_flight));
+            .fold(InFlight::default(), |sum, v| sum.plus(in_fleet(v)));
         let elapsed = started.elapsed();
         let line = progress_line(target, elapsed, &counts, &statuses);
         if tty {
@@ -168,7 +168,45 @@ fn print_result(target: &str, statuses: &[DrainStatus], json: bool) {
     }
     for s in statuses {
         println!("{target}: {} ({})", s.state, s.in_flight.words(", "));
+        if let Some(f) = &s.fleet {
+            print!("{}", fleet_lines(f));
+        }
     }
+}
+
+/// In flight on the target here and on the fleet's live proxies.
+fn in_fleet(s: &DrainStatus) -> InFlight {
+    s.fleet
+        .iter()
+        .flat_map(|f| &f.proxies)
+        .filter(|p| !p.lost)
+        .fold(s.in_flight, |a, p| a.plus(p.in_flight))
+}
+
+/// One line per other proxy of the fleet; lost ones say so (they are not counted).
+pub fn fleet_lines(f: &crate::api::FleetDrain) -> String {
+    let mut out = String::new();
+    for p in &f.proxies {
+        let what = if p.lost {
+            format!(
+                "LOST (heartbeat {:.1}s ago; not counted; last held {})",
+                p.heartbeat_age_seconds,
+                p.in_flight.words(", ")
+            )
+        } else if !p.applied {
+            "has not applied the drain yet".to_string()
+        } else {
+            p.in_flight.words(", ")
+        };
+        out.push_str(&format!("  proxy {}: {what}\n", p.node));
+    }
+    if !f.lost.is_empty() {
+        out.push_str(&format!(
+            "  warning: {} lost; drained means drained on the live proxies\n",
+            f.lost.join(", ")
+        ));
+    }
+    out
 }
 
 /// Back to active on every proxy (409 "not draining" is fine).

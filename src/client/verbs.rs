@@ -116,6 +116,9 @@ pub fn table(all: &[(String, Status)]) -> String {
         for r in &s.routes {
             out.push_str(&route_line(r));
         }
+        if let Some(f) = &s.fleet {
+            out.push_str(&fleet_table(f));
+        }
     }
     let kinds: String = Kind::ALL
         .iter()
@@ -146,6 +149,41 @@ pub fn table(all: &[(String, Status)]) -> String {
         for b in &s.removed {
             out.push_str(&row(&b.id, "", "removed", b, admin));
         }
+    }
+    out
+}
+
+/// The fleet as one proxy sees it: the store, then one row per proxy.
+fn fleet_table(f: &api::FleetStatus) -> String {
+    let store = match &f.store_error {
+        None => "reachable".to_string(),
+        Some(e) => format!("UNREACHABLE ({e})"),
+    };
+    let mut out = format!(
+        "  fleet: node {}  control store {store}  rev {}{}\n",
+        f.node,
+        f.rev,
+        if f.loaded { "" } else { "  NOT LOADED" }
+    );
+    out.push_str(&format!(
+        "    {:<28} {:<22} {:>10} {:>6}  {}\n",
+        "PROXY", "ADMIN", "HEARTBEAT", "REV", "IN FLIGHT"
+    ));
+    for p in &f.proxies {
+        let age = if p.me {
+            "(this)".to_string()
+        } else if p.lost {
+            format!("LOST {:.0}s", p.heartbeat_age_seconds)
+        } else {
+            format!("{:.1}s", p.heartbeat_age_seconds)
+        };
+        out.push_str(&format!(
+            "    {:<28} {:<22} {age:>10} {:>6}  {}\n",
+            p.node,
+            p.admin,
+            p.rev,
+            p.in_flight.words(" ")
+        ));
     }
     out
 }

@@ -31,6 +31,8 @@ pub enum RestartKey {
     ConfigWatch,
     #[serde(rename = "spool_store")]
     SpoolStore,
+    #[serde(rename = "control_store")]
+    ControlStore,
 }
 
 impl RestartKey {
@@ -42,6 +44,7 @@ impl RestartKey {
             RestartKey::Server => "server",
             RestartKey::ConfigWatch => "config_watch",
             RestartKey::SpoolStore => "spool_store",
+            RestartKey::ControlStore => "control_store",
         }
     }
 }
@@ -88,6 +91,9 @@ impl Diff {
         }
         if old.spool_store != new.spool_store {
             d.needs_restart.push(RestartKey::SpoolStore);
+        }
+        if old.control_store != new.control_store {
+            d.needs_restart.push(RestartKey::ControlStore);
         }
         d
     }

@@ -27,6 +27,8 @@ pub struct Spec {
     pub spool_store: Option<SpoolStore>,
     /// Bytes of spooled bodies buffered at once, all routes together.
     pub spool_buffer: u64,
+    /// The fleet's shared runtime state (`None`: this proxy alone, `state_file` as before).
+    pub control_store: Option<ControlStore>,
     pub access_log: AccessLogSpec,
     pub trace: TraceSpec,
 }
@@ -322,6 +324,19 @@ impl ReplaySpec {
             .saturating_mul(1u32 << shift)
             .min(self.max_backoff)
     }
+}
+
+/// `control_store` (read at start only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlStore {
+    /// A PostgreSQL URL (may hold a password: never printed).
+    pub url: Secret,
+    /// This proxy's name in the fleet.
+    pub node: String,
+    /// A proxy whose heartbeat is older is lost.
+    pub heartbeat_ttl: Duration,
+    /// The whole state is read again this often.
+    pub resync: Duration,
 }
 
 /// Where spooled requests live (read at start only).

@@ -216,6 +216,11 @@ impl ProxyHttp for Proxy {
             drop(cfg);
             return Box::pin(self.to_https(session, ctx, to)).await;
         }
+        if !self.state.fleet.is_loaded() {
+            // One atomic load: without a control store it is always loaded.
+            drop(cfg);
+            return Box::pin(self.fleet_not_loaded(session, ctx)).await;
+        }
         let timeout = if ctx.upgrade {
             cfg.spec.timeouts.websocket_idle
         } else {

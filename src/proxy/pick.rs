@@ -268,6 +268,24 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// 503 + `Retry-After: 1` while the fleet's shared state is not loaded yet: a request
+    /// routed now could go to a pool the fleet has drained.
+    pub(super) async fn fleet_not_loaded(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let m = Maintenance {
+            routes: None,
+            methods: None,
+            retry_after: std::time::Duration::from_secs(1),
+            message: "starting: loading the fleet's shared state from the control store".into(),
+        };
+        ctx.outcome = Some(Outcome::Maintenance);
+        errors::respond_maintenance(session, &m).await?;
+        Ok(true)
+    }
+
     /// Act on a routing decision that is not a hold: go on to the backend, or answer.
     pub(super) async fn routed(
         &self,

@@ -302,11 +302,23 @@ pub fn resume(state: &AppState, saved: Vec<persist::SavedDrain>) {
             close_spread: Duration::from_millis(d.close_spread_ms),
         };
         restore(state, &d.pool, d.backend.as_deref(), started, deadlines);
+        tracing::info!(
+            pool = d.pool,
+            backend = d.backend,
+            "drain restored from state_file"
+        );
     }
 }
 
-/// Resume one saved drain: it keeps its original start, so deadlines keep counting from then.
-fn restore(state: &AppState, pool: &str, backend: Option<&str>, started: SystemTime, d: Deadlines) {
+/// Resume one saved (or shared) drain: it keeps its original start, so deadlines keep
+/// counting from then.
+pub fn restore(
+    state: &AppState,
+    pool: &str,
+    backend: Option<&str>,
+    started: SystemTime,
+    d: Deadlines,
+) {
     let (target, epoch) = match backend {
         None => {
             let p = state.registry.pool(pool);
@@ -319,7 +331,6 @@ fn restore(state: &AppState, pool: &str, backend: Option<&str>, started: SystemT
             (Target::Backend(st), epoch)
         }
     };
-    tracing::info!(pool, backend, "drain restored from state_file");
     state.enforce(target, epoch);
 }
 

@@ -22,6 +22,7 @@ pub mod acme;
 pub mod certs;
 pub mod control;
 pub mod drains;
+pub mod fleet;
 pub mod health;
 pub mod history;
 pub mod persist;

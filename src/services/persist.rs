@@ -85,6 +85,11 @@ pub fn snapshot(state: &AppState) -> Saved {
 /// Write the overrides to `state_file` (if configured). Errors are logged, not fatal: the
 /// running state is still right, only a restart would forget it.
 pub fn save(state: &AppState) {
+    if state.fleet.enabled() {
+        // The control store is the truth: `services::fleet` publishes the change.
+        state.fleet.changed();
+        return;
+    }
     let Some(path) = state.table().spec.state_file.clone() else {
         return;
     };
@@ -104,6 +109,10 @@ pub fn save(state: &AppState) {
 /// Re-apply saved overrides at start, before any traffic. Returns the saved drains, for the
 /// drain service to resume ([`super::drains::resume`]).
 pub fn restore(state: &AppState) -> Vec<SavedDrain> {
+    if state.fleet.enabled() {
+        // The shared state is loaded by `services::fleet` before the first request.
+        return Vec::new();
+    }
     let Some(path) = state.table().spec.state_file.clone() else {
         return Vec::new();
     };

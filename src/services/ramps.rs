@@ -88,16 +88,32 @@ pub fn start(state: &Arc<AppState>, route: &str, plan: Plan) -> Ramp {
         reason: None,
         max_error_rate: plan.max_error_rate,
         min_requests: plan.min_requests,
+        id: state.fleet.enabled().then(|| fleet_id(state)),
+        baseline: None,
+        stepped_by: None,
     };
     let epoch = state.ramps.begin(route, ramp.clone());
     tracing::info!(route, from = ?from, to = ?plan.to, steps_total, max_error_rate = ?plan.max_error_rate, "split ramp started");
+    if state.fleet.enabled() {
+        // The fleet's stepper (one proxy, holding the lease) moves it.
+        persist::save(state);
+        return ramp;
+    }
     let (state, route) = (state.clone(), route.to_string());
     tokio::spawn(async move { drive(&state, &route, epoch, from, plan, steps_total).await });
     ramp
 }
 
+/// A fleet-wide unique ramp id: this proxy's name, the time, a counter.
+fn fleet_id(state: &AppState) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Relaxed: only uniqueness matters.
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}@{:.3}#{n}", state.fleet.node(), unix_now())
+}
+
 /// Pools whose weight grows from `from` to `to`.
-fn gaining(from: &BTreeMap<String, u32>, to: &BTreeMap<String, u32>) -> Vec<String> {
+pub(crate) fn gaining(from: &BTreeMap<String, u32>, to: &BTreeMap<String, u32>) -> Vec<String> {
     to.iter()
         .filter(|(p, w)| **w > from.get(*p).copied().unwrap_or(0))
         .map(|(p, _)| p.clone())
@@ -105,7 +121,7 @@ fn gaining(from: &BTreeMap<String, u32>, to: &BTreeMap<String, u32>) -> Vec<Stri
 }
 
 /// Requests and failures so far of `pools` on `route`.
-fn counters(state: &AppState, route: &str, pools: &[String]) -> (u64, u64) {
+pub(crate) fn counters(state: &AppState, route: &str, pools: &[String]) -> (u64, u64) {
     let table = state.table();
     let Some(r) = table.routes.iter().find(|r| &*r.name == route) else {
         return (0, 0);
@@ -193,13 +209,13 @@ async fn drive(
 
 /// `(requests, failures)` of one window; `None` when a counter went down (a backend left
 /// the pool with its counts): such a window cannot be judged.
-fn window_delta(now: (u64, u64), before: (u64, u64)) -> Option<(u64, u64)> {
+pub(crate) fn window_delta(now: (u64, u64), before: (u64, u64)) -> Option<(u64, u64)> {
     Some((now.0.checked_sub(before.0)?, now.1.checked_sub(before.1)?))
 }
 
 /// The failure rate of a step's `(requests, failures)`, when it counts (at least
 /// `min_requests`) and is over `max`.
-fn judge((total, failed): (u64, u64), min_requests: u64, max: f64) -> Option<f64> {
+pub(crate) fn judge((total, failed): (u64, u64), min_requests: u64, max: f64) -> Option<f64> {
     if total < min_requests.max(1) {
         return None;
     }

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod certs;
 pub mod counts;
 pub mod drain_cell;
+pub mod fleet;
 pub mod h2;
 pub mod history;
 pub mod items;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub challenges: certs::Challenges,
     /// What the ACME service is doing (`services::acme`).
     pub acme: acme::AcmeBoard,
+    /// The fleet through the `control_store` (kept current by `services::fleet`).
+    pub fleet: fleet::Fleet,
     /// Drains whose deadline tasks the drain service starts.
     enforce: (
         mpsc::UnboundedSender<Enforce>,
@@ -124,6 +127,7 @@ impl AppState {
         registry.set_live();
         let (tx, rx) = mpsc::unbounded_channel();
         let admin_bound = table.spec.admin.addr;
+        let fleet = fleet::Fleet::new(table.spec.control_store.as_ref().map(|c| c.node.clone()));
         let access_log = access_log::AccessLog::default();
         access_log.set_dest(&table.spec.access_log.dest);
         Self {
@@ -132,6 +136,7 @@ impl AppState {
             certs: Default::default(),
             challenges: Default::default(),
             acme: Default::default(),
+            fleet,
             admin_bound,
             table: ArcSwap::from_pointee(table),
             publish: Mutex::new(Published {

@@ -54,6 +54,28 @@ impl Ramps {
             .is_some_and(|(e, r)| *e == epoch && r.is_running())
     }
 
+    /// Every route's latest ramp.
+    pub fn all(&self) -> Vec<(String, Ramp)> {
+        self.lock()
+            .iter()
+            .map(|(k, (_, r))| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Take the fleet's copy of the ramp of `route` (`None`: forget it). No local task
+    /// drives it: the fleet's stepper does.
+    pub fn mirror(&self, route: &str, ramp: Option<Ramp>) {
+        let mut m = self.lock();
+        match ramp {
+            Some(r) => {
+                m.insert(route.to_string(), (0, r));
+            }
+            None => {
+                m.remove(route);
+            }
+        }
+    }
+
     /// Cancel a running ramp of `route` with `reason`.
     pub fn cancel(&self, route: &str, reason: &str) {
         if let Some((_, r)) = self.lock().get_mut(route).filter(|(_, r)| r.is_running()) {

@@ -46,6 +46,7 @@ pub fn build(
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
     let spool_store = spool::build_store(&file, &routes, io, warnings)?;
     let spool_buffer = spool::build_buffer(&file, &routes)?;
+    let control_store = spool::build_control(&file, admin.addr.port(), io, warnings)?;
     let t = &file.timeouts;
     if t.connect.0.is_zero() {
         return Err(invalid("timeouts.connect", "must be greater than 0"));
@@ -81,6 +82,7 @@ pub fn build(
         },
         resolve_interval: file.resolve_interval.non_zero(),
         spool_store,
+        control_store,
     })
 }
 

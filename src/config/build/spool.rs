@@ -1,4 +1,7 @@
-//! Spooling: `routes[i].spool` and the top-level `spool_store`.
+//! Spooling: `routes[i].spool` and the top-level `spool_store`; the fleet's `control_store`
+//! (its PostgreSQL URL is read the same way).
+
+use std::time::Duration;
 
 use super::*;
 
@@ -136,36 +139,128 @@ fn postgres_url(
     io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<SpoolStore, ConfigError> {
-    let (key, url) = if let Some(u) = &s.postgres {
+    let src = UrlSource {
+        key: "spool_store",
+        url: s.postgres.as_deref(),
+        env: s.postgres_env.as_deref(),
+        file: s.postgres_file.as_deref(),
+    };
+    read_url(&src, io, warnings).map(SpoolStore::Postgres)
+}
+
+/// Where a PostgreSQL URL is written: in the file, in an environment variable, in a file.
+pub(super) struct UrlSource<'a> {
+    /// The section (`spool_store`, `control_store`).
+    pub key: &'static str,
+    pub url: Option<&'a str>,
+    pub env: Option<&'a str>,
+    pub file: Option<&'a Path>,
+}
+
+/// The URL from exactly one of its three sources (checked by the caller).
+pub(super) fn read_url(
+    s: &UrlSource<'_>,
+    io: &Inputs,
+    warnings: &mut Vec<String>,
+) -> Result<Secret, ConfigError> {
+    let key = s.key;
+    let (field, url) = if let Some(u) = s.url {
         if has_password(u) {
-            warnings.push("spool_store.postgres: the URL holds a password; prefer postgres_env or postgres_file".into());
+            warnings.push(format!(
+                "{key}.postgres: the URL holds a password; prefer postgres_env or postgres_file"
+            ));
         }
-        ("spool_store.postgres", u.trim().to_string())
-    } else if let Some(var) = &s.postgres_env {
+        ("postgres", u.trim().to_string())
+    } else if let Some(var) = s.env {
         let u = (io.env)(var)
             .map(|u| u.trim().to_string())
             .unwrap_or_default();
         if u.is_empty() {
             return Err(ConfigError::Security {
-                path: "spool_store.postgres_env".into(),
+                path: format!("{key}.postgres_env"),
                 message: format!("environment variable {var} is not set or empty"),
             });
         }
-        ("spool_store.postgres_env", u)
+        ("postgres_env", u)
     } else {
-        // One of the four is set (checked above).
-        let f = s.postgres_file.as_deref().unwrap_or(Path::new(""));
+        let f = s.file.unwrap_or(Path::new(""));
         let u = read_text(io, f).map_err(|e| ConfigError::Security {
-            path: "spool_store.postgres_file".into(),
+            path: format!("{key}.postgres_file"),
             message: format!("{}: {}", f.display(), listeners::io_reason(&e)),
         })?;
-        ("spool_store.postgres_file", u.trim().to_string())
+        ("postgres_file", u.trim().to_string())
     };
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         // Never echo the value: it may hold a password.
-        return Err(invalid(key, "must be a postgres:// or postgresql:// URL"));
+        return Err(invalid(
+            format!("{key}.{field}"),
+            "must be a postgres:// or postgresql:// URL",
+        ));
     }
-    Ok(SpoolStore::Postgres(Secret(url)))
+    Ok(Secret(url))
+}
+
+/// `control_store`: the URL (exactly one source), the node name, the TTL and resync period.
+pub(super) fn build_control(
+    file: &FileConfig,
+    admin_port: u16,
+    io: &Inputs,
+    warnings: &mut Vec<String>,
+) -> Result<Option<ControlStore>, ConfigError> {
+    let Some(c) = &file.control_store else {
+        return Ok(None);
+    };
+    let set = [
+        c.postgres.is_some(),
+        c.postgres_env.is_some(),
+        c.postgres_file.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        return Err(invalid(
+            "control_store",
+            "set exactly one of postgres, postgres_env or postgres_file",
+        ));
+    }
+    let src = UrlSource {
+        key: "control_store",
+        url: c.postgres.as_deref(),
+        env: c.postgres_env.as_deref(),
+        file: c.postgres_file.as_deref(),
+    };
+    let url = read_url(&src, io, warnings)?;
+    let node = match &c.node {
+        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+            return Err(invalid("control_store.node", "must be 1 to 200 characters"))
+        }
+        Some(n) => n.trim().to_string(),
+        None => format!("{}:{admin_port}", host_name()),
+    };
+    // Unchanged heartbeats are written every second: a TTL under three would call live
+    // proxies lost.
+    if c.heartbeat_ttl.0 < Duration::from_secs(3) {
+        return Err(invalid(
+            "control_store.heartbeat_ttl",
+            "must be at least 3s",
+        ));
+    }
+    if c.resync.0 < Duration::from_millis(100) {
+        return Err(invalid("control_store.resync", "must be at least 100ms"));
+    }
+    Ok(Some(ControlStore {
+        url,
+        node,
+        heartbeat_ttl: c.heartbeat_ttl.0,
+        resync: c.resync.0,
+    }))
+}
+
+/// This machine's name (`/etc/hostname`, as a container sees it), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Whether a URL's user info carries a password (`postgres://user:pw@host`).

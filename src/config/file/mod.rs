@@ -51,6 +51,9 @@ pub struct FileConfig {
     pub resolve_interval: HumanDuration,
     #[serde(default)]
     pub spool_store: Option<FileSpoolStore>,
+    /// Shared runtime state of a fleet of proxies (PostgreSQL).
+    #[serde(default)]
+    pub control_store: Option<FileControlStore>,
     /// Bytes of spooled request bodies held in memory at once, over every route.
     #[serde(default = "default_spool_buffer")]
     pub spool_buffer: u64,

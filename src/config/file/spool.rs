@@ -97,3 +97,34 @@ pub struct FileSpoolStore {
     #[serde(default)]
     pub postgres_file: Option<PathBuf>,
 }
+
+/// `control_store`: the fleet's runtime overrides, heartbeats and ramp lease on PostgreSQL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileControlStore {
+    /// A `postgres://` URL (keep passwords out of it: use `postgres_env` or `postgres_file`).
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// An environment variable holding the URL.
+    #[serde(default)]
+    pub postgres_env: Option<String>,
+    /// A file holding the URL.
+    #[serde(default)]
+    pub postgres_file: Option<PathBuf>,
+    /// This proxy's name in the fleet (default: the host name and the admin port).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A proxy whose heartbeat is older is reported as lost.
+    #[serde(default = "default_control_ttl")]
+    pub heartbeat_ttl: HumanDuration,
+    /// The whole state is read again this often, notifications or not.
+    #[serde(default = "default_control_resync")]
+    pub resync: HumanDuration,
+}
+
+pub fn default_control_ttl() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+pub fn default_control_resync() -> HumanDuration {
+    HumanDuration::from_secs(2)
+}

@@ -1,0 +1,371 @@
+//! `control_store`: one fleet, one truth. Every runtime override (drains, splits and ramps,
+//! maintenance, runtime members, checkpoints) lives in PostgreSQL; each proxy applies what
+//! the others change within a notification (LISTEN/NOTIFY, with a full re-read every
+//! `resync` as a safety net), publishes what changes through it, and heartbeats its counts
+//! so that "drained" is answered for the whole fleet.
+//!
+//! The loop, one task per proxy:
+//! 1. connect: create the tables, LISTEN, read the whole state and apply it; only then is
+//!    the proxy loaded (it answers 503 to traffic and `/readyz` before);
+//! 2. serve: apply notified revisions, publish local changes, heartbeat every 250 ms (the
+//!    row is written when something changed, else every second), step ramps when holding
+//!    the lease;
+//! 3. on any store error: degraded with the reason, mutations refused (503), the last state
+//!    kept; back to 1 after 500 ms, which re-reads everything before applying notices.
+//!
+//! Leaves the fleet (its heartbeat row and lease) once shutdown has begun and nothing is in
+//! flight.
+
+mod beat;
+mod stepper;
+pub mod store;
+mod sync;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use pingora::{server::ShutdownWatch, services::background::BackgroundService};
+use sqlx::postgres::PgListener;
+use tokio::{
+    sync::mpsc,
+    time::{interval, Instant, MissedTickBehavior},
+};
+
+use crate::{config::spec::ControlStore, state::AppState};
+use store::{bounded, Rows, StepError, Store};
+
+/// How often heartbeats are read (and written when something changed).
+pub const BEAT: Duration = Duration::from_millis(250);
+/// How often an unchanged heartbeat is written anyway.
+const BEAT_IDLE: Duration = Duration::from_secs(1);
+/// Wait before reconnecting to a store that failed.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// Background service for the fleet (does nothing without a `control_store`).
+pub struct FleetService {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(cfg) = self.state.table().spec.control_store.clone() else {
+            return;
+        };
+        let store = match Store::open(&cfg.url.0) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "control store unusable");
+                self.state.fleet.set_down(Some(e));
+                return;
+            }
+        };
+        let mut run = Run::new(self.state.clone(), store, cfg);
+        loop {
+            let why = match run.connect().await {
+                Ok(notes) => {
+                    let out = run.serve(notes.0).await;
+                    notes.1.abort();
+                    match out {
+                        Ok(()) => break,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            run.down(why);
+            tokio::time::sleep(RECONNECT).await;
+        }
+        if let Err(e) = run.store.leave(&run.cfg.node).await {
+            tracing::warn!(error = %e, "could not leave the fleet cleanly");
+        }
+        tracing::info!(node = %run.cfg.node, "left the fleet");
+    }
+}
+
+/// The loop's state.
+struct Run {
+    state: Arc<AppState>,
+    store: Store,
+    cfg: ControlStore,
+    /// The rows as the store holds them (as of the last read or write).
+    synced: Rows,
+    /// This proxy's rows right after the last sync: what changed since is published.
+    base: Rows,
+    lease: bool,
+    lease_at: Option<Instant>,
+    written: Option<(Instant, String)>,
+}
+
+impl Run {
+    fn new(state: Arc<AppState>, store: Store, cfg: ControlStore) -> Run {
+        Run {
+            state,
+            store,
+            cfg,
+            synced: Rows::new(),
+            base: Rows::new(),
+            lease: false,
+            lease_at: None,
+            written: None,
+        }
+    }
+
+    fn down(&mut self, why: String) {
+        if self.state.fleet.set_down(Some(why.clone())) {
+            tracing::error!(error = %why, "control store unreachable: serving with the last shared state; changes refused");
+        }
+        self.lease = false;
+    }
+
+    /// Tables, LISTEN, the whole state read and applied. Returns the notifications (their
+    /// revision; `None` once the connection is lost) and the task that receives them.
+    async fn connect(&mut self) -> Result<Notes, String> {
+        self.store.schema().await?;
+        let listener = bounded(async {
+            let mut l = PgListener::connect_with(&self.store.pool)
+                .await
+                .map_err(|e| format!("control store: {e}"))?;
+            l.listen(store::CHANNEL)
+                .await
+                .map_err(|e| format!("control store: {e}"))?;
+            Ok(l)
+        })
+        .await?;
+        let notes = listen(listener);
+        self.reread(true).await?;
+        if self.state.fleet.set_down(None) {
+            tracing::info!("control store reachable again: shared state read again");
+        }
+        if !self.state.fleet.is_loaded() {
+            self.state.fleet.set_loaded();
+            tracing::info!(node = %self.cfg.node, rev = self.state.fleet.rev(), "shared state loaded from the control store");
+        }
+        Ok(notes)
+    }
+
+    /// Read the whole state and apply what differs from what was last synced. `full`: the
+    /// local state is replaced by the fleet's (after a reconnect), else local changes not
+    /// published yet go out first.
+    async fn reread(&mut self, full: bool) -> Result<(), String> {
+        if !full {
+            self.publish().await?;
+        }
+        let (rev, remote) = self.store.read().await?;
+        let known = match (full, self.state.fleet.is_loaded()) {
+            // After a reconnect: whatever this proxy holds becomes the fleet's state.
+            (true, true) => sync::local(&self.state),
+            // At start: the fleet's rows apply; what only this proxy's file declares stays.
+            (true, false) => Rows::new(),
+            (false, _) => self.synced.clone(),
+        };
+        let changes = sync::diff(&known, &remote);
+        let mut base = self.base.clone();
+        if !changes.is_empty() {
+            let st = self.state.clone();
+            base = tokio::task::spawn_blocking(move || {
+                sync::apply(&st, &changes);
+                sync::local(&st)
+            })
+            .await
+            .map_err(|e| format!("applying the shared state: {e}"))?;
+        }
+        self.synced = remote;
+        self.base = base;
+        self.state.fleet.set_rev(rev);
+        Ok(())
+    }
+
+    /// Publish what changed here since the last sync.
+    async fn publish(&mut self) -> Result<(), String> {
+        let round = self.state.fleet.take_round();
+        let local = sync::local(&self.state);
+        let changes = sync::diff(&self.base, &local);
+        let out = if changes.is_empty() {
+            Ok(())
+        } else {
+            match self.store.publish(&self.cfg.node, &changes).await {
+                Ok(rev) => {
+                    tracing::info!(rev, rows = changes.len(), "published to the control store");
+                    for (k, v) in &changes {
+                        match v {
+                            Some(v) => self.synced.insert(k.clone(), v.clone()),
+                            None => self.synced.remove(k),
+                        };
+                    }
+                    self.base = local;
+                    self.state.fleet.set_rev(rev);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.state.fleet.round_done(round, out.clone().err());
+        out
+    }
+
+    /// Until the store fails (`Err`) or this proxy is done (`Ok`).
+    async fn serve(&mut self, mut notes: mpsc::Receiver<Option<i64>>) -> Result<(), String> {
+        let mut beat = interval(BEAT);
+        beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut resync = interval(self.cfg.resync);
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                n = notes.recv() => match n {
+                    Some(Some(rev)) => {
+                        let mut newest = rev;
+                        while let Ok(Some(r)) = notes.try_recv() {
+                            newest = newest.max(r);
+                        }
+                        // Our own writes come back too: applied already.
+                        if newest > self.state.fleet.rev() {
+                            self.reread(false).await?;
+                        }
+                    }
+                    _ => return Err("control store: the notification connection was lost".into()),
+                },
+                _ = self.state.fleet.local.notified() => self.publish().await?,
+                _ = resync.tick() => self.reread(false).await?,
+                _ = beat.tick() => {
+                    self.heartbeat().await?;
+                    self.step_ramps().await?;
+                    if self.state.is_shutting_down() && self.state.active() == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write the heartbeat when something changed (or a second passed); read the fleet's.
+    async fn heartbeat(&mut self) -> Result<(), String> {
+        let me = beat::me(&self.state);
+        let counts = serde_json::to_value(&me.counts).unwrap_or_default();
+        let outcomes = serde_json::to_value(&me.outcomes).unwrap_or_default();
+        let sig = format!("{} {counts} {outcomes}", me.rev);
+        let fresh = self
+            .written
+            .as_ref()
+            .is_some_and(|(at, s)| *s == sig && at.elapsed() < BEAT_IDLE);
+        let beats = if fresh {
+            self.store.peers().await?
+        } else {
+            let admin = self.state.admin_bound.to_string();
+            let b = self
+                .store
+                .beat(&self.cfg.node, &admin, me.rev, &counts, &outcomes)
+                .await?;
+            if self.written.is_none() {
+                // Once per start: forget proxies silent for an hour.
+                self.store.prune().await?;
+            }
+            self.written = Some((Instant::now(), sig));
+            b
+        };
+        let peers = beat::peers(&self.state, beats, self.cfg.heartbeat_ttl);
+        self.state.fleet.set_peers(peers);
+        Ok(())
+    }
+
+    /// Hold (or try to take) the ramp lease while a ramp runs; step the ramps due.
+    async fn step_ramps(&mut self) -> Result<(), String> {
+        if !stepper::any_running(&self.state) {
+            return Ok(());
+        }
+        if self
+            .lease_at
+            .is_none_or(|at| at.elapsed() >= stepper::LEASE_RENEW)
+        {
+            let held = self.store.lease(&self.cfg.node, stepper::LEASE_TTL).await?;
+            if held && !self.lease {
+                tracing::info!(node = %self.cfg.node, "holding the ramp lease: this proxy steps the fleet's ramps");
+            }
+            self.lease = held;
+            self.lease_at = Some(Instant::now());
+        }
+        if !self.lease {
+            return Ok(());
+        }
+        for t in stepper::due(&self.state) {
+            let changes = t.changes();
+            let key = (t.route.as_str(), t.id.as_str(), t.k);
+            match self
+                .store
+                .step(&self.cfg.node, key, |v| t.still(v), &changes)
+                .await
+            {
+                Ok(rev) => {
+                    tracing::info!(route = %t.route, step = t.k, of = t.before.steps_total, state = ?t.after.state, rev, "ramp stepped");
+                    self.applied(changes, rev).await?;
+                }
+                Err(StepError::NotHolder) => {
+                    self.lease = false;
+                    return Ok(());
+                }
+                // The ramp changed under us: the next read brings the new one.
+                Err(StepError::Stale) => self.reread(false).await?,
+                Err(StepError::Store(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows this proxy wrote itself in a step: applied here too, and synced.
+    async fn applied(&mut self, changes: Vec<store::Change>, rev: i64) -> Result<(), String> {
+        let keys: Vec<String> = changes.iter().map(|(k, _)| k.clone()).collect();
+        for (k, v) in &changes {
+            match v {
+                Some(v) => self.synced.insert(k.clone(), v.clone()),
+                None => self.synced.remove(k),
+            };
+        }
+        let st = self.state.clone();
+        let local = tokio::task::spawn_blocking(move || {
+            sync::apply(&st, &changes);
+            sync::local(&st)
+        })
+        .await
+        .map_err(|e| format!("applying a ramp step: {e}"))?;
+        // Only the stepped rows are taken as synced: anything else changed here meanwhile
+        // stays to be published.
+        for k in keys {
+            match local.get(&k) {
+                Some(v) => self.base.insert(k, v.clone()),
+                None => self.base.remove(&k),
+            };
+        }
+        self.state.fleet.set_rev(rev);
+        Ok(())
+    }
+}
+
+/// Notifications: their revisions, `None` when the connection is lost; and their task.
+type Notes = (mpsc::Receiver<Option<i64>>, tokio::task::JoinHandle<()>);
+
+/// Receive notifications in a task of their own (the receive is not cancel-safe, a
+/// channel is).
+fn listen(mut l: PgListener) -> Notes {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let rev = match l.try_recv().await {
+                Ok(Some(n)) => n
+                    .payload()
+                    .split(' ')
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(i64::MAX),
+                _ => {
+                    let _ = tx.send(None).await;
+                    return;
+                }
+            };
+            if tx.send(Some(rev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}

@@ -1,0 +1,362 @@
+//! The `control_store`'s tables and the statements on them. Every call is bounded by
+//! [`OP_TIMEOUT`]: a store behind a cut network fails fast instead of hanging a caller.
+//!
+//! - `tidegate_control (key, value, rev, updated_by, updated_at)`: the shared overrides,
+//!   one row per drain, split, ramp, members list, checkpoint and the maintenance switch.
+//! - `tidegate_control_meta (id = 1, rev)`: the revision; every write takes its row lock
+//!   (so writes are serialized), bumps it and notifies `tidegate_control` with
+//!   `REV NODE` as payload, all in one transaction.
+//! - `tidegate_fleet (node, …, heartbeat)`: each proxy's heartbeat and counts.
+//! - `tidegate_leases (name, holder, expires_at)`: the ramp stepper's lease (by the
+//!   database's clock).
+//! - `tidegate_ramp_steps (route, ramp_id, step, node, at)`: every ramp step, once (its key
+//!   refuses a second).
+
+use std::{collections::BTreeMap, future::Future, str::FromStr, time::Duration};
+
+use serde_json::Value;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool, Postgres, Row, Transaction,
+};
+
+/// Longest any statement (or connection) may take.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The notification channel.
+pub const CHANNEL: &str = "tidegate_control";
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tidegate_control (
+        key text PRIMARY KEY, value jsonb NOT NULL, rev bigint NOT NULL,
+        updated_by text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS tidegate_control_meta (id int PRIMARY KEY, rev bigint NOT NULL)",
+    "INSERT INTO tidegate_control_meta (id, rev) VALUES (1, 0) ON CONFLICT DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS tidegate_fleet (
+        node text PRIMARY KEY, admin text NOT NULL, rev bigint NOT NULL,
+        counts jsonb NOT NULL, outcomes jsonb NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tidegate_leases (
+        name text PRIMARY KEY, holder text NOT NULL, expires_at timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tidegate_ramp_steps (
+        route text NOT NULL, ramp_id text NOT NULL, step int NOT NULL, node text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (route, ramp_id, step))",
+];
+
+/// Serializes schema creation across a fleet starting at once.
+const SCHEMA_LOCK: i64 = 0x7469_6465_6374_726c;
+
+/// The shared state as read: revision and rows.
+pub type Rows = BTreeMap<String, Value>;
+
+/// One change: a key and its new value (`None`: removed).
+pub type Change = (String, Option<Value>);
+
+/// One heartbeat row as read.
+pub struct Beat {
+    pub node: String,
+    pub admin: String,
+    pub rev: i64,
+    pub counts: Value,
+    pub outcomes: Value,
+    pub age: Duration,
+}
+
+/// A step the store refused.
+#[derive(Debug)]
+pub enum StepError {
+    /// The lease is not ours (any more).
+    NotHolder,
+    /// The ramp changed since it was read (cancelled, replaced, stepped by another).
+    Stale,
+    Store(String),
+}
+
+/// The store's connections.
+pub struct Store {
+    pub pool: PgPool,
+}
+
+fn err(e: sqlx::Error) -> String {
+    format!("control store: {e}")
+}
+
+/// `f`, failed when it takes longer than [`OP_TIMEOUT`].
+pub async fn bounded<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "control store: no answer within {} s",
+            OP_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+impl Store {
+    /// A lazily connecting pool (an unreachable database fails each use, not the start).
+    pub fn open(url: &str) -> Result<Store, String> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| format!("control_store: invalid PostgreSQL URL: {e}"))?
+            .application_name("tidegate-control");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(OP_TIMEOUT)
+            .connect_lazy_with(opts);
+        Ok(Store { pool })
+    }
+
+    /// Create the tables (once per fleet at a time).
+    pub async fn schema(&self) -> Result<(), String> {
+        bounded(async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            for stmt in SCHEMA {
+                sqlx::query(stmt).execute(&mut *tx).await.map_err(err)?;
+            }
+            tx.commit().await.map_err(err)
+        })
+        .await
+    }
+
+    /// The whole shared state, as of one revision (one statement: one snapshot).
+    pub async fn read(&self) -> Result<(i64, Rows), String> {
+        bounded(async {
+            let rows = sqlx::query(
+                "SELECT m.rev, c.key, c.value FROM tidegate_control_meta m
+                 LEFT JOIN tidegate_control c ON true WHERE m.id = 1",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+            let mut rev = 0;
+            let mut out = Rows::new();
+            for r in rows {
+                rev = r.get::<i64, _>(0);
+                if let Some(k) = r.get::<Option<String>, _>(1) {
+                    out.insert(k, r.get::<Value, _>(2));
+                }
+            }
+            Ok((rev, out))
+        })
+        .await
+    }
+
+    /// Write `changes` as one new revision, and notify the fleet. Returns the revision.
+    pub async fn publish(&self, node: &str, changes: &[Change]) -> Result<i64, String> {
+        bounded(async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            let rev = write(&mut tx, node, changes).await?;
+            tx.commit().await.map_err(err)?;
+            Ok(rev)
+        })
+        .await
+    }
+
+    /// Make step `step` of ramp `ramp_id` on `route`: only while `node` holds the lease,
+    /// only once per step, only when the ramp still is as `check` expects it.
+    pub async fn step(
+        &self,
+        node: &str,
+        (route, ramp_id, step): (&str, &str, u32),
+        check: impl FnOnce(Option<&Value>) -> bool,
+        changes: &[Change],
+    ) -> Result<i64, StepError> {
+        let s = |e: sqlx::Error| StepError::Store(err(e));
+        let run = async {
+            let mut tx = self.pool.begin().await.map_err(s)?;
+            let held = sqlx::query(
+                "SELECT 1 FROM tidegate_leases WHERE name = 'ramps' AND holder = $1
+                 AND expires_at > now() FOR UPDATE",
+            )
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(s)?;
+            if held.is_none() {
+                return Err(StepError::NotHolder);
+            }
+            let cur = sqlx::query("SELECT value FROM tidegate_control WHERE key = $1 FOR UPDATE")
+                .bind(format!("ramp/{route}"))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(s)?
+                .map(|r| r.get::<Value, _>(0));
+            if !check(cur.as_ref()) {
+                return Err(StepError::Stale);
+            }
+            let fresh = sqlx::query(
+                "INSERT INTO tidegate_ramp_steps (route, ramp_id, step, node)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(route)
+            .bind(ramp_id)
+            .bind(step as i32)
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(s)?;
+            if fresh.rows_affected() == 0 {
+                return Err(StepError::Stale);
+            }
+            let rev = write(&mut tx, node, changes)
+                .await
+                .map_err(StepError::Store)?;
+            tx.commit().await.map_err(s)?;
+            Ok(rev)
+        };
+        match tokio::time::timeout(OP_TIMEOUT, run).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::Store("control store: step timed out".into())),
+        }
+    }
+
+    /// Take or renew the ramp lease for `ttl`; whether `node` holds it now.
+    pub async fn lease(&self, node: &str, ttl: Duration) -> Result<bool, String> {
+        bounded(async {
+            let row = sqlx::query(
+                "INSERT INTO tidegate_leases (name, holder, expires_at)
+                 VALUES ('ramps', $1, now() + $2 * interval '1 millisecond')
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder,
+                     expires_at = EXCLUDED.expires_at
+                 WHERE tidegate_leases.holder = EXCLUDED.holder
+                    OR tidegate_leases.expires_at < now()
+                 RETURNING holder",
+            )
+            .bind(node)
+            .bind(ttl.as_millis() as f64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    /// Every proxy's heartbeat.
+    pub async fn peers(&self) -> Result<Vec<Beat>, String> {
+        bounded(async { self.read_beats().await }).await
+    }
+
+    async fn read_beats(&self) -> Result<Vec<Beat>, String> {
+        let rows = sqlx::query(
+            "SELECT node, admin, rev, counts, outcomes,
+                    extract(epoch FROM now() - heartbeat)::float8
+             FROM tidegate_fleet ORDER BY node",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Beat {
+                node: r.get(0),
+                admin: r.get(1),
+                rev: r.get(2),
+                counts: r.get(3),
+                outcomes: r.get(4),
+                age: Duration::from_secs_f64(r.get::<f64, _>(5).max(0.0)),
+            })
+            .collect())
+    }
+
+    /// Write this proxy's heartbeat; read every proxy's.
+    pub async fn beat(
+        &self,
+        node: &str,
+        admin: &str,
+        rev: i64,
+        counts: &Value,
+        outcomes: &Value,
+    ) -> Result<Vec<Beat>, String> {
+        bounded(async {
+            sqlx::query(
+                "INSERT INTO tidegate_fleet (node, admin, rev, counts, outcomes, heartbeat)
+                 VALUES ($1, $2, $3, $4, $5, now())
+                 ON CONFLICT (node) DO UPDATE SET admin = $2, rev = $3, counts = $4,
+                     outcomes = $5, heartbeat = now()",
+            )
+            .bind(node)
+            .bind(admin)
+            .bind(rev)
+            .bind(counts)
+            .bind(outcomes)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+            self.read_beats().await
+        })
+        .await
+    }
+
+    /// Forget proxies silent for an hour.
+    pub async fn prune(&self) -> Result<(), String> {
+        bounded(async {
+            sqlx::query("DELETE FROM tidegate_fleet WHERE heartbeat < now() - interval '1 hour'")
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A clean exit: this proxy leaves the fleet and its lease.
+    pub async fn leave(&self, node: &str) -> Result<(), String> {
+        bounded(async {
+            sqlx::query("DELETE FROM tidegate_fleet WHERE node = $1")
+                .bind(node)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+            sqlx::query("DELETE FROM tidegate_leases WHERE holder = $1")
+                .bind(node)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Inside `tx`: bump the revision (its row lock serializes writers), apply `changes`,
+/// notify. Returns the new revision.
+async fn write(
+    tx: &mut Transaction<'static, Postgres>,
+    node: &str,
+    changes: &[Change],
+) -> Result<i64, String> {
+    let rev: i64 =
+        sqlx::query("UPDATE tidegate_control_meta SET rev = rev + 1 WHERE id = 1 RETURNING rev")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(err)?
+            .get(0);
+    for (key, value) in changes {
+        match value {
+            Some(v) => sqlx::query(
+                "INSERT INTO tidegate_control (key, value, rev, updated_by) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO UPDATE SET value = $2, rev = $3, updated_by = $4,
+                     updated_at = now()",
+            )
+            .bind(key)
+            .bind(v)
+            .bind(rev)
+            .bind(node),
+            None => sqlx::query("DELETE FROM tidegate_control WHERE key = $1").bind(key),
+        }
+        .execute(&mut **tx)
+        .await
+        .map_err(err)?;
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("{rev} {node}"))
+        .execute(&mut **tx)
+        .await
+        .map_err(err)?;
+    Ok(rev)
+}

@@ -1,0 +1,175 @@
+//! The shared state as rows, one per override: `drain/POOL`, `drain/POOL/BACKEND`,
+//! `split/ROUTE`, `ramp/ROUTE`, `members/POOL`, `checkpoint/ROUTE`, `maintenance`. This
+//! proxy's state is turned into rows ([`local`]), two sets of rows are compared
+//! ([`diff`]), and rows changed elsewhere are applied here ([`apply`]).
+//!
+//! Publishing sends only what changed here since the last sync, so a row this proxy cannot
+//! apply (a pool its file does not name) is never deleted by it, and two operators changing
+//! different things through two proxies both win.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::Value;
+
+use super::store::{Change, Rows};
+use crate::{
+    api::{BackendEntry, Checkpoint, Ramp},
+    drain::machine::Phase,
+    services::{drains, persist},
+    state::{overrides::MaintenanceOverride, AppState},
+};
+
+/// This proxy's overrides as rows.
+pub fn local(state: &AppState) -> Rows {
+    let saved = persist::snapshot(state);
+    let mut rows = Rows::new();
+    for d in &saved.drains {
+        let key = match &d.backend {
+            Some(b) => format!("drain/{}/{b}", d.pool),
+            None => format!("drain/{}", d.pool),
+        };
+        rows.insert(key, json(d));
+    }
+    let ov = saved.overrides;
+    for (route, split) in &ov.splits {
+        rows.insert(format!("split/{route}"), json(split));
+    }
+    if let Some(m) = &ov.maintenance {
+        rows.insert("maintenance".into(), json(m));
+    }
+    for (pool, entries) in &ov.backends {
+        rows.insert(format!("members/{pool}"), json(entries));
+    }
+    for (route, c) in &ov.checkpoints {
+        rows.insert(format!("checkpoint/{route}"), json(c));
+    }
+    for (route, r) in state.ramps.all() {
+        rows.insert(format!("ramp/{route}"), json(&r));
+    }
+    rows
+}
+
+/// A row's value (`null` if it cannot be serialized, which none of ours fails).
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// What turns `old` into `new`.
+pub fn diff(old: &Rows, new: &Rows) -> Vec<Change> {
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| (k.clone(), new.get(k).cloned()))
+        .collect()
+}
+
+/// Apply rows changed elsewhere. Blocking (runtime members are resolved): run it off the
+/// async threads. A row that cannot apply here is logged and skipped.
+pub fn apply(state: &AppState, changes: &[Change]) {
+    let mut overrides = Vec::new();
+    for (key, value) in changes {
+        let (kind, rest) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        let outcome = match kind {
+            "drain" => apply_drain(state, rest, value.as_ref()),
+            "ramp" => parse::<Ramp>(value.as_ref()).map(|r| state.ramps.mirror(rest, r)),
+            "split" | "maintenance" | "members" | "checkpoint" => {
+                overrides.push((kind, rest, value));
+                Ok(())
+            }
+            _ => Err(format!("unknown row kind {kind:?}")),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(key, error = %e, "shared state row not applied on this proxy");
+        }
+    }
+    if overrides.is_empty() {
+        return;
+    }
+    let _ = state.change_overrides(|ov, table| {
+        for (kind, rest, value) in &overrides {
+            let r = match *kind {
+                "split" if value.is_some() && !table.routes.iter().any(|r| &*r.name == *rest) => {
+                    Err(format!("route {rest} is not in this proxy's config"))
+                }
+                "split" => parse(value.as_ref()).map(|v| set(&mut ov.splits, rest, v)),
+                "maintenance" => parse::<MaintenanceOverride>(value.as_ref())
+                    .map(|m| ov.maintenance = m),
+                "members" => members(rest, value.as_ref()).map(|m| match m {
+                    Some((given, valid)) => {
+                        ov.backends.insert(rest.to_string(), given);
+                        ov.members.insert(rest.to_string(), valid);
+                    }
+                    None => {
+                        ov.backends.remove(*rest);
+                        ov.members.remove(*rest);
+                    }
+                }),
+                _ => parse::<Checkpoint>(value.as_ref()).map(|c| set(&mut ov.checkpoints, rest, c)),
+            };
+            if let Err(e) = r {
+                tracing::warn!(kind, name = rest, error = %e, "shared override not applied on this proxy");
+            }
+        }
+        Ok::<(), ()>(())
+    });
+    state.availability_changed();
+}
+
+fn set<V>(map: &mut std::collections::BTreeMap<String, V>, key: &str, v: Option<V>) {
+    match v {
+        Some(v) => {
+            map.insert(key.to_string(), v);
+        }
+        None => {
+            map.remove(key);
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Option<&Value>) -> Result<Option<T>, String> {
+    v.map(|v| serde_json::from_value(v.clone()).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+/// Runtime members, validated like the API validates them.
+type Members = (Vec<BackendEntry>, Vec<crate::config::spec::BackendSpec>);
+
+fn members(pool: &str, v: Option<&Value>) -> Result<Option<Members>, String> {
+    let Some(given) = parse::<Vec<BackendEntry>>(v)? else {
+        return Ok(None);
+    };
+    let valid = crate::config::build::runtime_backends(pool, &given).map_err(|e| e.to_string())?;
+    Ok(Some((given, valid)))
+}
+
+/// A drain row: start (or align) the drain here with the same start and deadlines, or
+/// undrain when the row is gone.
+fn apply_drain(state: &AppState, target: &str, value: Option<&Value>) -> Result<(), String> {
+    let (pool, backend) = match target.split_once('/') {
+        Some((p, b)) => (p, Some(b)),
+        None => (target, None),
+    };
+    let Some(d) = parse::<persist::SavedDrain>(value)? else {
+        let r = drains::resolve(state, pool, backend).map_err(|e| e.to_string())?;
+        if r.cell().phase() != Phase::Active && r.cell().undrain().is_ok() {
+            for b in r.target.backends(&state.registry) {
+                b.mark_available_now();
+            }
+            tracing::info!(drain = %r.target.name(), "undrained by the fleet");
+            state.availability_changed();
+        }
+        return Ok(());
+    };
+    let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
+    let deadlines = crate::drain::machine::Deadlines {
+        requests: d.requests_deadline_ms.map(Duration::from_millis),
+        streams: d.streams_deadline_ms.map(Duration::from_millis),
+        close_spread: Duration::from_millis(d.close_spread_ms),
+    };
+    drains::restore(state, pool, backend, started, deadlines);
+    tracing::info!(pool, backend, "drain applied from the fleet");
+    Ok(())
+}

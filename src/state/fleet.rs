@@ -1,0 +1,187 @@
+//! The fleet as this proxy sees it through the `control_store`: whether the shared state is
+//! loaded (the proxy routes nothing before), whether the store answers (mutations are
+//! refused while it does not), the revision applied here, and the other proxies as last
+//! read from their heartbeats. The service that keeps it current is `services::fleet`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use crate::api::InFlight;
+
+/// One proxy of the fleet as its last heartbeat told.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub node: String,
+    /// Its admin address as it was bound.
+    pub admin: String,
+    /// Heartbeat age when read, and when that was.
+    pub age: Duration,
+    pub read_at: Instant,
+    /// The revision of the shared state it had applied.
+    pub rev: i64,
+    /// In flight by backend id (`pool/name`); backends with nothing are left out.
+    pub counts: BTreeMap<String, InFlight>,
+    /// Requests and failures by `route` → `pool`, for ramps judged on the fleet's figures.
+    pub outcomes: BTreeMap<String, BTreeMap<String, (u64, u64)>>,
+    /// Its heartbeat is older than the TTL.
+    pub lost: bool,
+    /// This proxy itself.
+    pub me: bool,
+}
+
+impl Peer {
+    /// Heartbeat age now.
+    pub fn age_now(&self) -> Duration {
+        self.age + self.read_at.elapsed()
+    }
+}
+
+/// The outcome of one publication round.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    pub done: u64,
+    pub error: Option<String>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Fleet {
+    enabled: bool,
+    node: String,
+    loaded: AtomicBool,
+    down: Mutex<Option<String>>,
+    rev: AtomicI64,
+    /// Local overrides changed: the service publishes them.
+    pub local: Notify,
+    requested: AtomicU64,
+    rounds: watch::Sender<Round>,
+    peers: ArcSwap<Vec<Peer>>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet::new(None)
+    }
+}
+
+impl Fleet {
+    /// Without a store (`node` `None`) the proxy is alone and loaded from the start.
+    pub fn new(node: Option<String>) -> Fleet {
+        Fleet {
+            enabled: node.is_some(),
+            loaded: AtomicBool::new(node.is_none()),
+            node: node.unwrap_or_default(),
+            down: Mutex::new(None),
+            rev: AtomicI64::new(0),
+            local: Notify::new(),
+            requested: AtomicU64::new(0),
+            rounds: watch::channel(Round::default()).0,
+            peers: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// Whether a control store is configured.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// This proxy's name in the fleet.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the shared state has been loaded (always, without a store). One atomic load:
+    /// the proxy asks it for every request.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Why the store cannot be used now (`None`: it answers, or there is none).
+    pub fn down(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Record that the store answers (`None`) or why it does not; whether that changed.
+    pub fn set_down(&self, why: Option<String>) -> bool {
+        let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = d.is_some() != why.is_some();
+        *d = why;
+        changed
+    }
+
+    /// The revision of the shared state applied here.
+    pub fn rev(&self) -> i64 {
+        self.rev.load(Ordering::Acquire)
+    }
+
+    pub fn set_rev(&self, rev: i64) {
+        self.rev.fetch_max(rev, Ordering::AcqRel);
+    }
+
+    /// Ask for the local overrides to be published (after a change through the API).
+    pub fn changed(&self) {
+        if self.enabled {
+            self.local.notify_one();
+        }
+    }
+
+    /// The round a publication that starts now will report as done; the service takes it
+    /// before it reads the local state.
+    pub fn take_round(&self) -> u64 {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Report a publication round as done (with its error, if it failed).
+    pub fn round_done(&self, round: u64, error: Option<String>) {
+        self.rounds.send_modify(|r| {
+            r.done = r.done.max(round);
+            r.error = error;
+        });
+    }
+
+    /// Wait until what was changed before this call is in the store: `Ok` when it is, the
+    /// store's error when it failed or `timeout` passed. Immediate without a store.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mine = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut rx = self.rounds.subscribe();
+        self.local.notify_one();
+        let wait = async {
+            rx.wait_for(|r| r.done >= mine)
+                .await
+                .map(|r| r.error.clone())
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(error)) => error.map_or(Ok(()), Err),
+            Ok(Err(_)) => Err("the control store service stopped".into()),
+            Err(_) => Err(format!(
+                "the control store did not confirm the change within {} ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+
+    /// The proxies as last read (this one included).
+    pub fn peers(&self) -> Arc<Vec<Peer>> {
+        self.peers.load_full()
+    }
+
+    pub fn set_peers(&self, peers: Vec<Peer>) {
+        self.peers.store(Arc::new(peers));
+    }
+}
