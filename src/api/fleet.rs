@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::InFlight;
+use super::kind::InFlight;
 
 /// One proxy's part of a drain.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -247,3 +247,48 @@ pools:
         "{e}"
     );
 }
+
+#[test]
+fn control_store_is_spelled_like_spool_store() {
+    let with = |block: &str| format!("{BASE}control_store: {block}\n");
+    let l = load(&with(r#"{ postgres: "postgres://tg@db/x", node: edge-1 }"#)).unwrap();
+    let c = l.spec.control_store.expect("control_store");
+    assert_eq!((c.node.as_str(), c.heartbeat_ttl.as_secs()), ("edge-1", 5));
+    assert_eq!(c.resync.as_secs(), 2);
+    let l = load(&with(r#"{ postgres: "postgres://tg@db/x" }"#)).unwrap();
+    assert!(
+        l.spec.control_store.unwrap().node.ends_with(":9901"),
+        "host name and admin port"
+    );
+    for (block, text) in [
+        (
+            r#"{ postgres: "postgres://a/x", postgres_env: U }"#,
+            "exactly one of postgres, postgres_env or postgres_file",
+        ),
+        (
+            r#"{ postgres: "mysql://a/x" }"#,
+            "control_store.postgres: must be a postgres://",
+        ),
+        (
+            r#"{ postgres_env: NOT_SET_ANYWHERE }"#,
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            r#"{ postgres: "postgres://a/x", heartbeat_ttl: 1s }"#,
+            "at least 3s",
+        ),
+        (r#"{ postgres: "postgres://a/x", nodes: x }"#, "nodes"),
+    ] {
+        let e = err(&with(block)).to_string();
+        assert!(e.contains(text), "{block}: {e}");
+    }
+    let l = load(&with(r#"{ postgres: "postgres://u:secret@a/x" }"#)).unwrap();
+    assert!(l
+        .warnings
+        .iter()
+        .any(|w| w.contains("control_store.postgres: the URL holds a password")));
+    assert!(
+        !format!("{:?}", l.spec.control_store).contains("secret"),
+        "never printed"
+    );
+}

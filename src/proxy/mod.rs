@@ -184,16 +184,8 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.begin(session, ctx);
-        if session
-            .req_header()
-            .uri
-            .path()
-            .starts_with(edge::ACME_CHALLENGE)
-        {
-            // Boxed: rare, and kept out of every request's future.
-            if Box::pin(self.acme_challenge(session, ctx)).await? {
-                return Ok(true);
-            }
+        if self.answered_early(session, ctx).await? {
+            return Ok(true);
         }
         let cfg = self.state.table();
         let req = session.req_header_mut();
@@ -215,11 +207,6 @@ impl ProxyHttp for Proxy {
         if let Some(to) = self.edge.redirect_for(headers::request_host(req), pq) {
             drop(cfg);
             return Box::pin(self.to_https(session, ctx, to)).await;
-        }
-        if !self.state.fleet.is_loaded() {
-            // One atomic load: without a control store it is always loaded.
-            drop(cfg);
-            return Box::pin(self.fleet_not_loaded(session, ctx)).await;
         }
         let timeout = if ctx.upgrade {
             cfg.spec.timeouts.websocket_idle

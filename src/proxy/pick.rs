@@ -268,6 +268,26 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// ACME challenges, and the 503 before the fleet's shared state is loaded: answered
+    /// before anything else (boxed: rare, and kept out of every request's future).
+    pub(super) async fn answered_early(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if path.starts_with(super::edge::ACME_CHALLENGE)
+            && Box::pin(self.acme_challenge(session, ctx)).await?
+        {
+            return Ok(true);
+        }
+        // One atomic load: without a control store it is always loaded.
+        if !self.state.fleet.is_loaded() {
+            return Box::pin(self.fleet_not_loaded(session, ctx)).await;
+        }
+        Ok(false)
+    }
+
     /// 503 + `Retry-After: 1` while the fleet's shared state is not loaded yet: a request
     /// routed now could go to a pool the fleet has drained.
     pub(super) async fn fleet_not_loaded(

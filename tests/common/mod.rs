@@ -5,6 +5,7 @@
 pub mod acme;
 pub mod cdp;
 pub mod client;
+pub mod docker;
 pub mod grpc;
 pub mod postgres;
 pub mod recorder;
