@@ -496,3 +496,128 @@ async fn a_drain_answers_for_the_fleet_and_lists_a_lost_proxy() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("LOST") && out.contains("d2"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watched_ramp_rolls_back_on_the_fleets_errors_and_a_clean_exit_leaves_the_fleet() {
+    let pg = Postgres::start().await;
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    green.app.set_failing(true);
+    let mut fleet = vec![
+        ("w1", proxy(&blue, &green, pg.port, "w1").await),
+        ("w2", proxy(&blue, &green, pg.port, "w2").await),
+    ];
+    let r = api(
+        &fleet[0].1,
+        "PUT",
+        "/api/v1/routes/app/split",
+        r#"{"split":{"blue":0,"green":100},"over":"8s","step":"1s","max_error_rate":0.1,"min_requests":5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = wait_status(&fleet[1].1, "the first step", |s| {
+        s["routes"][0]["ramp"]["steps_done"].as_u64() >= Some(1)
+    })
+    .await;
+    let stepper = s["routes"][0]["ramp"]["stepped_by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Traffic only through the other proxy: the stepper sees no failure of its own.
+    let other = fleet.iter().find(|(n, _)| *n != stepper).unwrap();
+    let load = Load::start(other.1.url("/"), 2);
+    let done = wait_for("rolled back", Duration::from_secs(20), || async {
+        let s = status(&fleet[0].1).await?;
+        (s["routes"][0]["ramp"]["state"] == "rolled_back").then_some(s)
+    })
+    .await;
+    let _ = load.stop().await;
+    let ramp = &done["routes"][0]["ramp"];
+    assert_eq!(ramp["stepped_by"], stepper.as_str(), "{ramp}");
+    assert!(
+        ramp["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fleet error rate"),
+        "{ramp}"
+    );
+    for (_, tg) in &fleet {
+        wait_status(tg, "back on blue", |s| split_of(s)["blue"] == 100).await;
+    }
+
+    // A clean exit (SIGTERM, idle) removes the proxy's row: the other does not call it lost.
+    let (_, mut gone) = fleet.remove(1);
+    gone.signal(libc::SIGTERM);
+    gone.wait_exit(Duration::from_secs(20)).await;
+    let s = wait_status(&fleet[0].1, "w2 gone from the fleet", |s| {
+        s["fleet"]["proxies"]
+            .as_array()
+            .is_some_and(|ps| ps.len() == 1)
+    })
+    .await;
+    assert_eq!(s["fleet"]["proxies"][0]["node"], "w1");
+    assert!(gone.logs().contains("left the fleet"), "{}", gone.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_at_once_through_two_proxies_both_win() {
+    let pg = Postgres::start().await;
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let p1 = proxy(&blue, &green, pg.port, "c1").await;
+    let p2 = proxy(&blue, &green, pg.port, "c2").await;
+    for round in 0..10u64 {
+        let w = 10 + round;
+        let split = format!(r#"{{"split":{{"blue":{},"green":{w}}}}}"#, 100 - w);
+        let drain_path = if round % 2 == 0 { "drain" } else { "undrain" };
+        let path = format!("/api/v1/pools/green/backends/g1/{drain_path}");
+        let t0 = Instant::now();
+        let (a, b) = tokio::join!(
+            api(&p1, "PUT", "/api/v1/routes/app/split", &split),
+            api(&p2, "POST", &path, "{}"),
+        );
+        eprintln!("round {round}: answered in {:?}", t0.elapsed());
+        assert_eq!(
+            (a.status, b.status / 100),
+            (200, 2),
+            "{} {}",
+            a.body,
+            b.body
+        );
+        let want = if round % 2 == 0 { "drained" } else { "active" };
+        let t = Instant::now();
+        loop {
+            let (s1, s2) = (status(&p1).await.unwrap(), status(&p2).await.unwrap());
+            let good = |s: &Value| {
+                split_of(s)["green"] == w && s["pools"]["green"]["backends"][0]["state"] == want
+            };
+            if good(&s1) && good(&s2) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let brief = |s: &Value| {
+                    format!(
+                        "{} {} rev {}",
+                        split_of(s),
+                        s["pools"]["green"]["backends"][0]["state"],
+                        s["fleet"]["rev"]
+                    )
+                };
+                panic!(
+                    "round {round}: want green={w} {want}; p1: {}; p2: {}; store: {}",
+                    brief(&s1),
+                    brief(&s2),
+                    pg.psql("SELECT key, value, rev, updated_by FROM tidegate_control")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The store holds both, as the proxies do.
+    let rows = pg.psql("SELECT key FROM tidegate_control ORDER BY key");
+    assert!(rows.contains("split/app"), "{rows}");
+}

@@ -31,6 +31,8 @@ impl BackgroundService for ShutdownWatcher {
         let deadline = grace.map(|g| Instant::now() + g);
         wait_idle(&self.state, deadline).await;
         if self.state.active() == 0 {
+            // The fleet's heartbeat row goes first, so the others do not call us lost.
+            self.state.fleet.wait_left(Duration::from_secs(3)).await;
             tracing::info!("idle: exiting");
             self.state.process.request_exit(ExitReason::Idle);
             return;

@@ -65,6 +65,8 @@ pub struct Fleet {
     requested: AtomicU64,
     rounds: watch::Sender<Round>,
     peers: ArcSwap<Vec<Peer>>,
+    /// Set once this proxy has left the fleet (clean exit).
+    left: watch::Sender<bool>,
 }
 
 impl Default for Fleet {
@@ -86,6 +88,7 @@ impl Fleet {
             requested: AtomicU64::new(0),
             rounds: watch::channel(Round::default()).0,
             peers: ArcSwap::from_pointee(Vec::new()),
+            left: watch::channel(false).0,
         }
     }
 
@@ -174,6 +177,21 @@ impl Fleet {
                 timeout.as_millis()
             )),
         }
+    }
+
+    /// This proxy has left the fleet (its heartbeat row and lease are gone).
+    pub fn set_left(&self) {
+        self.left.send_replace(true);
+    }
+
+    /// At a clean exit: wait (at most `timeout`) until this proxy has left the fleet, so the
+    /// others do not report it as lost. Immediate without a store.
+    pub async fn wait_left(&self, timeout: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let mut rx = self.left.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l)).await;
     }
 
     /// The proxies as last read (this one included).

@@ -74,12 +74,18 @@ impl BackgroundService for FleetService {
                 Err(e) => e,
             };
             run.down(why);
+            if run.state.is_shutting_down() && run.state.active() == 0 {
+                // Exiting without a store to tell: the others will see us lost.
+                run.state.fleet.set_left();
+                return;
+            }
             tokio::time::sleep(RECONNECT).await;
         }
-        if let Err(e) = run.store.leave(&run.cfg.node).await {
-            tracing::warn!(error = %e, "could not leave the fleet cleanly");
+        match run.store.leave(&run.cfg.node).await {
+            Ok(()) => tracing::info!(node = %run.cfg.node, "left the fleet"),
+            Err(e) => tracing::warn!(error = %e, "could not leave the fleet cleanly"),
         }
-        tracing::info!(node = %run.cfg.node, "left the fleet");
+        run.state.fleet.set_left();
     }
 }
 
@@ -160,18 +166,17 @@ impl Run {
             (false, _) => self.synced.clone(),
         };
         let changes = sync::diff(&known, &remote);
-        let mut base = self.base.clone();
         if !changes.is_empty() {
-            let st = self.state.clone();
-            base = tokio::task::spawn_blocking(move || {
-                sync::apply(&st, &changes);
-                sync::local(&st)
-            })
-            .await
-            .map_err(|e| format!("applying the shared state: {e}"))?;
+            let (before, after) = self.apply(changes.clone()).await?;
+            if full {
+                self.base = after;
+            } else {
+                // Only the applied rows: a change made here meanwhile (the admin API does
+                // not wait for this loop) stays to be published.
+                self.settle(&changes, &before, &after);
+            }
         }
         self.synced = remote;
-        self.base = base;
         self.state.fleet.set_rev(rev);
         Ok(())
     }
@@ -194,7 +199,7 @@ impl Run {
                         };
                     }
                     self.base = local;
-                    self.state.fleet.set_rev(rev);
+                    self.own_rev(rev);
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -219,7 +224,8 @@ impl Run {
                         while let Ok(Some(r)) = notes.try_recv() {
                             newest = newest.max(r);
                         }
-                        // Our own writes come back too: applied already.
+                        // Our own writes come back too: applied already (`rev` is the
+                        // revision up to which everything is applied here).
                         if newest > self.state.fleet.rev() {
                             self.reread(false).await?;
                         }
@@ -314,30 +320,52 @@ impl Run {
 
     /// Rows this proxy wrote itself in a step: applied here too, and synced.
     async fn applied(&mut self, changes: Vec<store::Change>, rev: i64) -> Result<(), String> {
-        let keys: Vec<String> = changes.iter().map(|(k, _)| k.clone()).collect();
         for (k, v) in &changes {
             match v {
                 Some(v) => self.synced.insert(k.clone(), v.clone()),
                 None => self.synced.remove(k),
             };
         }
+        let (before, after) = self.apply(changes.clone()).await?;
+        self.settle(&changes, &before, &after);
+        self.own_rev(rev);
+        Ok(())
+    }
+
+    /// Apply rows from the store here (off the async threads: members are resolved); this
+    /// proxy's rows just before and just after.
+    async fn apply(&self, changes: Vec<store::Change>) -> Result<(Rows, Rows), String> {
         let st = self.state.clone();
-        let local = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
+            let before = sync::local(&st);
             sync::apply(&st, &changes);
-            sync::local(&st)
+            (before, sync::local(&st))
         })
         .await
-        .map_err(|e| format!("applying a ramp step: {e}"))?;
-        // Only the stepped rows are taken as synced: anything else changed here meanwhile
-        // stays to be published.
-        for k in keys {
-            match local.get(&k) {
-                Some(v) => self.base.insert(k, v.clone()),
-                None => self.base.remove(&k),
-            };
+        .map_err(|e| format!("applying the shared state: {e}"))
+    }
+
+    /// After applying `changes`: a row now as the store has it is synced; a row this proxy
+    /// could not apply (unchanged here) is not published either; a row that changed here
+    /// otherwise (the admin API meanwhile) stays to be published.
+    fn settle(&mut self, changes: &[store::Change], before: &Rows, after: &Rows) {
+        for (k, remote) in changes {
+            let now = after.get(k);
+            if now == remote.as_ref() || now == before.get(k) {
+                match now {
+                    Some(v) => self.base.insert(k.clone(), v.clone()),
+                    None => self.base.remove(k),
+                };
+            }
         }
-        self.state.fleet.set_rev(rev);
-        Ok(())
+    }
+
+    /// A revision this proxy wrote: everything up to it is applied here only when nobody
+    /// wrote in between (else the other's notification brings a read that covers both).
+    fn own_rev(&self, rev: i64) {
+        if rev == self.state.fleet.rev() + 1 {
+            self.state.fleet.set_rev(rev);
+        }
     }
 }
 
