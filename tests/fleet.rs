@@ -373,6 +373,8 @@ async fn a_proxy_cut_off_from_the_store_keeps_its_state_refuses_changes_and_catc
     .await;
     let reasons = health["reasons"].to_string();
     assert!(reasons.contains("control store unreachable"), "{reasons}");
+    let m = get(&cut.admin_url("/metrics")).await.unwrap().body;
+    assert!(m.contains("tidegate_control_store_up 0"), "{m}");
     // Serving with the last state, not the file's.
     for _ in 0..5 {
         assert_eq!(
@@ -417,6 +419,12 @@ async fn a_proxy_cut_off_from_the_store_keeps_its_state_refuses_changes_and_catc
     .await;
     let r = api(&cut, "POST", "/api/v1/pools/green/drain", "{}").await;
     assert_eq!(r.status, 202, "{}", r.body);
+    let m = get(&cut.admin_url("/metrics")).await.unwrap().body;
+    assert!(m.contains("tidegate_control_store_up 1"), "{m}");
+    assert!(
+        m.contains("tidegate_fleet_proxies{state=\"live\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -135,8 +135,15 @@ async fn every_metric_after_traffic_of_each_kind() {
         );
     }
     // The spool's families have series only on a spooled route, the certificate ones only
-    // on TLS listeners (none here; tests/edge_tls.rs and tests/acme.rs check those).
-    let elsewhere = ["tidegate_spool_", "tidegate_tls_", "tidegate_acme_"];
+    // on TLS listeners (none here; tests/edge_tls.rs and tests/acme.rs check those), the
+    // fleet's with a control_store (tests/fleet.rs).
+    let elsewhere = [
+        "tidegate_spool_",
+        "tidegate_tls_",
+        "tidegate_acme_",
+        "tidegate_control_",
+        "tidegate_fleet_",
+    ];
     for n in tidegate::metrics::names::ALL
         .iter()
         .filter(|n| !elsewhere.iter().any(|p| n.starts_with(p)))

@@ -5,6 +5,7 @@
 //! once it is idle), and the crate's process collector. Labels are bounded (route, pool,
 //! backend, kind, state, class, reason, result): never a path or a client address.
 
+mod families;
 mod live;
 
 use std::sync::Arc;

@@ -20,6 +20,9 @@ pub const ACCESS_LOG_LINES: &str = "tidegate_access_log_lines_total";
 pub const TLS_CERT_EXPIRY: &str = "tidegate_tls_certificate_expiry_timestamp_seconds";
 pub const TLS_CERT_RELOADS: &str = "tidegate_tls_certificate_reloads_total";
 pub const ACME_ORDERS: &str = "tidegate_acme_orders_total";
+pub const CONTROL_STORE_UP: &str = "tidegate_control_store_up";
+pub const CONTROL_REVISION: &str = "tidegate_control_revision";
+pub const FLEET_PROXIES: &str = "tidegate_fleet_proxies";
 
 /// Every name above (dashboards and tests check against this list).
 pub const ALL: &[&str] = &[
@@ -42,6 +45,9 @@ pub const ALL: &[&str] = &[
     TLS_CERT_EXPIRY,
     TLS_CERT_RELOADS,
     ACME_ORDERS,
+    CONTROL_STORE_UP,
+    CONTROL_REVISION,
+    FLEET_PROXIES,
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     RETRIES,
