@@ -47,7 +47,10 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request<Body>, next: 
     if !state.fleet.is_loaded() {
         return unavailable("the shared state is not loaded from the control store yet".into());
     }
+    // Not while rows from the store are being applied: either would overwrite the other.
+    let held = state.fleet.applying.lock().await;
     let resp = next.run(req).await;
+    drop(held);
     if !resp.status().is_success() {
         return resp;
     }
@@ -98,11 +101,13 @@ pub fn drain(state: &AppState, r: &Resolved) -> Option<api::FleetDrain> {
         behind: Vec::new(),
         lost: Vec::new(),
         proxies: Vec::new(),
+        store_unreachable: state.fleet.down().is_some(),
     };
     for p in state.fleet.peers().iter().filter(|p| !p.me) {
         let in_flight = on_target(p, r);
         let applied = p.rev >= rev;
-        if p.lost {
+        let lost = state.fleet.is_lost(p);
+        if lost {
             f.lost.push(p.node.clone());
         } else if in_flight.total() > 0 {
             f.holding.push(p.node.clone());
@@ -112,12 +117,13 @@ pub fn drain(state: &AppState, r: &Resolved) -> Option<api::FleetDrain> {
         f.proxies.push(api::FleetDrainProxy {
             node: p.node.clone(),
             heartbeat_age_seconds: p.age_now().as_secs_f64(),
-            lost: p.lost,
+            lost,
             applied,
             in_flight,
         });
     }
-    f.drained = f.holding.is_empty() && f.behind.is_empty();
+    // Without the store the others' counts are not known: never "drained" then.
+    f.drained = f.holding.is_empty() && f.behind.is_empty() && !f.store_unreachable;
     Some(f)
 }
 
@@ -152,7 +158,7 @@ pub fn status(state: &AppState) -> Option<api::FleetStatus> {
                 node: p.node.clone(),
                 admin: p.admin.clone(),
                 heartbeat_age_seconds: p.age_now().as_secs_f64(),
-                lost: p.lost,
+                lost: state.fleet.is_lost(p),
                 rev: p.rev,
                 in_flight: p
                     .counts

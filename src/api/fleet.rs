@@ -29,6 +29,9 @@ pub struct FleetDrain {
     /// Proxies whose heartbeat is older than the TTL: not counted, listed here.
     pub lost: Vec<String>,
     pub proxies: Vec<FleetDrainProxy>,
+    /// The control store does not answer: the others' counts are not known (never drained).
+    #[serde(default)]
+    pub store_unreachable: bool,
 }
 
 /// One proxy of the fleet.
@@ -62,4 +65,12 @@ pub struct FleetStatus {
     pub rev: i64,
     pub heartbeat_ttl_seconds: f64,
     pub proxies: Vec<FleetProxy>,
+}
+
+/// `s` with control characters shown as `?`: node names and addresses come from a shared
+/// database, and a terminal must not obey what someone wrote there.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

@@ -17,7 +17,7 @@ mod fleet;
 mod node;
 mod tls;
 
-pub use fleet::{FleetDrain, FleetDrainProxy, FleetProxy, FleetStatus};
+pub use fleet::{printable, FleetDrain, FleetDrainProxy, FleetProxy, FleetStatus};
 pub use node::{NodeDrainMode, NodeDrainRequest};
 pub use tls::{AcmeStatus, CertificateStatus};
 

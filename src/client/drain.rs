@@ -185,6 +185,7 @@ fn in_fleet(s: &DrainStatus) -> InFlight {
 
 /// One line per other proxy of the fleet; lost ones say so (they are not counted).
 pub fn fleet_lines(f: &crate::api::FleetDrain) -> String {
+    use crate::api::printable;
     let mut out = String::new();
     for p in &f.proxies {
         let what = if p.lost {
@@ -198,12 +199,15 @@ pub fn fleet_lines(f: &crate::api::FleetDrain) -> String {
         } else {
             p.in_flight.words(", ")
         };
-        out.push_str(&format!("  proxy {}: {what}\n", p.node));
+        out.push_str(&format!("  proxy {}: {what}\n", printable(&p.node)));
+    }
+    if f.store_unreachable {
+        out.push_str("  control store unreachable: the other proxies' counts are not known\n");
     }
     if !f.lost.is_empty() {
         out.push_str(&format!(
             "  warning: {} lost; drained means drained on the live proxies\n",
-            f.lost.join(", ")
+            printable(&f.lost.join(", "))
         ));
     }
     out

@@ -157,11 +157,11 @@ pub fn table(all: &[(String, Status)]) -> String {
 fn fleet_table(f: &api::FleetStatus) -> String {
     let store = match &f.store_error {
         None => "reachable".to_string(),
-        Some(e) => format!("UNREACHABLE ({e})"),
+        Some(e) => format!("UNREACHABLE ({})", api::printable(e)),
     };
     let mut out = format!(
         "  fleet: node {}  control store {store}  rev {}{}\n",
-        f.node,
+        api::printable(&f.node),
         f.rev,
         if f.loaded { "" } else { "  NOT LOADED" }
     );
@@ -179,8 +179,8 @@ fn fleet_table(f: &api::FleetStatus) -> String {
         };
         out.push_str(&format!(
             "    {:<28} {:<22} {age:>10} {:>6}  {}\n",
-            p.node,
-            p.admin,
+            api::printable(&p.node),
+            api::printable(&p.admin),
             p.rev,
             p.in_flight.words(" ")
         ));

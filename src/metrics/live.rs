@@ -235,7 +235,7 @@ fn fleet(state: &AppState, out: &mut Out) {
     out.push(Family::ControlStoreUp, &[], f64::from(u8::from(up)));
     out.push(Family::ControlRevision, &[], state.fleet.rev() as f64);
     let peers = state.fleet.peers();
-    let lost = peers.iter().filter(|p| p.lost).count();
+    let lost = peers.iter().filter(|p| state.fleet.is_lost(p)).count();
     out.push(Family::FleetProxies, &["live"], (peers.len() - lost) as f64);
     out.push(Family::FleetProxies, &["lost"], lost as f64);
 }

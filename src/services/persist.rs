@@ -47,7 +47,7 @@ pub struct SavedDrain {
     pub close_spread_ms: u64,
 }
 
-fn saved_drain(pool: &str, backend: Option<&str>, m: &Machine) -> Option<SavedDrain> {
+pub(crate) fn saved_drain(pool: &str, backend: Option<&str>, m: &Machine) -> Option<SavedDrain> {
     if m.phase() == Phase::Active {
         return None;
     }

@@ -141,6 +141,11 @@ impl DrainCell {
     }
 
     /// A copy of the machine for reporting.
+    /// Whether the drain is the config file's (`state: draining`), not the API's.
+    pub fn by_file(&self) -> bool {
+        self.by_file.load(Ordering::Acquire)
+    }
+
     pub fn snapshot(&self) -> Machine {
         self.lock().clone()
     }

@@ -41,7 +41,7 @@ pub struct Peer {
 impl Peer {
     /// Heartbeat age now.
     pub fn age_now(&self) -> Duration {
-        self.age + self.read_at.elapsed()
+        self.age.saturating_add(self.read_at.elapsed())
     }
 }
 
@@ -67,6 +67,11 @@ pub struct Fleet {
     peers: ArcSwap<Vec<Peer>>,
     /// Set once this proxy has left the fleet (clean exit).
     left: watch::Sender<bool>,
+    /// Held while rows from the store are applied, and while an admin call changes shared
+    /// state: neither overwrites the other unseen.
+    pub applying: tokio::sync::Mutex<()>,
+    /// A proxy whose heartbeat is older is lost (also between two reads of the rows).
+    ttl: Duration,
 }
 
 impl Default for Fleet {
@@ -77,8 +82,14 @@ impl Default for Fleet {
 
 impl Fleet {
     /// Without a store (`node` `None`) the proxy is alone and loaded from the start.
-    pub fn new(node: Option<String>) -> Fleet {
+    pub fn new(node: Option<(String, Duration)>) -> Fleet {
+        let (node, ttl) = match node {
+            Some((n, t)) => (Some(n), t),
+            None => (None, Duration::ZERO),
+        };
         Fleet {
+            applying: tokio::sync::Mutex::new(()),
+            ttl,
             enabled: node.is_some(),
             loaded: AtomicBool::new(node.is_none()),
             node: node.unwrap_or_default(),
@@ -132,6 +143,17 @@ impl Fleet {
 
     pub fn set_rev(&self, rev: i64) {
         self.rev.fetch_max(rev, Ordering::AcqRel);
+    }
+
+    /// After a full read: the store's revision, even a lower one (a database restored or
+    /// created again).
+    pub fn reset_rev(&self, rev: i64) {
+        self.rev.store(rev, Ordering::Release);
+    }
+
+    /// Whether `p` is lost now: its heartbeat, as last read and aged since, is past the TTL.
+    pub fn is_lost(&self, p: &Peer) -> bool {
+        !p.me && (p.lost || p.age_now() > self.ttl)
     }
 
     /// Ask for the local overrides to be published (after a change through the API).

@@ -127,7 +127,8 @@ impl AppState {
         registry.set_live();
         let (tx, rx) = mpsc::unbounded_channel();
         let admin_bound = table.spec.admin.addr;
-        let fleet = fleet::Fleet::new(table.spec.control_store.as_ref().map(|c| c.node.clone()));
+        let store = table.spec.control_store.as_ref();
+        let fleet = fleet::Fleet::new(store.map(|c| (c.node.clone(), c.heartbeat_ttl)));
         let access_log = access_log::AccessLog::default();
         access_log.set_dest(&table.spec.access_log.dest);
         Self {

@@ -267,8 +267,12 @@ fn host_name() -> String {
 fn has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let auth = rest.split(['/', '?']).next().unwrap_or("");
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
     auth.rsplit_once('@')
         .is_some_and(|(user, _)| user.contains(':'))
+        || query
+            .split('&')
+            .any(|kv| kv.to_ascii_lowercase().starts_with("password="))
 }
 
 #[cfg(test)]
@@ -281,5 +285,6 @@ mod tests {
         assert!(!has_password("postgres://u@h/db"));
         assert!(!has_password("postgres://h/db?user=a:b"));
         assert!(!has_password("postgresql:///db?host=/run/postgresql"));
+        assert!(has_password("postgres://u@h/db?sslmode=require&password=x"));
     }
 }

@@ -92,7 +92,12 @@ fn from_json<T: serde::de::DeserializeOwned + Default>(v: Value) -> T {
 /// from its live counters).
 pub fn fleet_outcomes(state: &AppState, route: &str, pools: &[String]) -> (u64, u64) {
     let mut sum = ramps::counters(state, route, pools);
-    for p in state.fleet.peers().iter().filter(|p| !p.me && !p.lost) {
+    for p in state
+        .fleet
+        .peers()
+        .iter()
+        .filter(|p| !p.me && !state.fleet.is_lost(p))
+    {
         if let Some(by_pool) = p.outcomes.get(route) {
             for pool in pools {
                 let (t, f) = by_pool.get(pool).copied().unwrap_or_default();

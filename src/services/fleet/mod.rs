@@ -17,6 +17,7 @@
 //! flight.
 
 mod beat;
+mod rows;
 mod stepper;
 pub mod store;
 mod sync;
@@ -38,6 +39,8 @@ use store::{bounded, Rows, StepError, Store};
 pub const BEAT: Duration = Duration::from_millis(250);
 /// How often an unchanged heartbeat is written anyway.
 const BEAT_IDLE: Duration = Duration::from_secs(1);
+/// How often heartbeat rows silent for an hour are deleted.
+const PRUNE: Duration = Duration::from_secs(60);
 /// Wait before reconnecting to a store that failed.
 const RECONNECT: Duration = Duration::from_millis(500);
 
@@ -101,6 +104,7 @@ struct Run {
     lease: bool,
     lease_at: Option<Instant>,
     written: Option<(Instant, String)>,
+    pruned: Option<Instant>,
 }
 
 impl Run {
@@ -114,10 +118,15 @@ impl Run {
             lease: false,
             lease_at: None,
             written: None,
+            pruned: None,
         }
     }
 
     fn down(&mut self, why: String) {
+        // Changes waiting for their publication are not in the store: their callers get 503
+        // (the full read on reconnect replaces them with the fleet's state).
+        let pending = self.state.fleet.take_round();
+        self.state.fleet.round_done(pending, Some(why.clone()));
         if self.state.fleet.set_down(Some(why.clone())) {
             tracing::error!(error = %why, "control store unreachable: serving with the last shared state; changes refused");
         }
@@ -139,7 +148,10 @@ impl Run {
         })
         .await?;
         let notes = listen(listener);
-        self.reread(true).await?;
+        if let Err(e) = self.reread(true).await {
+            notes.1.abort();
+            return Err(e);
+        }
         if self.state.fleet.set_down(None) {
             tracing::info!("control store reachable again: shared state read again");
         }
@@ -166,18 +178,19 @@ impl Run {
             (false, _) => self.synced.clone(),
         };
         let changes = sync::diff(&known, &remote);
-        if !changes.is_empty() {
-            let (before, after) = self.apply(changes.clone()).await?;
-            if full {
-                self.base = after;
-            } else {
-                // Only the applied rows: a change made here meanwhile (the admin API does
-                // not wait for this loop) stays to be published.
-                self.settle(&changes, &before, &after);
-            }
+        if full {
+            let (_, after, _) = self.apply(changes, None).await?;
+            self.base = after;
+            self.state.fleet.reset_rev(rev);
+        } else if !changes.is_empty() {
+            let base = Some(self.base.clone());
+            let (before, after, applied) = self.apply(changes, base).await?;
+            self.settle(&applied, &before, &after);
+            self.state.fleet.set_rev(rev);
+        } else {
+            self.state.fleet.set_rev(rev);
         }
         self.synced = remote;
-        self.state.fleet.set_rev(rev);
         Ok(())
     }
 
@@ -263,9 +276,10 @@ impl Run {
                 .store
                 .beat(&self.cfg.node, &admin, me.rev, &counts, &outcomes)
                 .await?;
-            if self.written.is_none() {
-                // Once per start: forget proxies silent for an hour.
+            if self.pruned.is_none_or(|at| at.elapsed() >= PRUNE) {
+                // Forget proxies silent for an hour.
                 self.store.prune().await?;
+                self.pruned = Some(Instant::now());
             }
             self.written = Some((Instant::now(), sig));
             b
@@ -294,7 +308,12 @@ impl Run {
         if !self.lease {
             return Ok(());
         }
-        for t in stepper::due(&self.state) {
+        let due = stepper::due(&self.state);
+        if !due.is_empty() {
+            // What changed here goes out first: a step never hides a change not yet published.
+            self.publish().await?;
+        }
+        for t in due {
             let changes = t.changes();
             let key = (t.route.as_str(), t.id.as_str(), t.k);
             match self
@@ -310,8 +329,17 @@ impl Run {
                     self.lease = false;
                     return Ok(());
                 }
-                // The ramp changed under us: the next read brings the new one.
-                Err(StepError::Stale) => self.reread(false).await?,
+                // The ramp changed under us: a read brings the new one. When it does not (the
+                // row cannot be applied here), the ramp stops here rather than retrying.
+                Err(StepError::Stale) => {
+                    self.reread(false).await?;
+                    if self.state.ramps.get(&t.route).as_ref() == Some(&t.before) {
+                        tracing::warn!(route = %t.route, "the fleet's ramp row does not match the ramp here; not stepping it");
+                        self.state
+                            .ramps
+                            .cancel(&t.route, "the fleet's ramp row is not valid");
+                    }
+                }
                 Err(StepError::Store(e)) => return Err(e),
             }
         }
@@ -326,20 +354,34 @@ impl Run {
                 None => self.synced.remove(k),
             };
         }
-        let (before, after) = self.apply(changes.clone()).await?;
-        self.settle(&changes, &before, &after);
+        let base = Some(self.base.clone());
+        let (before, after, applied) = self.apply(changes, base).await?;
+        self.settle(&applied, &before, &after);
         self.own_rev(rev);
         Ok(())
     }
 
-    /// Apply rows from the store here (off the async threads: members are resolved); this
-    /// proxy's rows just before and just after.
-    async fn apply(&self, changes: Vec<store::Change>) -> Result<(Rows, Rows), String> {
+    /// Apply rows from the store here (off the async threads: members are resolved), with
+    /// admin changes held off; this proxy's rows just before and just after, and the rows
+    /// applied. With `base`: a row changed here and not published yet is not overwritten
+    /// (it is newer, and the admin call that made it waits for its publication).
+    async fn apply(
+        &self,
+        changes: Vec<store::Change>,
+        base: Option<Rows>,
+    ) -> Result<(Rows, Rows, Vec<store::Change>), String> {
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || {
+            let _held = st.fleet.applying.blocking_lock();
             let before = sync::local(&st);
-            sync::apply(&st, &changes);
-            (before, sync::local(&st))
+            let applied: Vec<store::Change> = changes
+                .into_iter()
+                .filter(|(k, _)| base.as_ref().is_none_or(|b| before.get(k) == b.get(k)))
+                .collect();
+            if !applied.is_empty() {
+                sync::apply(&st, &applied);
+            }
+            (before, sync::local(&st), applied)
         })
         .await
         .map_err(|e| format!("applying the shared state: {e}"))

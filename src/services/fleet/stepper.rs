@@ -79,7 +79,7 @@ pub fn due(state: &AppState) -> Vec<Tick> {
         .into_iter()
         .filter_map(|(route, r)| {
             let id = r.id.clone().filter(|_| r.is_running())?;
-            let k = r.steps_done + 1;
+            let k = r.steps_done.checked_add(1)?;
             (r.started_at + r.step_seconds * f64::from(k) <= now)
                 .then(|| tick(state, node, route, id, r, k))
         })
@@ -92,6 +92,12 @@ fn tick(state: &AppState, node: &str, route: String, id: String, r: Ramp, k: u32
     let n = r.steps_total;
     let mut after = r.clone();
     after.stepped_by = Some(node.to_string());
+    // More than a step late (its stepper died, the lease took a while to pass): the ramp goes
+    // on at its pace from now, not in a burst of the missed steps.
+    let now = unix_now();
+    if now - (r.started_at + r.step_seconds * f64::from(k)) > r.step_seconds {
+        after.started_at = now - r.step_seconds * f64::from(k);
+    }
     let mut split = None;
     if let Some(max) = r.max_error_rate {
         let pools = gaining(&r.from, &r.to);

@@ -167,17 +167,7 @@ impl Store {
         let s = |e: sqlx::Error| StepError::Store(err(e));
         let run = async {
             let mut tx = self.pool.begin().await.map_err(s)?;
-            let held = sqlx::query(
-                "SELECT 1 FROM tidegate_leases WHERE name = 'ramps' AND holder = $1
-                 AND expires_at > now() FOR UPDATE",
-            )
-            .bind(node)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(s)?;
-            if held.is_none() {
-                return Err(StepError::NotHolder);
-            }
+            hold_lease(&mut tx, node).await?;
             let cur = sqlx::query("SELECT value FROM tidegate_control WHERE key = $1 FOR UPDATE")
                 .bind(format!("ramp/{route}"))
                 .fetch_optional(&mut *tx)
@@ -242,8 +232,10 @@ impl Store {
 
     async fn read_beats(&self) -> Result<Vec<Beat>, String> {
         let rows = sqlx::query(
+            // A row written by hand may say `-infinity`: very old, not an error.
             "SELECT node, admin, rev, counts, outcomes,
-                    extract(epoch FROM now() - heartbeat)::float8
+                    CASE WHEN isfinite(heartbeat)
+                         THEN extract(epoch FROM now() - heartbeat)::float8 ELSE 1e12 END
              FROM tidegate_fleet ORDER BY node",
         )
         .fetch_all(&self.pool)
@@ -257,7 +249,10 @@ impl Store {
                 rev: r.get(2),
                 counts: r.get(3),
                 outcomes: r.get(4),
-                age: Duration::from_secs_f64(r.get::<f64, _>(5).max(0.0)),
+                // A heartbeat row written by hand may hold any time: infinite (or not a
+                // number) ages as very old, a future one as 0.
+                age: Duration::try_from_secs_f64(r.get::<f64, _>(5).max(0.0))
+                    .unwrap_or(Duration::MAX),
             })
             .collect())
     }
@@ -320,6 +315,25 @@ impl Store {
         })
         .await
     }
+}
+
+/// Inside `tx`: the revision's row first (every writer takes it first: no deadlock with a
+/// proxy publishing a cancel while this one steps), then the lease, if `node` holds it.
+async fn hold_lease(tx: &mut Transaction<'static, Postgres>, node: &str) -> Result<(), StepError> {
+    let s = |e: sqlx::Error| StepError::Store(err(e));
+    sqlx::query("SELECT rev FROM tidegate_control_meta WHERE id = 1 FOR UPDATE")
+        .execute(&mut **tx)
+        .await
+        .map_err(s)?;
+    let held = sqlx::query(
+        "SELECT 1 FROM tidegate_leases WHERE name = 'ramps' AND holder = $1
+         AND expires_at > now() FOR UPDATE",
+    )
+    .bind(node)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(s)?;
+    held.map(|_| ()).ok_or(StepError::NotHolder)
 }
 
 /// Inside `tx`: bump the revision (its row lock serializes writers), apply `changes`,

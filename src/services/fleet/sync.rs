@@ -7,14 +7,14 @@
 //! apply (a pool its file does not name) is never deleted by it, and two operators changing
 //! different things through two proxies both win.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, SystemTime},
-};
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::store::{Change, Rows};
+use super::{
+    rows,
+    store::{Change, Rows},
+};
 use crate::{
     api::{BackendEntry, Checkpoint, Ramp},
     drain::machine::Phase,
@@ -22,18 +22,22 @@ use crate::{
     state::{overrides::MaintenanceOverride, AppState},
 };
 
-/// This proxy's overrides as rows.
+/// This proxy's overrides as rows. Drains its own config file declares are not shared
+/// (each proxy follows its own file).
 pub fn local(state: &AppState) -> Rows {
-    let saved = persist::snapshot(state);
     let mut rows = Rows::new();
-    for d in &saved.drains {
-        let key = match &d.backend {
-            Some(b) => format!("drain/{}/{b}", d.pool),
-            None => format!("drain/{}", d.pool),
-        };
-        rows.insert(key, json(d));
+    for p in state.registry.pools().iter().filter(|p| !p.drain.by_file()) {
+        if let Some(d) = persist::saved_drain(&p.name, None, &p.drain.snapshot()) {
+            rows.insert(format!("drain/{}", p.name), json(&d));
+        }
     }
-    let ov = saved.overrides;
+    for b in state.registry.all().iter().filter(|b| !b.drain.by_file()) {
+        let m = b.drain.snapshot();
+        if let Some(d) = persist::saved_drain(&b.pool.name, Some(&b.name), &m) {
+            rows.insert(format!("drain/{}/{}", b.pool.name, b.name), json(&d));
+        }
+    }
+    let ov = state.overrides();
     for (route, split) in &ov.splits {
         rows.insert(format!("split/{route}"), json(split));
     }
@@ -74,7 +78,9 @@ pub fn apply(state: &AppState, changes: &[Change]) {
         let (kind, rest) = key.split_once('/').unwrap_or((key.as_str(), ""));
         let outcome = match kind {
             "drain" => apply_drain(state, rest, value.as_ref()),
-            "ramp" => parse::<Ramp>(value.as_ref()).map(|r| state.ramps.mirror(rest, r)),
+            "ramp" => parse::<Ramp>(value.as_ref())
+                .and_then(|r| r.map(|r| rows::ramp(&r).map(|()| r)).transpose())
+                .map(|r| state.ramps.mirror(rest, r)),
             "split" | "maintenance" | "members" | "checkpoint" => {
                 overrides.push((kind, rest, value));
                 Ok(())
@@ -94,8 +100,11 @@ pub fn apply(state: &AppState, changes: &[Change]) {
                 "split" if value.is_some() && !table.routes.iter().any(|r| &*r.name == *rest) => {
                     Err(format!("route {rest} is not in this proxy's config"))
                 }
-                "split" => parse(value.as_ref()).map(|v| set(&mut ov.splits, rest, v)),
+                "split" => parse(value.as_ref())
+                    .and_then(|v| checked(v, |s| rows::split("split", s)))
+                    .map(|v| set(&mut ov.splits, rest, v)),
                 "maintenance" => parse::<MaintenanceOverride>(value.as_ref())
+                    .and_then(|m| checked(m, rows::maintenance))
                     .map(|m| ov.maintenance = m),
                 "members" => members(rest, value.as_ref()).map(|m| match m {
                     Some((given, valid)) => {
@@ -107,7 +116,9 @@ pub fn apply(state: &AppState, changes: &[Change]) {
                         ov.members.remove(*rest);
                     }
                 }),
-                _ => parse::<Checkpoint>(value.as_ref()).map(|c| set(&mut ov.checkpoints, rest, c)),
+                _ => parse::<Checkpoint>(value.as_ref())
+                    .and_then(|c| checked(c, rows::checkpoint))
+                    .map(|c| set(&mut ov.checkpoints, rest, c)),
             };
             if let Err(e) = r {
                 tracing::warn!(kind, name = rest, error = %e, "shared override not applied on this proxy");
@@ -127,6 +138,14 @@ fn set<V>(map: &mut std::collections::BTreeMap<String, V>, key: &str, v: Option<
             map.remove(key);
         }
     }
+}
+
+/// `v` when `check` passes on it (or it is a removal).
+fn checked<T>(v: Option<T>, check: impl Fn(&T) -> Result<(), String>) -> Result<Option<T>, String> {
+    if let Some(x) = &v {
+        check(x)?;
+    }
+    Ok(v)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(v: Option<&Value>) -> Result<Option<T>, String> {
@@ -163,12 +182,18 @@ fn apply_drain(state: &AppState, target: &str, value: Option<&Value>) -> Result<
         }
         return Ok(());
     };
-    let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
-    let deadlines = crate::drain::machine::Deadlines {
-        requests: d.requests_deadline_ms.map(Duration::from_millis),
-        streams: d.streams_deadline_ms.map(Duration::from_millis),
-        close_spread: Duration::from_millis(d.close_spread_ms),
-    };
+    let (started, deadlines) = rows::drain(&d)?;
+    // Only what this proxy's config names: a drain row of a pool it lacks creates nothing
+    // here (it would be pruned, and its row deleted by the next publish).
+    let table = state.table();
+    let known = table
+        .pools
+        .get(pool)
+        .is_some_and(|p| backend.is_none_or(|b| p.backends.iter().any(|x| &*x.spec.name == b)));
+    drop(table);
+    if !known {
+        return Err(format!("{target} is not in this proxy's config"));
+    }
     drains::restore(state, pool, backend, started, deadlines);
     tracing::info!(pool, backend, "drain applied from the fleet");
     Ok(())
