@@ -819,3 +819,44 @@ async fn a_drain_the_config_file_declares_stays_that_proxys_own() {
         "drained"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_under_one_node_name_are_told() {
+    let pg = Postgres::start().await;
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let a = proxy(&blue, &green, pg.port, "twin").await;
+    let y = yaml(
+        &blue.addr.to_string(),
+        &green.addr.to_string(),
+        pg.port,
+        "twin",
+    );
+    let b = Tidegate::spawn(&y, &[]);
+    // The second is told, and takes no traffic: the fleet could not see its work.
+    let r = wait_for("b refusing readiness", Duration::from_secs(15), || async {
+        let r = get(&b.admin_url("/readyz")).await.ok()?;
+        r.body.contains("node name").then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 503);
+    let h = get(&b.admin_url("/health")).await.unwrap();
+    assert!(
+        h.body.contains("heartbeats under this node name"),
+        "{}",
+        h.body
+    );
+    assert!(b.logs().contains("set control_store.node"), "{}", b.logs());
+    assert_eq!(
+        get(&a.admin_url("/readyz")).await.unwrap().status,
+        200,
+        "the first keeps it"
+    );
+    // The first leaves cleanly: the second gets the name.
+    let mut a = a;
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(20)).await;
+    b.wait_ready().await;
+}

@@ -31,7 +31,8 @@ pub async fn alive() -> Response {
 /// `GET /readyz`.
 pub async fn ready(State(state): St) -> Response {
     let loaded = state.fleet.is_loaded();
-    if state.process.is_ready() && loaded {
+    let clash = state.fleet.name_taken().is_some();
+    if state.process.is_ready() && loaded && !clash {
         return json(
             200,
             &api::Ready {
@@ -44,6 +45,8 @@ pub async fn ready(State(state): St) -> Response {
         "shutting down"
     } else if !loaded {
         "loading the shared state from the control store"
+    } else if clash {
+        "another live proxy uses this control_store.node name"
     } else {
         "starting"
     };
@@ -146,6 +149,12 @@ pub async fn health(State(state): St) -> Response {
     reasons.extend(certificate_reasons(&state));
     // The error itself (it may name the database's host and user) is in the status and
     // the log, behind the token: this endpoint answers anyone.
+    if let Some(other) = state.fleet.name_taken() {
+        reasons.push(format!(
+            "another live proxy (admin {}) heartbeats under this node name: set control_store.node (not ready until then)",
+            crate::api::printable(&other)
+        ));
+    }
     if state.fleet.down().is_some() {
         reasons.push(
             "control store unreachable (serving with the last shared state; changes refused)"
@@ -283,7 +292,9 @@ pub fn status_of(state: &AppState) -> api::Status {
         .collect();
     api::Status {
         generation: table.generation,
-        ready: state.process.is_ready() && state.fleet.is_loaded(),
+        ready: state.process.is_ready()
+            && state.fleet.is_loaded()
+            && state.fleet.name_taken().is_none(),
         fleet: super::fleet::status(state),
         shutting_down: state.is_shutting_down(),
         in_flight: state.active(),

@@ -26,6 +26,7 @@ pub mod fleet;
 pub mod health;
 pub mod history;
 pub mod persist;
+pub mod pg;
 pub mod probe;
 pub mod ramps;
 pub mod reload;

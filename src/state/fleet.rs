@@ -72,6 +72,8 @@ pub struct Fleet {
     pub applying: tokio::sync::Mutex<()>,
     /// A proxy whose heartbeat is older is lost (also between two reads of the rows).
     ttl: Duration,
+    /// Another proxy's admin address seen under this proxy's node name.
+    name_taken: Mutex<Option<String>>,
 }
 
 impl Default for Fleet {
@@ -90,6 +92,7 @@ impl Fleet {
         Fleet {
             applying: tokio::sync::Mutex::new(()),
             ttl,
+            name_taken: Mutex::new(None),
             enabled: node.is_some(),
             loaded: AtomicBool::new(node.is_none()),
             node: node.unwrap_or_default(),
@@ -134,6 +137,18 @@ impl Fleet {
         let changed = d.is_some() != why.is_some();
         *d = why;
         changed
+    }
+
+    /// Another proxy's admin address, when one heartbeats under this proxy's node name.
+    pub fn name_taken(&self) -> Option<String> {
+        self.name_taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_name_taken(&self, other: Option<String>) {
+        *self.name_taken.lock().unwrap_or_else(|p| p.into_inner()) = other;
     }
 
     /// The revision of the shared state applied here.

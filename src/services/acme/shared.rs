@@ -60,16 +60,9 @@ impl Shared {
     async fn ready(&self) -> Result<&PgPool, String> {
         self.schema
             .get_or_try_init(|| async {
-                let mut tx = self.pool.begin().await.map_err(err)?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(SCHEMA_LOCK)
-                    .execute(&mut *tx)
+                crate::services::pg::create_schema(&self.pool, SCHEMA_LOCK, SCHEMA)
                     .await
-                    .map_err(err)?;
-                for stmt in SCHEMA {
-                    sqlx::query(stmt).execute(&mut *tx).await.map_err(err)?;
-                }
-                tx.commit().await.map_err(err)
+                    .map_err(err)
             })
             .await?;
         Ok(&self.pool)

@@ -84,7 +84,11 @@ impl BackgroundService for FleetService {
             }
             tokio::time::sleep(RECONNECT).await;
         }
-        match run.store.leave(&run.cfg.node).await {
+        match run
+            .store
+            .leave(&run.cfg.node, &run.instance, &run.holder)
+            .await
+        {
             Ok(()) => tracing::info!(node = %run.cfg.node, "left the fleet"),
             Err(e) => tracing::warn!(error = %e, "could not leave the fleet cleanly"),
         }
@@ -105,20 +109,29 @@ struct Run {
     lease_at: Option<Instant>,
     written: Option<(Instant, String)>,
     pruned: Option<Instant>,
+    /// Unique to this process start, and the lease holder's name (node and instance).
+    instance: String,
+    holder: String,
 }
 
 impl Run {
     fn new(state: Arc<AppState>, store: Store, cfg: ControlStore) -> Run {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let instance = format!("{}-{}", std::process::id(), since.as_nanos());
         Run {
             state,
             store,
-            cfg,
             synced: Rows::new(),
             base: Rows::new(),
             lease: false,
             lease_at: None,
             written: None,
             pruned: None,
+            holder: format!("{} {instance}", cfg.node),
+            instance,
+            cfg,
         }
     }
 
@@ -148,7 +161,14 @@ impl Run {
         })
         .await?;
         let notes = listen(listener);
-        if let Err(e) = self.reread(true).await {
+        // The whole state, then a first heartbeat (whether the node name is ours), before
+        // the proxy counts as loaded.
+        let first = async {
+            self.reread(true).await?;
+            self.written = None;
+            self.heartbeat().await
+        };
+        if let Err(e) = first.await {
             notes.1.abort();
             return Err(e);
         }
@@ -272,10 +292,15 @@ impl Run {
             self.store.peers().await?
         } else {
             let admin = self.state.admin_bound.to_string();
-            let b = self
-                .store
-                .beat(&self.cfg.node, &admin, me.rev, &counts, &outcomes)
-                .await?;
+            let who = store::Me {
+                node: &self.cfg.node,
+                instance: &self.instance,
+                admin: &admin,
+                rev: me.rev,
+                ttl: self.cfg.heartbeat_ttl,
+            };
+            let (b, wrote) = self.store.beat(&who, &counts, &outcomes).await?;
+            self.name_clash(wrote, &b);
             if self.pruned.is_none_or(|at| at.elapsed() >= PRUNE) {
                 // Forget proxies silent for an hour.
                 self.store.prune().await?;
@@ -289,6 +314,22 @@ impl Run {
         Ok(())
     }
 
+    /// Another live process holds this node name's heartbeat row (the write was refused):
+    /// reported (health, log) until this process gets the row, when the other has left or
+    /// gone silent past the TTL.
+    fn name_clash(&self, wrote: bool, beats: &[store::Beat]) {
+        let other = (!wrote).then(|| {
+            beats
+                .iter()
+                .find(|b| b.node == self.cfg.node)
+                .map_or_else(|| "?".to_string(), |b| b.admin.clone())
+        });
+        if other.is_some() && self.state.fleet.name_taken().is_none() {
+            tracing::error!(node = %self.cfg.node, other = ?other, "another live proxy heartbeats under this node name: set control_store.node to a name of its own; not ready until then (the fleet could not see this proxy's work)");
+        }
+        self.state.fleet.set_name_taken(other);
+    }
+
     /// Hold (or try to take) the ramp lease while a ramp runs; step the ramps due.
     async fn step_ramps(&mut self) -> Result<(), String> {
         if !stepper::any_running(&self.state) {
@@ -298,7 +339,7 @@ impl Run {
             .lease_at
             .is_none_or(|at| at.elapsed() >= stepper::LEASE_RENEW)
         {
-            let held = self.store.lease(&self.cfg.node, stepper::LEASE_TTL).await?;
+            let held = self.store.lease(&self.holder, stepper::LEASE_TTL).await?;
             if held && !self.lease {
                 tracing::info!(node = %self.cfg.node, "holding the ramp lease: this proxy steps the fleet's ramps");
             }
@@ -318,7 +359,12 @@ impl Run {
             let key = (t.route.as_str(), t.id.as_str(), t.k);
             match self
                 .store
-                .step(&self.cfg.node, key, |v| t.still(v), &changes)
+                .step(
+                    (&self.cfg.node, &self.holder),
+                    key,
+                    |v| t.still(v),
+                    &changes,
+                )
                 .await
             {
                 Ok(rev) => {

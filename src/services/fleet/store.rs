@@ -6,7 +6,9 @@
 //! - `tidegate_control_meta (id = 1, rev)`: the revision; every write takes its row lock
 //!   (so writes are serialized), bumps it and notifies `tidegate_control` with
 //!   `REV NODE` as payload, all in one transaction.
-//! - `tidegate_fleet (node, …, heartbeat)`: each proxy's heartbeat and counts.
+//! - `tidegate_fleet (node, …, heartbeat, instance)`: each proxy's heartbeat and counts. A
+//!   row belongs to the process (`instance`) that wrote it until it is older than the TTL:
+//!   a second process under the same node name cannot overwrite it, and is told.
 //! - `tidegate_leases (name, holder, expires_at)`: the ramp stepper's lease (by the
 //!   database's clock).
 //! - `tidegate_ramp_steps (route, ramp_id, step, node, at)`: every ramp step, once (its key
@@ -34,7 +36,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tidegate_fleet (
         node text PRIMARY KEY, admin text NOT NULL, rev bigint NOT NULL,
         counts jsonb NOT NULL, outcomes jsonb NOT NULL,
-        started_at timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL)",
+        started_at timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL,
+        instance text NOT NULL DEFAULT '')",
+    "ALTER TABLE tidegate_fleet ADD COLUMN IF NOT EXISTS instance text NOT NULL DEFAULT ''",
     "CREATE TABLE IF NOT EXISTS tidegate_leases (
         name text PRIMARY KEY, holder text NOT NULL, expires_at timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tidegate_ramp_steps (
@@ -50,6 +54,16 @@ pub type Rows = BTreeMap<String, Value>;
 
 /// One change: a key and its new value (`None`: removed).
 pub type Change = (String, Option<Value>);
+
+/// This process as its heartbeat row names it.
+pub struct Me<'a> {
+    pub node: &'a str,
+    /// Unique per process start.
+    pub instance: &'a str,
+    pub admin: &'a str,
+    pub rev: i64,
+    pub ttl: Duration,
+}
 
 /// One heartbeat row as read.
 pub struct Beat {
@@ -107,16 +121,9 @@ impl Store {
     /// Create the tables (once per fleet at a time).
     pub async fn schema(&self) -> Result<(), String> {
         bounded(async {
-            let mut tx = self.pool.begin().await.map_err(err)?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(SCHEMA_LOCK)
-                .execute(&mut *tx)
+            crate::services::pg::create_schema(&self.pool, SCHEMA_LOCK, SCHEMA)
                 .await
-                .map_err(err)?;
-            for stmt in SCHEMA {
-                sqlx::query(stmt).execute(&mut *tx).await.map_err(err)?;
-            }
-            tx.commit().await.map_err(err)
+                .map_err(err)
         })
         .await
     }
@@ -159,7 +166,7 @@ impl Store {
     /// only once per step, only when the ramp still is as `check` expects it.
     pub async fn step(
         &self,
-        node: &str,
+        (node, holder): (&str, &str),
         (route, ramp_id, step): (&str, &str, u32),
         check: impl FnOnce(Option<&Value>) -> bool,
         changes: &[Change],
@@ -167,7 +174,7 @@ impl Store {
         let s = |e: sqlx::Error| StepError::Store(err(e));
         let run = async {
             let mut tx = self.pool.begin().await.map_err(s)?;
-            hold_lease(&mut tx, node).await?;
+            hold_lease(&mut tx, holder).await?;
             let cur = sqlx::query("SELECT value FROM tidegate_control WHERE key = $1 FOR UPDATE")
                 .bind(format!("ramp/{route}"))
                 .fetch_optional(&mut *tx)
@@ -203,8 +210,8 @@ impl Store {
         }
     }
 
-    /// Take or renew the ramp lease for `ttl`; whether `node` holds it now.
-    pub async fn lease(&self, node: &str, ttl: Duration) -> Result<bool, String> {
+    /// Take or renew the ramp lease for `ttl`; whether `holder` (node and instance) holds it.
+    pub async fn lease(&self, holder: &str, ttl: Duration) -> Result<bool, String> {
         bounded(async {
             let row = sqlx::query(
                 "INSERT INTO tidegate_leases (name, holder, expires_at)
@@ -215,7 +222,7 @@ impl Store {
                     OR tidegate_leases.expires_at < now()
                  RETURNING holder",
             )
-            .bind(node)
+            .bind(holder)
             .bind(ttl.as_millis() as f64)
             .fetch_optional(&self.pool)
             .await
@@ -257,31 +264,36 @@ impl Store {
             .collect())
     }
 
-    /// Write this proxy's heartbeat; read every proxy's.
+    /// Write this proxy's heartbeat (unless another live process holds the node's row:
+    /// then `false`); read every proxy's.
     pub async fn beat(
         &self,
-        node: &str,
-        admin: &str,
-        rev: i64,
+        me: &Me<'_>,
         counts: &Value,
         outcomes: &Value,
-    ) -> Result<Vec<Beat>, String> {
+    ) -> Result<(Vec<Beat>, bool), String> {
         bounded(async {
-            sqlx::query(
-                "INSERT INTO tidegate_fleet (node, admin, rev, counts, outcomes, heartbeat)
-                 VALUES ($1, $2, $3, $4, $5, now())
+            let wrote = sqlx::query(
+                "INSERT INTO tidegate_fleet (node, admin, rev, counts, outcomes, heartbeat, instance)
+                 VALUES ($1, $2, $3, $4, $5, now(), $6)
                  ON CONFLICT (node) DO UPDATE SET admin = $2, rev = $3, counts = $4,
-                     outcomes = $5, heartbeat = now()",
+                     outcomes = $5, heartbeat = now(), instance = $6
+                 WHERE tidegate_fleet.instance = $6
+                    OR tidegate_fleet.heartbeat < now() - $7 * interval '1 millisecond'",
             )
-            .bind(node)
-            .bind(admin)
-            .bind(rev)
+            .bind(me.node)
+            .bind(me.admin)
+            .bind(me.rev)
             .bind(counts)
             .bind(outcomes)
+            .bind(me.instance)
+            .bind(me.ttl.as_millis() as f64)
             .execute(&self.pool)
             .await
-            .map_err(err)?;
-            self.read_beats().await
+            .map_err(err)?
+            .rows_affected()
+                > 0;
+            Ok((self.read_beats().await?, wrote))
         })
         .await
     }
@@ -299,15 +311,16 @@ impl Store {
     }
 
     /// A clean exit: this proxy leaves the fleet and its lease.
-    pub async fn leave(&self, node: &str) -> Result<(), String> {
+    pub async fn leave(&self, node: &str, instance: &str, holder: &str) -> Result<(), String> {
         bounded(async {
-            sqlx::query("DELETE FROM tidegate_fleet WHERE node = $1")
+            sqlx::query("DELETE FROM tidegate_fleet WHERE node = $1 AND instance = $2")
                 .bind(node)
+                .bind(instance)
                 .execute(&self.pool)
                 .await
                 .map_err(err)?;
             sqlx::query("DELETE FROM tidegate_leases WHERE holder = $1")
-                .bind(node)
+                .bind(holder)
                 .execute(&self.pool)
                 .await
                 .map_err(err)?;

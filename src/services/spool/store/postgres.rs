@@ -103,15 +103,7 @@ impl Pg {
     async fn ready(&self) -> Result<&PgPool, StoreError> {
         self.schema
             .get_or_try_init(|| async {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(SCHEMA_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                for stmt in SCHEMA {
-                    sqlx::query(stmt).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
+                crate::services::pg::create_schema(&self.pool, SCHEMA_LOCK, SCHEMA).await?;
                 Ok::<(), StoreError>(())
             })
             .await?;
