@@ -860,3 +860,33 @@ async fn two_proxies_under_one_node_name_are_told() {
     a.wait_exit(Duration::from_secs(20)).await;
     b.wait_ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_status_page_shows_the_fleet_and_a_lost_proxy() {
+    let pg = Postgres::start().await;
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let p1 = proxy(&blue, &green, pg.port, "u1").await;
+    let mut p2 = proxy(&blue, &green, pg.port, "u2").await;
+    let mut b = common::cdp::Browser::start(1280, 900).await;
+    b.navigate(&p1.admin_url("/ui")).await;
+    b.wait_true(
+        "both proxies on the page",
+        "!document.getElementById('fleet').hidden && !!document.querySelector('[data-proxy=\"u1\"]') \
+         && document.querySelector('[data-proxy=\"u2\"]')?.dataset.lost === 'false'",
+        Duration::from_secs(15),
+    )
+    .await;
+    let text = b.eval("document.getElementById('fleet').textContent").await;
+    assert!(text.as_str().unwrap().contains("reachable"), "{text}");
+    let _ = p2.child.kill();
+    let _ = p2.child.wait();
+    b.wait_true(
+        "u2 shown lost",
+        "document.querySelector('[data-proxy=\"u2\"]')?.dataset.lost === 'true'",
+        Duration::from_secs(15),
+    )
+    .await;
+}

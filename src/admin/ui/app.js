@@ -157,7 +157,28 @@ function render() {
   $("pools").replaceChildren(...Object.entries(s.pools).map(([n, p]) => renderPool(n, p)),
     ...(s.removed.length ? [renderRemoved(s.removed)] : []));
   renderSpool(s.spool || []);
+  renderFleet(s.fleet);
   renderCharts();
+}
+
+// With a control_store: the proxies of the fleet, their heartbeats and their work.
+function renderFleet(f) {
+  $("fleet").hidden = !f;
+  if (!f) return;
+  const store = f.store_reachable ? badge("reachable")
+    : el("span", { class: "badge", "data-state": "unhealthy", text: "store unreachable" });
+  $("fleet-list").replaceChildren(el("div", { class: "card" },
+    el("p", {}, "node ", el("code", { text: f.node }), " · control store ", store,
+      " · revision " + f.rev + (f.loaded ? "" : " · not loaded")),
+    el("div", { class: "scroll" }, el("table", {},
+      el("thead", {}, el("tr", {}, el("th", { text: "proxy" }), el("th", { text: "admin" }),
+        el("th", { text: "heartbeat" }), el("th", { class: "num", text: "rev" }),
+        ...KINDS.map((k) => el("th", { class: "num", text: k })))),
+      el("tbody", {}, ...f.proxies.map((p) => el("tr", { "data-proxy": p.node, "data-lost": String(p.lost) },
+        el("td", {}, p.node + (p.me ? " (this)" : "")), el("td", { text: p.admin }),
+        el("td", {}, p.lost ? badge("lost") : fmtSecs(p.heartbeat_age_seconds)),
+        el("td", { class: "num", text: String(p.rev) }),
+        ...KINDS.map((k) => el("td", { class: "num", text: String(p.in_flight[k] || 0) })))))))));
 }
 
 function renderMaintenance(m) {
