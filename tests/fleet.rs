@@ -649,8 +649,8 @@ async fn rows_written_by_hand_are_checked_like_input_and_nothing_breaks() {
         ('bogus/x', '[1,2,3]', 90, 'x'),
         ('drain/purple', '{"pool":"purple","backend":null,"started_at":1,"requests_deadline_ms":null,"streams_deadline_ms":null,"close_spread_ms":0}', 90, 'x');
         UPDATE tidegate_control_meta SET rev = 90;
-        INSERT INTO tidegate_fleet (node, admin, rev, counts, outcomes, heartbeat)
-            VALUES ('ghost', 'x', 0, '{"blue/b1":{"sse":7}}', '[]', '-infinity');
+        INSERT INTO tidegate_heartbeats (node, instance, admin, rev, counts, outcomes, heartbeat)
+            VALUES ('ghost', 'i', 'x', 0, '{"blue/b1":{"sse":7}}', '[]', '-infinity');
         SELECT pg_notify('tidegate_control', '90 x');"#,
     );
     wait_for(
@@ -827,38 +827,43 @@ async fn two_proxies_under_one_node_name_are_told() {
         TestBackend::start("blue").await,
         TestBackend::start("green").await,
     );
-    let a = proxy(&blue, &green, pg.port, "twin").await;
-    let y = yaml(
-        &blue.addr.to_string(),
-        &green.addr.to_string(),
-        pg.port,
-        "twin",
-    );
-    let b = Tidegate::spawn(&y, &[]);
-    // The second is told, and takes no traffic: the fleet could not see its work.
-    let r = wait_for("b refusing readiness", Duration::from_secs(15), || async {
-        let r = get(&b.admin_url("/readyz")).await.ok()?;
-        r.body.contains("node name").then_some(r)
+    let mut a = proxy(&blue, &green, pg.port, "twin").await;
+    let b = proxy(&blue, &green, pg.port, "twin").await;
+    // Both are counted (one row per process), and both say the name is not theirs alone.
+    let mut sse = Sse::open(&b.url("/events?interval_ms=100")).await;
+    assert_eq!(sse.status, 200);
+    for tg in [&a, &b] {
+        wait_for(
+            "the name clash reported",
+            Duration::from_secs(15),
+            || async {
+                let h = get(&tg.admin_url("/health")).await.ok()?;
+                h.body
+                    .contains("heartbeats under this node name")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let d = wait_for("b's stream seen by a", Duration::from_secs(10), || async {
+        let d = get(&a.admin_url("/api/v1/pools/blue/drain"))
+            .await
+            .ok()?
+            .json();
+        (d["fleet"]["holding"] == serde_json::json!(["twin"])).then_some(d)
     })
     .await;
-    assert_eq!(r.status, 503);
-    let h = get(&b.admin_url("/health")).await.unwrap();
-    assert!(
-        h.body.contains("heartbeats under this node name"),
-        "{}",
-        h.body
-    );
-    assert!(b.logs().contains("set control_store.node"), "{}", b.logs());
-    assert_eq!(
-        get(&a.admin_url("/readyz")).await.unwrap().status,
-        200,
-        "the first keeps it"
-    );
-    // The first leaves cleanly: the second gets the name.
-    let mut a = a;
+    assert_eq!(d["drained"], false, "{d}");
+    assert!(a.logs().contains("set control_store.node"), "{}", a.logs());
+    assert!(sse.next_data(Duration::from_secs(5)).await.is_ok());
+    // One leaves cleanly: the other's warning ends.
     a.signal(libc::SIGTERM);
     a.wait_exit(Duration::from_secs(20)).await;
-    b.wait_ready().await;
+    wait_for("the clash over", Duration::from_secs(15), || async {
+        let h = get(&b.admin_url("/health")).await.ok()?;
+        (!h.body.contains("node name")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

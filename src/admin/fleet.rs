@@ -49,6 +49,11 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request<Body>, next: 
     }
     // Not while rows from the store are being applied: either would overwrite the other.
     let held = state.fleet.applying.lock().await;
+    if let Some(why) = state.fleet.down() {
+        return unavailable(format!(
+            "the control store is unreachable ({why}); changes are refused until it is back"
+        ));
+    }
     let resp = next.run(req).await;
     drop(held);
     if !resp.status().is_success() {

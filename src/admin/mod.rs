@@ -210,8 +210,10 @@ pub fn router(ctx: Ctx) -> Router {
                 .delete(overrides::maintenance_off),
         )
         .fallback(edge::not_found)
-        .layer(middleware::from_fn(body::check_layer))
-        .layer(middleware::from_fn_with_state(state.clone(), fleet::gate));
+        // The body is read and checked first: the gate's lock is never held while a client
+        // sends slowly.
+        .layer(middleware::from_fn_with_state(state.clone(), fleet::gate))
+        .layer(middleware::from_fn(body::check_layer));
     Router::new()
         .route("/healthz", get(status::alive))
         .route("/readyz", get(status::ready))

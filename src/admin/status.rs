@@ -31,8 +31,7 @@ pub async fn alive() -> Response {
 /// `GET /readyz`.
 pub async fn ready(State(state): St) -> Response {
     let loaded = state.fleet.is_loaded();
-    let clash = state.fleet.name_taken().is_some();
-    if state.process.is_ready() && loaded && !clash {
+    if state.process.is_ready() && loaded {
         return json(
             200,
             &api::Ready {
@@ -45,8 +44,6 @@ pub async fn ready(State(state): St) -> Response {
         "shutting down"
     } else if !loaded {
         "loading the shared state from the control store"
-    } else if clash {
-        "another live proxy uses this control_store.node name"
     } else {
         "starting"
     };
@@ -151,7 +148,7 @@ pub async fn health(State(state): St) -> Response {
     // the log, behind the token: this endpoint answers anyone.
     if let Some(other) = state.fleet.name_taken() {
         reasons.push(format!(
-            "another live proxy (admin {}) heartbeats under this node name: set control_store.node (not ready until then)",
+            "another proxy (admin {}) heartbeats under this node name: set control_store.node",
             crate::api::printable(&other)
         ));
     }
@@ -292,9 +289,7 @@ pub fn status_of(state: &AppState) -> api::Status {
         .collect();
     api::Status {
         generation: table.generation,
-        ready: state.process.is_ready()
-            && state.fleet.is_loaded()
-            && state.fleet.name_taken().is_none(),
+        ready: state.process.is_ready() && state.fleet.is_loaded(),
         fleet: super::fleet::status(state),
         shutting_down: state.is_shutting_down(),
         in_flight: state.active(),

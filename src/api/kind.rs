@@ -71,12 +71,15 @@ impl InFlight {
 
     /// Sum over kinds.
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.iter().fold(0, |a, b| a.saturating_add(*b))
     }
 
     /// Kind by kind sum of two.
     pub fn plus(self, other: InFlight) -> InFlight {
-        InFlight(std::array::from_fn(|i| self.0[i] + other.0[i]))
+        // Saturating: counts from a shared database are input.
+        InFlight(std::array::from_fn(|i| {
+            self.0[i].saturating_add(other.0[i])
+        }))
     }
 
     /// `http=1 sse=0 websocket=0 grpc=0` (log lines).

@@ -63,11 +63,19 @@ pub fn me(state: &AppState) -> Peer {
 }
 
 /// The fleet from the heartbeat rows: this proxy from its live state, the others as read.
-pub fn peers(state: &AppState, beats: Vec<Beat>, ttl: std::time::Duration) -> Vec<Peer> {
+pub fn peers(
+    state: &AppState,
+    beats: Vec<Beat>,
+    ttl: std::time::Duration,
+    instance: &str,
+) -> Vec<Peer> {
     let now = Instant::now();
     let mine = state.fleet.node();
     let mut v = vec![me(state)];
-    for b in beats.into_iter().filter(|b| b.node != mine) {
+    for b in beats
+        .into_iter()
+        .filter(|b| b.node != mine || b.instance != instance)
+    {
         v.push(Peer {
             lost: b.age > ttl,
             node: b.node,
@@ -101,8 +109,8 @@ pub fn fleet_outcomes(state: &AppState, route: &str, pools: &[String]) -> (u64, 
         if let Some(by_pool) = p.outcomes.get(route) {
             for pool in pools {
                 let (t, f) = by_pool.get(pool).copied().unwrap_or_default();
-                sum.0 += t;
-                sum.1 += f;
+                sum.0 = sum.0.saturating_add(t);
+                sum.1 = sum.1.saturating_add(f);
             }
         }
     }

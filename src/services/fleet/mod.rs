@@ -26,14 +26,13 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
-use sqlx::postgres::PgListener;
 use tokio::{
     sync::mpsc,
     time::{interval, Instant, MissedTickBehavior},
 };
 
 use crate::{config::spec::ControlStore, state::AppState};
-use store::{bounded, Rows, StepError, Store};
+use store::{Rows, StepError, Store};
 
 /// How often heartbeats are read (and written when something changed).
 pub const BEAT: Duration = Duration::from_millis(250);
@@ -109,6 +108,8 @@ struct Run {
     lease_at: Option<Instant>,
     written: Option<(Instant, String)>,
     pruned: Option<Instant>,
+    /// The config generation of the last full read.
+    generation: u64,
     /// Unique to this process start, and the lease holder's name (node and instance).
     instance: String,
     holder: String,
@@ -120,6 +121,7 @@ impl Run {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let instance = format!("{}-{}", std::process::id(), since.as_nanos());
+        let generation = state.table().generation;
         Run {
             state,
             store,
@@ -129,6 +131,7 @@ impl Run {
             lease_at: None,
             written: None,
             pruned: None,
+            generation,
             holder: format!("{} {instance}", cfg.node),
             instance,
             cfg,
@@ -148,19 +151,9 @@ impl Run {
 
     /// Tables, LISTEN, the whole state read and applied. Returns the notifications (their
     /// revision; `None` once the connection is lost) and the task that receives them.
-    async fn connect(&mut self) -> Result<Notes, String> {
+    async fn connect(&mut self) -> Result<store::Notes, String> {
         self.store.schema().await?;
-        let listener = bounded(async {
-            let mut l = PgListener::connect_with(&self.store.pool)
-                .await
-                .map_err(|e| format!("control store: {e}"))?;
-            l.listen(store::CHANNEL)
-                .await
-                .map_err(|e| format!("control store: {e}"))?;
-            Ok(l)
-        })
-        .await?;
-        let notes = listen(listener);
+        let notes = self.store.listen().await?;
         // The whole state, then a first heartbeat (whether the node name is ours), before
         // the proxy counts as loaded.
         let first = async {
@@ -172,6 +165,11 @@ impl Run {
             notes.1.abort();
             return Err(e);
         }
+        // Changes still waiting were made before the full read, which replaced them with
+        // the fleet's state: their callers get 503, not a 200 for a change that is gone.
+        let pending = self.state.fleet.take_round();
+        let why = "the control store came back and its state replaced the change; try again";
+        self.state.fleet.round_done(pending, Some(why.into()));
         if self.state.fleet.set_down(None) {
             tracing::info!("control store reachable again: shared state read again");
         }
@@ -217,7 +215,14 @@ impl Run {
     /// Publish what changed here since the last sync.
     async fn publish(&mut self) -> Result<(), String> {
         let round = self.state.fleet.take_round();
-        let local = sync::local(&self.state);
+        let mut local = sync::local(&self.state);
+        // A row gone here because this proxy's config no longer names its pool or route (a
+        // reload) is not the fleet's to lose: not deleted, and kept as it was.
+        for (k, v) in &self.base {
+            if !local.contains_key(k) && !sync::named_here(&self.state, k) {
+                local.insert(k.clone(), v.clone());
+            }
+        }
         let changes = sync::diff(&self.base, &local);
         let out = if changes.is_empty() {
             Ok(())
@@ -266,7 +271,18 @@ impl Run {
                     _ => return Err("control store: the notification connection was lost".into()),
                 },
                 _ = self.state.fleet.local.notified() => self.publish().await?,
-                _ = resync.tick() => self.reread(false).await?,
+                _ = resync.tick() => {
+                    // After a reload, rows skipped for pools or routes this proxy did not name
+                    // may apply now: a full read (local changes published first).
+                    let generation = self.state.table().generation;
+                    if generation != self.generation {
+                        self.publish().await?;
+                        self.reread(true).await?;
+                        self.generation = generation;
+                    } else {
+                        self.reread(false).await?;
+                    }
+                }
                 _ = beat.tick() => {
                     self.heartbeat().await?;
                     self.step_ramps().await?;
@@ -299,8 +315,7 @@ impl Run {
                 rev: me.rev,
                 ttl: self.cfg.heartbeat_ttl,
             };
-            let (b, wrote) = self.store.beat(&who, &counts, &outcomes).await?;
-            self.name_clash(wrote, &b);
+            let b = self.store.beat(&who, &counts, &outcomes).await?;
             if self.pruned.is_none_or(|at| at.elapsed() >= PRUNE) {
                 // Forget proxies silent for an hour.
                 self.store.prune().await?;
@@ -309,23 +324,29 @@ impl Run {
             self.written = Some((Instant::now(), sig));
             b
         };
-        let peers = beat::peers(&self.state, beats, self.cfg.heartbeat_ttl);
+        self.name_clash(&beats);
+        let peers = beat::peers(&self.state, beats, self.cfg.heartbeat_ttl, &self.instance);
         self.state.fleet.set_peers(peers);
         Ok(())
     }
 
-    /// Another live process holds this node name's heartbeat row (the write was refused):
-    /// reported (health, log) until this process gets the row, when the other has left or
-    /// gone silent past the TTL.
-    fn name_clash(&self, wrote: bool, beats: &[store::Beat]) {
-        let other = (!wrote).then(|| {
-            beats
-                .iter()
-                .find(|b| b.node == self.cfg.node)
-                .map_or_else(|| "?".to_string(), |b| b.admin.clone())
-        });
+    /// Another live process heartbeating under this node name from another admin address
+    /// (not this proxy's own upgrade, which shares the address): both are counted, but an
+    /// operator reading the fleet cannot tell them apart. Reported (health, log).
+    fn name_clash(&self, beats: &[store::Beat]) {
+        let admin = self.state.admin_bound.to_string();
+        let ttl = self.cfg.heartbeat_ttl;
+        let other = beats
+            .iter()
+            .find(|b| {
+                b.node == self.cfg.node
+                    && b.instance != self.instance
+                    && b.admin != admin
+                    && b.age < ttl
+            })
+            .map(|b| b.admin.clone());
         if other.is_some() && self.state.fleet.name_taken().is_none() {
-            tracing::error!(node = %self.cfg.node, other = ?other, "another live proxy heartbeats under this node name: set control_store.node to a name of its own; not ready until then (the fleet could not see this proxy's work)");
+            tracing::error!(node = %self.cfg.node, other = ?other, "another proxy heartbeats under this node name: set control_store.node to a name of its own");
         }
         self.state.fleet.set_name_taken(other);
     }
@@ -455,33 +476,4 @@ impl Run {
             self.state.fleet.set_rev(rev);
         }
     }
-}
-
-/// Notifications: their revisions, `None` when the connection is lost; and their task.
-type Notes = (mpsc::Receiver<Option<i64>>, tokio::task::JoinHandle<()>);
-
-/// Receive notifications in a task of their own (the receive is not cancel-safe, a
-/// channel is).
-fn listen(mut l: PgListener) -> Notes {
-    let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(async move {
-        loop {
-            let rev = match l.try_recv().await {
-                Ok(Some(n)) => n
-                    .payload()
-                    .split(' ')
-                    .next()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(i64::MAX),
-                _ => {
-                    let _ = tx.send(None).await;
-                    return;
-                }
-            };
-            if tx.send(Some(rev)).await.is_err() {
-                return;
-            }
-        }
-    });
-    (rx, task)
 }

@@ -15,8 +15,8 @@ use crate::{
     state::{overrides::MaintenanceOverride, process::unix_now},
 };
 
-/// Most steps a shared ramp may have.
-const MAX_STEPS: u32 = 100_000;
+/// Most steps a shared ramp may have (the API allows 24 h in steps of 100 ms: 864,000).
+const MAX_STEPS: u32 = 1_000_000;
 /// Longest time a shared row may name (deadlines, step, retry-after): a year.
 const MAX_SECS: f64 = 366.0 * 86_400.0;
 
@@ -90,8 +90,9 @@ pub fn maintenance(m: &MaintenanceOverride) -> Result<(), String> {
     if m.retry_after_seconds as f64 > MAX_SECS {
         return Err("retry_after_seconds: too long".into());
     }
-    if m.message.as_ref().is_some_and(|s| s.len() > 4096) {
-        return Err("message: over 4096 bytes".into());
+    // The admin API takes bodies up to 64 KiB.
+    if m.message.as_ref().is_some_and(|s| s.len() > 64 * 1024) {
+        return Err("message: over 64 KiB".into());
     }
     Ok(())
 }

@@ -6,9 +6,9 @@
 //! - `tidegate_control_meta (id = 1, rev)`: the revision; every write takes its row lock
 //!   (so writes are serialized), bumps it and notifies `tidegate_control` with
 //!   `REV NODE` as payload, all in one transaction.
-//! - `tidegate_fleet (node, …, heartbeat, instance)`: each proxy's heartbeat and counts. A
-//!   row belongs to the process (`instance`) that wrote it until it is older than the TTL:
-//!   a second process under the same node name cannot overwrite it, and is told.
+//! - `tidegate_heartbeats (node, instance, …, heartbeat)`: each proxy process's heartbeat
+//!   and counts, one row per process (`instance`): during a graceful upgrade the old and the
+//!   new process both count, and two proxies under one name do not hide each other.
 //! - `tidegate_leases (name, holder, expires_at)`: the ramp stepper's lease (by the
 //!   database's clock).
 //! - `tidegate_ramp_steps (route, ramp_id, step, node, at)`: every ramp step, once (its key
@@ -18,9 +18,10 @@ use std::{collections::BTreeMap, future::Future, str::FromStr, time::Duration};
 
 use serde_json::Value;
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
     PgPool, Postgres, Row, Transaction,
 };
+use tokio::sync::mpsc;
 
 /// Longest any statement (or connection) may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,12 +34,11 @@ const SCHEMA: &[&str] = &[
         updated_by text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
     "CREATE TABLE IF NOT EXISTS tidegate_control_meta (id int PRIMARY KEY, rev bigint NOT NULL)",
     "INSERT INTO tidegate_control_meta (id, rev) VALUES (1, 0) ON CONFLICT DO NOTHING",
-    "CREATE TABLE IF NOT EXISTS tidegate_fleet (
-        node text PRIMARY KEY, admin text NOT NULL, rev bigint NOT NULL,
+    "CREATE TABLE IF NOT EXISTS tidegate_heartbeats (
+        node text NOT NULL, instance text NOT NULL, admin text NOT NULL, rev bigint NOT NULL,
         counts jsonb NOT NULL, outcomes jsonb NOT NULL,
         started_at timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL,
-        instance text NOT NULL DEFAULT '')",
-    "ALTER TABLE tidegate_fleet ADD COLUMN IF NOT EXISTS instance text NOT NULL DEFAULT ''",
+        PRIMARY KEY (node, instance))",
     "CREATE TABLE IF NOT EXISTS tidegate_leases (
         name text PRIMARY KEY, holder text NOT NULL, expires_at timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tidegate_ramp_steps (
@@ -73,6 +73,7 @@ pub struct Beat {
     pub counts: Value,
     pub outcomes: Value,
     pub age: Duration,
+    pub instance: String,
 }
 
 /// A step the store refused.
@@ -210,6 +211,17 @@ impl Store {
         }
     }
 
+    /// LISTEN on the notification channel, in a connection of its own.
+    pub async fn listen(&self) -> Result<Notes, String> {
+        let l = bounded(async {
+            let mut l = PgListener::connect_with(&self.pool).await.map_err(err)?;
+            l.listen(CHANNEL).await.map_err(err)?;
+            Ok(l)
+        })
+        .await?;
+        Ok(receive(l))
+    }
+
     /// Take or renew the ramp lease for `ttl`; whether `holder` (node and instance) holds it.
     pub async fn lease(&self, holder: &str, ttl: Duration) -> Result<bool, String> {
         bounded(async {
@@ -240,10 +252,10 @@ impl Store {
     async fn read_beats(&self) -> Result<Vec<Beat>, String> {
         let rows = sqlx::query(
             // A row written by hand may say `-infinity`: very old, not an error.
-            "SELECT node, admin, rev, counts, outcomes,
+            "SELECT node, admin, rev, counts, outcomes, instance,
                     CASE WHEN isfinite(heartbeat)
                          THEN extract(epoch FROM now() - heartbeat)::float8 ELSE 1e12 END
-             FROM tidegate_fleet ORDER BY node",
+             FROM tidegate_heartbeats ORDER BY node, instance",
         )
         .fetch_all(&self.pool)
         .await
@@ -258,42 +270,51 @@ impl Store {
                 outcomes: r.get(4),
                 // A heartbeat row written by hand may hold any time: infinite (or not a
                 // number) ages as very old, a future one as 0.
-                age: Duration::try_from_secs_f64(r.get::<f64, _>(5).max(0.0))
+                age: Duration::try_from_secs_f64(r.get::<f64, _>(6).max(0.0))
                     .unwrap_or(Duration::MAX),
+                instance: r.get(5),
             })
             .collect())
     }
 
-    /// Write this proxy's heartbeat (unless another live process holds the node's row:
-    /// then `false`); read every proxy's.
+    /// Write this process's heartbeat; forget this node's rows of earlier processes on the
+    /// same admin address silent past the TTL (a crash and a restart: their work died with
+    /// them); read every proxy's.
     pub async fn beat(
         &self,
         me: &Me<'_>,
         counts: &Value,
         outcomes: &Value,
-    ) -> Result<(Vec<Beat>, bool), String> {
+    ) -> Result<Vec<Beat>, String> {
         bounded(async {
-            let wrote = sqlx::query(
-                "INSERT INTO tidegate_fleet (node, admin, rev, counts, outcomes, heartbeat, instance)
-                 VALUES ($1, $2, $3, $4, $5, now(), $6)
-                 ON CONFLICT (node) DO UPDATE SET admin = $2, rev = $3, counts = $4,
-                     outcomes = $5, heartbeat = now(), instance = $6
-                 WHERE tidegate_fleet.instance = $6
-                    OR tidegate_fleet.heartbeat < now() - $7 * interval '1 millisecond'",
+            sqlx::query(
+                "INSERT INTO tidegate_heartbeats
+                     (node, instance, admin, rev, counts, outcomes, heartbeat)
+                 VALUES ($1, $2, $3, $4, $5, $6, now())
+                 ON CONFLICT (node, instance) DO UPDATE SET admin = $3, rev = $4, counts = $5,
+                     outcomes = $6, heartbeat = now()",
             )
             .bind(me.node)
+            .bind(me.instance)
             .bind(me.admin)
             .bind(me.rev)
             .bind(counts)
             .bind(outcomes)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+            sqlx::query(
+                "DELETE FROM tidegate_heartbeats WHERE node = $1 AND admin = $2
+                 AND instance <> $3 AND heartbeat < now() - $4 * interval '1 millisecond'",
+            )
+            .bind(me.node)
+            .bind(me.admin)
             .bind(me.instance)
             .bind(me.ttl.as_millis() as f64)
             .execute(&self.pool)
             .await
-            .map_err(err)?
-            .rows_affected()
-                > 0;
-            Ok((self.read_beats().await?, wrote))
+            .map_err(err)?;
+            self.read_beats().await
         })
         .await
     }
@@ -301,10 +322,12 @@ impl Store {
     /// Forget proxies silent for an hour.
     pub async fn prune(&self) -> Result<(), String> {
         bounded(async {
-            sqlx::query("DELETE FROM tidegate_fleet WHERE heartbeat < now() - interval '1 hour'")
-                .execute(&self.pool)
-                .await
-                .map_err(err)?;
+            sqlx::query(
+                "DELETE FROM tidegate_heartbeats WHERE heartbeat < now() - interval '1 hour'",
+            )
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
             Ok(())
         })
         .await
@@ -313,7 +336,7 @@ impl Store {
     /// A clean exit: this proxy leaves the fleet and its lease.
     pub async fn leave(&self, node: &str, instance: &str, holder: &str) -> Result<(), String> {
         bounded(async {
-            sqlx::query("DELETE FROM tidegate_fleet WHERE node = $1 AND instance = $2")
+            sqlx::query("DELETE FROM tidegate_heartbeats WHERE node = $1 AND instance = $2")
                 .bind(node)
                 .bind(instance)
                 .execute(&self.pool)
@@ -386,4 +409,33 @@ async fn write(
         .await
         .map_err(err)?;
     Ok(rev)
+}
+
+/// Notifications: their revisions, `None` when the connection is lost; and their task.
+pub type Notes = (mpsc::Receiver<Option<i64>>, tokio::task::JoinHandle<()>);
+
+/// Receive notifications in a task of their own (the receive is not cancel-safe, a
+/// channel is).
+fn receive(mut l: PgListener) -> Notes {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let rev = match l.try_recv().await {
+                Ok(Some(n)) => n
+                    .payload()
+                    .split(' ')
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(i64::MAX),
+                _ => {
+                    let _ = tx.send(None).await;
+                    return;
+                }
+            };
+            if tx.send(Some(rev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, task)
 }

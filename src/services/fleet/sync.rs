@@ -61,6 +61,20 @@ fn json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// Whether this proxy's config names the pool or route of row `key`.
+pub fn named_here(state: &AppState, key: &str) -> bool {
+    let table = state.table();
+    let (kind, rest) = key.split_once('/').unwrap_or((key, ""));
+    match kind {
+        "drain" | "members" => {
+            let pool = rest.split('/').next().unwrap_or(rest);
+            table.pools.contains_key(pool)
+        }
+        "split" | "ramp" | "checkpoint" => table.routes.iter().any(|r| &*r.name == rest),
+        _ => true,
+    }
+}
+
 /// What turns `old` into `new`.
 pub fn diff(old: &Rows, new: &Rows) -> Vec<Change> {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
@@ -173,6 +187,10 @@ fn apply_drain(state: &AppState, target: &str, value: Option<&Value>) -> Result<
     };
     let Some(d) = parse::<persist::SavedDrain>(value)? else {
         let r = drains::resolve(state, pool, backend).map_err(|e| e.to_string())?;
+        // A drain this proxy's file declares is the file's to end.
+        if r.cell().by_file() {
+            return Ok(());
+        }
         if r.cell().phase() != Phase::Active && r.cell().undrain().is_ok() {
             for b in r.target.backends(&state.registry) {
                 b.mark_available_now();
@@ -193,6 +211,10 @@ fn apply_drain(state: &AppState, target: &str, value: Option<&Value>) -> Result<
     drop(table);
     if !known {
         return Err(format!("{target} is not in this proxy's config"));
+    }
+    if drains::resolve(state, pool, backend).is_ok_and(|r| r.cell().by_file()) {
+        // Draining already, as this proxy's file declares: the file's deadlines stay.
+        return Ok(());
     }
     drains::restore(state, pool, backend, started, deadlines);
     tracing::info!(pool, backend, "drain applied from the fleet");
