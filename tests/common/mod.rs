@@ -6,6 +6,7 @@ pub mod acme;
 pub mod cdp;
 pub mod client;
 pub mod docker;
+pub mod fleet;
 pub mod grpc;
 pub mod postgres;
 pub mod recorder;
