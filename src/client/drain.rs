@@ -169,7 +169,7 @@ fn print_result(target: &str, statuses: &[DrainStatus], json: bool) {
     for s in statuses {
         println!("{target}: {} ({})", s.state, s.in_flight.words(", "));
         if let Some(f) = &s.fleet {
-            print!("{}", fleet_lines(f));
+            print!("{}", super::fleet::fleet_lines(f));
         }
     }
 }
@@ -181,36 +181,6 @@ fn in_fleet(s: &DrainStatus) -> InFlight {
         .flat_map(|f| &f.proxies)
         .filter(|p| !p.lost)
         .fold(s.in_flight, |a, p| a.plus(p.in_flight))
-}
-
-/// One line per other proxy of the fleet; lost ones say so (they are not counted).
-pub fn fleet_lines(f: &crate::api::FleetDrain) -> String {
-    use crate::api::printable;
-    let mut out = String::new();
-    for p in &f.proxies {
-        let what = if p.lost {
-            format!(
-                "LOST (heartbeat {:.1}s ago; not counted; last held {})",
-                p.heartbeat_age_seconds,
-                p.in_flight.words(", ")
-            )
-        } else if !p.applied {
-            "has not applied the drain yet".to_string()
-        } else {
-            p.in_flight.words(", ")
-        };
-        out.push_str(&format!("  proxy {}: {what}\n", printable(&p.node)));
-    }
-    if f.store_unreachable {
-        out.push_str("  control store unreachable: the other proxies' counts are not known\n");
-    }
-    if !f.lost.is_empty() {
-        out.push_str(&format!(
-            "  warning: {} lost; drained means drained on the live proxies\n",
-            printable(&f.lost.join(", "))
-        ));
-    }
-    out
 }
 
 /// Back to active on every proxy (409 "not draining" is fine).

@@ -7,6 +7,7 @@
 mod args;
 mod deploy;
 mod drain;
+mod fleet;
 mod node;
 mod shift;
 mod spool;

@@ -112,7 +112,7 @@ fn print_result(host: &str, statuses: &[NodeDrainStatus], json: bool) {
             let name = b.backend.as_deref().unwrap_or(&b.pool);
             println!("{host} {name}: {} ({})", b.state, b.in_flight.words(", "));
             if let Some(f) = &b.fleet {
-                print!("{}", super::drain::fleet_lines(f));
+                print!("{}", super::fleet::fleet_lines(f));
             }
         }
     }
