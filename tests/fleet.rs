@@ -23,24 +23,14 @@ use common::{fleet::*, postgres::Postgres, *};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_through_one_proxy_is_applied_by_the_whole_fleet() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "p1").await;
     let p2 = proxy(&blue, &green, pg.port, "p2").await;
     let mut p3 = proxy(&blue, &green, pg.port, "p3").await;
     let fleet = [&p1, &p2, &p3];
 
     // A split through p1.
-    let r = api(
-        &p1,
-        "PUT",
-        "/api/v1/routes/app/split",
-        r#"{"split":{"blue":0,"green":100}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    put_split(&p1, 0, 100).await;
     let took = all_follow(&fleet, "the split on every proxy", |s| {
         split_of(s)["green"] == 100
     })
@@ -158,10 +148,7 @@ fn steps(pg: &Postgres) -> Vec<(String, i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ramp_is_stepped_once_per_step_and_continues_when_its_stepper_dies() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "r1").await;
     let p2 = proxy(&blue, &green, pg.port, "r2").await;
     let p3 = proxy(&blue, &green, pg.port, "r3").await;
@@ -231,20 +218,10 @@ async fn a_ramp_is_stepped_once_per_step_and_continues_when_its_stepper_dies() {
 async fn a_proxy_cut_off_from_the_store_keeps_its_state_refuses_changes_and_catches_up() {
     let pg = Postgres::start().await;
     let relay = Relay::start(pg.port).await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "s1").await;
     let cut = proxy(&blue, &green, relay.port, "s2").await;
-    let r = api(
-        &p1,
-        "PUT",
-        "/api/v1/routes/app/split",
-        r#"{"split":{"blue":0,"green":100}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    put_split(&p1, 0, 100).await;
     all_follow(&[&cut], "the split on s2", |s| split_of(s)["green"] == 100).await;
 
     relay.set(false);
@@ -281,14 +258,7 @@ async fn a_proxy_cut_off_from_the_store_keeps_its_state_refuses_changes_and_catc
         "nothing changed"
     );
     // Meanwhile the fleet moves on.
-    let r = api(
-        &p1,
-        "PUT",
-        "/api/v1/routes/app/split",
-        r#"{"split":{"blue":30,"green":70}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    put_split(&p1, 30, 70).await;
     assert_eq!(split_of(&status(&cut).await.unwrap())["green"], 100);
 
     relay.set(true);
@@ -312,10 +282,7 @@ async fn a_proxy_cut_off_from_the_store_keeps_its_state_refuses_changes_and_catc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drain_answers_for_the_fleet_and_lists_a_lost_proxy() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "d1").await;
     let mut p2 = proxy(&blue, &green, pg.port, "d2").await;
     let p3 = proxy(&blue, &green, pg.port, "d3").await;
@@ -390,10 +357,7 @@ async fn a_drain_answers_for_the_fleet_and_lists_a_lost_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watched_ramp_rolls_back_on_the_fleets_errors_and_a_clean_exit_leaves_the_fleet() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     green.app.set_failing(true);
     let mut fleet = vec![
         ("w1", proxy(&blue, &green, pg.port, "w1").await),

@@ -13,10 +13,7 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_writers_at_once_through_two_proxies_both_win() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "c1").await;
     let p2 = proxy(&blue, &green, pg.port, "c2").await;
     for round in 0..10u64 {
@@ -74,10 +71,7 @@ async fn two_writers_at_once_through_two_proxies_both_win() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_written_by_hand_are_checked_like_input_and_nothing_breaks() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "g1").await;
     // A database writer who is not tidegate: a time past the clock's range, weights past the
     // split range, a ramp of four billion steps, a kind nobody knows, a drain of a pool this
@@ -130,14 +124,7 @@ async fn rows_written_by_hand_are_checked_like_input_and_nothing_breaks() {
     );
     assert_eq!(s["fleet"]["store_reachable"], true);
     // Valid changes still flow, and the row of a pool this proxy lacks stays in the store.
-    let r = api(
-        &p1,
-        "PUT",
-        "/api/v1/routes/app/split",
-        r#"{"split":{"blue":50,"green":50}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    put_split(&p1, 50, 50).await;
     let r = api(&p1, "POST", "/api/v1/config/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     tokio::time::sleep(Duration::from_secs(3)).await; // a resync and a prune pass
@@ -150,19 +137,9 @@ async fn rows_written_by_hand_are_checked_like_input_and_nothing_breaks() {
 async fn a_proxy_started_while_the_store_is_down_routes_nothing_until_it_has_loaded() {
     let pg = Postgres::start().await;
     let relay = Relay::start(pg.port).await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "u1").await;
-    let r = api(
-        &p1,
-        "PUT",
-        "/api/v1/routes/app/split",
-        r#"{"split":{"blue":0,"green":100}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    put_split(&p1, 0, 100).await;
     relay.set(false);
     let y = yaml(
         &blue.addr.to_string(),
@@ -205,10 +182,7 @@ async fn a_proxy_started_while_the_store_is_down_routes_nothing_until_it_has_loa
 async fn a_drain_the_config_file_declares_stays_that_proxys_own() {
     let pg = Postgres::start().await;
     let relay = Relay::start(pg.port).await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let plain = yaml(
         &blue.addr.to_string(),
         &green.addr.to_string(),
@@ -268,10 +242,7 @@ async fn a_drain_the_config_file_declares_stays_that_proxys_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_proxies_under_one_node_name_are_told() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let mut a = proxy(&blue, &green, pg.port, "twin").await;
     let b = proxy(&blue, &green, pg.port, "twin").await;
     // Both are counted (one row per process), and both say the name is not theirs alone.
@@ -314,10 +285,7 @@ async fn two_proxies_under_one_node_name_are_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_status_page_shows_the_fleet_and_a_lost_proxy() {
     let pg = Postgres::start().await;
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = blue_green().await;
     let p1 = proxy(&blue, &green, pg.port, "u1").await;
     let mut p2 = proxy(&blue, &green, pg.port, "u2").await;
     let mut b = common::cdp::Browser::start(1280, 900).await;

@@ -131,3 +131,18 @@ impl Relay {
         self.up.store(up, Ordering::SeqCst);
     }
 }
+
+/// The two app instances every fleet test routes to.
+pub async fn blue_green() -> (TestBackend, TestBackend) {
+    (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    )
+}
+
+/// Override route `app`'s split through `tg`; the answer must be 200.
+pub async fn put_split(tg: &Tidegate, blue: u32, green: u32) {
+    let body = format!(r#"{{"split":{{"blue":{blue},"green":{green}}}}}"#);
+    let r = api(tg, "PUT", "/api/v1/routes/app/split", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
