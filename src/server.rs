@@ -36,7 +36,7 @@ use crate::{
         shutdown::ShutdownWatcher,
         signals::Signals,
         spool::{Spool, SpoolService},
-        upgrade::{self, Relay},
+        upgrade::{self, Sink},
     },
     state::{AppState, ExitReason},
 };
@@ -107,9 +107,16 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
         ports_are_free(&spec)?;
     }
     let sock = spec.server.upgrade_sock.clone();
-    upgrade::prepare(&sock, is_default_dir(&sock))?;
+    upgrade::prepare(&sock, is_default_dir(&sock, spec.state_file.as_deref()))?;
     if opts.daemon {
         daemonize(spec.server.pid_file.as_deref())?;
+    }
+    if opts.upgrade {
+        // The running tidegate's sockets, checked, before this process binds anything (its
+        // admin socket shares the port: bound now, it would take probes it cannot answer
+        // yet). pingora's bootstrap picks them up from the inner socket.
+        let addrs: Vec<std::net::SocketAddr> = spec.listeners.iter().map(|l| l.addr).collect();
+        upgrade::receive(&sock, &upgrade::side_path(&sock, "in"), &addrs)?;
     }
     let admin_listener = bind_admin(spec.admin.addr)?;
     let state = Arc::new(AppState::new(
@@ -168,9 +175,10 @@ fn ports_are_free(spec: &crate::config::Spec) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Whether the upgrade socket is in tidegate's own default directory (created 0700).
-fn is_default_dir(sock: &Path) -> bool {
+/// Whether the upgrade socket is in one of tidegate's own default directories (created 0700).
+fn is_default_dir(sock: &Path, state_file: Option<&Path>) -> bool {
     sock.parent() == Some(crate::config::file::per_user_upgrade_dir().as_path())
+        || sock == crate::config::file::default_upgrade_sock(state_file)
 }
 
 fn pingora_conf(spec: &crate::config::Spec, opts: &RunOptions) -> ServerConf {
@@ -205,23 +213,23 @@ fn build_server(
     opts: &RunOptions,
     state: &Arc<AppState>,
     admin_listener: StdTcpListener,
-) -> Result<(Server, Relay), StartError> {
+) -> Result<(Server, Sink), StartError> {
     let spec = state.table().spec.clone();
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, pingora_conf(&spec, opts));
-    // With --upgrade, the sockets were received on the real path here.
+    // pingora's bootstrap receives on a private socket of this process's own, fed by
+    // tidegate's receiver (`run`) once it has checked the sender and every descriptor.
+    let real = spec.server.upgrade_sock.clone();
+    let inner = upgrade::side_path(&real, "in");
+    let mut boot = pingora_conf(&spec, opts);
+    boot.upgrade_sock = inner.to_string_lossy().into_owned();
+    let mut server = Server::new_with_opt_and_conf(opt, boot);
     server.bootstrap();
-    // From now on pingora sends to our relay, which checks who listens on the real path
-    // before forwarding.
-    let relay = Relay::start(&spec.server.upgrade_sock).map_err(|e| {
-        StartError::Upgrade(upgrade::UpgradeSockError::relay(
-            &spec.server.upgrade_sock,
-            &e,
-        ))
-    })?;
+    // From now on pingora's own hand-off (after tidegate's, at SIGQUIT) goes to a sink.
+    let relay = Sink::start(&real)
+        .map_err(|e| StartError::Upgrade(upgrade::UpgradeSockError::relay(&real, &e)))?;
     let mut conf = pingora_conf(&spec, opts);
     conf.upgrade_sock = relay.path.to_string_lossy().into_owned();
     server.configuration = Arc::new(conf);

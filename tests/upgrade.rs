@@ -25,6 +25,12 @@ use common::*;
 async fn sigquit_upgrade_under_load_loses_nothing() {
     let blue = TestBackend::start("blue").await;
     let dir = tempfile::tempdir().unwrap();
+    // The upgrade socket's directory must be private.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let sock = dir.path().join("upgrade.sock");
     let yaml = format!(
         r#"

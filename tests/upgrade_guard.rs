@@ -64,6 +64,7 @@ async fn proxy_with_private_socket() -> Option<(TestBackend, tempfile::TempDir, 
     }
     let app = TestBackend::start("app").await;
     let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let extra = format!(
         "server: {{ upgrade_sock: {} }}",
         private.path().join("up.sock").display()

@@ -53,15 +53,17 @@ impl ShutdownSignalWatch for Signals {
             }
             _ = quit.recv() => {
                 let sock = self.upgrade_sock.clone();
-                let check = tokio::task::spawn_blocking(move || super::upgrade::listener_is_ours(&sock)).await;
-                match check {
-                    Ok(Ok(())) => {}
+                let addrs: Vec<std::net::SocketAddr> =
+                    self.state.table().spec.listeners.iter().map(|l| l.addr).collect();
+                let handed = tokio::task::spawn_blocking(move || super::upgrade::hand_over(&sock, &addrs)).await;
+                match handed {
+                    Ok(Ok(n)) => tracing::info!(sockets = n, "listening sockets sent to the upgraded process"),
                     Ok(Err(why)) => {
                         tracing::error!(reason = %why, "SIGQUIT: graceful upgrade refused; still serving");
                         continue;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "SIGQUIT: upgrade check failed; still serving");
+                        tracing::error!(error = %e, "SIGQUIT: upgrade failed; still serving");
                         continue;
                     }
                 }

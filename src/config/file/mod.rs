@@ -359,14 +359,14 @@ pub struct FileServer {
 }
 
 /// Default socket for graceful upgrades (absolute: old and new process must agree), in a
-/// directory only tidegate's user writes: next to `state_file`, else a per-user directory
-/// under /tmp that tidegate creates mode 0700.
+/// private directory tidegate creates mode 0700: `upgrade/` next to `state_file`, else a
+/// per-user directory under /tmp.
 pub fn default_upgrade_sock(state_file: Option<&std::path::Path>) -> PathBuf {
     match state_file
         .and_then(|f| f.parent())
         .filter(|d| d.is_absolute())
     {
-        Some(dir) => dir.join("upgrade.sock"),
+        Some(dir) => dir.join("upgrade").join("upgrade.sock"),
         None => per_user_upgrade_dir().join("upgrade.sock"),
     }
 }
