@@ -31,6 +31,9 @@ pub struct WaitQuery {
     timeout: Option<String>,
     /// Streams to list (default 100, at most 10,000).
     streams: Option<usize>,
+    /// With a `control_store`: a lost proxy keeps the answer from drained.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// Query of `GET …/drain`.
@@ -39,6 +42,9 @@ pub struct WaitQuery {
 pub struct StatusQuery {
     /// Streams to list (default 100, at most 10,000).
     streams: Option<usize>,
+    /// With a `control_store`: a lost proxy keeps the answer from drained.
+    #[serde(default)]
+    strict: bool,
 }
 
 fn listed(n: Option<usize>) -> Result<usize, ApiError> {
@@ -118,15 +124,20 @@ pub(super) fn wait_timeout(q: &WaitQuery) -> Result<Duration, ApiError> {
 async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, ApiError> {
     let timeout = wait_timeout(q)?;
     let started = tokio::time::Instant::now();
-    wait_until(state, &r, started + timeout).await;
-    let mut v = view::drain_status_listing(state, &r, listed(q.streams)?);
+    wait_until(state, &r, started + timeout, q.strict).await;
+    let mut v = view::drain_status_listing(state, &r, listed(q.streams)?, q.strict);
     v.waited_seconds = Some(started.elapsed().as_secs_f64());
     Ok(json(200, &v))
 }
 
 /// Until `r` is drained (or removed and idle) here and on the fleet's other proxies, or
 /// `deadline`.
-pub(super) async fn wait_until(state: &AppState, r: &Resolved, deadline: tokio::time::Instant) {
+pub(super) async fn wait_until(
+    state: &AppState,
+    r: &Resolved,
+    deadline: tokio::time::Instant,
+    strict: bool,
+) {
     loop {
         // Register interest before checking, so a transition between the check and the
         // await is not missed.
@@ -143,7 +154,7 @@ pub(super) async fn wait_until(state: &AppState, r: &Resolved, deadline: tokio::
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    super::fleet::wait_drained(state, r, deadline).await;
+    super::fleet::wait_drained(state, r, deadline, strict).await;
 }
 
 /// `GET /api/v1/pools/{pool}/drain`.
@@ -155,7 +166,7 @@ pub async fn pool_status(
     let r = resolve(&s, &pool, None)?;
     Ok(json(
         200,
-        &view::drain_status_listing(&s, &r, listed(q.streams)?),
+        &view::drain_status_listing(&s, &r, listed(q.streams)?, q.strict),
     ))
 }
 
@@ -192,7 +203,7 @@ pub async fn backend_status(
     let r = resolve(&s, &pool, Some(&backend))?;
     Ok(json(
         200,
-        &view::drain_status_listing(&s, &r, listed(q.streams)?),
+        &view::drain_status_listing(&s, &r, listed(q.streams)?, q.strict),
     ))
 }
 

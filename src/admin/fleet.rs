@@ -21,6 +21,8 @@ use crate::{
 
 /// How long a change may wait for the store to confirm it.
 const CONFIRM: Duration = Duration::from_secs(3);
+/// How long a change may wait for rows from the store to be applied first.
+const GATE_WAIT: Duration = Duration::from_secs(3);
 
 /// Whether a request changes the fleet's shared state (not the spool, not this proxy's
 /// config file).
@@ -47,8 +49,21 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request<Body>, next: 
     if !state.fleet.is_loaded() {
         return unavailable("the shared state is not loaded from the control store yet".into());
     }
+    if let Some(why) = state.fleet.regressed() {
+        return unavailable(format!(
+            "the control store went back in time ({why}); this proxy keeps its live state and \
+             refuses changes until the store is past its revision again (see the README: \
+             restoring a control store)"
+        ));
+    }
     // Not while rows from the store are being applied: either would overwrite the other.
-    let held = state.fleet.applying.lock().await;
+    // Bounded: an apply that stalls answers 503, not a hung admin call.
+    let Ok(held) = tokio::time::timeout(GATE_WAIT, state.fleet.applying.lock()).await else {
+        return unavailable(format!(
+            "rows from the control store are being applied and did not finish within {} s; try again",
+            GATE_WAIT.as_secs()
+        ));
+    };
     if let Some(why) = state.fleet.down() {
         return unavailable(format!(
             "the control store is unreachable ({why}); changes are refused until it is back"
@@ -94,8 +109,9 @@ fn on_target(p: &Peer, r: &Resolved) -> api::InFlight {
         .fold(api::InFlight::default(), |a, (_, c)| a.plus(*c))
 }
 
-/// The other proxies' part of the drain of `r` (this one answers for itself).
-pub fn drain(state: &AppState, r: &Resolved) -> Option<api::FleetDrain> {
+/// The other proxies' part of the drain of `r` (this one answers for itself). `strict`: a
+/// lost proxy keeps it from drained.
+pub fn drain(state: &AppState, r: &Resolved, strict: bool) -> Option<api::FleetDrain> {
     if !state.fleet.enabled() {
         return None;
     }
@@ -107,6 +123,8 @@ pub fn drain(state: &AppState, r: &Resolved) -> Option<api::FleetDrain> {
         lost: Vec::new(),
         proxies: Vec::new(),
         store_unreachable: state.fleet.down().is_some(),
+        stale: state.fleet.is_stale(),
+        strict,
     };
     for p in state.fleet.peers().iter().filter(|p| !p.me) {
         let in_flight = on_target(p, r);
@@ -127,15 +145,26 @@ pub fn drain(state: &AppState, r: &Resolved) -> Option<api::FleetDrain> {
             in_flight,
         });
     }
-    // Without the store the others' counts are not known: never "drained" then.
-    f.drained = f.holding.is_empty() && f.behind.is_empty() && !f.store_unreachable;
+    // Without the store, or with a view of the others older than the TTL (this proxy's own
+    // reads stall: every peer would look lost), their counts are not known: never
+    // "drained" then.
+    f.drained = f.holding.is_empty()
+        && f.behind.is_empty()
+        && !f.store_unreachable
+        && !f.stale
+        && !(strict && !f.lost.is_empty());
     Some(f)
 }
 
 /// Until the other proxies of the fleet hold nothing on `r` (and have applied its drain),
 /// or `deadline`. Their counts come with their heartbeats (every 250 ms on change).
-pub async fn wait_drained(state: &AppState, r: &Resolved, deadline: tokio::time::Instant) {
-    while drain(state, r).is_some_and(|f| !f.drained) {
+pub async fn wait_drained(
+    state: &AppState,
+    r: &Resolved,
+    deadline: tokio::time::Instant,
+    strict: bool,
+) {
+    while drain(state, r, strict).is_some_and(|f| !f.drained) {
         if tokio::time::Instant::now() >= deadline {
             return;
         }
@@ -155,6 +184,8 @@ pub fn status(state: &AppState) -> Option<api::FleetStatus> {
         loaded: state.fleet.is_loaded(),
         rev: state.fleet.rev(),
         heartbeat_ttl_seconds: cfg.heartbeat_ttl.as_secs_f64(),
+        peers_read_seconds_ago: state.fleet.peers_read_age().map(|a| a.as_secs_f64()),
+        regressed: state.fleet.regressed(),
         proxies: state
             .fleet
             .peers()

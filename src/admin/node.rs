@@ -33,12 +33,17 @@ fn targets(state: &AppState, host: &str) -> Result<Vec<Resolved>, ApiError> {
     Ok(t)
 }
 
-fn status(state: &AppState, host: &str, targets: &[Resolved]) -> api::NodeDrainStatus {
+fn status(
+    state: &AppState,
+    host: &str,
+    targets: &[Resolved],
+    strict: bool,
+) -> api::NodeDrainStatus {
     let backends: Vec<api::DrainStatus> = targets
         .iter()
         .map(|r| {
             r.observe();
-            view::drain_status(state, r)
+            view::drain_status_listing(state, r, view::STREAMS_LISTED, strict)
         })
         .collect();
     api::NodeDrainStatus {
@@ -74,7 +79,7 @@ pub async fn drain(State(s): St, Path(host): Path<String>, b: Bytes) -> Result<R
         }
     }
     tracing::info!(node = %host, backends = targets.len(), mode = ?req.mode, "node drain started");
-    Ok(json(202, &status(&s, &host, &targets)))
+    Ok(json(202, &status(&s, &host, &targets, false)))
 }
 
 /// `POST /api/v1/nodes/{host}/undrain`.
@@ -87,13 +92,13 @@ pub async fn undrain(State(s): St, Path(host): Path<String>) -> Result<Response,
         }
     }
     tracing::info!(node = %host, backends = targets.len(), "node undrained");
-    Ok(json(200, &status(&s, &host, &targets)))
+    Ok(json(200, &status(&s, &host, &targets, false)))
 }
 
 /// `GET /api/v1/nodes/{host}/drain`.
 pub async fn get(State(s): St, Path(host): Path<String>) -> Result<Response, ApiError> {
     let targets = targets(&s, &host)?;
-    Ok(json(200, &status(&s, &host, &targets)))
+    Ok(json(200, &status(&s, &host, &targets, false)))
 }
 
 /// `GET /api/v1/nodes/{host}/drain/wait?timeout=`: until every backend on the node is
@@ -106,7 +111,7 @@ pub async fn wait(
     let targets = targets(&s, &host)?;
     let deadline = tokio::time::Instant::now() + drain::wait_timeout(&q)?;
     for r in &targets {
-        drain::wait_until(&s, r, deadline).await;
+        drain::wait_until(&s, r, deadline, q.strict).await;
     }
-    Ok(json(200, &status(&s, &host, &targets)))
+    Ok(json(200, &status(&s, &host, &targets, q.strict)))
 }

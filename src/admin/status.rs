@@ -157,6 +157,17 @@ pub async fn health(State(state): St) -> Response {
             "control store unreachable (serving with the last shared state; changes refused)"
                 .into(),
         );
+    } else if state.fleet.is_loaded() && state.fleet.is_stale() {
+        reasons.push(
+            "the fleet's heartbeats were not read within the TTL (the other proxies' counts are not known; nothing is answered drained)"
+                .into(),
+        );
+    }
+    if state.fleet.regressed().is_some() {
+        reasons.push(
+            "the control store's state is older than this proxy's (restored from a backup?): kept the live state; see the status and the log"
+                .into(),
+        );
     }
     let spool = super::spool::depths(&state);
     for d in spool.iter().filter(|d| d.dead > 0) {

@@ -19,7 +19,7 @@ fn dur(d: Option<std::time::Duration>) -> String {
 
 /// The drain status of a resolved target.
 pub fn drain_status(state: &AppState, r: &Resolved) -> api::DrainStatus {
-    drain_status_listing(state, r, STREAMS_LISTED)
+    drain_status_listing(state, r, STREAMS_LISTED, false)
 }
 
 /// Streams a drain status lists by default (the oldest first; `streams_total` counts all).
@@ -27,8 +27,14 @@ pub const STREAMS_LISTED: usize = 100;
 /// Streams a drain status lists at most (`?streams=`).
 pub const STREAMS_LISTED_MAX: usize = 10_000;
 
-/// [`drain_status`] listing at most `limit` streams, the oldest first.
-pub fn drain_status_listing(state: &AppState, r: &Resolved, limit: usize) -> api::DrainStatus {
+/// [`drain_status`] listing at most `limit` streams, the oldest first; `strict`: a lost proxy
+/// of the fleet keeps it from drained.
+pub fn drain_status_listing(
+    state: &AppState,
+    r: &Resolved,
+    limit: usize,
+    strict: bool,
+) -> api::DrainStatus {
     r.observe();
     let backends = r.target.backends(&state.registry);
     let mut v = drain_view(
@@ -43,7 +49,7 @@ pub fn drain_status_listing(state: &AppState, r: &Resolved, limit: usize) -> api
         v.backend = Some(b.id.to_string());
         v.pool_state = Some(r.pool.drain.phase().shown());
     }
-    if let Some(f) = super::fleet::drain(state, r) {
+    if let Some(f) = super::fleet::drain(state, r, strict) {
         v.drained &= f.drained;
         v.fleet = Some(f);
     }

@@ -32,6 +32,14 @@ pub struct FleetDrain {
     /// The control store does not answer: the others' counts are not known (never drained).
     #[serde(default)]
     pub store_unreachable: bool,
+    /// This proxy's last successful read of the others' heartbeats is older than the TTL
+    /// (its reads stall or fail): their counts are not known (never drained).
+    #[serde(default)]
+    pub stale: bool,
+    /// Asked with `strict=true`: a lost proxy keeps the answer from "drained" (it may
+    /// still hold work it cannot report), instead of being listed and not counted.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// One proxy of the fleet.
@@ -64,6 +72,14 @@ pub struct FleetStatus {
     /// The revision of the shared state applied here.
     pub rev: i64,
     pub heartbeat_ttl_seconds: f64,
+    /// Since this proxy last read the fleet's heartbeats (`None`: never); past the TTL its
+    /// drain answers are never "drained".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_read_seconds_ago: Option<f64>,
+    /// The store's state went back in time (a restored backup, a promoted replica): what was
+    /// seen. This proxy keeps its live state until an operator says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regressed: Option<String>,
     pub proxies: Vec<FleetProxy>,
 }
 

@@ -29,6 +29,11 @@ pub struct DrainArgs {
     /// Give up waiting after this long (exit 1).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// With a control_store: never drained while a proxy of the fleet is lost (its heartbeat
+    /// older than the TTL; it may still hold work it cannot report). Without it a lost proxy
+    /// is listed with a warning and not counted.
+    #[arg(long, requires = "wait")]
+    pub strict: bool,
     /// Deadline for plain requests (default: the pool's `drain.requests_deadline`).
     #[arg(long)]
     pub requests_deadline: Option<String>,

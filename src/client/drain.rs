@@ -81,7 +81,10 @@ async fn wait_all(
             // Short long-polls, so the progress line moves and every proxy is asked in turn.
             statuses.push(
                 admin
-                    .get::<DrainStatus>(&format!("{path}/drain/wait?timeout=1s"))
+                    .get::<DrainStatus>(&format!(
+                        "{path}/drain/wait?timeout=1s{}",
+                        if a.strict { "&strict=true" } else { "" }
+                    ))
                     .await?,
             );
         }

@@ -21,9 +21,17 @@ pub(super) fn fleet_lines(f: &crate::api::FleetDrain) -> String {
     if f.store_unreachable {
         out.push_str("  control store unreachable: the other proxies' counts are not known\n");
     }
-    if !f.lost.is_empty() {
+    if f.stale {
+        out.push_str("  this proxy's view of the fleet is older than the heartbeat TTL: the other proxies' counts are not known\n");
+    }
+    if !f.lost.is_empty() && f.strict {
         out.push_str(&format!(
-            "  warning: {} lost; drained means drained on the live proxies\n",
+            "  {} lost: not drained while a proxy is lost (--strict)\n",
+            printable(&f.lost.join(", "))
+        ));
+    } else if !f.lost.is_empty() {
+        out.push_str(&format!(
+            "  warning: {} lost; drained means drained on the live proxies (--strict: never drained while a proxy is lost)\n",
             printable(&f.lost.join(", "))
         ));
     }

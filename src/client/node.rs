@@ -44,7 +44,8 @@ pub(super) async fn drain(fleet: &[Admin], host: &str, a: &DrainArgs) -> Result<
     loop {
         let mut statuses = Vec::with_capacity(fleet.len());
         for admin in fleet {
-            let wait = format!("{path}/drain/wait?timeout=1s");
+            let strict = if a.strict { "&strict=true" } else { "" };
+            let wait = format!("{path}/drain/wait?timeout=1s{strict}");
             statuses.push(admin.get::<NodeDrainStatus>(&wait).await?);
         }
         let drained = statuses.iter().all(|s| s.drained);

@@ -191,6 +191,7 @@ async fn walk(url: &str, admin: &Admin, blue: &Arc<Backend>) -> Result<u8, Strin
             hard: false,
             wait: true,
             timeout: Duration::from_secs(30),
+            strict: false,
             requests_deadline: None,
             streams_deadline: None,
             json: false,

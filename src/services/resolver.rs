@@ -1,5 +1,6 @@
 //! Backend names (`HOST:PORT`) resolved again in the background every `resolve_interval`,
-//! never on the request path. A changed answer keeps the backend's id and state: requests in
+//! never on the request path, and names that have no address yet (runtime members, which
+//! the admin API and the fleet store unresolved) every second. Each lookup is bounded. A changed answer keeps the backend's id and state: requests in
 //! flight finish on the old address, new ones go to the new one (a new table is published
 //! with the same generation). A failed lookup keeps the last good address and is logged once
 //! until it succeeds again; a name that never resolved keeps its backend unavailable.
@@ -23,31 +24,56 @@ pub struct Resolver {
 impl BackgroundService for Resolver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut failing: HashSet<String> = HashSet::new();
+        let mut last_full = tokio::time::Instant::now();
         loop {
-            let interval = self.state.table().spec.resolve_interval;
-            let wait = interval.unwrap_or(Duration::from_secs(1));
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(UNRESOLVED_EVERY) => {}
                 _ = shutdown.changed() => return,
             }
-            if interval.is_some() {
-                self.round(&mut failing).await;
+            // Every name at `resolve_interval`; names that have no address yet (runtime
+            // members are stored unresolved) every second, with or without it.
+            let interval = self.state.table().spec.resolve_interval;
+            let full = interval.is_some_and(|i| last_full.elapsed() >= i);
+            if full {
+                last_full = tokio::time::Instant::now();
             }
+            self.round(&mut failing, !full).await;
         }
     }
 }
 
+/// How often names without an address are looked up.
+const UNRESOLVED_EVERY: Duration = Duration::from_secs(1);
+/// Longest one lookup may take (a slow DNS server delays only its own name).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Resolver {
-    /// Resolve every backend name of the table once; publish when an answer changed.
-    async fn round(&self, failing: &mut HashSet<String>) {
+    /// Resolve the table's backend names once (`only_unresolved`: those without an address
+    /// yet); publish when an answer changed.
+    async fn round(&self, failing: &mut HashSet<String>, only_unresolved: bool) {
         let table = self.state.table_full();
-        let names: HashSet<String> = table
+        let mut answers: Addresses = self.state.overrides().addresses;
+        let all: HashSet<String> = table
             .backends()
             .map(|(_, b)| b.spec.address.clone())
             .filter(|a| a.parse::<SocketAddr>().is_err())
             .collect();
-        let mut answers: Addresses = self.state.overrides().addresses;
-        answers.retain(|k, _| names.contains(k));
+        answers.retain(|k, _| all.contains(k));
+        let names: Vec<String> = all
+            .iter()
+            .filter(|n| {
+                !only_unresolved
+                    || (!answers.contains_key(*n)
+                        && table
+                            .backends()
+                            .any(|(_, b)| b.spec.address == **n && b.addr.is_none()))
+            })
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let before_round = answers.clone();
         for name in names {
             match lookup(&name).await {
                 Some(a) => {
@@ -70,6 +96,9 @@ impl Resolver {
                 }
             }
         }
+        if only_unresolved && answers == before_round {
+            return;
+        }
         self.state.set_addresses(answers);
     }
 }
@@ -81,7 +110,11 @@ async fn lookup(name: &str) -> Option<SocketAddr> {
     if let Some(ip) = hosts_file(host) {
         return Some(SocketAddr::new(ip, port));
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name).await.ok()?.collect();
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name))
+        .await
+        .ok()?
+        .ok()?
+        .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())

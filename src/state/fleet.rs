@@ -65,6 +65,10 @@ pub struct Fleet {
     requested: AtomicU64,
     rounds: watch::Sender<Round>,
     peers: ArcSwap<Vec<Peer>>,
+    /// When the heartbeat rows were last read successfully (`None`: never).
+    peers_read: Mutex<Option<Instant>>,
+    /// The store's state went back in time (a restored backup, a promoted replica): why.
+    regressed: Mutex<Option<String>>,
     /// Set once this proxy has left the fleet (clean exit).
     left: watch::Sender<bool>,
     /// Held while rows from the store are applied, and while an admin call changes shared
@@ -102,6 +106,8 @@ impl Fleet {
             requested: AtomicU64::new(0),
             rounds: watch::channel(Round::default()).0,
             peers: ArcSwap::from_pointee(Vec::new()),
+            peers_read: Mutex::new(None),
+            regressed: Mutex::new(None),
             left: watch::channel(false).0,
         }
     }
@@ -238,5 +244,41 @@ impl Fleet {
 
     pub fn set_peers(&self, peers: Vec<Peer>) {
         self.peers.store(Arc::new(peers));
+        *self.peers_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// How long ago the others' heartbeats were last read (`None`: never).
+    pub fn peers_read_age(&self) -> Option<Duration> {
+        self.peers_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|at| at.elapsed())
+    }
+
+    /// Whether this proxy's view of the others is older than the TTL (its reads stall or
+    /// fail): their counts are not known, so nothing is answered drained for the fleet.
+    pub fn is_stale(&self) -> bool {
+        self.enabled && self.peers_read_age().is_none_or(|age| age > self.ttl)
+    }
+
+    /// The heartbeat TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Why the store's state is older than what this proxy had applied (`None`: it is not).
+    pub fn regressed(&self) -> Option<String> {
+        self.regressed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Record (or clear) a store that went back in time; whether that changed.
+    pub fn set_regressed(&self, why: Option<String>) -> bool {
+        let mut r = self.regressed.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = r.is_some() != why.is_some();
+        *r = why;
+        changed
     }
 }

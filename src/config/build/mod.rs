@@ -87,7 +87,8 @@ pub fn build(
 }
 
 /// Validate runtime members of pool `pool` exactly like the file's `pools.NAME.backends`
-/// (addresses resolved, names unique, weights in range). Blocking: names are resolved.
+/// (addresses parsed, names unique, weights in range). Never blocks: host names are left to
+/// the resolver service.
 pub fn runtime_backends(
     pool: &str,
     entries: &[crate::api::BackendEntry],
@@ -107,10 +108,18 @@ pub fn runtime_backends(
             state: FileState::Active,
         })
         .collect();
+    // No name is looked up here: callers hold locks or serve the admin API, and a slow DNS
+    // answer must stall neither. Names stay unresolved (the backend unavailable) until the
+    // resolver service answers, within a second.
+    let no_dns = |_: &str| None;
+    let io = Inputs {
+        lookup: &no_dns,
+        ..Inputs::system()
+    };
     let mut warnings = Vec::new();
-    let members = pools::build_backends("backends", &file, &Inputs::system(), &mut warnings)?;
+    let members = pools::build_backends("backends", &file, &io, &mut warnings)?;
     for w in warnings {
-        tracing::warn!(pool, "{w}");
+        tracing::debug!(pool, "{w}");
     }
     Ok(members)
 }

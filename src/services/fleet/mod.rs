@@ -7,9 +7,10 @@
 //! The loop, one task per proxy:
 //! 1. connect: create the tables, LISTEN, read the whole state and apply it; only then is
 //!    the proxy loaded (it answers 503 to traffic and `/readyz` before);
-//! 2. serve: apply notified revisions, publish local changes, heartbeat every 250 ms (the
-//!    row is written when something changed, else every second), step ramps when holding
-//!    the lease;
+//! 2. serve: apply notified revisions, publish local changes, step ramps when holding the
+//!    lease. Heartbeats (every 250 ms; the row is written when something changed, else every
+//!    second) run in a task of their own ([`beat::Beater`]), so a stall here never makes
+//!    this proxy's work invisible to the others or theirs old here;
 //! 3. on any store error: degraded with the reason, mutations refused (503), the last state
 //!    kept; back to 1 after 500 ms, which re-reads everything before applying notices.
 //!
@@ -27,7 +28,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use tokio::{
-    sync::mpsc,
+    sync::{mpsc, watch},
     time::{interval, Instant, MissedTickBehavior},
 };
 
@@ -36,10 +37,6 @@ use store::{Rows, StepError, Store};
 
 /// How often heartbeats are read (and written when something changed).
 pub const BEAT: Duration = Duration::from_millis(250);
-/// How often an unchanged heartbeat is written anyway.
-const BEAT_IDLE: Duration = Duration::from_secs(1);
-/// How often heartbeat rows silent for an hour are deleted.
-const PRUNE: Duration = Duration::from_secs(60);
 /// Wait before reconnecting to a store that failed.
 const RECONNECT: Duration = Duration::from_millis(500);
 
@@ -63,6 +60,15 @@ impl BackgroundService for FleetService {
             }
         };
         let mut run = Run::new(self.state.clone(), store, cfg);
+        let (stop, stopped) = watch::channel(false);
+        let beater = beat::Beater::new(
+            run.state.clone(),
+            run.store.clone(),
+            run.cfg.node.clone(),
+            run.cfg.heartbeat_ttl,
+            run.instance.clone(),
+        );
+        let beats = tokio::spawn(beater.run(stopped));
         loop {
             let why = match run.connect().await {
                 Ok(notes) => {
@@ -78,11 +84,16 @@ impl BackgroundService for FleetService {
             run.down(why);
             if run.state.is_shutting_down() && run.state.active() == 0 {
                 // Exiting without a store to tell: the others will see us lost.
+                let _ = stop.send(true);
+                let _ = beats.await;
                 run.state.fleet.set_left();
                 return;
             }
             tokio::time::sleep(RECONNECT).await;
         }
+        // No heartbeat after the row is deleted.
+        let _ = stop.send(true);
+        let _ = beats.await;
         match run
             .store
             .leave(&run.cfg.node, &run.instance, &run.holder)
@@ -106,10 +117,13 @@ struct Run {
     base: Rows,
     lease: bool,
     lease_at: Option<Instant>,
-    written: Option<(Instant, String)>,
-    pruned: Option<Instant>,
+    /// The first heartbeat of each connection, before the proxy counts as loaded (then the
+    /// beater's task takes over).
+    first: beat::Beater,
     /// The config generation of the last full read.
     generation: u64,
+    /// The store's epoch as first read (a new database has another).
+    epoch: Option<String>,
     /// Unique to this process start, and the lease holder's name (node and instance).
     instance: String,
     holder: String,
@@ -122,6 +136,13 @@ impl Run {
             .unwrap_or_default();
         let instance = format!("{}-{}", std::process::id(), since.as_nanos());
         let generation = state.table().generation;
+        let first = beat::Beater::new(
+            state.clone(),
+            store.clone(),
+            cfg.node.clone(),
+            cfg.heartbeat_ttl,
+            instance.clone(),
+        );
         Run {
             state,
             store,
@@ -129,9 +150,9 @@ impl Run {
             base: Rows::new(),
             lease: false,
             lease_at: None,
-            written: None,
-            pruned: None,
+            first,
             generation,
+            epoch: None,
             holder: format!("{} {instance}", cfg.node),
             instance,
             cfg,
@@ -158,8 +179,7 @@ impl Run {
         // the proxy counts as loaded.
         let first = async {
             self.reread(true).await?;
-            self.written = None;
-            self.heartbeat().await
+            self.first.beat().await
         };
         if let Err(e) = first.await {
             notes.1.abort();
@@ -187,7 +207,24 @@ impl Run {
         if !full {
             self.publish().await?;
         }
-        let (rev, remote) = self.store.read().await?;
+        let (epoch, rev, remote) = self.store.read().await?;
+        if let Some(why) = self.regression(&epoch, rev) {
+            // Keep the live state: adopting an older one would undo acknowledged changes
+            // (undrain what operators drained, move splits back) on every proxy at once.
+            if self.state.fleet.set_regressed(Some(why.clone())) {
+                tracing::error!(reason = %why, "the control store went back in time (restored from a backup? a replica promoted?): keeping this proxy's live state and refusing changes; see the README's recovery steps");
+            }
+            return Ok(());
+        }
+        // Back in step (an operator moved the revision past this proxy's): the store's
+        // state is adopted whole.
+        let full = if self.state.fleet.set_regressed(None) {
+            tracing::warn!(rev, "the control store's revision is past this proxy's again: adopting its state");
+            true
+        } else {
+            full
+        };
+        self.epoch = Some(epoch);
         let known = match (full, self.state.fleet.is_loaded()) {
             // After a reconnect: whatever this proxy holds becomes the fleet's state.
             (true, true) => sync::local(&self.state),
@@ -210,6 +247,27 @@ impl Run {
         }
         self.synced = remote;
         Ok(())
+    }
+
+    /// Why the store's state (`epoch`, `rev`) is older than what this proxy has applied, if
+    /// it is: another database, or a revision lower than this proxy's. Never before the
+    /// first load (a proxy that starts adopts whatever the store holds).
+    fn regression(&self, epoch: &str, rev: i64) -> Option<String> {
+        if !self.state.fleet.is_loaded() {
+            return None;
+        }
+        let mine = self.state.fleet.rev();
+        match &self.epoch {
+            Some(e) if e != epoch => Some(format!(
+                "the store is another database (epoch {} instead of {}; revision {rev}, {mine} applied here)",
+                crate::api::printable(epoch),
+                crate::api::printable(e)
+            )),
+            _ if rev < mine => Some(format!(
+                "the store's revision is {rev}, older than the {mine} applied here"
+            )),
+            _ => None,
+        }
     }
 
     /// Publish what changed here since the last sync.
@@ -284,7 +342,6 @@ impl Run {
                     }
                 }
                 _ = beat.tick() => {
-                    self.heartbeat().await?;
                     self.step_ramps().await?;
                     if self.state.is_shutting_down() && self.state.active() == 0 {
                         return Ok(());
@@ -294,66 +351,10 @@ impl Run {
         }
     }
 
-    /// Write the heartbeat when something changed (or a second passed); read the fleet's.
-    async fn heartbeat(&mut self) -> Result<(), String> {
-        let me = beat::me(&self.state);
-        let counts = serde_json::to_value(&me.counts).unwrap_or_default();
-        let outcomes = serde_json::to_value(&me.outcomes).unwrap_or_default();
-        let sig = format!("{} {counts} {outcomes}", me.rev);
-        let fresh = self
-            .written
-            .as_ref()
-            .is_some_and(|(at, s)| *s == sig && at.elapsed() < BEAT_IDLE);
-        let beats = if fresh {
-            self.store.peers().await?
-        } else {
-            let admin = self.state.admin_bound.to_string();
-            let who = store::Me {
-                node: &self.cfg.node,
-                instance: &self.instance,
-                admin: &admin,
-                rev: me.rev,
-                ttl: self.cfg.heartbeat_ttl,
-            };
-            let b = self.store.beat(&who, &counts, &outcomes).await?;
-            if self.pruned.is_none_or(|at| at.elapsed() >= PRUNE) {
-                // Forget proxies silent for an hour.
-                self.store.prune().await?;
-                self.pruned = Some(Instant::now());
-            }
-            self.written = Some((Instant::now(), sig));
-            b
-        };
-        self.name_clash(&beats);
-        let peers = beat::peers(&self.state, beats, self.cfg.heartbeat_ttl, &self.instance);
-        self.state.fleet.set_peers(peers);
-        Ok(())
-    }
-
-    /// Another live process heartbeating under this node name from another admin address
-    /// (not this proxy's own upgrade, which shares the address): both are counted, but an
-    /// operator reading the fleet cannot tell them apart. Reported (health, log).
-    fn name_clash(&self, beats: &[store::Beat]) {
-        let admin = self.state.admin_bound.to_string();
-        let ttl = self.cfg.heartbeat_ttl;
-        let other = beats
-            .iter()
-            .find(|b| {
-                b.node == self.cfg.node
-                    && b.instance != self.instance
-                    && b.admin != admin
-                    && b.age < ttl
-            })
-            .map(|b| b.admin.clone());
-        if other.is_some() && self.state.fleet.name_taken().is_none() {
-            tracing::error!(node = %self.cfg.node, other = ?other, "another proxy heartbeats under this node name: set control_store.node to a name of its own");
-        }
-        self.state.fleet.set_name_taken(other);
-    }
-
     /// Hold (or try to take) the ramp lease while a ramp runs; step the ramps due.
     async fn step_ramps(&mut self) -> Result<(), String> {
-        if !stepper::any_running(&self.state) {
+        // Not on a store that went back in time: its ramp rows are older than ours.
+        if !stepper::any_running(&self.state) || self.state.fleet.regressed().is_some() {
             return Ok(());
         }
         if self

@@ -3,9 +3,14 @@
 //!
 //! - `tidegate_control (key, value, rev, updated_by, updated_at)`: the shared overrides,
 //!   one row per drain, split, ramp, members list, checkpoint and the maintenance switch.
-//! - `tidegate_control_meta (id = 1, rev)`: the revision; every write takes its row lock
-//!   (so writes are serialized), bumps it and notifies `tidegate_control` with
-//!   `REV NODE` as payload, all in one transaction.
+//! - `tidegate_control_meta (id = 1, rev, epoch)`: the revision; every write takes its row
+//!   lock (so writes are serialized), bumps it and notifies `tidegate_control` with
+//!   `REV NODE` as payload, all in one transaction. `epoch` is made once per database: a
+//!   revision that goes backwards or an epoch that changes is a restored or replaced
+//!   database (see `Run::regression`).
+//!
+//! What is read is capped like an API body: at most [`MAX_ROWS`] rows of at most
+//! [`MAX_VALUE`] bytes each; more is an error (the last state is kept), never memory.
 //! - `tidegate_heartbeats (node, instance, …, heartbeat)`: each proxy process's heartbeat
 //!   and counts, one row per process (`instance`): during a graceful upgrade the old and the
 //!   new process both count, and two proxies under one name do not hide each other.
@@ -27,6 +32,10 @@ use tokio::sync::mpsc;
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The notification channel.
 pub const CHANNEL: &str = "tidegate_control";
+/// Most rows read from one table (overrides or heartbeats).
+pub const MAX_ROWS: i64 = 10_000;
+/// Largest value (JSON) of one row, in bytes: the admin API's body limit.
+pub const MAX_VALUE: i32 = 1 << 20;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tidegate_control (
@@ -34,6 +43,11 @@ const SCHEMA: &[&str] = &[
         updated_by text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
     "CREATE TABLE IF NOT EXISTS tidegate_control_meta (id int PRIMARY KEY, rev bigint NOT NULL)",
     "INSERT INTO tidegate_control_meta (id, rev) VALUES (1, 0) ON CONFLICT DO NOTHING",
+    // The database's identity: a new (or re-created) database gets a new one, so a proxy
+    // notices it is not the store whose revisions it applied.
+    "ALTER TABLE tidegate_control_meta ADD COLUMN IF NOT EXISTS epoch text",
+    "UPDATE tidegate_control_meta SET epoch = md5(random()::text || clock_timestamp()::text)
+     WHERE epoch IS NULL",
     "CREATE TABLE IF NOT EXISTS tidegate_heartbeats (
         node text NOT NULL, instance text NOT NULL, admin text NOT NULL, rev bigint NOT NULL,
         counts jsonb NOT NULL, outcomes jsonb NOT NULL,
@@ -86,7 +100,8 @@ pub enum StepError {
     Store(String),
 }
 
-/// The store's connections.
+/// The store's connections (a clone shares them).
+#[derive(Clone)]
 pub struct Store {
     pub pool: PgPool,
 }
@@ -129,25 +144,51 @@ impl Store {
         .await
     }
 
-    /// The whole shared state, as of one revision (one statement: one snapshot).
-    pub async fn read(&self) -> Result<(i64, Rows), String> {
+    /// The whole shared state, as of one revision (one statement: one snapshot): the
+    /// database's epoch, the revision and the rows.
+    pub async fn read(&self) -> Result<(String, i64, Rows), String> {
         bounded(async {
             let rows = sqlx::query(
-                "SELECT m.rev, c.key, c.value FROM tidegate_control_meta m
-                 LEFT JOIN tidegate_control c ON true WHERE m.id = 1",
+                "SELECT m.rev, m.epoch, c.key,
+                        CASE WHEN pg_column_size(c.value) <= $1 THEN c.value END,
+                        pg_column_size(c.value)
+                 FROM tidegate_control_meta m
+                 LEFT JOIN tidegate_control c ON true WHERE m.id = 1
+                 ORDER BY c.key LIMIT $2",
             )
+            .bind(MAX_VALUE)
+            .bind(MAX_ROWS + 1)
             .fetch_all(&self.pool)
             .await
             .map_err(err)?;
+            if rows.len() as i64 > MAX_ROWS {
+                return Err(format!(
+                    "control store: more than {MAX_ROWS} rows in tidegate_control; not read"
+                ));
+            }
             let mut rev = 0;
+            let mut epoch = String::new();
             let mut out = Rows::new();
             for r in rows {
                 rev = r.get::<i64, _>(0);
-                if let Some(k) = r.get::<Option<String>, _>(1) {
-                    out.insert(k, r.get::<Value, _>(2));
+                epoch = r.get::<Option<String>, _>(1).unwrap_or_default();
+                let Some(k) = r.get::<Option<String>, _>(2) else {
+                    continue;
+                };
+                match r.get::<Option<Value>, _>(3) {
+                    Some(v) => {
+                        out.insert(k, v);
+                    }
+                    None => {
+                        return Err(format!(
+                            "control store: row {} is {} bytes, more than {MAX_VALUE}; not read",
+                            crate::api::printable(&k),
+                            r.get::<Option<i32>, _>(4).unwrap_or_default()
+                        ))
+                    }
                 }
             }
-            Ok((rev, out))
+            Ok((epoch, rev, out))
         })
         .await
     }
@@ -254,12 +295,31 @@ impl Store {
             // A row written by hand may say `-infinity`: very old, not an error.
             "SELECT node, admin, rev, counts, outcomes, instance,
                     CASE WHEN isfinite(heartbeat)
-                         THEN extract(epoch FROM now() - heartbeat)::float8 ELSE 1e12 END
-             FROM tidegate_heartbeats ORDER BY node, instance",
+                         THEN extract(epoch FROM now() - heartbeat)::float8 ELSE 1e12 END,
+                    pg_column_size(counts) + pg_column_size(outcomes)
+                        + octet_length(node) + octet_length(admin) + octet_length(instance)
+             FROM tidegate_heartbeats ORDER BY node, instance LIMIT $1",
         )
+        .bind(MAX_ROWS + 1)
         .fetch_all(&self.pool)
         .await
         .map_err(err)?;
+        // Too much is an error, not a row left out: a proxy not counted could make a drain
+        // look done (a failed read makes this proxy's view stale: never drained).
+        if rows.len() as i64 > MAX_ROWS {
+            return Err(format!(
+                "control store: more than {MAX_ROWS} heartbeat rows; not read"
+            ));
+        }
+        if let Some(big) = rows
+            .iter()
+            .find(|r| r.get::<Option<i32>, _>(7).unwrap_or(i32::MAX) > MAX_VALUE)
+        {
+            return Err(format!(
+                "control store: the heartbeat of {} is more than {MAX_VALUE} bytes; not read",
+                crate::api::printable(&big.get::<String, _>(0))
+            ));
+        }
         Ok(rows
             .into_iter()
             .map(|r| Beat {
@@ -421,12 +481,7 @@ fn receive(mut l: PgListener) -> Notes {
     let task = tokio::spawn(async move {
         loop {
             let rev = match l.try_recv().await {
-                Ok(Some(n)) => n
-                    .payload()
-                    .split(' ')
-                    .next()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(i64::MAX),
+                Ok(Some(n)) => note_rev(n.payload()),
                 _ => {
                     let _ = tx.send(None).await;
                     return;
@@ -438,4 +493,30 @@ fn receive(mut l: PgListener) -> Notes {
         }
     });
     (rx, task)
+}
+
+/// The revision a notification announces (`REV NODE`); one that does not parse (written by
+/// hand, or by another version) announces "read everything again" ([`i64::MAX`]), never
+/// "nothing new".
+pub fn note_rev(payload: &str) -> i64 {
+    payload
+        .split(' ')
+        .next()
+        .and_then(|r| r.parse::<i64>().ok())
+        .filter(|r| *r >= 0)
+        .unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::note_rev;
+
+    #[test]
+    fn a_notification_that_does_not_parse_means_read_everything() {
+        assert_eq!(note_rev("42 node-a"), 42);
+        assert_eq!(note_rev("7"), 7);
+        for bad in ["", " 42", "x", "42x node", "-1 node", "99999999999999999999", "\u{0}"] {
+            assert_eq!(note_rev(bad), i64::MAX, "{bad:?}");
+        }
+    }
 }
