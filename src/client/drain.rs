@@ -121,6 +121,10 @@ async fn wait_all(
                     elapsed.as_secs(),
                     counts.words(", ")
                 );
+                // Why, for the fleet: who holds work, who is behind or lost.
+                for f in statuses.iter().filter_map(|s| s.fleet.as_ref()).take(1) {
+                    print!("{}", super::fleet::fleet_lines(f));
+                }
             }
             return Ok(exit::NOT_DONE);
         }

@@ -110,11 +110,12 @@ async fn lookup(name: &str) -> Option<SocketAddr> {
     if let Some(ip) = hosts_file(host) {
         return Some(SocketAddr::new(ip, port));
     }
-    let addrs: Vec<SocketAddr> = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name))
-        .await
-        .ok()?
-        .ok()?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name))
+            .await
+            .ok()?
+            .ok()?
+            .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())

@@ -160,7 +160,24 @@ impl Tidegate {
         (t, out)
     }
 
+    /// Spawn as the last arguments of `wrapper` (`unshare … sh -c '…; exec "$@"' …`), with
+    /// `{listen}` and `{admin}` replaced by free ports; waits for readiness.
+    pub async fn start_wrapped(yaml: &str, wrapper: &[String]) -> Self {
+        let t = Self::spawn_full(yaml, &[], None, wrapper);
+        t.wait_ready().await;
+        t
+    }
+
     fn spawn_to(yaml: &str, env: &[(&str, &str)], stdout: Option<Stdio>) -> Self {
+        Self::spawn_full(yaml, env, stdout, &[])
+    }
+
+    fn spawn_full(
+        yaml: &str,
+        env: &[(&str, &str)],
+        stdout: Option<Stdio>,
+        wrapper: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -168,7 +185,14 @@ impl Tidegate {
         std::fs::write(&config, fill(yaml, listen, admin)).expect("write config");
         let log = dir.path().join("tidegate.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config)

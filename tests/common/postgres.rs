@@ -120,6 +120,48 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// A plain SQL dump of `tables` that re-creates them when run (`--clean`), like a
+    /// backup an operator would restore.
+    pub fn dump(&self, tables: &[&str]) -> String {
+        let mut c = Command::new(self.bin.join("pg_dump"));
+        c.args(["--clean", "--if-exists", "-d", &self.url()]);
+        for t in tables {
+            c.args(["-t", t]);
+        }
+        let out = c.output().expect("run pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run a dump made by [`Postgres::dump`] (one transaction).
+    pub fn restore(&self, dump: &str) {
+        let file = self.dir.path().join("restore.sql");
+        std::fs::write(&file, dump).expect("write dump");
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-1",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(),
+                "-f",
+            ])
+            .arg(&file)
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Start psql running `sql` in the background (a session that holds a lock, say).
     pub fn psql_background(&self, sql: &str) -> std::process::Child {
         Command::new(self.bin.join("psql"))

@@ -219,7 +219,10 @@ impl Run {
         // Back in step (an operator moved the revision past this proxy's): the store's
         // state is adopted whole.
         let full = if self.state.fleet.set_regressed(None) {
-            tracing::warn!(rev, "the control store's revision is past this proxy's again: adopting its state");
+            tracing::warn!(
+                rev,
+                "the control store's revision is past this proxy's again: adopting its state"
+            );
             true
         } else {
             full

@@ -150,8 +150,8 @@ impl Store {
         bounded(async {
             let rows = sqlx::query(
                 "SELECT m.rev, m.epoch, c.key,
-                        CASE WHEN pg_column_size(c.value) <= $1 THEN c.value END,
-                        pg_column_size(c.value)
+                        CASE WHEN octet_length(c.value::text) <= $1 THEN c.value END,
+                        octet_length(c.value::text)
                  FROM tidegate_control_meta m
                  LEFT JOIN tidegate_control c ON true WHERE m.id = 1
                  ORDER BY c.key LIMIT $2",
@@ -296,7 +296,7 @@ impl Store {
             "SELECT node, admin, rev, counts, outcomes, instance,
                     CASE WHEN isfinite(heartbeat)
                          THEN extract(epoch FROM now() - heartbeat)::float8 ELSE 1e12 END,
-                    pg_column_size(counts) + pg_column_size(outcomes)
+                    octet_length(counts::text) + octet_length(outcomes::text)
                         + octet_length(node) + octet_length(admin) + octet_length(instance)
              FROM tidegate_heartbeats ORDER BY node, instance LIMIT $1",
         )
@@ -515,7 +515,15 @@ mod tests {
     fn a_notification_that_does_not_parse_means_read_everything() {
         assert_eq!(note_rev("42 node-a"), 42);
         assert_eq!(note_rev("7"), 7);
-        for bad in ["", " 42", "x", "42x node", "-1 node", "99999999999999999999", "\u{0}"] {
+        for bad in [
+            "",
+            " 42",
+            "x",
+            "42x node",
+            "-1 node",
+            "99999999999999999999",
+            "\u{0}",
+        ] {
             assert_eq!(note_rev(bad), i64::MAX, "{bad:?}");
         }
     }
