@@ -152,7 +152,7 @@ pub fn drain(state: &AppState, r: &Resolved, strict: bool) -> Option<api::FleetD
         && f.behind.is_empty()
         && !f.store_unreachable
         && !f.stale
-        && !(strict && !f.lost.is_empty());
+        && (!strict || f.lost.is_empty());
     Some(f)
 }
 
