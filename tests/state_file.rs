@@ -179,3 +179,55 @@ pools:
         0o600
     );
 }
+
+/// A hand-edited state file is input (issue 32): a drain started at 1e300, a split weight
+/// past the range and a deadline of centuries are refused with a clear error, not a panic,
+/// and the proxy starts and routes on its file.
+#[tokio::test]
+async fn a_hand_edited_state_file_is_checked_not_trusted() {
+    let app = TestBackend::start("app").await;
+    let other = TestBackend::start("other").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(
+        &state,
+        r#"{"version":1,"drains":[
+            {"pool":"blue","backend":null,"started_at":1e300,"requests_deadline_ms":null,"streams_deadline_ms":null,"close_spread_ms":0},
+            {"pool":"green","backend":null,"started_at":1000,"requests_deadline_ms":18446744073709551615,"streams_deadline_ms":null,"close_spread_ms":0}],
+          "overrides":{"splits":{"app":{"blue":4000000000,"green":0}}}}"#,
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"
+listeners: [{{ name: public, address: "{{listen}}" }}]
+admin: {{ address: "{{admin}}" }}
+state_file: {}
+routes:
+  - name: app
+    split: {{ blue: 100, green: 0 }}
+pools:
+  blue: {{ backends: [{{ address: "{}" }}] }}
+  green: {{ backends: [{{ address: "{}" }}] }}
+"#,
+        state.display(),
+        app.addr,
+        other.addr
+    );
+    let tg = Tidegate::start(&yaml).await;
+    let logs = tg.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(
+        logs.contains("a drain in state_file is not valid"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("a split in state_file is not valid"),
+        "{logs}"
+    );
+    let s: serde_json::Value = get(&tg.admin_url("/api/v1/status")).await.unwrap().json();
+    assert_eq!(s["pools"]["blue"]["state"], "active", "{s}");
+    assert_eq!(s["pools"]["green"]["state"], "active", "{s}");
+    assert_eq!(s["routes"][0]["split"]["blue"], 100, "{s}");
+    let r = get(&tg.url("/")).await.unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -295,11 +295,14 @@ pub fn follow_file(state: &AppState, table: &Table) {
 /// Resume the drains saved in `state_file` (see [`persist::restore`]).
 pub fn resume(state: &AppState, saved: Vec<persist::SavedDrain>) {
     for d in saved {
-        let started = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(d.started_at.max(0.0));
-        let deadlines = Deadlines {
-            requests: d.requests_deadline_ms.map(Duration::from_millis),
-            streams: d.streams_deadline_ms.map(Duration::from_millis),
-            close_spread: Duration::from_millis(d.close_spread_ms),
+        // Checked like a row from the control store: a hand-edited time or deadline out of
+        // range is refused, not a panic.
+        let (started, deadlines) = match crate::services::fleet::rows::drain(&d) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(pool = %crate::api::printable(&d.pool), error = %e, "a drain in state_file is not valid; not restored");
+                continue;
+            }
         };
         restore(state, &d.pool, d.backend.as_deref(), started, deadlines);
         tracing::info!(

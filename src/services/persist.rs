@@ -141,7 +141,27 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
         }
     };
     let mut ov = saved.overrides;
-    // Runtime members are saved as given: validate and resolve them again.
+    // Checked like rows from the control store (a hand-edited file is input too).
+    use crate::services::fleet::rows;
+    ov.splits.retain(|route, s| match rows::split("split", s) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(route = %crate::api::printable(route), error = %e, "a split in state_file is not valid; not restored");
+            false
+        }
+    });
+    if let Some(Err(e)) = ov.maintenance.as_ref().map(rows::maintenance) {
+        tracing::error!(error = %e, "maintenance in state_file is not valid; not restored");
+        ov.maintenance = None;
+    }
+    ov.checkpoints.retain(|route, c| match rows::checkpoint(c) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(route = %crate::api::printable(route), error = %e, "a checkpoint in state_file is not valid; not restored");
+            false
+        }
+    });
+    // Runtime members are saved as given: validate them again.
     for (pool, entries) in &ov.backends {
         match crate::config::build::runtime_backends(pool, entries) {
             Ok(m) => {

@@ -18,7 +18,7 @@
 //! flight.
 
 mod beat;
-mod rows;
+pub mod rows;
 mod stepper;
 pub mod store;
 mod sync;

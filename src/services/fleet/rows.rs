@@ -1,5 +1,6 @@
 //! Rows read from the store are input like an API request: anyone who can write the database
-//! can write them, so each is checked before it is applied (a weight past the split range, a
+//! can write them, so each is checked before it is applied (the `state_file`, which anyone
+//! who can write that file can edit, is checked the same way) (a weight past the split range, a
 //! time past the clock's range or a ramp of a billion steps is refused, logged, skipped).
 
 use std::{
