@@ -280,3 +280,88 @@ GET /four HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let pos: Vec<usize> = bodies.iter().map(|b| r.find(b).unwrap()).collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "out of order: {r}");
 }
+
+/// Ambiguous framing (issue 32): a 400 that closes the connection, and nothing after it
+/// reaches a backend as another request. `Content_Length` is not framed by tidegate but
+/// could be by a backend reading `_` as `-`; `Content-Length: 0005` is read differently by
+/// different parsers; two Content-Length headers are refused like nginx does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_a_400_that_closes_the_connection() {
+    let app = Recorder::start().await;
+    for extra in ["", "http: { underscores_in_headers: true }"] {
+        let tg = Tidegate::start(&sidecar(app.addr, extra)).await;
+        for (case, req) in [
+            (
+                "Content_Length",
+                "POST /a HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+            ),
+            (
+                "Transfer_Encoding",
+                "POST /a HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+            ),
+            (
+                "leading zeros",
+                "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0005\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+            ),
+            (
+                "two lengths",
+                "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+            ),
+        ] {
+            let before = app.count();
+            let r = raw(tg.listen, req.as_bytes(), 2).await;
+            assert_eq!(status(&r), 400, "{case} ({extra}): {r}");
+            assert!(r.contains("ambiguous request framing"), "{case}: {r}");
+            assert_eq!(complete_responses(&r), 1, "{case}: one answer, then closed: {r}");
+            assert_eq!(app.count(), before, "{case}: nothing reached the backend");
+        }
+        // A plain length still works.
+        let r = raw(
+            tg.listen,
+            b"POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            1,
+        )
+        .await;
+        assert_eq!(status(&r), 200, "{r}");
+    }
+}
+
+/// With `underscores_in_headers: true`, the `_` spellings of tidegate's own headers are
+/// still dropped: a backend reading `_` as `-` would take them for the real ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_spellings_of_tidegates_headers_are_dropped() {
+    let app = Recorder::start().await;
+    let tg = Tidegate::start(&sidecar(app.addr, "http: { underscores_in_headers: true }")).await;
+    let r = raw(
+        tg.listen,
+        b"GET /u HTTP/1.1\r\nHost: a\r\nTidegate_Spool_Id: forged\r\nX_Request_Id: forged\r\ntidegate-spool_attempt: 9\r\nX_Other: kept\r\n\r\n",
+        1,
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+    let seen = app.last().to_ascii_lowercase();
+    assert!(!seen.contains("forged"), "{seen}");
+    assert!(!seen.contains("spool_attempt"), "{seen}");
+    assert!(seen.contains("x_other: kept"), "{seen}");
+}
+
+/// A chunk size with trailing whitespace (`5 `, invalid by RFC 9112's grammar) is read as 5
+/// by pingora's parser, which tidegate cannot refuse from its hooks. It is not a smuggling
+/// vector through tidegate: the body is framed again toward the backend (`5`), so tidegate
+/// and the backend agree where the next request starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_size_with_whitespace_is_framed_again_for_the_backend() {
+    let app = Recorder::start().await;
+    let tg = Tidegate::start(&sidecar(app.addr, "")).await;
+    let r = raw(
+        tg.listen,
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n",
+        2,
+    )
+    .await;
+    assert_eq!(complete_responses(&r), 2, "{r}");
+    let seen = app.seen.lock().unwrap().join("");
+    assert!(seen.contains("\r\n5\r\nhello\r\n0\r\n\r\n"), "{seen:?}");
+    assert!(!seen.contains("5 \r\n"), "{seen:?}");
+    assert!(seen.contains("GET /second HTTP/1.1"), "{seen:?}");
+}

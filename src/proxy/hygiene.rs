@@ -2,7 +2,11 @@
 //! a request line plus headers over `http.max_request_header_bytes` is a 431; HTTP/1.1
 //! without exactly one valid `Host` is a 400; `TRACE` is a 405 unless allowed; header names
 //! with `_` are dropped unless allowed; a client's `Tidegate-Spool-Id` and
-//! `Tidegate-Spool-Attempt` are dropped; the path is normalized (RFC 3986 6.2.2: percent-
+//! `Tidegate-Spool-Attempt` are dropped (and with `underscores_in_headers`, their spellings
+//! with `_`, and `X_Request_Id`'s); ambiguous framing is a 400 that closes the connection
+//! (a `Content_Length` or `Transfer_Encoding` header, which a backend could read as the real
+//! one; a `Content-Length` that is not plain digits without leading zeros, or given twice);
+//! the path is normalized (RFC 3986 6.2.2: percent-
 //! encoded unreserved characters decoded, hex upper-cased, dot-segments removed) so routing
 //! and the backend see the same path, and a malformed one is a 400.
 
@@ -24,6 +28,7 @@ pub(super) type Refusal = (u16, &'static str, String);
 
 /// Check and normalize a request in place. `Err` = answer with that refusal.
 pub(super) fn apply(req: &mut RequestHeader, http: &HttpSettings) -> Result<(), Refusal> {
+    check_framing(req)?;
     let size = header_bytes(req);
     if size > http.max_request_header_bytes {
         return Err((
@@ -49,6 +54,11 @@ pub(super) fn apply(req: &mut RequestHeader, http: &HttpSettings) -> Result<(), 
     }
     if req.headers.contains_key(&SPOOL_ATTEMPT) {
         req.remove_header(&SPOOL_ATTEMPT);
+    }
+    if http.underscores_in_headers {
+        // Many apps (CGI, Rack, WSGI) read `X_Request_Id` as `X-Request-Id`: the spellings
+        // of tidegate's own headers go too.
+        drop_reserved_spellings(req);
     }
     let normalized = match normalize_path(req.uri.path()) {
         Ok(Cow::Borrowed(_)) => None,
@@ -151,6 +161,69 @@ fn valid_authority(a: &[u8]) -> bool {
             )
     });
     port_ok && host_ok
+}
+
+/// Headers whose `_` spelling names one tidegate sets or trusts.
+const RESERVED: [&str; 3] = [ID_HEADER, ATTEMPT_HEADER, "x-request-id"];
+
+fn drop_reserved_spellings(req: &mut RequestHeader) {
+    let names: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && RESERVED.iter().any(|r| same_dashed(k.as_str(), r)))
+        .cloned()
+        .collect();
+    for n in names {
+        req.remove_header(&n);
+    }
+}
+
+/// Whether `name` is `dashed` with some `-` written `_` (names are lower case already).
+fn same_dashed(name: &str, dashed: &str) -> bool {
+    name.len() == dashed.len()
+        && name
+            .bytes()
+            .zip(dashed.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// RFC 9112 6.3 and 11.2 (request smuggling): refuse what a backend could frame otherwise.
+/// - `Content_Length` / `Transfer_Encoding`: tidegate does not frame by them, but a backend
+///   that reads `_` as `-` would, and the body bytes would become another request there.
+/// - `Content-Length` given twice, or not `0` or digits without a leading zero: `0005` is
+///   valid by the grammar, but parsers differ (some read octal, some refuse), and no client
+///   sends it; nginx and HAProxy refuse duplicates too.
+fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
+    let bad = |m: &str| {
+        Err((
+            400,
+            "bad_request",
+            format!("ambiguous request framing: {m}"),
+        ))
+    };
+    for (k, _) in req.headers.iter() {
+        let n = k.as_str();
+        if n.contains('_')
+            && (same_dashed(n, "content-length") || same_dashed(n, "transfer-encoding"))
+        {
+            return bad(&format!("a header named {n}"));
+        }
+    }
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(v) = lengths.next() {
+        if lengths.next().is_some() {
+            return bad("more than one Content-Length");
+        }
+        let b = v.as_bytes();
+        let plain = !b.is_empty()
+            && b.len() <= 19
+            && b.iter().all(u8::is_ascii_digit)
+            && (b[0] != b'0' || b.len() == 1);
+        if !plain {
+            return bad("Content-Length is not a plain decimal number");
+        }
+    }
+    Ok(())
 }
 
 fn drop_underscored(req: &mut RequestHeader) {
