@@ -120,14 +120,25 @@ impl Proxy {
         // From here the request counts as queued: one released from a hold meanwhile goes
         // behind it, even while this body is still arriving.
         let writing = depth.begin_write();
-        let Some(buffered) = self
+        let Some(mut buffered) = self
             .reserve_body(session, route, spec, prefix.len())
             .await?
         else {
             return Ok(true);
         };
-        let Some(body) = read_body(session, prefix, spec.max_body).await? else {
-            return too_large(session, spec).await;
+        let limit = self.state.table().spec.spool_buffer;
+        let body = match read_body(session, prefix, spec.max_body, &mut buffered, limit).await? {
+            Body::Whole(b) => b,
+            Body::TooLarge => return too_large(session, spec).await,
+            Body::NoBudget(held) => {
+                tracing::warn!(route = %route.name, bytes = held, spool_buffer = limit, "spool buffer full while the body arrived; answering 503");
+                session.set_keepalive(None);
+                let msg = format!(
+                    "too many request bodies are being spooled at once (spool_buffer: {limit} bytes)"
+                );
+                errors::respond(session, 503, "spool_busy", &msg).await?;
+                return Ok(true);
+            }
         };
         let item = new_item(session, &route.name, body)?;
         let written = self.spool.write(item, buffered).await;
@@ -156,8 +167,9 @@ impl Proxy {
         prefix_len: usize,
     ) -> Result<Option<crate::services::spool::Buffered>> {
         // The body is held in memory until it is stored: take its bytes (the declared
-        // length; the route's max_body when chunked; nothing without a body) from the
-        // budget all spooled bodies share. Held until the write is over.
+        // length; the route's max_body when chunked; nothing when no length is known, as on
+        // HTTP/2, where the reservation grows with each chunk read) from the budget all
+        // spooled bodies share. Held until the write is over.
         let req = session.req_header();
         let want = match declared_length(req) {
             Some(n) => n,
@@ -202,19 +214,43 @@ fn declared_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The whole body, or `None` when it is longer than `max`.
-async fn read_body(session: &mut Session, prefix: Bytes, max: u64) -> Result<Option<Bytes>> {
+/// What reading a spooled body gave.
+enum Body {
+    Whole(Bytes),
+    /// Longer than the route's `max_body`.
+    TooLarge,
+    /// The shared budget could not cover it (bytes read so far).
+    NoBudget(u64),
+}
+
+/// The whole body, within `max` and within the budget `buffered` holds (grown from the
+/// shared `limit` as bytes arrive beyond it: a body without a declared length, as every
+/// HTTP/2 body, is budgeted by what it really is).
+async fn read_body(
+    session: &mut Session,
+    prefix: Bytes,
+    max: u64,
+    buffered: &mut crate::services::spool::Buffered,
+    limit: u64,
+) -> Result<Body> {
     if prefix.len() as u64 > max {
-        return Ok(None);
+        return Ok(Body::TooLarge);
+    }
+    if !buffered.grow_to(prefix.len() as u64, limit) {
+        return Ok(Body::NoBudget(prefix.len() as u64));
     }
     let mut buf = BytesMut::from(&prefix[..]);
     while let Some(chunk) = session.read_request_body().await? {
-        if (buf.len() + chunk.len()) as u64 > max {
-            return Ok(None);
+        let total = (buf.len() + chunk.len()) as u64;
+        if total > max {
+            return Ok(Body::TooLarge);
+        }
+        if !buffered.grow_to(total, limit) {
+            return Ok(Body::NoBudget(total));
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Some(buf.freeze()))
+    Ok(Body::Whole(buf.freeze()))
 }
 
 async fn too_large(session: &mut Session, spec: &SpoolSpec) -> Result<bool> {

@@ -155,6 +155,27 @@ impl Drop for Buffered {
     }
 }
 
+impl Buffered {
+    /// Hold at least `total` bytes, taking what is missing from the shared `limit`; `false`
+    /// when it is not free (the reservation is unchanged).
+    pub fn grow_to(&mut self, total: u64, limit: u64) -> bool {
+        let extra = total.saturating_sub(self.1);
+        if extra == 0 {
+            return true;
+        }
+        let ok = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(extra).filter(|&n| n <= limit)
+            })
+            .is_ok();
+        if ok {
+            self.1 += extra;
+        }
+        ok
+    }
+}
+
 impl Spool {
     /// Take `bytes` of the `limit` shared by every spooled body, before reading one; `None`
     /// when they are not free (the caller answers 503 + Retry-After).
