@@ -505,3 +505,46 @@ async fn http2_bodies_without_a_length_are_budgeted_as_they_arrive() {
     assert!(out.starts_with("HTTP/2 202"), "{out}");
     drop(first);
 }
+
+/// A replayed request answered with an endless body (issue 32): a failed attempt once the
+/// answer passes 1 MiB, read and thrown away, never gigabytes in memory.
+#[tokio::test]
+async fn an_endless_answer_to_a_replay_is_a_failed_attempt() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let tg = Tidegate::start(&fast_yaml(app, dir.path(), "")).await;
+    let r = post(&tg.url("/hooks/endless"), &[], "payload")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    // Now the backend answers 200 with a chunked body that never ends.
+    let l = tokio::net::TcpListener::bind(app).await.unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("10000\r\n{}\r\n", "z".repeat(0x10000));
+                while c.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let item = wait_for("the attempt failed", Duration::from_secs(20), || async {
+        let l = spool_list(&tg, "").await;
+        let it = l["items"].as_array()?.first()?.clone();
+        it["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("longer than"))
+            .then_some(it)
+    })
+    .await;
+    assert!(item["attempts"].as_u64().unwrap_or(0) >= 1, "{item}");
+    server.abort();
+}

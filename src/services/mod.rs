@@ -19,6 +19,7 @@
 
 pub mod access_log;
 pub mod acme;
+pub mod capped;
 pub mod certs;
 pub mod control;
 pub mod drains;

@@ -107,7 +107,6 @@ fn lock(a: &Active) -> std::sync::MutexGuard<'_, std::collections::HashSet<Strin
 
 /// `GET ask?domain=NAME`: whether it answered 2xx.
 async fn ask(url: &str, name: &str) -> Result<bool, String> {
-    use http_body_util::BodyExt;
     let sep = if url.contains('?') { '&' } else { '?' };
     let uri: http::Uri = format!("{url}{sep}domain={name}")
         .parse()
@@ -118,7 +117,8 @@ async fn ask(url: &str, name: &str) -> Result<bool, String> {
     let exchange = async {
         let resp = client.get(uri).await.map_err(|e| e.to_string())?;
         let ok = resp.status().is_success();
-        let _ = resp.into_body().collect().await;
+        // Only the status counts: the answer is read no further than 64 KiB.
+        crate::services::capped::discard(resp.into_body(), 64 * 1024).await?;
         Ok::<bool, String>(ok)
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -34,6 +34,8 @@ use crate::{
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Longest answer to a replayed request that is read (and thrown away).
+pub const MAX_ANSWER: u64 = 1 << 20;
 /// How often the supervisor looks at the table for spooled routes.
 const SUPERVISE: Duration = Duration::from_secs(1);
 /// Longest sleep of an idle worker before it looks again.
@@ -293,7 +295,8 @@ impl Worker {
         }
     }
 
-    /// One HTTP exchange with the backend, the answer read to its end.
+    /// One HTTP exchange with the backend, the answer read to its end (at most
+    /// [`MAX_ANSWER`] bytes).
     async fn send(&self, item: &Item, addr: SocketAddr, attempt: u32, timeout: Duration) -> Sent {
         let req = match request(item, addr, attempt) {
             Ok(r) => r,
@@ -302,10 +305,9 @@ impl Worker {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            resp.into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
+            // Read to its end (the connection is reused), kept nowhere, and only so far: an
+            // endless answer is a failed attempt, not memory.
+            crate::services::capped::discard(resp.into_body(), MAX_ANSWER).await?;
             Ok::<u16, String>(status)
         };
         match tokio::time::timeout(timeout, exchange).await {
