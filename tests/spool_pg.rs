@@ -193,3 +193,81 @@ async fn a_write_the_store_cannot_commit_in_time_keeps_nothing() {
     let rows = pg.psql("SELECT string_agg(target, ',' ORDER BY id) FROM tidegate_spool");
     assert_eq!(rows, "/hooks/after", "the 503'd write must not be stored");
 }
+
+/// A commit whose answer comes too late (issue 32): the database commits the row but the
+/// writer's deadline passes first, so its client got a 503 (here: a synchronous standby
+/// that never answers holds every commit's reply; the row is committed and visible). Another
+/// proxy sharing the spool must never deliver it: the row stays invisible to every replayer
+/// while its writer settles it (its session ended, the row deleted). A row whose client got
+/// its 202 is replayed at once.
+#[tokio::test]
+async fn a_commit_answered_too_late_is_never_delivered_by_another_proxy() {
+    let pg = Postgres::start().await;
+    let rec = Recorder::start("127.0.0.1:0".parse().unwrap()).await;
+    let yaml = fleet_yaml(rec.addr);
+    let a = start(&yaml, &pg.url()).await;
+    let b = start(&yaml, &pg.url()).await;
+    let c = client();
+    // a spools everything (its pool is drained); b replays what the spool holds.
+    let r = send(&c, "POST", &a.admin_url("/api/v1/pools/app/drain"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = send(&c, "POST", &a.url("/hooks/warm"), &[], "warm")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_for("warm delivered", Duration::from_secs(10), || async {
+        rec.seen().iter().any(|s| s.body == "warm").then_some(())
+    })
+    .await;
+
+    // Every commit's answer now waits for a standby that does not exist.
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+    pg.psql("SELECT pg_reload_conf()");
+    let r = send(&c, "POST", &a.url("/hooks/late"), &[], "too late")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    // The row is committed (visible to other sessions) though its writer gave up.
+    wait_for("the committed row", Duration::from_secs(5), || async {
+        (pg.psql("SELECT count(*) FROM tidegate_spool WHERE target = '/hooks/late'") == "1")
+            .then_some(())
+    })
+    .await;
+    wait_for(
+        "the writer ends the stuck session",
+        Duration::from_secs(15),
+        || async {
+            a.logs()
+                .contains("ending its database session")
+                .then_some(())
+        },
+    )
+    .await;
+    // Commits answer again; the writer's delete goes through.
+    pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    pg.psql("SELECT pg_reload_conf()");
+    wait_for("the 503'd row deleted", Duration::from_secs(20), || async {
+        (pg.psql("SELECT count(*) FROM tidegate_spool WHERE target = '/hooks/late'") == "0")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !rec.seen().iter().any(|s| s.body == "too late"),
+        "a 503'd request was delivered"
+    );
+    // A 202'd row is replayed at once, not after the margin.
+    let t0 = std::time::Instant::now();
+    let r = send(&c, "POST", &a.url("/hooks/next"), &[], "next")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_for("next delivered", Duration::from_secs(10), || async {
+        rec.seen().iter().any(|s| s.body == "next").then_some(())
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(!rec.seen().iter().any(|s| s.body == "too late"));
+    drop(b);
+}

@@ -204,6 +204,8 @@ fn new_item(session: &Session, route: &str, body: Bytes) -> Result<NewItem> {
         headers: stored_headers(session)?,
         body,
         created_ms: now_ms(),
+        // Set by the writer from its deadline.
+        visible_ms: 0,
     })
 }
 

@@ -10,16 +10,23 @@
 //! checked gone, by a reaper in the background, so a stalled store never holds later
 //! writes. A committed row whose client had left (it got no 202 and will send again) is
 //! revoked the same way.
+//!
+//! Across proxies and restarts: each row is stored invisible to every replayer until its
+//! writer's deadline plus [`REVOKE_MARGIN`] (`visible_ms`), and made visible at once when its
+//! sender got its 202. A row whose sender got a 503 stays invisible while its writer's
+//! reaper settles it: the insert is waited for at most [`SETTLE`] past the deadline, then its
+//! database session is ended (its commit is then either done or undone), and the rows
+//! found are deleted.
 
 use std::{
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
 use super::{
-    store::{Store, StoreError},
+    store::{Staged, Store, StoreError},
     Spool, WriteReq,
 };
 
@@ -32,6 +39,11 @@ const REFRESH: Duration = Duration::from_secs(1);
 const MIN_LEFT: Duration = Duration::from_millis(500);
 /// Time limit of one delete or check of revoked rows.
 const REVOKE_CALL: Duration = Duration::from_secs(2);
+/// How long past the writer's deadline a row stays invisible to every replayer (unless its
+/// sender got its 202): the time its writer has to revoke it.
+pub const REVOKE_MARGIN: Duration = Duration::from_secs(60);
+/// How long the reaper waits for an insert past its deadline before ending its session.
+const SETTLE: Duration = Duration::from_secs(3);
 
 pub(super) async fn run(spool: Arc<Spool>, store: Arc<Store>, mut rx: mpsc::Receiver<WriteReq>) {
     while let Some(first) = rx.recv().await {
@@ -69,13 +81,21 @@ pub(super) async fn refresher(spool: Arc<Spool>, store: Arc<Store>) {
 }
 
 async fn commit(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>) {
-    let items: Vec<_> = group.iter().map(|r| r.item.clone()).collect();
     let deadline = group
         .iter()
         .map(|r| r.deadline)
         .min()
         .unwrap_or_else(Instant::now);
-    let staged = Arc::new(Mutex::new(Vec::new()));
+    let visible_ms = super::now_ms()
+        + (deadline.saturating_duration_since(Instant::now()) + REVOKE_MARGIN).as_millis() as i64;
+    let items: Vec<_> = group
+        .iter()
+        .map(|r| super::store::NewItem {
+            visible_ms,
+            ..r.item.clone()
+        })
+        .collect();
+    let staged = Arc::new(Staged::default());
     let mut task: JoinHandle<Result<Vec<i64>, StoreError>> = tokio::spawn({
         let (store, staged) = (store.clone(), staged.clone());
         async move { store.insert(&items, &staged).await }
@@ -110,6 +130,7 @@ async fn commit(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>) {
 /// revoked.
 fn answer(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>, ids: Vec<i64>) {
     let mut gone = Vec::new();
+    let mut answered = Vec::new();
     for (req, id) in group.into_iter().zip(ids) {
         let (route, created, method, target, bytes) = (
             req.item.route.clone(),
@@ -123,39 +144,69 @@ fn answer(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>, ids: Vec
             gone.push(id);
             continue;
         }
+        answered.push(id);
         spool.state.stats.spool_depth(&route).committed(created);
         tracing::info!(route = %route, id, method = %method, path = %target, bytes, "request spooled");
+    }
+    if !answered.is_empty() {
+        // Their senders have their 202: replay takes them now, not at the margin's end (if
+        // this fails, they are replayed once the margin has passed).
+        let store = store.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(REVOKE_CALL, store.make_visible(&answered)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, items = answered.len(), "spool: items not made visible yet; they are replayed once their margin has passed"),
+                Err(_) => tracing::warn!(items = answered.len(), "spool: items not made visible yet; they are replayed once their margin has passed"),
+            }
+        });
     }
     if !gone.is_empty() {
         tracing::warn!(
             items = gone.len(),
             "spool: clients left before their 202; their items are revoked"
         );
-        tokio::spawn(reap(
-            spool.clone(),
-            store.clone(),
-            Arc::new(Mutex::new(gone)),
-            None,
-        ));
+        let staged = Staged::default();
+        *staged.ids.lock().unwrap_or_else(|p| p.into_inner()) = gone;
+        tokio::spawn(reap(spool.clone(), store.clone(), Arc::new(staged), None));
     }
 }
 
 /// Revoke the rows in `staged` once `insert` (if still running) is over: they are never
-/// replayed here, and are deleted until the store confirms they are gone.
+/// replayed here, and are deleted until the store confirms they are gone. An insert still
+/// running [`SETTLE`] later has its database session ended first (a commit whose answer
+/// does not come is then settled either way).
 async fn reap(
     spool: Arc<Spool>,
     store: Arc<Store>,
-    staged: Arc<Mutex<Vec<i64>>>,
+    staged: Arc<Staged>,
     insert: Option<JoinHandle<Result<Vec<i64>, StoreError>>>,
 ) {
-    let ids = || staged.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    spool.revoke(&ids());
-    if let Some(t) = insert {
-        // Its commit may still land: wait for the insert to be over either way.
-        let _ = t.await;
-        spool.revoke(&ids());
+    spool.revoke(&staged.ids());
+    if let Some(mut t) = insert {
+        // Its commit may still land: wait for the insert to be over, for a while.
+        if tokio::time::timeout(SETTLE, &mut t).await.is_err() {
+            match staged.session() {
+                Some(pid) => {
+                    tracing::warn!(session = pid, "spool: an insert past its deadline does not finish; ending its database session");
+                    match tokio::time::timeout(REVOKE_CALL, store.end_session(pid)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "spool: could not end the insert's session")
+                        }
+                        Err(_) => {
+                            tracing::warn!("spool: could not end the insert's session in time")
+                        }
+                    }
+                }
+                None => tracing::warn!("spool: an insert past its deadline does not finish"),
+            }
+            // Ended (or unreachable): either way, no more waiting on it.
+            let _ = tokio::time::timeout(REVOKE_CALL, &mut t).await;
+            t.abort();
+        }
+        spool.revoke(&staged.ids());
     }
-    let ids = ids();
+    let ids = staged.ids();
     if ids.is_empty() {
         return;
     }

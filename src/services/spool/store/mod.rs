@@ -76,6 +76,28 @@ pub struct NewItem {
     pub headers: Vec<u8>,
     pub body: bytes::Bytes,
     pub created_ms: i64,
+    /// No proxy claims it before this time (ms since the epoch): its writer's deadline and
+    /// a margin, while the writer may still revoke it (a commit whose answer came too late:
+    /// its sender got a 503). Cleared as soon as the sender got its 202.
+    pub visible_ms: i64,
+}
+
+/// What an insert has done so far, for a writer that stops waiting for it: the ids of the
+/// rows inserted (they may be committed) and the database session doing it (to end it).
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub ids: std::sync::Mutex<Vec<i64>>,
+    pub session: std::sync::Mutex<Option<i32>>,
+}
+
+impl Staged {
+    pub fn ids(&self) -> Vec<i64> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn session(&self) -> Option<i32> {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A stored request being replayed.
@@ -268,11 +290,7 @@ impl Store {
     /// Store `items` in one transaction; their ids. Each id is pushed to `staged` as soon as
     /// its row is inserted, before the commit: a caller that stops waiting (drops this
     /// future) knows which rows may have been committed.
-    pub async fn insert(
-        &self,
-        items: &[NewItem],
-        staged: &std::sync::Mutex<Vec<i64>>,
-    ) -> Result<Vec<i64>, StoreError> {
+    pub async fn insert(&self, items: &[NewItem], staged: &Staged) -> Result<Vec<i64>, StoreError> {
         match self {
             Store::Sqlite(s) => s.insert(items, staged).await,
             Store::Postgres(p) => p.insert(items, staged).await,
@@ -335,6 +353,33 @@ impl Store {
     }
 
     /// Delete these items, claimed or not (revoked writes).
+    /// The rows' senders got their 202: replay may take them at once.
+    pub async fn make_visible(&self, ids: &[i64]) -> Result<(), StoreError> {
+        match self {
+            // One process: its replay knows what it revoked.
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(p) => {
+                let sql = format!(
+                    "UPDATE tidegate_spool SET visible_ms = 0 WHERE id IN ({})",
+                    id_list(ids)
+                );
+                p.execute_replay(&sql).await
+            }
+        }
+    }
+
+    /// End the database session of an insert that does not finish (a commit whose answer
+    /// never comes): its outcome is then settled, one way or the other.
+    pub async fn end_session(&self, session: i32) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(p) => {
+                p.execute_replay(&format!("SELECT pg_terminate_backend({session})"))
+                    .await
+            }
+        }
+    }
+
     pub async fn delete_ids(&self, ids: &[i64]) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM tidegate_spool WHERE id IN ({})", id_list(ids));
         match self {

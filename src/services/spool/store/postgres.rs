@@ -30,6 +30,8 @@ const SCHEMA: &[&str] = &[
         last_error TEXT,
         last_status BIGINT)",
     "CREATE INDEX IF NOT EXISTS tidegate_spool_queue ON tidegate_spool (route, state, id)",
+    // Before this time no proxy claims the row: its writer may still revoke it.
+    "ALTER TABLE tidegate_spool ADD COLUMN IF NOT EXISTS visible_ms BIGINT NOT NULL DEFAULT 0",
 ];
 
 /// Columns of a listed item (PostgreSQL's `length` of a bytea is an int4).
@@ -110,12 +112,13 @@ impl Pg {
         Ok(&self.pool)
     }
 
-    pub async fn insert(
-        &self,
-        items: &[NewItem],
-        staged: &std::sync::Mutex<Vec<i64>>,
-    ) -> Result<Vec<i64>, StoreError> {
+    pub async fn insert(&self, items: &[NewItem], staged: &Staged) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.ready().await?.begin().await?;
+        // The session, so a writer that stops waiting for the commit can end it.
+        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await?;
+        *staged.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
         // A statement the server cannot finish in time (a lock, a stalled disk) fails there,
         // below the writer's deadline. For this transaction only.
         sqlx::query("SET LOCAL statement_timeout = '3s'")
@@ -124,8 +127,9 @@ impl Pg {
         let mut ids = Vec::with_capacity(items.len());
         for it in items {
             let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO tidegate_spool (route, method, target, headers, body, created_ms, next_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+                "INSERT INTO tidegate_spool
+                     (route, method, target, headers, body, created_ms, next_ms, visible_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7) RETURNING id",
             )
             .bind(&it.route)
             .bind(&it.method)
@@ -133,11 +137,16 @@ impl Pg {
             .bind(&it.headers)
             .bind(&it.body[..])
             .bind(it.created_ms)
+            .bind(it.visible_ms)
             .fetch_one(&mut *tx)
             .await?;
             ids.push(id);
             // Known before the commit: if the caller gives up during it, it deletes these.
-            staged.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+            staged
+                .ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
         }
         // PostgreSQL's default synchronous_commit: the commit returns once the WAL is flushed.
         tx.commit().await?;
@@ -152,7 +161,7 @@ impl Pg {
         }
         let row: Option<ItemRow> = sqlx::query_as(&format!(
             "SELECT {ITEM_COLUMNS} FROM tidegate_spool
-             WHERE route = $1 AND state = 'pending' AND next_ms <= $2
+             WHERE route = $1 AND state = 'pending' AND next_ms <= $2 AND visible_ms <= $2
              ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
         ))
         .bind(route)
@@ -163,7 +172,8 @@ impl Pg {
             return Ok(claimed(r, tx));
         }
         let (due,): (Option<i64>,) = sqlx::query_as(
-            "SELECT min(next_ms) FROM tidegate_spool WHERE route = $1 AND state = 'pending'",
+            "SELECT min(greatest(next_ms, visible_ms)) FROM tidegate_spool
+             WHERE route = $1 AND state = 'pending'",
         )
         .bind(route)
         .fetch_one(&mut *tx)
@@ -186,7 +196,7 @@ impl Pg {
         let row: LockedRow = sqlx::query_as(
             "WITH l AS (SELECT pg_try_advisory_xact_lock(hashtext('tidegate_spool'), hashtext($1)) AS got)
              SELECT l.got, s.id, s.route, s.method, s.target, s.headers, s.body, s.attempts,
-                    s.created_ms, s.next_ms
+                    s.created_ms, greatest(s.next_ms, s.visible_ms)
              FROM l LEFT JOIN LATERAL (
                  SELECT * FROM tidegate_spool
                  WHERE l.got AND route = $1 AND state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE
@@ -273,6 +283,14 @@ impl Pg {
         );
         let q = bind_all!(sqlx::query(&sql).bind(now_ms), &binds);
         Ok(q.execute(pool).await?.rows_affected())
+    }
+
+    /// Run one statement on a `replay` session (no wait for the WAL flush: these settle
+    /// nothing a crash must keep, and they must not wait behind a stalled commit).
+    pub async fn execute_replay(&self, sql: &str) -> Result<(), StoreError> {
+        self.ready().await?;
+        sqlx::query(sql).execute(&self.replay).await?;
+        Ok(())
     }
 
     /// Run one statement.

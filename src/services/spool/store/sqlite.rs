@@ -119,11 +119,7 @@ impl Sqlite {
         })
     }
 
-    pub async fn insert(
-        &self,
-        items: &[NewItem],
-        staged: &std::sync::Mutex<Vec<i64>>,
-    ) -> Result<Vec<i64>, StoreError> {
+    pub async fn insert(&self, items: &[NewItem], staged: &Staged) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(items.len());
         for it in items {
@@ -141,7 +137,11 @@ impl Sqlite {
             .await?;
             ids.push(id);
             // Known before the commit: if the caller gives up during it, it deletes these.
-            staged.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+            staged
+                .ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
         }
         tx.commit().await?;
         Ok(ids)
