@@ -111,13 +111,19 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
     if opts.daemon {
         daemonize(spec.server.pid_file.as_deref())?;
     }
-    if opts.upgrade {
+    let confirm = if opts.upgrade {
         // The running tidegate's sockets, checked, before this process binds anything (its
         // admin socket shares the port: bound now, it would take probes it cannot answer
         // yet). pingora's bootstrap picks them up from the inner socket.
         let addrs: Vec<std::net::SocketAddr> = spec.listeners.iter().map(|l| l.addr).collect();
-        upgrade::receive(&sock, &upgrade::side_path(&sock, "in"), &addrs)?;
-    }
+        Some(upgrade::receive(
+            &sock,
+            &upgrade::side_path(&sock, "in"),
+            &addrs,
+        )?)
+    } else {
+        None
+    };
     let admin_listener = bind_admin(spec.admin.addr)?;
     let state = Arc::new(AppState::new(
         spec,
@@ -139,6 +145,10 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
         "tidegate starting"
     );
     spawn_pingora(server, &state, sock)?;
+    // Every step that can fail is behind: the running tidegate may stop now.
+    if let Some(c) = confirm {
+        c.started();
+    }
     let reason = state.process.wait_exit();
     let _ = std::fs::remove_file(&relay.path);
     access_log::flush(&state, std::time::Duration::from_secs(2));

@@ -383,3 +383,87 @@ async fn a_directory_others_can_enter_refuses_to_start() {
     assert_eq!(status.code(), Some(1));
     assert!(tg.logs().contains("must be private"), "{}", tg.logs());
 }
+
+/// The new process takes the sockets, then fails to start (its TLS certificate file is gone
+/// by then): the running one is told so, not `ok`, and keeps serving and stays ready.
+#[tokio::test]
+async fn a_new_process_that_fails_after_taking_the_sockets_leaves_the_old_serving() {
+    let app = TestBackend::start("app").await;
+    let private = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let ca = common::tls::Ca::new();
+    let (cert, key) = ca.issue(&["localhost"], 30);
+    let (cf, kf) = (private.path().join("c.pem"), private.path().join("k.pem"));
+    std::fs::write(&cf, cert).expect("cert");
+    std::fs::write(&kf, key).expect("key");
+    let tls_port = free_port();
+    let yaml = format!(
+        r#"
+listeners:
+  - {{ name: public, address: "{{listen}}" }}
+  - {{ name: tls, address: "127.0.0.1:{tls_port}", tls: {{ cert: "{}", key: "{}" }} }}
+admin: {{ address: "{{admin}}" }}
+server: {{ upgrade_sock: {} }}
+routes:
+  - name: app
+    split: {{ app: 1 }}
+pools:
+  app:
+    backends: [{{ address: "{}" }}]
+"#,
+        cf.display(),
+        kf.display(),
+        private.path().join("up.sock").display(),
+        app.addr
+    );
+    let old = Tidegate::start(&yaml).await;
+    let sock = private.path().join("up.sock");
+    let new = start_new(&old);
+    wait_socket(&sock).await;
+    // Read at its start (checked), gone when it builds its listeners.
+    std::fs::remove_file(&cf).expect("rm cert");
+    old.signal(libc::SIGQUIT);
+    let (code, log) = exit_code(new).await;
+    assert_eq!(code, Some(1), "{log}");
+    wait_for("the refusal", Duration::from_secs(20), || async {
+        old.logs()
+            .contains("the new process did not start")
+            .then_some(())
+    })
+    .await;
+    serves_and_ready(&old).await;
+}
+
+/// A listener the new config adds is held by someone else: the new process refuses before
+/// `ok` (pingora would only log the failed bind), and the old one keeps serving.
+#[tokio::test]
+async fn a_new_listener_that_cannot_be_bound_refuses_the_upgrade() {
+    let app = TestBackend::start("app").await;
+    let (private, old) = proxy_with_private_socket(app.addr).await;
+    let sock = private.path().join("up.sock");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let yaml = std::fs::read_to_string(&old.config).expect("config");
+    let added = yaml.replacen(
+        "listeners:",
+        &format!("listeners:\n  - {{ name: extra, address: \"127.0.0.1:{port}\" }}"),
+        1,
+    );
+    assert_ne!(added, yaml, "listeners: in the config");
+    std::fs::write(&old.config, added).expect("config");
+    let new = start_new(&old);
+    wait_socket(&sock).await;
+    old.signal(libc::SIGQUIT);
+    let (code, log) = exit_code(new).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("cannot be bound"), "{log}");
+    wait_for("the refusal", Duration::from_secs(20), || async {
+        old.logs()
+            .contains("SIGQUIT: graceful upgrade refused")
+            .then_some(())
+    })
+    .await;
+    serves_and_ready(&old).await;
+    drop(taken);
+}

@@ -120,6 +120,13 @@ pub fn prepare(sock: &Path, created_default: bool) -> Result<(), UpgradeSockErro
     if !meta.is_dir() {
         return Err(err(format!("{} is not a directory", dir.display())));
     }
+    // The side sockets (`NAME.PID.sink`) must fit a unix socket address (108 bytes).
+    if sock.as_os_str().len() + ".4194304.sink".len() > 107 {
+        return Err(err(format!(
+            "the path is too long for a unix socket with its side sockets (at most {} bytes)",
+            107 - ".4194304.sink".len()
+        )));
+    }
     let mode = meta.permissions().mode();
     if !trusted(meta.uid()) {
         return Err(err(format!(
@@ -167,28 +174,59 @@ fn listen_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The new process's word to the running one: given with [`Confirm::started`] once this
+/// process has started (every step that can fail is behind it); dropped without it, the
+/// running one is told the upgrade failed and keeps serving.
+pub struct Confirm(std::sync::mpsc::Sender<()>);
+
+impl Confirm {
+    pub fn started(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// How long the running process is kept waiting for this one to start.
+const START_WAIT: Duration = Duration::from_secs(60);
+
 /// New process (`--upgrade`): wait on `sock` for a trusted sender, check what it sends, and
 /// feed the listening sockets of `configured` addresses to pingora's bootstrap on `inner`
-/// (call `Server::bootstrap` right after). `Err`: refuse to start (the sender, if any, is
-/// told why and keeps serving).
+/// (call `Server::bootstrap` after). The sender is told `ok` only through the returned
+/// [`Confirm`]. `Err`: refuse to start (the sender, if any, is told why and keeps serving).
 pub fn receive(
     sock: &Path,
     inner: &Path,
     configured: &[SocketAddr],
-) -> Result<(), UpgradeSockError> {
+) -> Result<Confirm, UpgradeSockError> {
     let err = |why: String| UpgradeSockError::new(sock, why);
     let listener = listen_private(sock).map_err(|e| err(format!("cannot listen: {e}")))?;
     let taken = wait_for_sender(&listener, configured);
     drop(listener);
     let _ = std::fs::remove_file(sock);
     let (conn, fds) = taken.map_err(err)?;
+    // Listeners this process adds must be free: another user holding one of those ports
+    // would keep it (pingora only logs a failed bind).
+    for addr in configured
+        .iter()
+        .filter(|a| !fds.iter().any(|(k, _)| same_addr(**a, *k)))
+    {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let why =
+                format!("listener {addr} (not sent by the running tidegate) cannot be bound: {e}");
+            let _ = (&conn).write_all(format!("refused: {why}\n").as_bytes());
+            return Err(err(why));
+        }
+    }
+    let (started, wait) = std::sync::mpsc::channel();
     let inner = inner.to_path_buf();
     std::thread::Builder::new()
         .name("upgrade-feed".into())
         .spawn(move || {
             let sent = connect_within(&inner, WAIT).and_then(|c| send(&c, &fds));
-            let answer = match sent {
-                Ok(()) => "ok\n".to_string(),
+            let answer = match sent.map(|()| wait.recv_timeout(START_WAIT)) {
+                Ok(Ok(())) => "ok\n".to_string(),
+                Ok(Err(_)) => {
+                    "refused: the new process did not start (see its log)\n".to_string()
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "graceful upgrade: the received sockets could not be passed to pingora");
                     format!("refused: {e}\n")
@@ -197,7 +235,7 @@ pub fn receive(
             let _ = (&conn).write_all(answer.as_bytes());
         })
         .map_err(|e| err(format!("cannot start a thread: {e}")))?;
-    Ok(())
+    Ok(Confirm(started))
 }
 
 /// A sender's listening sockets, checked, by address.
