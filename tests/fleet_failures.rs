@@ -317,10 +317,31 @@ async fn a_restored_database_is_detected_and_the_live_state_kept() {
         let r = get(&tg.url("/")).await.expect("request");
         assert_eq!(r.status, 200);
     }
+    // A proxy started now has no state of its own, but the live proxies' heartbeats say how
+    // far the fleet had come: it says so too, and refuses changes.
+    let p3 = proxy(&blue, &green, pg.port, "r3").await;
+    let s = wait_for(
+        "p3 sees the regression",
+        Duration::from_secs(10),
+        || async {
+            let s = status(&p3).await?;
+            s["fleet"]["regressed"].is_string().then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        s["fleet"]["regressed"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("live proxies"),
+        "{s}"
+    );
+    let r = api(&p3, "POST", "/api/v1/pools/green/drain", "{}").await;
+    assert_eq!(r.status, 503, "changes refused: {}", r.body);
     // Recovery: the revision moved past the proxies' adopts the store's state (blue drained,
     // as in the backup).
     pg.psql("UPDATE tidegate_control_meta SET rev = rev + 1000");
-    all_follow(&[&p1, &p2], "the store's state adopted", |s| {
+    all_follow(&[&p1, &p2, &p3], "the store's state adopted", |s| {
         s["fleet"]["regressed"].is_null() && blue_state(s) != "active"
     })
     .await;

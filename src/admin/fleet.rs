@@ -115,7 +115,9 @@ pub fn drain(state: &AppState, r: &Resolved, strict: bool) -> Option<api::FleetD
     if !state.fleet.enabled() {
         return None;
     }
-    let rev = state.fleet.rev();
+    // What this proxy wrote counts even while a revision in between is not applied here
+    // yet: a peer that has not applied the drain made here is not "applied".
+    let rev = state.fleet.wanted_rev();
     let mut f = api::FleetDrain {
         drained: true,
         holding: Vec::new(),

@@ -28,7 +28,6 @@ pub(super) type Refusal = (u16, &'static str, String);
 
 /// Check and normalize a request in place. `Err` = answer with that refusal.
 pub(super) fn apply(req: &mut RequestHeader, http: &HttpSettings) -> Result<(), Refusal> {
-    check_framing(req)?;
     let size = header_bytes(req);
     if size > http.max_request_header_bytes {
         return Err((
@@ -163,8 +162,18 @@ fn valid_authority(a: &[u8]) -> bool {
     port_ok && host_ok
 }
 
-/// Headers whose `_` spelling names one tidegate sets or trusts.
-const RESERVED: [&str; 3] = [ID_HEADER, ATTEMPT_HEADER, "x-request-id"];
+/// Headers whose `_` spelling names one tidegate sets or trusts (CGI, Rack and WSGI apps read
+/// `X_Forwarded_For` as `X-Forwarded-For`).
+const RESERVED: [&str; 8] = [
+    ID_HEADER,
+    ATTEMPT_HEADER,
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
 
 fn drop_reserved_spellings(req: &mut RequestHeader) {
     let names: Vec<http::HeaderName> = req
@@ -193,7 +202,9 @@ fn same_dashed(name: &str, dashed: &str) -> bool {
 /// - `Content-Length` given twice, or not `0` or digits without a leading zero: `0005` is
 ///   valid by the grammar, but parsers differ (some read octal, some refuse), and no client
 ///   sends it; nginx and HAProxy refuse duplicates too.
-fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
+/// Checked before anything answers the request (the ACME path, a fleet still loading): an
+/// answer that leaves the connection open would read the body as the next request.
+pub(super) fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
     let bad = |m: &str| {
         Err((
             400,

@@ -184,6 +184,13 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.begin(session, ctx);
+        if let Err((code, kind, msg)) = hygiene::check_framing(session.req_header()) {
+            ctx.outcome = Some(Outcome::Refused);
+            // The body's end is not known: nothing more is read on this connection.
+            session.set_keepalive(None);
+            errors::respond(session, code, kind, &msg).await?;
+            return Ok(true);
+        }
         if self.answered_early(session, ctx).await? {
             return Ok(true);
         }

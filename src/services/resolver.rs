@@ -25,11 +25,18 @@ impl BackgroundService for Resolver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut failing: HashSet<String> = HashSet::new();
         let mut last_full = tokio::time::Instant::now();
+        let mut first = true;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(UNRESOLVED_EVERY) => {}
-                _ = shutdown.changed() => return,
+            // The first round at once (names restored from state_file or the fleet); then
+            // every second, or as soon as runtime members are set.
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(UNRESOLVED_EVERY) => {}
+                    _ = self.state.resolve_now.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
             }
+            first = false;
             // Every name at `resolve_interval`; names that have no address yet (runtime
             // members are stored unresolved) every second, with or without it.
             let interval = self.state.table().spec.resolve_interval;

@@ -60,6 +60,8 @@ pub struct Fleet {
     loaded: AtomicBool,
     down: Mutex<Option<String>>,
     rev: AtomicI64,
+    /// The highest revision this proxy wrote.
+    wrote: AtomicI64,
     /// Local overrides changed: the service publishes them.
     pub local: Notify,
     requested: AtomicU64,
@@ -102,6 +104,7 @@ impl Fleet {
             node: node.unwrap_or_default(),
             down: Mutex::new(None),
             rev: AtomicI64::new(0),
+            wrote: AtomicI64::new(0),
             local: Notify::new(),
             requested: AtomicU64::new(0),
             rounds: watch::channel(Round::default()).0,
@@ -170,6 +173,17 @@ impl Fleet {
     /// created again).
     pub fn reset_rev(&self, rev: i64) {
         self.rev.store(rev, Ordering::Release);
+    }
+
+    /// A revision this proxy wrote itself (a published change, a ramp step): a drain
+    /// answer asks the others to have applied at least that far.
+    pub fn wrote(&self, rev: i64) {
+        self.wrote.fetch_max(rev, Ordering::AcqRel);
+    }
+
+    /// The revision the fleet must have applied for a change made here to be everywhere.
+    pub fn wanted_rev(&self) -> i64 {
+        self.rev().max(self.wrote.load(Ordering::Acquire))
     }
 
     /// Whether `p` is lost now: its heartbeat, as last read and aged since, is past the TTL.

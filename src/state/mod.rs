@@ -73,6 +73,8 @@ pub struct AppState {
     publish: Mutex<Published>,
     pub registry: Arc<Registry>,
     pub stats: Stats,
+    /// Wakes the resolver service: runtime members with host names were just set.
+    pub resolve_now: tokio::sync::Notify,
     pub config_path: PathBuf,
     /// The address the admin listener was bound to at start (a reload does not move it).
     pub admin_bound: std::net::SocketAddr,
@@ -146,6 +148,7 @@ impl AppState {
             }),
             registry,
             stats,
+            resolve_now: tokio::sync::Notify::new(),
             config_path,
             process: Process::new(),
             availability: Notify::new(),
@@ -223,6 +226,10 @@ impl AppState {
             if next.members == p.overrides.members && next.addresses == p.overrides.addresses {
                 current.with_overrides(&next, &mut warnings)
             } else {
+                if next.members != p.overrides.members {
+                    // Host names among them are looked up by the resolver, now.
+                    self.resolve_now.notify_one();
+                }
                 // New members or addresses: bind the pools again (registry states are kept by id).
                 Table::bind(
                     current.spec.clone(),

@@ -351,7 +351,7 @@ pub struct FileServer {
     /// Worker threads per listener; 0 = one per CPU.
     #[serde(default)]
     pub threads: usize,
-    /// Default: `upgrade.sock` next to `state_file`, else `/tmp/tidegate-UID/upgrade.sock`.
+    /// Default: `upgrade/upgrade.sock` next to `state_file`, else `/tmp/tidegate-UID/upgrade.sock`.
     #[serde(default)]
     pub upgrade_sock: Option<PathBuf>,
     #[serde(default)]

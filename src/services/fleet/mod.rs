@@ -124,6 +124,10 @@ struct Run {
     generation: u64,
     /// The store's epoch as first read (a new database has another).
     epoch: Option<String>,
+    /// The highest revision live proxies had applied when this one loaded a store that was
+    /// behind it (a store restored before this proxy started): still a regression until the
+    /// store is past it.
+    floor: i64,
     /// Unique to this process start, and the lease holder's name (node and instance).
     instance: String,
     holder: String,
@@ -153,6 +157,7 @@ impl Run {
             first,
             generation,
             epoch: None,
+            floor: 0,
             holder: format!("{} {instance}", cfg.node),
             instance,
             cfg,
@@ -208,6 +213,22 @@ impl Run {
             self.publish().await?;
         }
         let (epoch, rev, remote) = self.store.read().await?;
+        if !self.state.fleet.is_loaded() {
+            // A proxy that starts has no state of its own to compare: the live proxies'
+            // heartbeats say how far the fleet had come.
+            let live = self
+                .store
+                .peers()
+                .await?
+                .into_iter()
+                .filter(|b| b.age < self.cfg.heartbeat_ttl && b.instance != self.instance)
+                .map(|b| b.rev)
+                .max()
+                .unwrap_or(0);
+            if live > rev {
+                self.floor = live;
+            }
+        }
         if let Some(why) = self.regression(&epoch, rev) {
             // Keep the live state: adopting an older one would undo acknowledged changes
             // (undrain what operators drained, move splits back) on every proxy at once.
@@ -218,7 +239,8 @@ impl Run {
         }
         // Back in step (an operator moved the revision past this proxy's): the store's
         // state is adopted whole.
-        let full = if self.state.fleet.set_regressed(None) {
+        let full = if self.state.fleet.is_loaded() && self.state.fleet.set_regressed(None) {
+            self.floor = 0;
             tracing::warn!(
                 rev,
                 "the control store's revision is past this proxy's again: adopting its state"
@@ -257,11 +279,22 @@ impl Run {
     /// first load (a proxy that starts adopts whatever the store holds).
     fn regression(&self, epoch: &str, rev: i64) -> Option<String> {
         if !self.state.fleet.is_loaded() {
+            if rev < self.floor {
+                // Loaded anyway (a proxy must serve something), but said, and no change is
+                // written until an operator moves the revision on.
+                let why = format!(
+                    "the store's revision is {rev}, older than the {} live proxies have applied",
+                    self.floor
+                );
+                self.state.fleet.set_regressed(Some(why.clone()));
+                tracing::error!(reason = %why, "the control store went back in time (restored from a backup? a replica promoted?): its state is loaded, changes are refused; see the README's recovery steps");
+            }
             return None;
         }
-        let mine = self.state.fleet.rev();
+        let mine = self.state.fleet.rev().max(self.floor);
         match &self.epoch {
-            Some(e) if e != epoch => Some(format!(
+            // Another database: until an operator moves its revision past this proxy's.
+            Some(e) if e != epoch && rev <= mine => Some(format!(
                 "the store is another database (epoch {} instead of {}; revision {rev}, {mine} applied here)",
                 crate::api::printable(epoch),
                 crate::api::printable(e)
@@ -275,6 +308,12 @@ impl Run {
 
     /// Publish what changed here since the last sync.
     async fn publish(&mut self) -> Result<(), String> {
+        if self.state.fleet.regressed().is_some() {
+            // Nothing is written to a store that went back in time (each write would move
+            // its revision toward this proxy's and end the regression unseen). Changes from
+            // the API are refused meanwhile; the drain machine's own go out after.
+            return Ok(());
+        }
         let round = self.state.fleet.take_round();
         let mut local = sync::local(&self.state);
         // A row gone here because this proxy's config no longer names its pool or route (a
@@ -476,6 +515,7 @@ impl Run {
     /// A revision this proxy wrote: everything up to it is applied here only when nobody
     /// wrote in between (else the other's notification brings a read that covers both).
     fn own_rev(&self, rev: i64) {
+        self.state.fleet.wrote(rev);
         if rev == self.state.fleet.rev() + 1 {
             self.state.fleet.set_rev(rev);
         }

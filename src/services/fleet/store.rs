@@ -36,6 +36,8 @@ pub const CHANNEL: &str = "tidegate_control";
 pub const MAX_ROWS: i64 = 10_000;
 /// Largest value (JSON) of one row, in bytes: the admin API's body limit.
 pub const MAX_VALUE: i32 = 1 << 20;
+/// Most bytes of all heartbeat rows together (read four times a second).
+pub const MAX_BEATS_BYTES: i64 = 16 << 20;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tidegate_control (
@@ -291,33 +293,51 @@ impl Store {
     }
 
     async fn read_beats(&self) -> Result<Vec<Beat>, String> {
+        // Sizes first, in the database: a row too big, or too many bytes in all, is an
+        // error before anything big is sent here. Too much is an error, not a row left
+        // out: a proxy not counted could make a drain look done (a failed read makes this
+        // proxy's view stale: never drained).
         let rows = sqlx::query(
             // A row written by hand may say `-infinity`: very old, not an error.
-            "SELECT node, admin, rev, counts, outcomes, instance,
+            "WITH b AS (
+                SELECT node, admin, rev, counts, outcomes, instance, heartbeat,
+                       octet_length(counts::text) + octet_length(outcomes::text)
+                           + octet_length(node) + octet_length(admin)
+                           + octet_length(instance) AS size
+                FROM tidegate_heartbeats ORDER BY node, instance LIMIT $1),
+             t AS (SELECT b.*, sum(size) OVER () AS total FROM b)
+             SELECT CASE WHEN size <= $2 AND total <= $3 THEN node END,
+                    CASE WHEN size <= $2 AND total <= $3 THEN admin END, rev,
+                    CASE WHEN size <= $2 AND total <= $3 THEN counts END,
+                    CASE WHEN size <= $2 AND total <= $3 THEN outcomes END,
+                    CASE WHEN size <= $2 AND total <= $3 THEN instance END,
                     CASE WHEN isfinite(heartbeat)
                          THEN extract(epoch FROM now() - heartbeat)::float8 ELSE 1e12 END,
-                    octet_length(counts::text) + octet_length(outcomes::text)
-                        + octet_length(node) + octet_length(admin) + octet_length(instance)
-             FROM tidegate_heartbeats ORDER BY node, instance LIMIT $1",
+                    size, total::bigint
+             FROM t",
         )
         .bind(MAX_ROWS + 1)
+        .bind(MAX_VALUE)
+        .bind(MAX_BEATS_BYTES)
         .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        // Too much is an error, not a row left out: a proxy not counted could make a drain
-        // look done (a failed read makes this proxy's view stale: never drained).
         if rows.len() as i64 > MAX_ROWS {
             return Err(format!(
                 "control store: more than {MAX_ROWS} heartbeat rows; not read"
             ));
         }
-        if let Some(big) = rows
-            .iter()
-            .find(|r| r.get::<Option<i32>, _>(7).unwrap_or(i32::MAX) > MAX_VALUE)
-        {
+        if let Some(r) = rows.first() {
+            let total = r.get::<Option<i64>, _>(8).unwrap_or(0);
+            if total > MAX_BEATS_BYTES {
+                return Err(format!(
+                    "control store: the heartbeat rows hold {total} bytes, more than {MAX_BEATS_BYTES}; not read"
+                ));
+            }
+        }
+        if rows.iter().any(|r| r.get::<Option<String>, _>(0).is_none()) {
             return Err(format!(
-                "control store: the heartbeat of {} is more than {MAX_VALUE} bytes; not read",
-                crate::api::printable(&big.get::<String, _>(0))
+                "control store: a heartbeat row is more than {MAX_VALUE} bytes; not read"
             ));
         }
         Ok(rows
