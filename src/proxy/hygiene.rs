@@ -202,6 +202,7 @@ fn same_dashed(name: &str, dashed: &str) -> bool {
 /// - `Content-Length` given twice, or not `0` or digits without a leading zero: `0005` is
 ///   valid by the grammar, but parsers differ (some read octal, some refuse), and no client
 ///   sends it; nginx and HAProxy refuse duplicates too.
+///
 /// Checked before anything answers the request (the ACME path, a fleet still loading): an
 /// answer that leaves the connection open would read the body as the next request.
 pub(super) fn check_framing(req: &RequestHeader) -> Result<(), Refusal> {
