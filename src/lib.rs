@@ -20,6 +20,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -301,3 +301,17 @@ pub fn json<T: serde::Serialize>(status: u16, body: &T) -> Response {
     );
     r
 }
+
+/// `cargo fuzz`: an admin body, parsed as every mutating endpoint parses its own.
+#[doc(hidden)]
+pub fn fuzz_body(data: &[u8]) {
+    let b = axum::body::Bytes::copy_from_slice(data);
+    let _ = body::parse::<crate::api::DrainRequest>(&b);
+    let _ = body::parse::<crate::api::SplitRequest>(&b);
+    let _ = body::parse::<crate::api::MaintenanceRequest>(&b);
+    if let Ok(r) = body::parse::<crate::api::BackendsRequest>(&b) {
+        let _ = crate::config::build::runtime_backends("p", &r.backends);
+    }
+    let _ = body::parse::<crate::api::NodeDrainRequest>(&b);
+    let _ = body::parse::<crate::api::SpoolRetryRequest>(&b);
+}

@@ -73,6 +73,11 @@ fn mint() -> Box<str> {
 }
 
 /// The value of cookie `name` (the first one, over every `Cookie` header).
+/// `cargo fuzz`: the affinity cookie as read from any request.
+pub(super) fn fuzz_cookie(req: &RequestHeader) -> Option<Vec<u8>> {
+    cookie(req, "tidegate_affinity").map(<[u8]>::to_vec)
+}
+
 fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
     req.headers
         .get_all(header::COOKIE)

@@ -268,3 +268,26 @@ fn write_durably(path: &Path, saved: &Saved) -> std::io::Result<()> {
     };
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// `cargo fuzz`: a `state_file` as `restore` reads it, through the same checks.
+#[doc(hidden)]
+pub fn fuzz_state_file(data: &[u8]) {
+    let Ok(saved) = serde_json::from_slice::<Saved>(data) else {
+        return;
+    };
+    for d in &saved.drains {
+        let _ = crate::services::fleet::rows::drain(d);
+    }
+    for s in saved.overrides.splits.values() {
+        let _ = crate::services::fleet::rows::split("split", s);
+    }
+    if let Some(m) = &saved.overrides.maintenance {
+        let _ = crate::services::fleet::rows::maintenance(m);
+    }
+    for c in saved.overrides.checkpoints.values() {
+        let _ = crate::services::fleet::rows::checkpoint(c);
+    }
+    for (pool, entries) in &saved.overrides.backends {
+        let _ = crate::config::build::runtime_backends(pool, entries);
+    }
+}

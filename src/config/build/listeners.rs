@@ -75,6 +75,30 @@ fn check_http01(listeners: &[Listener]) -> Result<(), ConfigError> {
     }
 }
 
+/// TLS-ALPN-01 with the fleet's shared ACME store (the PostgreSQL `spool_store`): the CA
+/// may validate any proxy behind the name, and only the ordering proxy holds the challenge
+/// certificate (it is made per order and answered before the handshake). Refused rather
+/// than left to fail at every renewal; HTTP-01 tokens are shared through the store.
+pub(super) fn check_alpn_in_a_fleet(
+    listeners: &[Listener],
+    store: &Option<crate::config::spec::SpoolStore>,
+) -> Result<(), ConfigError> {
+    if !matches!(store, Some(crate::config::spec::SpoolStore::Postgres(_))) {
+        return Ok(());
+    }
+    let alpn = listeners.iter().position(|l| {
+        let acme = l.tls.as_ref().and_then(|t| t.acme.as_ref());
+        acme.is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01)
+    });
+    match alpn {
+        Some(i) => Err(invalid(
+            format!("listeners[{i}].tls.acme.challenge"),
+            "tls-alpn-01 cannot be answered by a fleet sharing its ACME store (spool_store: postgres): the CA may validate another proxy, which has no challenge certificate; use http-01, whose tokens the fleet shares",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `redirect_https` and `https_port`: only on plain listeners.
 fn build_redirect(
     path: &str,

@@ -45,6 +45,7 @@ pub fn build(
     let pools = build_pools(&file.pools, io, warnings)?;
     let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
     let spool_store = spool::build_store(&file, &routes, io, warnings)?;
+    listeners::check_alpn_in_a_fleet(&listeners, &spool_store)?;
     let spool_buffer = spool::build_buffer(&file, &routes)?;
     let control_store = spool::build_control(&file, admin.addr.port(), io, warnings)?;
     let t = &file.timeouts;

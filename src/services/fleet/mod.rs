@@ -521,3 +521,36 @@ impl Run {
         }
     }
 }
+
+/// `cargo fuzz`: a row of any kind, as JSON, through the checks `sync::apply` makes before
+/// applying it; and the text as a notification payload.
+#[doc(hidden)]
+pub fn fuzz_row(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = store::note_rev(text);
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+        serde_json::from_value(v.clone()).ok()
+    }
+    if let Some(d) = parse::<crate::services::persist::SavedDrain>(&v) {
+        let _ = rows::drain(&d);
+    }
+    if let Some(r) = parse::<crate::api::Ramp>(&v) {
+        let _ = rows::ramp(&r);
+    }
+    if let Some(s) = parse::<std::collections::BTreeMap<String, u32>>(&v) {
+        let _ = rows::split("split", &s);
+    }
+    if let Some(m) = parse::<crate::state::overrides::MaintenanceOverride>(&v) {
+        let _ = rows::maintenance(&m);
+    }
+    if let Some(c) = parse::<crate::api::Checkpoint>(&v) {
+        let _ = rows::checkpoint(&c);
+    }
+    if let Some(b) = parse::<Vec<crate::api::BackendEntry>>(&v) {
+        let _ = crate::config::build::runtime_backends("p", &b);
+    }
+}

@@ -1,0 +1,67 @@
+//! Entry points for `cargo fuzz` (`fuzz/fuzz_targets/`): each parser that meets untrusted
+//! bytes, driven as tidegate drives it. Every target asserts what must hold whatever the
+//! input (no panic; normalizing twice changes nothing). Not an API: kept public only for
+//! the fuzz crate.
+
+use std::sync::OnceLock;
+
+use crate::config::{spec::HttpSettings, Inputs};
+
+/// Inputs that touch nothing outside: no environment, no files, no DNS, a fixed clock.
+fn sealed() -> Inputs<'static> {
+    Inputs {
+        env: &|_| None,
+        read: &|_| Err(std::io::Error::other("no files while fuzzing")),
+        lookup: &|_| None,
+        now: 1_800_000_000,
+    }
+}
+
+/// The config file: parsed and validated as `tidegate check` does.
+pub fn config(data: &[u8]) {
+    let _ = crate::config::load_with(data, &sealed());
+}
+
+/// The shipped HTTP settings (`http:` left out), and with `underscores_in_headers`.
+fn http(underscores: bool) -> HttpSettings {
+    static BASE: OnceLock<HttpSettings> = OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        let yaml = b"listeners: [{ name: p, address: \"127.0.0.1:1\" }]
+admin: { address: \"127.0.0.1:2\" }
+routes: [{ name: a, split: { p: 1 } }]
+pools: { p: { backends: [{ address: \"127.0.0.1:3\" }] } }
+";
+        match crate::config::load_with(yaml, &sealed()) {
+            Ok(l) => l.spec.http,
+            Err(e) => panic!("the fuzzing base config does not load: {e}"),
+        }
+    });
+    HttpSettings {
+        underscores_in_headers: underscores,
+        ..base.clone()
+    }
+}
+
+/// A request head at the edge: `METHOD TARGET` then `name: value` lines. The framing and
+/// hygiene checks, the path normalization (idempotent), affinity cookies, request ids and
+/// trace context.
+pub fn request(data: &[u8]) {
+    let underscores = data.first().is_some_and(|b| b & 1 == 1);
+    crate::proxy::fuzz_request(data.get(1..).unwrap_or_default(), &http(underscores));
+}
+
+/// An admin API body, for every request type the API parses.
+pub fn admin_body(data: &[u8]) {
+    crate::admin::fuzz_body(data);
+}
+
+/// A spooled request's stored headers, read back into the request replay sends.
+pub fn spool_headers(data: &[u8]) {
+    crate::services::spool::replay::fuzz_stored(data);
+}
+
+/// A control store row (any kind, as JSON), a notification payload, and a `state_file`.
+pub fn fleet_row(data: &[u8]) {
+    crate::services::fleet::fuzz_row(data);
+    crate::services::persist::fuzz_state_file(data);
+}
