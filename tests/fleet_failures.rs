@@ -384,3 +384,27 @@ async fn a_row_too_big_to_read_keeps_the_last_state() {
     let r = api(&p1, "POST", "/api/v1/pools/green/drain", "{}").await;
     assert_eq!(r.status, 202, "{}", r.body);
 }
+
+/// Text from the database reaches the log escaped (issue 32): a row whose key and value
+/// hold terminal escapes is logged with `?` in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_characters_from_the_store_are_not_logged_raw() {
+    let pg = Postgres::start().await;
+    let (blue, green) = blue_green().await;
+    let p1 = proxy(&blue, &green, pg.port, "e1").await;
+    pg.psql(
+        "INSERT INTO tidegate_control (key, value, rev, updated_by) \
+         SELECT E'split/\\x1b[31mred', jsonb_build_object('blue', E'\\x1b[2J'), rev + 1, 'hand' \
+         FROM tidegate_control_meta",
+    );
+    pg.psql("UPDATE tidegate_control_meta SET rev = rev + 1; NOTIFY tidegate_control, 'x'");
+    wait_for("the row refused", Duration::from_secs(10), || async {
+        p1.logs()
+            .contains("not applied on this proxy")
+            .then_some(())
+    })
+    .await;
+    let logs = p1.logs();
+    assert!(!logs.contains('\u{1b}'), "raw escape in the log: {logs:?}");
+    assert!(logs.contains("?[31mred"), "{logs}");
+}

@@ -141,7 +141,8 @@ pub(super) async fn follow(
         if let Some((admin, r)) = stopped {
             set_split(fleet, route, from).await?;
             let verb = stopped_verb(r.state);
-            let why = r.reason.unwrap_or_default();
+            // A ramp's reason may come from the fleet's store: never printed raw.
+            let why = crate::api::printable(&r.reason.unwrap_or_default());
             println!("{verb} to {} on {}: {why}", fmt(from), admin.base);
             return Ok(exit::NOT_DONE);
         }

@@ -1,6 +1,7 @@
 //! `tidegate spool list | retry | purge`: the spool for an operator.
 
 use super::{exit, seg, Admin, ClientError};
+use crate::api::printable;
 use crate::api::{SpoolChanged, SpoolList, SpoolRetryRequest};
 
 /// What `tidegate spool` does.
@@ -126,13 +127,14 @@ fn print_list(admin: &Admin, list: &SpoolList, named: bool) {
         println!(
             "{:>8}  {:<12} {:<8} {:>8} {:>8.1}s  {:<7} {:<30} {}",
             i.id,
-            i.route,
-            i.state,
+            printable(&i.route),
+            printable(&i.state),
             i.attempts,
             i.age_seconds,
-            i.method,
-            i.path,
-            i.last_error.as_deref().unwrap_or("")
+            printable(&i.method),
+            // Stored from client requests and backend answers: never printed raw.
+            printable(&i.path),
+            printable(i.last_error.as_deref().unwrap_or(""))
         );
     }
     if list.total > list.items.len() as u64 {

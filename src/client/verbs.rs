@@ -17,7 +17,7 @@ pub async fn health(fleet: &[Admin], as_json: bool) -> Result<u8, ClientError> {
         if as_json {
             println!("{}", String::from_utf8_lossy(&bytes).trim_end());
         } else {
-            let why = r.and_then(|r| r.reason).unwrap_or_default();
+            let why = crate::api::printable(&r.and_then(|r| r.reason).unwrap_or_default());
             println!(
                 "{}: {}{}",
                 admin.base,

@@ -487,7 +487,10 @@ pub fn fuzz_request(data: &[u8], http: &crate::config::spec::HttpSettings) {
     let mut lines = data.split(|b| *b == b'\n');
     let first = lines.next().unwrap_or_default();
     let mut parts = first.splitn(2, |b| *b == b' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or(b"/"));
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or(b"/"),
+    );
     let Ok(method) = std::str::from_utf8(method) else {
         return;
     };

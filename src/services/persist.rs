@@ -130,7 +130,7 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "state_file is not valid; starting without overrides");
+                tracing::error!(file = %path.display(), error = %crate::api::printable(&e.to_string()), "state_file is not valid; starting without overrides");
                 return Vec::new();
             }
         },
@@ -151,7 +151,7 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
         }
     });
     if let Some(Err(e)) = ov.maintenance.as_ref().map(rows::maintenance) {
-        tracing::error!(error = %e, "maintenance in state_file is not valid; not restored");
+        tracing::error!(error = %crate::api::printable(&e), "maintenance in state_file is not valid; not restored");
         ov.maintenance = None;
     }
     ov.checkpoints.retain(|route, c| match rows::checkpoint(c) {
@@ -168,7 +168,7 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
                 ov.members.insert(pool.clone(), m);
             }
             Err(e) => {
-                tracing::error!(pool, error = %e, "saved backends override is not valid any more; using the file's");
+                tracing::error!(pool = %crate::api::printable(pool), error = %crate::api::printable(&e.to_string()), "saved backends override is not valid any more; using the file's");
             }
         }
     }

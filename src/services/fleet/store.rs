@@ -109,7 +109,8 @@ pub struct Store {
 }
 
 fn err(e: sqlx::Error) -> String {
-    format!("control store: {e}")
+    // The server's words: escaped (they reach the log, the status and the CLI).
+    format!("control store: {}", crate::api::printable(&e.to_string()))
 }
 
 /// `f`, failed when it takes longer than [`OP_TIMEOUT`].

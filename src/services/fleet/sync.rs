@@ -16,6 +16,7 @@ use super::{
     store::{Change, Rows},
 };
 use crate::{
+    api::printable,
     api::{BackendEntry, Checkpoint, Ramp},
     drain::machine::Phase,
     services::{drains, persist},
@@ -102,7 +103,8 @@ pub fn apply(state: &AppState, changes: &[Change]) {
             _ => Err(format!("unknown row kind {kind:?}")),
         };
         if let Err(e) = outcome {
-            tracing::warn!(key, error = %e, "shared state row not applied on this proxy");
+            // Keys and serde's messages quote what the row holds: escaped.
+            tracing::warn!(key = %printable(key), error = %printable(&e), "shared state row not applied on this proxy");
         }
     }
     if overrides.is_empty() {
@@ -135,7 +137,7 @@ pub fn apply(state: &AppState, changes: &[Change]) {
                     .map(|c| set(&mut ov.checkpoints, rest, c)),
             };
             if let Err(e) = r {
-                tracing::warn!(kind, name = rest, error = %e, "shared override not applied on this proxy");
+                tracing::warn!(kind, name = %printable(rest), error = %printable(&e), "shared override not applied on this proxy");
             }
         }
         Ok::<(), ()>(())
