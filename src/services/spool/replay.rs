@@ -440,6 +440,23 @@ fn request(
         .map_err(|e| e.to_string())
 }
 
+/// `cargo fuzz`: stored headers read back as replay reads them.
+#[doc(hidden)]
+pub fn fuzz_stored(data: &[u8]) {
+    let _ = stored_header(data, "x-request-id");
+    let item = Item {
+        id: 1,
+        route: "r".into(),
+        method: "POST".into(),
+        target: "/t".into(),
+        headers: data.to_vec(),
+        body: Vec::new(),
+        attempts: 0,
+        created_ms: 0,
+    };
+    let _ = request(&item, SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,21 +507,4 @@ mod tests {
         let d: Vec<u64> = (1..=5).map(|a| r.delay_after(a).as_secs()).collect();
         assert_eq!(d, [1, 2, 3, 3, 3]);
     }
-}
-
-/// `cargo fuzz`: stored headers read back as replay reads them.
-#[doc(hidden)]
-pub fn fuzz_stored(data: &[u8]) {
-    let _ = stored_header(data, "x-request-id");
-    let item = Item {
-        id: 1,
-        route: "r".into(),
-        method: "POST".into(),
-        target: "/t".into(),
-        headers: data.to_vec(),
-        body: Vec::new(),
-        attempts: 0,
-        created_ms: 0,
-    };
-    let _ = request(&item, SocketAddr::from(([127, 0, 0, 1], 1)), 1);
 }
