@@ -47,7 +47,7 @@ pools: { p: { backends: [{ address: \"127.0.0.1:3\" }] } }
 /// trace context.
 pub fn request(data: &[u8]) {
     let underscores = data.first().is_some_and(|b| b & 1 == 1);
-    crate::proxy::fuzz_request(data.get(1..).unwrap_or_default(), &http(underscores));
+    crate::proxy::hygiene::fuzz_request(data.get(1..).unwrap_or_default(), &http(underscores));
 }
 
 /// An admin API body, for every request type the API parses.
@@ -57,11 +57,55 @@ pub fn admin_body(data: &[u8]) {
 
 /// A spooled request's stored headers, read back into the request replay sends.
 pub fn spool_headers(data: &[u8]) {
-    crate::services::spool::replay::fuzz_stored(data);
+    use crate::services::spool::{replay, store::Item};
+    let _ = replay::stored_header(data, "x-request-id");
+    let item = Item {
+        id: 1,
+        route: "r".into(),
+        method: "POST".into(),
+        target: "/t".into(),
+        headers: data.to_vec(),
+        body: Vec::new(),
+        attempts: 0,
+        created_ms: 0,
+    };
+    let _ = replay::request(&item, std::net::SocketAddr::from(([127, 0, 0, 1], 1)), 1);
 }
 
 /// A control store row (any kind, as JSON), a notification payload, and a `state_file`.
 pub fn fleet_row(data: &[u8]) {
-    crate::services::fleet::fuzz_row(data);
+    fleet_rows(data);
     crate::services::persist::fuzz_state_file(data);
+}
+
+/// `cargo fuzz`: a row of any kind, as JSON, through the checks `sync::apply` makes before
+/// applying it; and the text as a notification payload.
+fn fleet_rows(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::services::fleet::store::note_rev(text);
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+        serde_json::from_value(v.clone()).ok()
+    }
+    if let Some(d) = parse::<crate::services::persist::SavedDrain>(&v) {
+        let _ = d.checked();
+    }
+    if let Some(r) = parse::<crate::api::Ramp>(&v) {
+        let _ = crate::services::fleet::rows::ramp(&r);
+    }
+    if let Some(s) = parse::<std::collections::BTreeMap<String, u32>>(&v) {
+        let _ = crate::services::fleet::rows::split("split", &s);
+    }
+    if let Some(m) = parse::<crate::state::overrides::MaintenanceOverride>(&v) {
+        let _ = crate::services::fleet::rows::maintenance(&m);
+    }
+    if let Some(c) = parse::<crate::api::Checkpoint>(&v) {
+        let _ = crate::services::fleet::rows::checkpoint(&c);
+    }
+    if let Some(b) = parse::<Vec<crate::api::BackendEntry>>(&v) {
+        let _ = crate::config::build::runtime_backends("p", &b);
+    }
 }

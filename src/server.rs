@@ -90,6 +90,7 @@ pub struct RunOptions {
 }
 
 /// Start tidegate and block until it should end; returns why (`main` exits with its code).
+// Long: the start order is the point (hand-off before binding, confirm after start).
 pub fn run(opts: RunOptions) -> Result<ExitReason, StartError> {
     let bytes = std::fs::read(&opts.config).map_err(|source| ConfigError::Read {
         file: opts.config.clone(),

@@ -133,6 +133,7 @@ fn certificate_reasons(state: &AppState) -> Vec<String> {
 
 /// `GET /health`: `healthy` | `degraded` (a drain, unhealthy backends, a pool with nothing
 /// available, maintenance) | `unhealthy` (shutting down; 503).
+// Long: one reason per source of degradation, in the order /health lists them.
 pub async fn health(State(state): St) -> Response {
     let table = state.table();
     let mut reasons: Vec<String> = table
@@ -159,7 +160,7 @@ pub async fn health(State(state): St) -> Response {
         );
     } else if state.fleet.is_loaded() && state.fleet.is_stale() {
         reasons.push(
-            "the fleet's heartbeats were not read within the TTL (the other proxies' counts are not known; nothing is answered drained)"
+            "control store unreachable or too slow: the fleet's heartbeats were not read within the TTL (the other proxies' counts are not known; nothing is answered drained)"
                 .into(),
         );
     }

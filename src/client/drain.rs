@@ -66,6 +66,7 @@ pub async fn drain(fleet: &[Admin], a: DrainArgs) -> Result<u8, ClientError> {
     wait_all(fleet, &path, &target, &a).await
 }
 
+// Long: the progress loop and its two endings print what the operator reads.
 async fn wait_all(
     fleet: &[Admin],
     path: &str,

@@ -231,7 +231,10 @@ fn fleet(state: &AppState, out: &mut Out) {
     if !state.fleet.enabled() {
         return;
     }
-    let up = state.fleet.down().is_none();
+    // Heartbeats not read within the TTL count as down too (the others' counts are not
+    // known), whichever task noticed first.
+    let stale = state.fleet.is_loaded() && state.fleet.is_stale();
+    let up = state.fleet.down().is_none() && !stale;
     out.push(Family::ControlStoreUp, &[], f64::from(u8::from(up)));
     out.push(Family::ControlRevision, &[], state.fleet.rev() as f64);
     let peers = state.fleet.peers();

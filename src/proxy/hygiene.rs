@@ -332,6 +332,50 @@ fn remove_dot_segments(path: &str) -> String {
     p
 }
 
+/// `cargo fuzz` (see [`crate::fuzzing::request`]).
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8], http: &crate::config::spec::HttpSettings) {
+    let mut lines = data.split(|b| *b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.splitn(2, |b| *b == b' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or(b"/"),
+    );
+    let Ok(method) = std::str::from_utf8(method) else {
+        return;
+    };
+    let Ok(mut req) = pingora::http::RequestHeader::build(method, target, None) else {
+        return;
+    };
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        let _ = req.append_header(name, value);
+    }
+    let _ = check_framing(&req);
+    if apply(&mut req, http).is_ok() {
+        let path = req.uri.path().to_string();
+        let again = normalize_path(&path);
+        assert!(
+            matches!(again, Ok(std::borrow::Cow::Borrowed(_))),
+            "normalizing {path:?} again changed it: {again:?}"
+        );
+    }
+    let _ = super::affinity::fuzz_cookie(&req);
+    for v in req.headers.values() {
+        let _ = crate::access_log::ids::valid_request_id(v.as_bytes());
+        let _ = crate::access_log::ids::trace_id(v.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,8 @@ mod grpc;
 mod headers;
 mod held;
 mod hold;
-mod hygiene;
+#[doc(hidden)]
+pub mod hygiene;
 mod log;
 mod pick;
 mod retry;
@@ -478,49 +479,5 @@ impl ProxyHttp for Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         record_stats(ctx, status, e);
         log::access(&self.state, session, e, ctx);
-    }
-}
-
-/// `cargo fuzz` (see [`crate::fuzzing::request`]).
-#[doc(hidden)]
-pub fn fuzz_request(data: &[u8], http: &crate::config::spec::HttpSettings) {
-    let mut lines = data.split(|b| *b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let mut parts = first.splitn(2, |b| *b == b' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or(b"/"),
-    );
-    let Ok(method) = std::str::from_utf8(method) else {
-        return;
-    };
-    let Ok(mut req) = pingora::http::RequestHeader::build(method, target, None) else {
-        return;
-    };
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(&line[..colon]),
-            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) else {
-            continue;
-        };
-        let _ = req.append_header(name, value);
-    }
-    let _ = hygiene::check_framing(&req);
-    if hygiene::apply(&mut req, http).is_ok() {
-        let path = req.uri.path().to_string();
-        let again = hygiene::normalize_path(&path);
-        assert!(
-            matches!(again, Ok(std::borrow::Cow::Borrowed(_))),
-            "normalizing {path:?} again changed it: {again:?}"
-        );
-    }
-    let _ = affinity::fuzz_cookie(&req);
-    for v in req.headers.values() {
-        let _ = crate::access_log::ids::valid_request_id(v.as_bytes());
-        let _ = crate::access_log::ids::trace_id(v.as_bytes());
     }
 }

@@ -120,10 +120,7 @@ impl Proxy {
         // From here the request counts as queued: one released from a hold meanwhile goes
         // behind it, even while this body is still arriving.
         let writing = depth.begin_write();
-        let Some(mut buffered) = self
-            .reserve_body(session, route, spec, prefix.len())
-            .await?
-        else {
+        let Some(mut buffered) = self.reserve_body(session, route, prefix.len()).await? else {
             return Ok(true);
         };
         let limit = self.state.table().spec.spool_buffer;
@@ -163,19 +160,14 @@ impl Proxy {
         &self,
         session: &mut Session,
         route: &Route,
-        spec: &SpoolSpec,
         prefix_len: usize,
     ) -> Result<Option<crate::services::spool::Buffered>> {
         // The body is held in memory until it is stored: take its bytes (the declared
-        // length; the route's max_body when chunked; nothing when no length is known, as on
-        // HTTP/2, where the reservation grows with each chunk read) from the budget all
-        // spooled bodies share. Held until the write is over.
+        // length; without one, chunked or HTTP/2, the reservation grows with each chunk
+        // read, so slow uploads hold only what they sent) from the budget all spooled
+        // bodies share. Held until the write is over.
         let req = session.req_header();
-        let want = match declared_length(req) {
-            Some(n) => n,
-            None if req.headers.contains_key(header::TRANSFER_ENCODING) => spec.max_body,
-            None => 0,
-        };
+        let want = declared_length(req).unwrap_or(0);
         let limit = self.state.table().spec.spool_buffer;
         let Some(buffered) = self.spool.reserve(want.max(prefix_len as u64), limit) else {
             tracing::warn!(route = %route.name, bytes = want, spool_buffer = limit, "spool buffer full; answering 503");

@@ -297,7 +297,7 @@ pub fn resume(state: &AppState, saved: Vec<persist::SavedDrain>) {
     for d in saved {
         // Checked like a row from the control store: a hand-edited time or deadline out of
         // range is refused, not a panic.
-        let (started, deadlines) = match crate::services::fleet::rows::drain(&d) {
+        let (started, deadlines) = match d.checked() {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(pool = %crate::api::printable(&d.pool), error = %e, "a drain in state_file is not valid; not restored");

@@ -47,6 +47,20 @@ pub struct SavedDrain {
     pub close_spread_ms: u64,
 }
 
+impl SavedDrain {
+    /// Its start and deadlines, checked like a fleet row (a hand-edited file is input).
+    pub fn checked(
+        &self,
+    ) -> Result<(std::time::SystemTime, crate::drain::machine::Deadlines), String> {
+        crate::services::fleet::rows::drain(
+            self.started_at,
+            self.requests_deadline_ms,
+            self.streams_deadline_ms,
+            self.close_spread_ms,
+        )
+    }
+}
+
 pub(crate) fn saved_drain(pool: &str, backend: Option<&str>, m: &Machine) -> Option<SavedDrain> {
     if m.phase() == Phase::Active {
         return None;
@@ -108,6 +122,7 @@ pub fn save(state: &AppState) {
 
 /// Re-apply saved overrides at start, before any traffic. Returns the saved drains, for the
 /// drain service to resume ([`super::drains::resume`]).
+// Long: read, then check each kind of saved override like a fleet row, in one place.
 pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     if state.fleet.enabled() {
         // The shared state is loaded by `services::fleet` before the first request.
@@ -276,7 +291,7 @@ pub fn fuzz_state_file(data: &[u8]) {
         return;
     };
     for d in &saved.drains {
-        let _ = crate::services::fleet::rows::drain(d);
+        let _ = d.checked();
     }
     for s in saved.overrides.splits.values() {
         let _ = crate::services::fleet::rows::split("split", s);

@@ -19,6 +19,7 @@ pub struct Signals {
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
+    // Long: one select over the signals; SIGQUIT holds the whole hand-off decision.
     async fn recv(&self) -> ShutdownSignal {
         // SIGUSR1 in a task of its own: a rotation during shutdown.delay or the grace after
         // still reopens the file.

@@ -14,6 +14,8 @@ use crate::{
     state::{fleet::Peer, AppState},
 };
 
+/// How often heartbeats are read (and written when something changed).
+pub const BEAT: Duration = Duration::from_millis(250);
 /// How often an unchanged heartbeat is written anyway.
 const BEAT_IDLE: Duration = Duration::from_secs(1);
 /// How often heartbeat rows silent for an hour are deleted.
@@ -53,7 +55,7 @@ impl Beater {
         }
     }
 
-    /// Beat every [`super::BEAT`] while the shared state is loaded, until `stop`.
+    /// Beat every [`BEAT`] while the shared state is loaded, until `stop`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut failing = false;
         loop {
@@ -75,7 +77,7 @@ impl Beater {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(super::BEAT) => {}
+                _ = tokio::time::sleep(BEAT) => {}
                 _ = stop.changed() => return,
             }
         }

@@ -18,6 +18,8 @@
 //! flight.
 
 mod beat;
+mod notes;
+mod regress;
 pub mod rows;
 mod stepper;
 pub mod store;
@@ -35,8 +37,7 @@ use tokio::{
 use crate::{config::spec::ControlStore, state::AppState};
 use store::{Rows, StepError, Store};
 
-/// How often heartbeats are read (and written when something changed).
-pub const BEAT: Duration = Duration::from_millis(250);
+pub use beat::BEAT;
 /// Wait before reconnecting to a store that failed.
 const RECONNECT: Duration = Duration::from_millis(500);
 
@@ -208,6 +209,7 @@ impl Run {
     /// Read the whole state and apply what differs from what was last synced. `full`: the
     /// local state is replaced by the fleet's (after a reconnect), else local changes not
     /// published yet go out first.
+    // Long: the regression checks must sit between the read and the apply they guard.
     async fn reread(&mut self, full: bool) -> Result<(), String> {
         if !full {
             self.publish().await?;
@@ -229,7 +231,9 @@ impl Run {
                 self.floor = live;
             }
         }
-        if let Some(why) = self.regression(&epoch, rev) {
+        if let Some(why) =
+            regress::regression(&self.state, self.epoch.as_deref(), self.floor, &epoch, rev)
+        {
             // Keep the live state: adopting an older one would undo acknowledged changes
             // (undrain what operators drained, move splits back) on every proxy at once.
             if self.state.fleet.set_regressed(Some(why.clone())) {
@@ -272,38 +276,6 @@ impl Run {
         }
         self.synced = remote;
         Ok(())
-    }
-
-    /// Why the store's state (`epoch`, `rev`) is older than what this proxy has applied, if
-    /// it is: another database, or a revision lower than this proxy's. Never before the
-    /// first load (a proxy that starts adopts whatever the store holds).
-    fn regression(&self, epoch: &str, rev: i64) -> Option<String> {
-        if !self.state.fleet.is_loaded() {
-            if rev < self.floor {
-                // Loaded anyway (a proxy must serve something), but said, and no change is
-                // written until an operator moves the revision on.
-                let why = format!(
-                    "the store's revision is {rev}, older than the {} live proxies have applied",
-                    self.floor
-                );
-                self.state.fleet.set_regressed(Some(why.clone()));
-                tracing::error!(reason = %why, "the control store went back in time (restored from a backup? a replica promoted?): its state is loaded, changes are refused; see the README's recovery steps");
-            }
-            return None;
-        }
-        let mine = self.state.fleet.rev().max(self.floor);
-        match &self.epoch {
-            // Another database: until an operator moves its revision past this proxy's.
-            Some(e) if e != epoch && rev <= mine => Some(format!(
-                "the store is another database (epoch {} instead of {}; revision {rev}, {mine} applied here)",
-                crate::api::printable(epoch),
-                crate::api::printable(e)
-            )),
-            _ if rev < mine => Some(format!(
-                "the store's revision is {rev}, older than the {mine} applied here"
-            )),
-            _ => None,
-        }
     }
 
     /// Publish what changed here since the last sync.
@@ -394,6 +366,7 @@ impl Run {
     }
 
     /// Hold (or try to take) the ramp lease while a ramp runs; step the ramps due.
+    // Long: lease, due steps and each step's outcome are one decision per tick.
     async fn step_ramps(&mut self) -> Result<(), String> {
         // Not on a store that went back in time: its ramp rows are older than ours.
         if !stepper::any_running(&self.state) || self.state.fleet.regressed().is_some() {
@@ -519,38 +492,5 @@ impl Run {
         if rev == self.state.fleet.rev() + 1 {
             self.state.fleet.set_rev(rev);
         }
-    }
-}
-
-/// `cargo fuzz`: a row of any kind, as JSON, through the checks `sync::apply` makes before
-/// applying it; and the text as a notification payload.
-#[doc(hidden)]
-pub fn fuzz_row(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = store::note_rev(text);
-    }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return;
-    };
-    fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
-        serde_json::from_value(v.clone()).ok()
-    }
-    if let Some(d) = parse::<crate::services::persist::SavedDrain>(&v) {
-        let _ = rows::drain(&d);
-    }
-    if let Some(r) = parse::<crate::api::Ramp>(&v) {
-        let _ = rows::ramp(&r);
-    }
-    if let Some(s) = parse::<std::collections::BTreeMap<String, u32>>(&v) {
-        let _ = rows::split("split", &s);
-    }
-    if let Some(m) = parse::<crate::state::overrides::MaintenanceOverride>(&v) {
-        let _ = rows::maintenance(&m);
-    }
-    if let Some(c) = parse::<crate::api::Checkpoint>(&v) {
-        let _ = rows::checkpoint(&c);
-    }
-    if let Some(b) = parse::<Vec<crate::api::BackendEntry>>(&v) {
-        let _ = crate::config::build::runtime_backends("p", &b);
     }
 }

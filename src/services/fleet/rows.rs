@@ -12,7 +12,6 @@ use crate::{
     api::{Checkpoint, Ramp},
     config::build::SPLIT_MAX,
     drain::machine::Deadlines,
-    services::persist::SavedDrain,
     state::{overrides::MaintenanceOverride, process::unix_now},
 };
 
@@ -36,13 +35,19 @@ fn ms(field: &str, v: Option<u64>) -> Result<Option<Duration>, String> {
     }
 }
 
-/// A drain row: its start and deadlines.
-pub fn drain(d: &SavedDrain) -> Result<(SystemTime, Deadlines), String> {
-    let started = time("started_at", d.started_at)?;
+/// A drain row (or a `state_file` drain): its start and deadlines, from `started_at` and the
+/// requests, streams and close-spread milliseconds.
+pub fn drain(
+    started_at: f64,
+    requests_ms: Option<u64>,
+    streams_ms: Option<u64>,
+    close_spread_ms: u64,
+) -> Result<(SystemTime, Deadlines), String> {
+    let started = time("started_at", started_at)?;
     let deadlines = Deadlines {
-        requests: ms("requests_deadline_ms", d.requests_deadline_ms)?,
-        streams: ms("streams_deadline_ms", d.streams_deadline_ms)?,
-        close_spread: ms("close_spread_ms", Some(d.close_spread_ms))?.unwrap_or_default(),
+        requests: ms("requests_deadline_ms", requests_ms)?,
+        streams: ms("streams_deadline_ms", streams_ms)?,
+        close_spread: ms("close_spread_ms", Some(close_spread_ms))?.unwrap_or_default(),
     };
     Ok((started, deadlines))
 }

@@ -26,10 +26,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
     PgPool, Postgres, Row, Transaction,
 };
-use tokio::sync::mpsc;
 
 /// Longest any statement (or connection) may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+pub use super::notes::{note_rev, Notes};
+
 /// The notification channel.
 pub const CHANNEL: &str = "tidegate_control";
 /// Most rows read from one table (overrides or heartbeats).
@@ -263,7 +264,7 @@ impl Store {
             Ok(l)
         })
         .await?;
-        Ok(receive(l))
+        Ok(super::notes::receive(l))
     }
 
     /// Take or renew the ramp lease for `ttl`; whether `holder` (node and instance) holds it.
@@ -293,6 +294,7 @@ impl Store {
         bounded(async { self.read_beats().await }).await
     }
 
+    // Long: the size limits are one statement with the read they bound.
     async fn read_beats(&self) -> Result<Vec<Beat>, String> {
         // Sizes first, in the database: a row too big, or too many bytes in all, is an
         // error before anything big is sent here. Too much is an error, not a row left
@@ -490,62 +492,4 @@ async fn write(
         .await
         .map_err(err)?;
     Ok(rev)
-}
-
-/// Notifications: their revisions, `None` when the connection is lost; and their task.
-pub type Notes = (mpsc::Receiver<Option<i64>>, tokio::task::JoinHandle<()>);
-
-/// Receive notifications in a task of their own (the receive is not cancel-safe, a
-/// channel is).
-fn receive(mut l: PgListener) -> Notes {
-    let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(async move {
-        loop {
-            let rev = match l.try_recv().await {
-                Ok(Some(n)) => note_rev(n.payload()),
-                _ => {
-                    let _ = tx.send(None).await;
-                    return;
-                }
-            };
-            if tx.send(Some(rev)).await.is_err() {
-                return;
-            }
-        }
-    });
-    (rx, task)
-}
-
-/// The revision a notification announces (`REV NODE`); one that does not parse (written by
-/// hand, or by another version) announces "read everything again" ([`i64::MAX`]), never
-/// "nothing new".
-pub fn note_rev(payload: &str) -> i64 {
-    payload
-        .split(' ')
-        .next()
-        .and_then(|r| r.parse::<i64>().ok())
-        .filter(|r| *r >= 0)
-        .unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::note_rev;
-
-    #[test]
-    fn a_notification_that_does_not_parse_means_read_everything() {
-        assert_eq!(note_rev("42 node-a"), 42);
-        assert_eq!(note_rev("7"), 7);
-        for bad in [
-            "",
-            " 42",
-            "x",
-            "42x node",
-            "-1 node",
-            "99999999999999999999",
-            "\u{0}",
-        ] {
-            assert_eq!(note_rev(bad), i64::MAX, "{bad:?}");
-        }
-    }
 }

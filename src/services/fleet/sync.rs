@@ -202,7 +202,7 @@ fn apply_drain(state: &AppState, target: &str, value: Option<&Value>) -> Result<
         }
         return Ok(());
     };
-    let (started, deadlines) = rows::drain(&d)?;
+    let (started, deadlines) = d.checked()?;
     // Only what this proxy's config names: a drain row of a pool it lacks creates nothing
     // here (it would be pruned, and its row deleted by the next publish).
     let table = state.table();

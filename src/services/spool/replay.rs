@@ -397,7 +397,7 @@ fn log_replay(
 }
 
 /// A header of a stored request (`name: value` lines).
-fn stored_header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
+pub(crate) fn stored_header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
     headers.split(|b| *b == b'\n').find_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let colon = line.iter().position(|b| *b == b':')?;
@@ -409,7 +409,7 @@ fn stored_header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
 }
 
 /// The stored request as an HTTP request to `addr`, with the spool headers.
-fn request(
+pub(crate) fn request(
     item: &Item,
     addr: SocketAddr,
     attempt: u32,
@@ -438,23 +438,6 @@ fn request(
         .header(ATTEMPT_HEADER, attempt)
         .body(Full::new(Bytes::from(item.body.clone())))
         .map_err(|e| e.to_string())
-}
-
-/// `cargo fuzz`: stored headers read back as replay reads them.
-#[doc(hidden)]
-pub fn fuzz_stored(data: &[u8]) {
-    let _ = stored_header(data, "x-request-id");
-    let item = Item {
-        id: 1,
-        route: "r".into(),
-        method: "POST".into(),
-        target: "/t".into(),
-        headers: data.to_vec(),
-        body: Vec::new(),
-        attempts: 0,
-        created_ms: 0,
-    };
-    let _ = request(&item, SocketAddr::from(([127, 0, 0, 1], 1)), 1);
 }
 
 #[cfg(test)]

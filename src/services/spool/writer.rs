@@ -175,6 +175,7 @@ fn answer(spool: &Arc<Spool>, store: &Arc<Store>, group: Vec<WriteReq>, ids: Vec
 /// replayed here, and are deleted until the store confirms they are gone. An insert still
 /// running [`SETTLE`] later has its database session ended first (a commit whose answer
 /// does not come is then settled either way).
+// Long: settle the insert (wait, end its session), then delete until the store agrees.
 async fn reap(
     spool: Arc<Spool>,
     store: Arc<Store>,

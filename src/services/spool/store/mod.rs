@@ -374,8 +374,16 @@ impl Store {
         match self {
             Store::Sqlite(_) => Ok(()),
             Store::Postgres(p) => {
-                p.execute_replay(&format!("SELECT pg_terminate_backend({session})"))
-                    .await
+                // With a timeout (PostgreSQL 14+) it returns once the session is gone, so
+                // its commit is settled before the rows are looked for.
+                let waited = format!("SELECT pg_terminate_backend({session}, 5000)");
+                match p.execute_replay(&waited).await {
+                    Ok(()) => Ok(()),
+                    Err(_) => {
+                        p.execute_replay(&format!("SELECT pg_terminate_backend({session})"))
+                            .await
+                    }
+                }
             }
         }
     }

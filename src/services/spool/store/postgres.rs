@@ -30,8 +30,17 @@ const SCHEMA: &[&str] = &[
         last_error TEXT,
         last_status BIGINT)",
     "CREATE INDEX IF NOT EXISTS tidegate_spool_queue ON tidegate_spool (route, state, id)",
-    // Before this time no proxy claims the row: its writer may still revoke it.
-    "ALTER TABLE tidegate_spool ADD COLUMN IF NOT EXISTS visible_ms BIGINT NOT NULL DEFAULT 0",
+    // Before this time no proxy claims the row: its writer may still revoke it. Added only
+    // when missing (an ALTER takes the table's exclusive lock even when it changes nothing,
+    // and would wait behind every claim in flight), and never waiting long for the lock.
+    "DO $$ BEGIN
+       IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                      WHERE table_name = 'tidegate_spool' AND column_name = 'visible_ms'
+                        AND table_schema = current_schema()) THEN
+         SET LOCAL lock_timeout = '2s';
+         ALTER TABLE tidegate_spool ADD COLUMN visible_ms BIGINT NOT NULL DEFAULT 0;
+       END IF;
+     END $$",
 ];
 
 /// Columns of a listed item (PostgreSQL's `length` of a bytea is an int4).
