@@ -30,8 +30,15 @@ impl BackgroundService for Resolver {
             // The first round at once (names restored from state_file or the fleet); then
             // every second, or as soon as runtime members are set.
             if !first {
+                // Every `resolve_interval` when that is shorter than a second.
+                let every = self
+                    .state
+                    .table()
+                    .spec
+                    .resolve_interval
+                    .map_or(UNRESOLVED_EVERY, |i| i.min(UNRESOLVED_EVERY));
                 tokio::select! {
-                    _ = tokio::time::sleep(UNRESOLVED_EVERY) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = self.state.resolve_now.notified() => {}
                     _ = shutdown.changed() => return,
                 }
