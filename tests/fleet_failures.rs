@@ -21,17 +21,6 @@ use std::{
 use common::{client::Sse, fleet::*, postgres::Postgres, *};
 use serde_json::Value;
 
-/// Whether the test can set up a mount namespace (root); under `CI` it must.
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail.
-    let root = unsafe { libc::geteuid() == 0 };
-    assert!(
-        root || std::env::var_os("CI").is_none(),
-        "CI is set but the tests do not run as root (needed for a mount namespace)"
-    );
-    root
-}
-
 /// A DNS server on `ADDR:53` that answers every question after `DELAY` seconds: an A record
 /// 127.0.0.1 for A questions, no answer for others.
 const SLOW_DNS: &str = r#"
@@ -99,7 +88,7 @@ async fn drain_of(tg: &Tidegate, query: &str) -> Option<Value> {
 /// proxy answered "drained". Now the row is stored unresolved and the resolver looks it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_dns_answer_for_a_members_row_never_makes_a_proxy_answer_drained() {
-    if !is_root() {
+    if !is_root("a mount namespace") {
         eprintln!("SKIPPED: a mount namespace with its own resolv.conf needs root");
         return;
     }

@@ -20,17 +20,6 @@ use std::{
 
 use common::*;
 
-/// Whether the test can act as another local user (root); under `CI` it must.
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail.
-    let root = unsafe { libc::geteuid() == 0 };
-    assert!(
-        root || std::env::var_os("CI").is_none(),
-        "CI is set but the tests do not run as root (needed to act as another local user)"
-    );
-    root
-}
-
 /// Another local user (uid 65534) trying to be the first to connect to `path` for `secs`
 /// seconds. Connected, it hands over a listening socket of its own as the address `claim`
 /// and prints the answer. Prints how often it connected and the errors it met.
@@ -169,7 +158,7 @@ async fn proxy_in_open_state_dir(app: std::net::SocketAddr) -> (tempfile::TempDi
 /// directory. It never reaches it; the upgrade completes to the real new process.
 #[tokio::test]
 async fn another_user_never_reaches_the_socket_in_a_0755_state_directory() {
-    if !is_root() {
+    if !is_root("acting as another local user") {
         eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
         return;
     }
@@ -211,7 +200,7 @@ async fn another_user_never_reaches_the_socket_in_a_0755_state_directory() {
 /// new process goes on waiting for the running tidegate and takes its sockets.
 #[tokio::test]
 async fn the_first_connection_does_not_win_a_peer_of_another_user_is_refused() {
-    if !is_root() {
+    if !is_root("acting as another local user") {
         eprintln!("SKIPPED: acting as another local user needs root (CI runs as root)");
         return;
     }

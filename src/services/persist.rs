@@ -122,7 +122,6 @@ pub fn save(state: &AppState) {
 
 /// Re-apply saved overrides at start, before any traffic. Returns the saved drains, for the
 /// drain service to resume ([`super::drains::resume`]).
-// Long: read, then check each kind of saved override like a fleet row, in one place.
 pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     if state.fleet.enabled() {
         // The shared state is loaded by `services::fleet` before the first request.
@@ -155,7 +154,19 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
             return Vec::new();
         }
     };
-    let mut ov = saved.overrides;
+    let ov = checked_overrides(saved.overrides);
+    let _ = state.change_overrides(|o, _| {
+        *o = ov;
+        Ok::<(), ()>(())
+    });
+    saved.drains
+}
+
+/// Saved overrides as they may be restored: each kind checked like a row from the control
+/// store (a hand-edited file is input too), what fails logged and left out.
+fn checked_overrides(
+    mut ov: crate::state::overrides::Overrides,
+) -> crate::state::overrides::Overrides {
     // Checked like rows from the control store (a hand-edited file is input too).
     use crate::services::fleet::rows;
     ov.splits.retain(|route, s| match rows::split("split", s) {
@@ -189,11 +200,7 @@ pub fn restore(state: &AppState) -> Vec<SavedDrain> {
     }
     let members = ov.members.clone();
     ov.backends.retain(|p, _| members.contains_key(p));
-    let _ = state.change_overrides(|o, _| {
-        *o = ov;
-        Ok::<(), ()>(())
-    });
-    saved.drains
+    ov
 }
 
 /// Serializes writes of the state file within this process.
@@ -293,16 +300,6 @@ pub fn fuzz_state_file(data: &[u8]) {
     for d in &saved.drains {
         let _ = d.checked();
     }
-    for s in saved.overrides.splits.values() {
-        let _ = crate::services::fleet::rows::split("split", s);
-    }
-    if let Some(m) = &saved.overrides.maintenance {
-        let _ = crate::services::fleet::rows::maintenance(m);
-    }
-    for c in saved.overrides.checkpoints.values() {
-        let _ = crate::services::fleet::rows::checkpoint(c);
-    }
-    for (pool, entries) in &saved.overrides.backends {
-        let _ = crate::config::build::runtime_backends(pool, entries);
-    }
+    // The checks `restore` makes, not a copy of them.
+    let _ = checked_overrides(saved.overrides);
 }

@@ -133,6 +133,18 @@ pub struct Tidegate {
     pub admin: SocketAddr,
 }
 
+/// Whether the test runs as root, which `why` needs (acting as another local user, a mount
+/// namespace); under `CI` it must.
+pub fn is_root(why: &str) -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    let root = unsafe { libc::geteuid() == 0 };
+    assert!(
+        root || std::env::var_os("CI").is_none(),
+        "CI is set but the tests do not run as root (needed for {why})"
+    );
+    root
+}
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_tidegate")
