@@ -13,7 +13,7 @@ use axum::{
 
 use super::{body, json, ApiError};
 use crate::{
-    api::{BackendEntry, BackendsRequest, PoolBackends},
+    api::{self, BackendEntry, BackendsBody, BackendsRequest, PoolBackends},
     config::{build::runtime_backends, spec::BackendSpec},
     services::{persist, probe},
     state::AppState,
@@ -47,6 +47,8 @@ fn view(state: &AppState, pool: &str) -> Result<PoolBackends, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/backends", tag = "backends", params(("pool" = String, Path, description = "A pool of the config")),
+    responses((status = 200, description = "The pool's members, and the file's", body = api::PoolBackends), (status = 404, description = "No such pool", body = api::ErrorBody)))]
 /// `GET /api/v1/pools/{pool}/backends`.
 pub async fn get(State(s): St, Path(pool): Path<String>) -> Result<Response, ApiError> {
     Ok(json(200, &view(&s, &pool)?))
@@ -55,14 +57,24 @@ pub async fn get(State(s): St, Path(pool): Path<String>) -> Result<Response, Api
 /// The members of a `PUT` body: `[{…}]` or `{"backends": [{…}]}`.
 fn entries(b: &Bytes) -> Result<Vec<BackendEntry>, ApiError> {
     let array = b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[');
-    if array {
-        serde_json::from_slice(b)
-            .map_err(|e| ApiError::field("body", &format!("invalid JSON body: {e}")))
+    let body = if array {
+        BackendsBody::List(
+            serde_json::from_slice(b)
+                .map_err(|e| ApiError::field("body", &format!("invalid JSON body: {e}")))?,
+        )
     } else {
-        Ok(body::parse::<BackendsRequest>(b)?.backends)
-    }
+        BackendsBody::Object(body::parse::<BackendsRequest>(b)?)
+    };
+    Ok(body.into_entries())
 }
 
+#[utoipa::path(put, path = "/api/v1/pools/{pool}/backends", tag = "backends", params(("pool" = String, Path, description = "A pool of the config")),
+    request_body(content = api::BackendsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The members now (a runtime override, kept in `state_file`)", body = api::PoolBackends),
+        (status = 400, description = "A member is invalid (address, weight, name)", body = api::ErrorBody),
+        (status = 404, description = "No such pool", body = api::ErrorBody),
+    ))]
 /// `PUT /api/v1/pools/{pool}/backends`.
 pub async fn put(State(s): St, Path(pool): Path<String>, b: Bytes) -> Result<Response, ApiError> {
     view(&s, &pool)?;
@@ -135,6 +147,12 @@ async fn verify_members(s: &Arc<AppState>, pool: &str) {
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/pools/{pool}/backends", tag = "backends", params(("pool" = String, Path, description = "A pool of the config")),
+    responses(
+        (status = 200, description = "Back to the file's members", body = api::PoolBackends),
+        (status = 409, description = "The pool has no runtime members", body = api::ErrorBody),
+        (status = 404, description = "No such pool", body = api::ErrorBody),
+    ))]
 /// `DELETE /api/v1/pools/{pool}/backends`: back to the file's members (409 if none set).
 pub async fn delete(State(s): St, Path(pool): Path<String>) -> Result<Response, ApiError> {
     view(&s, &pool)?;

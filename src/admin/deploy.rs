@@ -12,7 +12,7 @@ use axum::{
 
 use super::{json, view, ApiError};
 use crate::{
-    api::Checkpoint,
+    api::{self, Checkpoint},
     drain::machine::Phase,
     services::{drains, persist},
     state::{process::unix_now, AppState},
@@ -20,6 +20,8 @@ use crate::{
 
 type St = State<Arc<AppState>>;
 
+#[utoipa::path(put, path = "/api/v1/routes/{route}/checkpoint", tag = "routes", params(("route" = String, Path, description = "A route of the config")),
+    responses((status = 200, description = "What a rollback will restore", body = api::Checkpoint), (status = 404, description = "No such route", body = api::ErrorBody)))]
 /// `PUT /api/v1/routes/{route}/checkpoint`.
 pub async fn checkpoint(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
     let split = view::route_split(&s, &route)
@@ -54,6 +56,12 @@ pub async fn checkpoint(State(s): St, Path(route): Path<String>) -> Result<Respo
     Ok(json(200, &cp))
 }
 
+#[utoipa::path(post, path = "/api/v1/routes/{route}/rollback", tag = "routes", params(("route" = String, Path, description = "A route of the config")),
+    responses(
+        (status = 200, description = "The checkpoint's split, members and pool states are back", body = api::RouteSplit),
+        (status = 409, description = "No checkpoint, or its members no longer valid", body = api::ErrorBody),
+        (status = 404, description = "No such route", body = api::ErrorBody),
+    ))]
 /// `POST /api/v1/routes/{route}/rollback`.
 pub async fn rollback(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
     let cp = s

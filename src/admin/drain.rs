@@ -26,10 +26,14 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 type St = State<Arc<AppState>>;
 
 /// `?timeout=60s` (or bare seconds).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// How long to block: seconds (`60`) or a duration (`90s`, `5m`); default 30 s, at
+    /// most 10 minutes.
     timeout: Option<String>,
     /// Streams to list (default 100, at most 10,000).
+    #[param(minimum = 0, maximum = 10000)]
     streams: Option<usize>,
     /// With a `control_store`: a lost proxy keeps the answer from drained.
     #[serde(default)]
@@ -37,10 +41,12 @@ pub struct WaitQuery {
 }
 
 /// Query of `GET …/drain`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StatusQuery {
     /// Streams to list (default 100, at most 10,000).
+    #[param(minimum = 0, maximum = 10000)]
     streams: Option<usize>,
     /// With a `control_store`: a lost proxy keeps the answer from drained.
     #[serde(default)]
@@ -157,6 +163,11 @@ pub(super) async fn wait_until(
     super::fleet::wait_drained(state, r, deadline, strict).await;
 }
 
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/drain", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config"), StatusQuery),
+    responses((status = 200, description = "The drain status", body = api::DrainStatus),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `GET /api/v1/pools/{pool}/drain`.
 pub async fn pool_status(
     State(s): St,
@@ -170,6 +181,14 @@ pub async fn pool_status(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/drain", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config")),
+    request_body(content = Option<api::DrainRequest>, content_type = "application/json",
+        description = "Deadlines for this drain; absent fields take the pool's"),
+    responses((status = 202, description = "Draining: the drain status", body = api::DrainStatus),
+        (status = 409, description = "Already draining or drained (or a removed backend): the status and why", body = api::DrainConflict),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `POST /api/v1/pools/{pool}/drain`.
 pub async fn pool_drain(
     State(s): St,
@@ -179,11 +198,22 @@ pub async fn pool_drain(
     start(&s, resolve(&s, &pool, None)?, &b)
 }
 
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/undrain", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config")),
+    responses((status = 200, description = "Active again: the drain status", body = api::DrainStatus),
+        (status = 409, description = "Not draining: the status and why", body = api::DrainConflict),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `POST /api/v1/pools/{pool}/undrain`.
 pub async fn pool_undrain(State(s): St, Path(pool): Path<String>) -> Result<Response, ApiError> {
     undrain(&s, resolve(&s, &pool, None)?)
 }
 
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/drain/wait", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config"), WaitQuery),
+    responses((status = 200, description = "Drained, or the timeout passed (see `drained`, `waited_seconds`)", body = api::DrainStatus),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `GET /api/v1/pools/{pool}/drain/wait`.
 pub async fn pool_wait(
     State(s): St,
@@ -194,6 +224,11 @@ pub async fn pool_wait(
     wait(&s, r, &q).await
 }
 
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/backends/{backend}/drain", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config"), ("backend" = String, Path, description = "A backend of the pool: its name, or `HOST:PORT`"), StatusQuery),
+    responses((status = 200, description = "The drain status", body = api::DrainStatus),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `GET /api/v1/pools/{pool}/backends/{backend}/drain`.
 pub async fn backend_status(
     State(s): St,
@@ -207,6 +242,14 @@ pub async fn backend_status(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/backends/{backend}/drain", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config"), ("backend" = String, Path, description = "A backend of the pool: its name, or `HOST:PORT`")),
+    request_body(content = Option<api::DrainRequest>, content_type = "application/json",
+        description = "Deadlines for this drain; absent fields take the pool's"),
+    responses((status = 202, description = "Draining: the drain status", body = api::DrainStatus),
+        (status = 409, description = "Already draining or drained (or a removed backend): the status and why", body = api::DrainConflict),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `POST /api/v1/pools/{pool}/backends/{backend}/drain`.
 pub async fn backend_drain(
     State(s): St,
@@ -216,6 +259,12 @@ pub async fn backend_drain(
     start(&s, resolve(&s, &pool, Some(&backend))?, &b)
 }
 
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/backends/{backend}/undrain", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config"), ("backend" = String, Path, description = "A backend of the pool: its name, or `HOST:PORT`")),
+    responses((status = 200, description = "Active again: the drain status", body = api::DrainStatus),
+        (status = 409, description = "Not draining: the status and why", body = api::DrainConflict),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `POST /api/v1/pools/{pool}/backends/{backend}/undrain`.
 pub async fn backend_undrain(
     State(s): St,
@@ -224,6 +273,11 @@ pub async fn backend_undrain(
     undrain(&s, resolve(&s, &pool, Some(&backend))?)
 }
 
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/backends/{backend}/drain/wait", tag = "drain",
+    params(("pool" = String, Path, description = "A pool of the config"), ("backend" = String, Path, description = "A backend of the pool: its name, or `HOST:PORT`"), WaitQuery),
+    responses((status = 200, description = "Drained, or the timeout passed (see `drained`, `waited_seconds`)", body = api::DrainStatus),
+        (status = 404, description = "No such pool or backend", body = api::ErrorBody),
+    ))]
 /// `GET /api/v1/pools/{pool}/backends/{backend}/drain/wait`.
 pub async fn backend_wait(
     State(s): St,

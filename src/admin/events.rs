@@ -49,6 +49,8 @@ struct Feed {
     _open: Open,
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "status",
+    responses((status = 200, description = "Server-sent events: `status` (an api::StatusEvent) on every change, `history` once, `sample` every 2 s", content_type = "text/event-stream", body = String)))]
 /// `GET /api/v1/events`.
 pub async fn events(
     State(state): State<Arc<AppState>>,

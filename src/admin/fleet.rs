@@ -27,8 +27,13 @@ const GATE_WAIT: Duration = Duration::from_secs(3);
 /// Whether a request changes the fleet's shared state (not the spool, not this proxy's
 /// config file).
 fn shared_mutation(req: &Request<Body>) -> bool {
-    let path = req.uri().path();
-    !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    changes_shared_state(req.method(), req.uri().path())
+}
+
+/// [`shared_mutation`] by method and path (also how the OpenAPI document says which calls
+/// may get the control store's 503).
+pub(super) fn changes_shared_state(method: &Method, path: &str) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
         && path.starts_with("/api/v1/")
         && !path.starts_with("/api/v1/spool")
         && path != "/api/v1/config/reload"

@@ -1,4 +1,5 @@
-//! Who may talk to the admin listener. Checked once, before routing, for every request:
+//! Who may talk to the admin listener. Checked for every request, the first three before
+//! routing:
 //!
 //! 1. **Host** (DNS rebinding): a name that resolves to the admin address is only trusted
 //!    when it is an IP literal, `localhost` (or `*.localhost`), or listed in
@@ -10,7 +11,8 @@
 //!    link is allowed: the page holds no data and cannot be framed.
 //! 3. **Token**: every path under `/api/` needs the bearer token (when one is configured)
 //!    before routing says anything, so an unknown path is a 401, not a 404.
-//! 4. **Content type**: every mutation (any method but GET, HEAD, OPTIONS) must say
+//! 4. **Content type** ([`json_only`], once routing found a handler; a method the path
+//!    lacks is a 405): every mutation (POST, PUT, DELETE, PATCH) must say
 //!    `Content-Type: application/json`, with or without a body. A form or a `no-cors` fetch
 //!    cannot send that header; a CORS fetch that does is preflighted, and the preflight gets
 //!    no `Access-Control-Allow-*` header.
@@ -60,8 +62,16 @@ pub async fn check(State(state): State<Arc<AppState>>, req: Request<Body>, next:
         return auth::unauthorized();
     }
     drop(table);
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && !is_json(req.headers().get(header::CONTENT_TYPE))
+    next.run(req).await
+}
+
+/// Route middleware, for calls that reached a handler (any other method is routing's 405):
+/// a call that changes state must say `Content-Type: application/json`.
+pub async fn json_only(req: Request<Body>, next: Next) -> Response {
+    if matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+    ) && !is_json(req.headers().get(header::CONTENT_TYPE))
     {
         return ApiError::new(
             415,

@@ -11,6 +11,7 @@
 //! | GET | `/health` | no | `healthy` / `degraded` / `unhealthy`, uptime, config generation |
 //! | GET | `/metrics` | with `metrics_auth` | Prometheus text |
 //! | GET | `/ui` (+ `/ui/app.js`, `/ui/app.css`) | no (the page holds no data) | the live status page |
+//! | GET | `/api/v1/openapi.json` | token | this table as an OpenAPI 3.1 document ([`openapi`]) |
 //! | GET | `/api/v1/status` | token | generation, routes, splits, pools, backends, in-flight |
 //! | GET | `/api/v1/events` | token | the status as server-sent events, on every change, and history |
 //! | GET | `/api/v1/history?since=` | token | the last 15 minutes per pool (2 s samples) and marks of changes |
@@ -63,7 +64,9 @@ mod events;
 mod fleet;
 mod guard;
 mod node;
+mod openapi;
 mod overrides;
+mod routes;
 mod spool;
 mod status;
 mod ui;
@@ -75,7 +78,7 @@ use axum::{
     extract::{DefaultBodyLimit, FromRef},
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::get,
     Json, Router,
 };
 
@@ -149,76 +152,24 @@ impl FromRef<Ctx> for Arc<Metrics> {
     }
 }
 
-/// The admin API's route table.
-// Long: the route table reads as one list, like the endpoint table above.
+/// The admin API's router: the documented tables of [`routes`] (also the OpenAPI document's
+/// source), the status page, and the layers every call passes.
 pub fn router(ctx: Ctx) -> Router {
     let state = ctx.state.clone();
-    let pool = "/api/v1/pools/{pool}";
-    let backend = "/api/v1/pools/{pool}/backends/{backend}";
-    let api = Router::new()
-        .route("/api/v1/status", get(status::status))
-        .route("/api/v1/events", get(events::events))
-        .route("/api/v1/history", get(status::history))
-        .route("/api/v1/config/reload", post(status::reload))
-        .route(
-            &format!("{pool}/drain"),
-            get(drain::pool_status).post(drain::pool_drain),
-        )
-        .route(&format!("{pool}/undrain"), post(drain::pool_undrain))
-        .route(&format!("{pool}/drain/wait"), get(drain::pool_wait))
-        .route(
-            &format!("{pool}/backends"),
-            get(backends::get)
-                .put(backends::put)
-                .delete(backends::delete),
-        )
-        .route(
-            &format!("{backend}/drain"),
-            get(drain::backend_status).post(drain::backend_drain),
-        )
-        .route(&format!("{backend}/undrain"), post(drain::backend_undrain))
-        .route(&format!("{backend}/drain/wait"), get(drain::backend_wait))
-        .route(
-            "/api/v1/routes/{route}/split",
-            get(overrides::split_get)
-                .post(overrides::split_set)
-                .put(overrides::split_set)
-                .delete(overrides::split_clear),
-        )
-        .route(
-            "/api/v1/routes/{route}/checkpoint",
-            axum::routing::put(deploy::checkpoint),
-        )
-        .route("/api/v1/routes/{route}/rollback", post(deploy::rollback))
-        .route(
-            "/api/v1/nodes/{host}/drain",
-            get(node::get).post(node::drain),
-        )
-        .route("/api/v1/nodes/{host}/undrain", post(node::undrain))
-        .route("/api/v1/nodes/{host}/drain/wait", get(node::wait))
-        .route("/api/v1/spool", get(spool::list).delete(spool::purge))
-        .route("/api/v1/spool/retry", post(spool::retry_all))
-        .route(
-            "/api/v1/spool/{id}",
-            axum::routing::delete(spool::delete_one),
-        )
-        .route("/api/v1/spool/{id}/retry", post(spool::retry_one))
-        .route(
-            "/api/v1/maintenance",
-            post(overrides::maintenance_on)
-                .put(overrides::maintenance_on)
-                .delete(overrides::maintenance_off),
-        )
-        .fallback(edge::not_found)
-        // The body is read and checked first: the gate's lock is never held while a client
-        // sends slowly.
-        .layer(middleware::from_fn_with_state(state.clone(), fleet::gate))
-        .layer(middleware::from_fn(body::check_layer));
+    let (probes, _) = routes::probes().split_for_parts();
+    let gate = state.clone();
+    // Innermost first: the body is read and checked before the gate, whose lock is then
+    // never held while a client sends slowly; a mutation must be JSON before either.
+    let checks = move |handlers: axum::routing::MethodRouter<Ctx>| {
+        handlers
+            .route_layer(middleware::from_fn_with_state(gate.clone(), fleet::gate))
+            .route_layer(middleware::from_fn(body::check_layer))
+            .route_layer(middleware::from_fn(guard::json_only))
+    };
+    let (api, _) = routes::api(&checks).split_for_parts();
+    let api = api.fallback(edge::not_found);
     Router::new()
-        .route("/healthz", get(status::alive))
-        .route("/readyz", get(status::ready))
-        .route("/health", get(status::health))
-        .route("/metrics", get(status::metrics))
+        .merge(probes)
         .route("/ui", get(ui::page))
         .route("/ui/", get(ui::page))
         .route("/ui/app.js", get(ui::script))

@@ -53,6 +53,9 @@ fn status(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{host}/drain", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on")),
+    request_body(content = Option<api::NodeDrainRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Every backend on the host drains", body = api::NodeDrainStatus), (status = 404, description = "No backend of any pool is on the host", body = api::ErrorBody)))]
 /// `POST /api/v1/nodes/{host}/drain`: 202 with every backend's drain (one already
 /// draining keeps its deadlines, unless this drain is hard).
 pub async fn drain(State(s): St, Path(host): Path<String>, b: Bytes) -> Result<Response, ApiError> {
@@ -63,11 +66,18 @@ pub async fn drain(State(s): St, Path(host): Path<String>, b: Bytes) -> Result<R
         streams_deadline: req.streams_deadline.clone(),
         close_spread: req.close_spread.clone(),
     };
+    // Every target's deadlines first, in either mode: a bad body changes nothing (a hard
+    // drain ignores the deadlines it was given, but not that they are wrong; found by
+    // schemathesis).
+    let mut planned = Vec::with_capacity(targets.len());
     for r in &targets {
-        let d = match req.mode {
-            api::NodeDrainMode::Soft => drains::deadlines(r, &one)?,
+        let soft = drains::deadlines(r, &one)?;
+        planned.push(match req.mode {
+            api::NodeDrainMode::Soft => soft,
             api::NodeDrainMode::Hard => drains::hard_deadlines(),
-        };
+        });
+    }
+    for (r, d) in targets.iter().zip(planned) {
         match drains::start(&s, r, d) {
             Ok(()) => {}
             // Already draining: a hard drain brings its deadlines to now.
@@ -82,6 +92,8 @@ pub async fn drain(State(s): St, Path(host): Path<String>, b: Bytes) -> Result<R
     Ok(json(202, &status(&s, &host, &targets, false)))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{host}/undrain", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on")),
+    responses((status = 200, description = "Every backend on the host is active again", body = api::NodeDrainStatus), (status = 404, description = "No backend of any pool is on the host", body = api::ErrorBody)))]
 /// `POST /api/v1/nodes/{host}/undrain`.
 pub async fn undrain(State(s): St, Path(host): Path<String>) -> Result<Response, ApiError> {
     let targets = targets(&s, &host)?;
@@ -95,12 +107,16 @@ pub async fn undrain(State(s): St, Path(host): Path<String>) -> Result<Response,
     Ok(json(200, &status(&s, &host, &targets, false)))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{host}/drain", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on")),
+    responses((status = 200, description = "The drain status of every backend on the host", body = api::NodeDrainStatus), (status = 404, description = "No backend of any pool is on the host", body = api::ErrorBody)))]
 /// `GET /api/v1/nodes/{host}/drain`.
 pub async fn get(State(s): St, Path(host): Path<String>) -> Result<Response, ApiError> {
     let targets = targets(&s, &host)?;
     Ok(json(200, &status(&s, &host, &targets, false)))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{host}/drain/wait", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on"), drain::WaitQuery),
+    responses((status = 200, description = "All drained, or the timeout passed", body = api::NodeDrainStatus), (status = 404, description = "No backend of any pool is on the host", body = api::ErrorBody)))]
 /// `GET /api/v1/nodes/{host}/drain/wait?timeout=`: until every backend on the node is
 /// drained, or the timeout.
 pub async fn wait(

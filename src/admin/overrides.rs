@@ -111,11 +111,21 @@ fn check_replayable(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/routes/{route}/split", tag = "routes", params(("route" = String, Path, description = "A route of the config")),
+    responses((status = 200, description = "The split: effective, the file's, the override and the latest ramp", body = api::RouteSplit), (status = 404, description = "No such route", body = api::ErrorBody)))]
 /// `GET /api/v1/routes/{route}/split`.
 pub async fn split_get(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
     Ok(json(200, &route_view(&s, &route)?))
 }
 
+#[utoipa::path(method(post, put), path = "/api/v1/routes/{route}/split", tag = "routes", params(("route" = String, Path, description = "A route of the config")),
+    request_body(content = api::SplitRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The split is overridden now", body = api::RouteSplit),
+        (status = 202, description = "A ramp to the split started (`over`)", body = api::RouteSplit),
+        (status = 400, description = "An unknown pool, a weight out of range, a bad duration", body = api::ErrorBody),
+        (status = 404, description = "No such route", body = api::ErrorBody),
+    ))]
 /// `POST|PUT`: the route's split override now (200), or a ramp to it (202).
 pub async fn split_set(
     State(s): St,
@@ -156,6 +166,8 @@ pub async fn split_set(
     Ok(json(202, &route_view(&s, &route)?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/routes/{route}/split", tag = "routes", params(("route" = String, Path, description = "A route of the config")),
+    responses((status = 200, description = "Back to the file's split (a running ramp is cancelled)", body = api::RouteSplit), (status = 404, description = "No such route", body = api::ErrorBody)))]
 /// `DELETE`: back to the file's split (cancels a running ramp).
 pub async fn split_clear(State(s): St, Path(route): Path<String>) -> Result<Response, ApiError> {
     route_view(&s, &route)?;
@@ -169,6 +181,11 @@ pub async fn split_clear(State(s): St, Path(route): Path<String>) -> Result<Resp
     Ok(json(200, &route_view(&s, &route)?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/maintenance", tag = "maintenance",
+    responses(
+        (status = 200, description = "Out of maintenance", body = api::MaintenanceStatus),
+        (status = 409, description = "Not in maintenance", body = api::ErrorBody),
+    ))]
 /// `DELETE /api/v1/maintenance`: exit (409 if not in maintenance).
 pub async fn maintenance_off(State(s): St) -> Result<Response, ApiError> {
     let was = s.change_overrides(|ov, _| Ok::<_, ApiError>(ov.maintenance.take()))?;
@@ -205,6 +222,12 @@ fn retry_after(v: &Option<String>) -> Result<u64, ApiError> {
     Ok(d.as_secs().max(1))
 }
 
+#[utoipa::path(method(post, put), path = "/api/v1/maintenance", tag = "maintenance",
+    request_body(content = Option<api::MaintenanceRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "In maintenance: the setting", body = api::MaintenanceStatus),
+        (status = 400, description = "An unknown route, a bad method or `retry_after`", body = api::ErrorBody),
+    ))]
 /// `POST|PUT /api/v1/maintenance`: enter (optionally scoped to routes and methods).
 pub async fn maintenance_on(State(s): St, b: Bytes) -> Result<Response, ApiError> {
     let b: api::MaintenanceRequest = body::parse(&b)?;

@@ -92,6 +92,8 @@ fn item(i: ItemInfo, now: i64) -> api::SpoolItem {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/spool", tag = "spool", params(api::SpoolQuery),
+    responses((status = 200, description = "Items (oldest first) and depths by route", body = api::SpoolList), (status = 503, description = "No spool store, or it does not answer", body = api::ErrorBody)))]
 /// `GET /api/v1/spool?route=&state=&limit=`.
 pub async fn list(
     State(spool): Sp,
@@ -122,6 +124,9 @@ pub async fn list(
     Ok(json(200, &body))
 }
 
+#[utoipa::path(post, path = "/api/v1/spool/{id}/retry", tag = "spool", params(("id" = i64, Path, description = "A spooled item's id")),
+    responses((status = 200, description = "The item is pending again", body = api::SpoolChanged),
+        (status = 404, description = "No dead item with this id", body = api::ErrorBody), (status = 503, description = "No spool store, or it does not answer", body = api::ErrorBody)))]
 /// `POST /api/v1/spool/{id}/retry`: a dead item becomes pending again.
 pub async fn retry_one(State(spool): Sp, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let sel = Select {
@@ -144,6 +149,9 @@ pub async fn retry_one(State(spool): Sp, Path(id): Path<i64>) -> Result<Response
     changed(&spool, n).await
 }
 
+#[utoipa::path(post, path = "/api/v1/spool/retry", tag = "spool",
+    request_body(content = Option<api::SpoolRetryRequest>, content_type = "application/json"),
+    responses((status = 200, description = "How many dead items are pending again", body = api::SpoolChanged), (status = 503, description = "No spool store, or it does not answer", body = api::ErrorBody)))]
 /// `POST /api/v1/spool/retry` `{route?}`: every dead item (of a route) becomes pending.
 pub async fn retry_all(State(spool): Sp, b: Bytes) -> Result<Response, ApiError> {
     let req: api::SpoolRetryRequest = body::parse(&b)?;
@@ -164,6 +172,9 @@ pub async fn retry_all(State(spool): Sp, b: Bytes) -> Result<Response, ApiError>
     changed(&spool, n).await
 }
 
+#[utoipa::path(delete, path = "/api/v1/spool/{id}", tag = "spool", params(("id" = i64, Path, description = "A spooled item's id")),
+    responses((status = 200, description = "The item is deleted", body = api::SpoolChanged),
+        (status = 404, description = "No such item (or it is being replayed)", body = api::ErrorBody), (status = 503, description = "No spool store, or it does not answer", body = api::ErrorBody)))]
 /// `DELETE /api/v1/spool/{id}`.
 pub async fn delete_one(State(spool): Sp, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let sel = Select {
@@ -183,6 +194,9 @@ pub async fn delete_one(State(spool): Sp, Path(id): Path<i64>) -> Result<Respons
     changed(&spool, n).await
 }
 
+#[utoipa::path(delete, path = "/api/v1/spool", tag = "spool", params(api::SpoolQuery),
+    responses((status = 200, description = "How many items were deleted", body = api::SpoolChanged),
+        (status = 400, description = "`state` is missing or not `pending`/`dead`", body = api::ErrorBody), (status = 503, description = "No spool store, or it does not answer", body = api::ErrorBody)))]
 /// `DELETE /api/v1/spool?route=&state=`: purge (a state is required, so a bare call does
 /// not drop pending work).
 pub async fn purge(

@@ -18,6 +18,8 @@ use crate::{
 
 type St = State<Arc<AppState>>;
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process runs", body = api::Alive)))]
 /// `GET /healthz`.
 pub async fn alive() -> Response {
     json(
@@ -28,6 +30,11 @@ pub async fn alive() -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Listeners up, not shutting down", body = api::Ready),
+        (status = 503, description = "Not ready: starting, shutting down, or the fleet's state not loaded", body = api::Ready),
+    ))]
 /// `GET /readyz`.
 pub async fn ready(State(state): St) -> Response {
     let loaded = state.fleet.is_loaded();
@@ -131,6 +138,11 @@ fn certificate_reasons(state: &AppState) -> Vec<String> {
     reasons
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses(
+        (status = 200, description = "`healthy` or `degraded`, with reasons", body = api::Health),
+        (status = 503, description = "`unhealthy`: shutting down", body = api::Health),
+    ))]
 /// `GET /health`: `healthy` | `degraded` (a drain, unhealthy backends, a pool with nothing
 /// available, maintenance) | `unhealthy` (shutting down; 503).
 // Long: one reason per source of degradation, in the order /health lists them.
@@ -199,6 +211,11 @@ pub async fn health(State(state): St) -> Response {
     json(code, &body)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "`admin.metrics_auth` is on and the token is missing or wrong", body = api::ErrorBody),
+    ))]
 /// `GET /metrics`.
 pub async fn metrics(
     State(state): St,
@@ -343,6 +360,8 @@ fn reloads(state: &AppState) -> api::Reloads {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "status",
+    responses((status = 200, description = "Routes, splits, pools, backends and work in flight", body = api::Status)))]
 /// `GET /api/v1/status`.
 pub async fn status(State(state): St, State(streams): State<Arc<super::EventStreams>>) -> Response {
     let mut s = status_of(&state);
@@ -351,20 +370,32 @@ pub async fn status(State(state): St, State(streams): State<Arc<super::EventStre
 }
 
 /// `?since=SEQ` of `GET /api/v1/history`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Since {
+    /// Only samples and marks with a larger `seq` (default 0: all kept).
     #[serde(default)]
-    since: u64,
+    #[param(minimum = 0)]
+    since: i64,
 }
 
+#[utoipa::path(get, path = "/api/v1/history", tag = "status", params(Since),
+    responses((status = 200, description = "Samples (2 s) and marks of the last 15 minutes", body = api::History)))]
 /// `GET /api/v1/history?since=`: samples and marks newer than `since` (default: all kept).
 pub async fn history(
     State(state): St,
     axum::extract::Query(q): axum::extract::Query<Since>,
-) -> Response {
-    json(200, &state.history.since(q.since))
+) -> Result<Response, ApiError> {
+    let since =
+        u64::try_from(q.since).map_err(|_| ApiError::field("since", "must be 0 or more"))?;
+    Ok(json(200, &state.history.since(since)))
 }
 
+#[utoipa::path(post, path = "/api/v1/config/reload", tag = "config",
+    responses(
+        (status = 200, description = "Reloaded: what changed", body = api::Reloaded),
+        (status = 422, description = "The file is refused; the running config keeps serving", body = api::ConfigRefused),
+    ))]
 /// `POST /api/v1/config/reload`.
 pub async fn reload(State(state): St) -> Result<Response, ApiError> {
     let st = state.clone();

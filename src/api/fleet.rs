@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::kind::InFlight;
 
 /// One proxy's part of a drain.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetDrainProxy {
     pub node: String,
     pub heartbeat_age_seconds: f64,
@@ -19,7 +19,7 @@ pub struct FleetDrainProxy {
 }
 
 /// A drain across the fleet: drained when every live proxy has applied it and holds nothing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetDrain {
     pub drained: bool,
     /// Live proxies that still hold work on the target.
@@ -43,7 +43,7 @@ pub struct FleetDrain {
 }
 
 /// One proxy of the fleet.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetProxy {
     pub node: String,
     /// Its admin address as it was bound.
@@ -59,7 +59,7 @@ pub struct FleetProxy {
 }
 
 /// The status's `fleet`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetStatus {
     /// This proxy's name.
     pub node: String,

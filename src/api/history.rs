@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Samples and marks, oldest first.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct History {
     /// Seconds between two samples.
     pub interval_seconds: f64,
@@ -15,7 +15,7 @@ pub struct History {
 }
 
 /// One sampling moment.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sample {
     /// Increases by one per sample or mark (a client asks for what is newer).
     pub seq: u64,
@@ -25,7 +25,7 @@ pub struct Sample {
 }
 
 /// One pool at one moment: rates over the last interval, gauges now.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolSample {
     /// Requests (and streams) ended per second.
     pub rps: f64,
@@ -41,7 +41,7 @@ pub struct PoolSample {
 }
 
 /// A moment something changed: a reload, a split, a drain, maintenance.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Mark {
     pub seq: u64,
     pub t: f64,

@@ -6,7 +6,19 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What kind of work a request turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Http = 0,
@@ -125,6 +137,25 @@ impl Serialize for InFlight {
     }
 }
 
+/// The schema of the JSON object above: one count per kind, every kind present.
+impl utoipa::PartialSchema for InFlight {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let mut o = ObjectBuilder::new().description(Some(
+            "Work in flight by kind (a client should read a missing kind as 0).",
+        ));
+        for k in Kind::ALL {
+            let count = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0));
+            o = o.property(k.as_str(), count).required(k.as_str());
+        }
+        o.into()
+    }
+}
+
+impl utoipa::ToSchema for InFlight {}
+
 impl<'de> Deserialize<'de> for InFlight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let m = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
@@ -138,7 +169,7 @@ impl<'de> Deserialize<'de> for InFlight {
 
 /// A pool's or backend's drain state as shown (`removed`: a backend gone from the config
 /// that still has work in flight; `unhealthy` only in the metrics' state label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Active,
@@ -166,7 +197,7 @@ impl fmt::Display for State {
 }
 
 /// `state:` as written in the config file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FileState {
     Active,
@@ -174,7 +205,7 @@ pub enum FileState {
 }
 
 /// A split ramp's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RampState {
     Running,
@@ -196,7 +227,7 @@ impl RampState {
 }
 
 /// The process's health (`GET /health`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Healthy,

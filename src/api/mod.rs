@@ -25,8 +25,23 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The schema of a duration in a request body (`"30s"`, `"10m"`, `"1h30m"`, `"0"`), or null.
+pub fn duration_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(
+            "^ *(0|([0-9]+ *(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m\
+             |hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y) *)+)$",
+        ))
+        .description(Some(
+            "A duration: `500ms`, `30s`, `10m`, `1h30m`; `0` for none",
+        ))
+        .build()
+}
+
 /// `{error, message, status, field?}`: every error answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
@@ -40,13 +55,13 @@ pub struct ErrorBody {
 }
 
 /// `GET /healthz`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alive {
     pub status: String,
 }
 
 /// `GET /readyz`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ready {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,7 +69,7 @@ pub struct Ready {
 }
 
 /// `GET /health`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: HealthStatus,
     pub reasons: Vec<String>,
@@ -66,7 +81,7 @@ pub struct Health {
 }
 
 /// `GET /api/v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub generation: u64,
     pub ready: bool,
@@ -97,7 +112,7 @@ pub struct Status {
 }
 
 /// One event of `GET /api/v1/events`: the status, with the proxy's clock.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusEvent {
     /// Unix time of the proxy when the event was made.
     pub now: f64,
@@ -106,7 +121,7 @@ pub struct StatusEvent {
 }
 
 /// Reload counters.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reloads {
     pub succeeded: u64,
     pub failed: u64,
@@ -116,7 +131,7 @@ pub struct Reloads {
 
 /// A route's split: effective, as in the file, whether overridden, its latest ramp.
 /// Also the answer of `POST|DELETE /api/v1/routes/{route}/split`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteSplit {
     pub route: String,
     pub split: BTreeMap<String, u32>,
@@ -127,7 +142,7 @@ pub struct RouteSplit {
 }
 
 /// One route in the status.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteStatus {
     #[serde(flatten)]
     pub split: RouteSplit,
@@ -141,7 +156,7 @@ pub struct RouteStatus {
 }
 
 /// How a route picks pools: its affinity mode, forced pools, and counts since start.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Picking {
     /// `cookie`, `header` or `client_ip`; `None`: every request by the split.
     pub affinity: Option<String>,
@@ -155,7 +170,7 @@ pub struct Picking {
 }
 
 /// A route's forced pools: where the pool's name is read, which may be forced.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForcePool {
     /// `header` or `cookie`.
     pub from: String,
@@ -166,7 +181,7 @@ pub struct ForcePool {
 }
 
 /// What a route matches.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteMatch {
     pub host: Vec<String>,
     pub path_prefix: String,
@@ -174,7 +189,7 @@ pub struct RouteMatch {
 }
 
 /// A split ramp's progress.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ramp {
     pub state: RampState,
     pub from: BTreeMap<String, u32>,
@@ -212,7 +227,7 @@ impl Ramp {
 }
 
 /// One pool in the status.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     /// `active`, `draining` or `drained`.
     pub state: State,
@@ -231,7 +246,7 @@ pub struct PoolStatus {
 }
 
 /// One backend in the status.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendStatus {
     /// `pool/name`.
     pub id: String,
@@ -253,7 +268,7 @@ pub struct BackendStatus {
 }
 
 /// Maintenance mode as shown: `{"maintenance": false}` or the whole setting.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MaintenanceStatus {
     pub maintenance: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,19 +285,22 @@ pub struct MaintenanceStatus {
 
 /// `POST /api/v1/pools/{pool}[/backends/{backend}]/drain`: every field optional (absent =
 /// the pool's configured value; `"0"` = wait forever).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::duration_schema)]
     pub requests_deadline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::duration_schema)]
     pub streams_deadline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::duration_schema)]
     pub close_spread: Option<String>,
 }
 
 /// A node's drain: every backend on the host, in every pool.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeDrainStatus {
     pub node: String,
     /// Every backend on the node is drained.
@@ -291,7 +309,7 @@ pub struct NodeDrainStatus {
 }
 
 /// The drain status of a pool or backend (`GET …/drain`, `…/drain/wait`, drain, undrain).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrainStatus {
     pub state: State,
     pub drained: bool,
@@ -321,7 +339,7 @@ pub struct DrainStatus {
 }
 
 /// Deadlines of a drain, as duration strings (`"0"` = none).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrainDeadlines {
     pub requests_deadline: String,
     pub streams_deadline: String,
@@ -329,7 +347,7 @@ pub struct DrainDeadlines {
 }
 
 /// One stream in flight.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamInfo {
     pub backend: String,
     /// `sse`, `websocket` or `grpc`.
@@ -342,7 +360,7 @@ pub struct StreamInfo {
 }
 
 /// A 409 on drain or undrain: the current status plus why.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrainConflict {
     #[serde(flatten)]
     pub drain: DrainStatus,
@@ -355,22 +373,26 @@ pub struct DrainConflict {
 /// `step`, default a tenth of `over`); with `max_error_rate` the server rolls the ramp back
 /// when the pools gaining weight fail more than that share of at least `min_requests`
 /// requests in a step.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitRequest {
+    /// Weight by pool (0 to 10,000), at least one pool.
     pub split: BTreeMap<String, i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::duration_schema)]
     pub over: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::duration_schema)]
     pub step: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1)]
     pub max_error_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
 }
 
 /// `POST /api/v1/maintenance`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,20 +400,21 @@ pub struct MaintenanceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::duration_schema)]
     pub retry_after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 /// `POST /api/v1/config/reload`, 200.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reloaded {
     pub reloaded: bool,
     pub summary: ReloadSummary,
 }
 
 /// What a successful reload changed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReloadSummary {
     pub generation: u64,
     /// Whether routes or pools changed.
@@ -404,7 +427,7 @@ pub struct ReloadSummary {
 }
 
 /// `POST /api/v1/config/reload`, 422.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigRefused {
     pub error: String,
     /// `syntax`, `encoding`, `schema`, `duplicate`, `out_of_range`, …
@@ -416,26 +439,48 @@ pub struct ConfigRefused {
 }
 
 /// One backend of `PUT /api/v1/pools/{pool}/backends` (also how a runtime override is saved).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendEntry {
     /// `IP:PORT` or `HOST:PORT`.
+    #[schema(min_length = 1)]
     pub address: String,
+    /// 1 to 1000 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 
 /// `PUT /api/v1/pools/{pool}/backends` as an object (a bare array is accepted too).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsRequest {
+    #[schema(min_items = 1)]
     pub backends: Vec<BackendEntry>,
 }
 
+/// The body of `PUT /api/v1/pools/{pool}/backends`: `{"backends": […]}` or the bare array.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum BackendsBody {
+    Object(BackendsRequest),
+    List(Vec<BackendEntry>),
+}
+
+impl BackendsBody {
+    /// The members, whichever form they came in.
+    pub fn into_entries(self) -> Vec<BackendEntry> {
+        match self {
+            BackendsBody::Object(o) => o.backends,
+            BackendsBody::List(l) => l,
+        }
+    }
+}
+
 /// A pool's members: from the file or a runtime override.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolBackends {
     pub pool: String,
     /// Whether the members are a runtime override (`DELETE` returns to the file).
@@ -448,7 +493,7 @@ pub struct PoolBackends {
 
 /// What `PUT /api/v1/routes/{route}/checkpoint` records before a deploy, and
 /// `POST /api/v1/routes/{route}/rollback` restores.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub route: String,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The body of the `202 Accepted` a spooled request gets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpoolAccepted {
     pub spooled: bool,
     pub id: i64,
@@ -13,7 +13,7 @@ pub struct SpoolAccepted {
 }
 
 /// One route's spool depth (in `/api/v1/status`, `/health` and the spool list).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpoolDepth {
     pub route: String,
     pub pending: u64,
@@ -23,7 +23,7 @@ pub struct SpoolDepth {
 }
 
 /// One stored item, as an operator sees it (no body, no headers).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpoolItem {
     pub id: i64,
     pub route: String,
@@ -42,7 +42,7 @@ pub struct SpoolItem {
 }
 
 /// `GET /api/v1/spool`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpoolList {
     /// `embedded` or `postgres`.
     pub store: String,
@@ -53,18 +53,21 @@ pub struct SpoolList {
 }
 
 /// Query of `GET /api/v1/spool` and `DELETE /api/v1/spool`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolQuery {
     pub route: Option<String>,
     /// `pending` or `dead`.
+    #[param(pattern = "^(pending|dead)$")]
     pub state: Option<String>,
     /// At most this many items (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 /// Body of `POST /api/v1/spool/retry`: every dead item, or a route's.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolRetryRequest {
     #[serde(default)]
@@ -72,7 +75,7 @@ pub struct SpoolRetryRequest {
 }
 
 /// How many items an operator call changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpoolChanged {
     pub changed: u64,
 }

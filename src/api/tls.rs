@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One certificate tidegate keeps over ACME.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcmeStatus {
     pub listener: String,
     /// Its names, comma-separated.
@@ -22,7 +22,7 @@ pub struct AcmeStatus {
 }
 
 /// One certificate a TLS listener serves.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertificateStatus {
     pub listener: String,
     /// DNS names it is served for (the first pair of a listener is also its default).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::spec::Spec;
 
 /// A typed diff of two specs (old → new).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Diff {
     pub routes_added: Vec<String>,
     pub routes_removed: Vec<String>,
@@ -19,7 +19,7 @@ pub struct Diff {
 }
 
 /// A setting read at start only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RestartKey {
     #[serde(rename = "listeners")]
     Listeners,
