@@ -34,7 +34,7 @@ pub struct WaitQuery {
     timeout: Option<String>,
     /// Streams to list (default 100, at most 10,000).
     #[param(minimum = 0, maximum = 10000)]
-    streams: Option<usize>,
+    pub streams: Option<usize>,
     /// With a `control_store`: a lost proxy keeps the answer from drained.
     #[serde(default)]
     pub strict: bool,
@@ -53,7 +53,8 @@ pub struct StatusQuery {
     strict: bool,
 }
 
-fn listed(n: Option<usize>) -> Result<usize, ApiError> {
+/// `?streams=N`: how many streams a drain status lists.
+pub(super) fn listed(n: Option<usize>) -> Result<usize, ApiError> {
     match n {
         None => Ok(view::STREAMS_LISTED),
         Some(n) if n <= view::STREAMS_LISTED_MAX => Ok(n),
@@ -129,9 +130,11 @@ pub(super) fn wait_timeout(q: &WaitQuery) -> Result<Duration, ApiError> {
 /// Block until drained (woken by the last request's end), removed and idle, or timeout.
 async fn wait(state: &AppState, r: Resolved, q: &WaitQuery) -> Result<Response, ApiError> {
     let timeout = wait_timeout(q)?;
+    // Before blocking: a bad `?streams=` is a 400 now, not after the wait.
+    let streams = listed(q.streams)?;
     let started = tokio::time::Instant::now();
     wait_until(state, &r, started + timeout, q.strict).await;
-    let mut v = view::drain_status_listing(state, &r, listed(q.streams)?, q.strict);
+    let mut v = view::drain_status_listing(state, &r, streams, q.strict);
     v.waited_seconds = Some(started.elapsed().as_secs_f64());
     Ok(json(200, &v))
 }

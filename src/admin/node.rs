@@ -37,13 +37,14 @@ fn status(
     state: &AppState,
     host: &str,
     targets: &[Resolved],
+    streams: usize,
     strict: bool,
 ) -> api::NodeDrainStatus {
     let backends: Vec<api::DrainStatus> = targets
         .iter()
         .map(|r| {
             r.observe();
-            view::drain_status_listing(state, r, view::STREAMS_LISTED, strict)
+            view::drain_status_listing(state, r, streams, strict)
         })
         .collect();
     api::NodeDrainStatus {
@@ -89,7 +90,10 @@ pub async fn drain(State(s): St, Path(host): Path<String>, b: Bytes) -> Result<R
         }
     }
     tracing::info!(node = %host, backends = targets.len(), mode = ?req.mode, "node drain started");
-    Ok(json(202, &status(&s, &host, &targets, false)))
+    Ok(json(
+        202,
+        &status(&s, &host, &targets, view::STREAMS_LISTED, false),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{host}/undrain", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on")),
@@ -104,7 +108,10 @@ pub async fn undrain(State(s): St, Path(host): Path<String>) -> Result<Response,
         }
     }
     tracing::info!(node = %host, backends = targets.len(), "node undrained");
-    Ok(json(200, &status(&s, &host, &targets, false)))
+    Ok(json(
+        200,
+        &status(&s, &host, &targets, view::STREAMS_LISTED, false),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{host}/drain", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on")),
@@ -112,7 +119,10 @@ pub async fn undrain(State(s): St, Path(host): Path<String>) -> Result<Response,
 /// `GET /api/v1/nodes/{host}/drain`.
 pub async fn get(State(s): St, Path(host): Path<String>) -> Result<Response, ApiError> {
     let targets = targets(&s, &host)?;
-    Ok(json(200, &status(&s, &host, &targets, false)))
+    Ok(json(
+        200,
+        &status(&s, &host, &targets, view::STREAMS_LISTED, false),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{host}/drain/wait", tag = "nodes", params(("host" = String, Path, description = "A host name or IP address backends are on"), drain::WaitQuery),
@@ -125,9 +135,11 @@ pub async fn wait(
     Query(q): Query<drain::WaitQuery>,
 ) -> Result<Response, ApiError> {
     let targets = targets(&s, &host)?;
+    // Checked before blocking (`?streams=` was once ignored here; found by schemathesis).
+    let streams = drain::listed(q.streams)?;
     let deadline = tokio::time::Instant::now() + drain::wait_timeout(&q)?;
     for r in &targets {
         drain::wait_until(&s, r, deadline, q.strict).await;
     }
-    Ok(json(200, &status(&s, &host, &targets, q.strict)))
+    Ok(json(200, &status(&s, &host, &targets, streams, q.strict)))
 }

@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct NodeDrainRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::api::duration_schema)]
+    #[schema(schema_with = super::requests::duration_schema)]
     pub requests_deadline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::api::duration_schema)]
+    #[schema(schema_with = super::requests::duration_schema)]
     pub streams_deadline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::api::duration_schema)]
+    #[schema(schema_with = super::requests::duration_schema)]
     pub close_spread: Option<String>,
     #[serde(default)]
     pub mode: NodeDrainMode,
