@@ -237,6 +237,37 @@ fn schemathesis(dir: &Path, tg: &Tidegate, config: Option<&str>, args: &[&str]) 
     assert!(text.contains("passed"), "{text}");
 }
 
+/// Validate `value` against the document's schema `name` (Python's jsonschema, which
+/// schemathesis brings): what schemathesis cannot call, an endless event stream.
+fn matches(doc: &Path, name: &str, value: &serde_json::Value) {
+    const CHECK: &str = "import json, sys, jsonschema\n\
+        doc = json.load(open(sys.argv[1]))\n\
+        schema = {'$ref': '#/components/schemas/' + sys.argv[2], 'components': doc['components']}\n\
+        jsonschema.Draft202012Validator(schema).validate(json.load(sys.stdin))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", CHECK])
+        .arg(doc)
+        .arg(name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(value.to_string().as_bytes())
+            .expect("write value");
+    }
+    let out = child.wait_with_output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{name} does not match the document: {}\n{value}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn have_schemathesis() -> bool {
     let found = Command::new("schemathesis")
         .arg("--version")
@@ -271,6 +302,32 @@ async fn schemathesis_finds_nothing_and_reads_change_nothing() {
         "[parameters]\npool = \"blue\"\nbackend = \"b1\"\nroute = \"app\"\n\
          host = \"127.0.0.1\"\nid = {id}\ntimeout = \"0\"\n"
     );
+    // The event stream: its `status` and `history` events are the document's types.
+    let doc_file = dir.path().join("openapi.json");
+    let bearer = format!("Bearer {TOKEN}");
+    let mut events = Sse::open_with(
+        &tg.admin_url("/api/v1/events"),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(events.status, 200);
+    let (mut status, mut history) = (false, false);
+    while !(status && history) {
+        let data = events
+            .next_data(Duration::from_secs(10))
+            .await
+            .expect("an event")
+            .expect("the stream stays open");
+        let v: serde_json::Value = serde_json::from_str(&data).expect("JSON event");
+        if v.get("generation").is_some() {
+            matches(&doc_file, "StatusEvent", &v);
+            status = true;
+        } else if v.get("interval_seconds").is_some() {
+            matches(&doc_file, "History", &v);
+            history = true;
+        }
+    }
+    drop(events);
     let before = everything(&tg, state.path()).await;
     // 1. Only what the document says reads (GET), over names that exist: nothing changes.
     schemathesis(

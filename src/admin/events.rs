@@ -50,7 +50,7 @@ struct Feed {
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "status",
-    responses((status = 200, description = "Server-sent events: `status` (an api::StatusEvent) on every change, `history` once, `sample` every 2 s", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events: `status` (a StatusEvent) on every change, `history` (a History) once, `sample` (a Sample) every 2 s", content_type = "text/event-stream", body = String)))]
 /// `GET /api/v1/events`.
 pub async fn events(
     State(state): State<Arc<AppState>>,

@@ -26,7 +26,13 @@ use super::{fleet, routes};
         description = "Drain, weights, members and maintenance of a tidegate proxy. Calls under \
             `/api/` need the bearer token (`admin.token`); every error is an `ErrorBody`.",
     ),
-    components(schemas(crate::api::ErrorBody)),
+    // The event stream's `data:` payloads (`status`, `history`, `sample` events).
+    components(schemas(
+        crate::api::ErrorBody,
+        crate::api::StatusEvent,
+        crate::api::History,
+        crate::api::Sample
+    )),
     tags(
         (name = "health", description = "Probes and metrics"),
         (name = "status", description = "What the proxy is doing"),
