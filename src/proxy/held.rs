@@ -94,7 +94,8 @@ impl Proxy {
             return self.spool_request(session, route, spec).await;
         }
         ctx.outcome.get_or_insert(Outcome::NoBackend);
-        let msg = format!("route {:?} has no available backend: {why}", route.name);
+        // No route, pool or backend names in what the client reads.
+        let msg = format!("no backend is available: {why}");
         errors::respond(session, 503, "no_available_backend", &msg).await?;
         Ok(true)
     }

@@ -170,7 +170,7 @@ impl Proxy {
                 return Err(Error::explain(HTTPStatus(500), "no route chosen"));
             };
             if ctx.attempts >= MAX_ATTEMPTS {
-                return Err(unreachable(&route));
+                return Err(unreachable());
             }
             if ctx.failed.len() <= route.spec.retries as usize {
                 let picked = pool.pick_for(&ctx.want, &|b| ctx.failed.skips(b));
@@ -226,20 +226,18 @@ impl Proxy {
                 ctx.outcome = Some(crate::access_log::Outcome::HoldTimeout);
                 Err(Error::explain(
                     HTTPStatus(503),
-                    format!(
-                        "no backend of route {:?} became available within hold.timeout",
-                        route.name
-                    ),
+                    // Client-facing: no route, pool or backend names (the access log has them).
+                    "no backend became available within the hold timeout",
                 ))
             }
             hold::Ended::Refused(_) if ctx.failed.is_empty() => {
                 ctx.outcome = Some(crate::access_log::Outcome::NoBackend);
                 Err(Error::explain(
                     HTTPStatus(503),
-                    format!("route {:?} has no available backend", route.name),
+                    "no backend is available for this request",
                 ))
             }
-            hold::Ended::Refused(_) => Err(unreachable(route)),
+            hold::Ended::Refused(_) => Err(unreachable()),
         }
     }
 
@@ -257,10 +255,7 @@ impl Proxy {
             // The 503 is turned into a spooled 202 by `fail_to_proxy`.
             return Err(Error::explain(
                 HTTPStatus(503),
-                format!(
-                    "route {:?} has spooled items waiting; this request queues behind them",
-                    route.name
-                ),
+                "spooled requests are waiting; this request queues behind them",
             ));
         }
         Ok(())
@@ -326,14 +321,11 @@ impl Proxy {
                 Ok(true)
             }
             Routed::ForcedUnavailable(r) => {
-                let msg = format!(
-                    "the pool this request forces on route {:?} cannot take it now",
-                    r.name
-                );
+                let msg = "the pool this request forces cannot take it now";
                 ctx.route = Some(r);
                 ctx.how = Some(crate::routing::pick::How::Forced);
                 ctx.outcome = Some(Outcome::NoBackend);
-                errors::respond(session, 503, "forced_pool_unavailable", &msg).await?;
+                errors::respond(session, 503, "forced_pool_unavailable", msg).await?;
                 Ok(true)
             }
             Routed::Unavailable(route) => self.hold_for_route(session, ctx, route).await,
@@ -369,22 +361,19 @@ pub(super) async fn h2_turn(
         .await
     {
         Ok(turn) => return Ok(turn),
-        Err(NoStream::Full { streams }) => format!(
-            "backend {:?} is at capacity: {streams} HTTP/2 streams open \
-             ({} connections × {} streams; h2.max_connections, h2.max_streams)",
-            &*backend.id, up.max_connections, up.max_streams
-        ),
-        Err(NoStream::Waited) => format!(
-            "backend {:?}: no HTTP/2 connection within the connect timeout",
-            &*backend.id
-        ),
+        Err(NoStream::Full { streams }) => {
+            tracing::debug!(
+                backend = %backend.id, streams, max_connections = up.max_connections,
+                max_streams = up.max_streams, "HTTP/2 streams at capacity; answering 503"
+            );
+            "the backend is at its HTTP/2 stream capacity (h2.max_connections × h2.max_streams)"
+        }
+        Err(NoStream::Waited) => "no HTTP/2 connection to the backend within the connect timeout",
     };
     Err(Error::explain(HTTPStatus(503), why))
 }
 
-fn unreachable(route: &Route) -> Box<Error> {
-    Error::explain(
-        HTTPStatus(502),
-        format!("no backend of route {:?} could be reached", route.name),
-    )
+/// 502: every backend of the route was tried (the access log names them).
+fn unreachable() -> Box<Error> {
+    Error::explain(HTTPStatus(502), "no backend could be reached")
 }

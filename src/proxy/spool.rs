@@ -108,13 +108,10 @@ impl Proxy {
             return too_large(session, spec).await;
         }
         if depth.total() >= spec.max_items {
-            let msg = format!(
-                "the spool of route {:?} is full ({} items)",
-                route.name, spec.max_items
-            );
+            let msg = "the spool of this request's route is full; retry later";
             tracing::warn!(route = %route.name, max_items = spec.max_items, "spool full; answering 503");
             session.set_keepalive(None);
-            errors::respond(session, 503, "spool_full", &msg).await?;
+            errors::respond(session, 503, "spool_full", msg).await?;
             return Ok(true);
         }
         // From here the request counts as queued: one released from a hold meanwhile goes
