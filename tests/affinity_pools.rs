@@ -129,6 +129,68 @@ async fn a_cookie_can_force_the_pool_too() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_or_a_client_list_keeps_strangers_from_forcing_a_pool() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let guarded = forced_yaml(blue.addr, green.addr, "split").replace(
+        "fallback: split }",
+        "fallback: split, secret_env: TG_FORCE_SECRET }",
+    );
+    let tg = Tidegate::spawn(&guarded, &[("TG_FORCE_SECRET", "let-me-see-green")]);
+    tg.wait_ready().await;
+    // The pool's name alone (what anyone can guess), or with a wrong secret: the split.
+    for v in [
+        "green",
+        "green:guess",
+        "green:let-me-see-greeN",
+        "let-me-see-green",
+    ] {
+        let r = backend_for(&tg, &[("x-tidegate-pool", v)]).await;
+        assert_eq!(r.backend().as_deref(), Some("blue"), "value {v:?}");
+    }
+    let r = backend_for(&tg, &[("x-tidegate-pool", "green:let-me-see-green")]).await;
+    assert_eq!(r.backend().as_deref(), Some("green"));
+    let status = api(&tg, "GET", "/api/v1/status", "").await.json();
+    let shown = &status["routes"][0]["picking"]["force_pool"];
+    assert_eq!(shown["secret"], true, "{shown}");
+    assert!(
+        !status.to_string().contains("let-me-see-green"),
+        "the secret is shown"
+    );
+    assert!(
+        !tg.logs().contains("let-me-see-green"),
+        "the secret is logged"
+    );
+    drop(tg);
+    // A client list this client is not on: its header is not read.
+    let listed = forced_yaml(blue.addr, green.addr, "split").replace(
+        "fallback: split }",
+        "fallback: split, clients: [10.0.0.0/8, \"::1\"] }",
+    );
+    let tg = Tidegate::start(&listed).await;
+    let r = backend_for(&tg, &[("x-tidegate-pool", "green")]).await;
+    assert_eq!(r.backend().as_deref(), Some("blue"));
+    let open = listed.replace("10.0.0.0/8", "127.0.0.0/8");
+    tg.rewrite_config(&open);
+    api(&tg, "POST", "/api/v1/config/reload", "").await;
+    let r = backend_for(&tg, &[("x-tidegate-pool", "green")]).await;
+    assert_eq!(r.backend().as_deref(), Some("green"));
+    // A secret that is named but not there refuses the config (fail closed).
+    let (code, out) = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("t.yaml");
+        let y = guarded
+            .replace("{listen}", "127.0.0.1:1")
+            .replace("{admin}", "127.0.0.1:2")
+            .replace("TG_FORCE_SECRET", "TG_FORCE_SECRET_NOT_SET");
+        std::fs::write(&f, y).expect("write");
+        check(&f)
+    };
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("force_pool.secret_env"), "{out}");
+}
+
 fn deploy_args(tg: &Tidegate, smoke: &str) -> Vec<String> {
     [
         "deploy",

@@ -210,6 +210,8 @@ pub fn picking(r: &crate::state::table::Route) -> api::Picking {
             name,
             pools: f.pools.iter().map(|p| p.to_string()).collect(),
             fallback: if f.refuse { "refuse" } else { "split" }.into(),
+            secret: f.secret.is_some(),
+            clients: f.clients.iter().map(ToString::to_string).collect(),
         }
     });
     api::Picking {

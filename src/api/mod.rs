@@ -168,6 +168,12 @@ pub struct ForcePool {
     pub pools: Vec<String>,
     /// `split` or `refuse`.
     pub fallback: String,
+    /// The value must carry a secret after the pool's name (`POOL:SECRET`).
+    #[serde(default)]
+    pub secret: bool,
+    /// Client addresses that may force (empty: any).
+    #[serde(default)]
+    pub clients: Vec<String>,
 }
 
 /// What a route matches.

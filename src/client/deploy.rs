@@ -166,6 +166,26 @@ async fn wait_available(fleet: &[Admin], to: &str, timeout: Duration) -> Result<
     }
 }
 
+/// What the smoke test sends to force the pool, and how it is printed. A `force_pool` with a
+/// secret wants `POOL:SECRET`: the secret comes from `TIDEGATE_FORCE_SECRET` (tidegate never
+/// hands it out) and is not printed.
+fn forced_value(a: &DeployArgs, secret: bool) -> Result<(String, String), ClientError> {
+    if !secret {
+        return Ok((a.to.clone(), a.to.clone()));
+    }
+    let s = std::env::var("TIDEGATE_FORCE_SECRET")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ClientError::Usage(format!(
+                "--smoke: route {}'s force_pool needs its secret: set TIDEGATE_FORCE_SECRET",
+                a.route
+            ))
+        })?;
+    Ok((format!("{}:{s}", a.to), format!("{}:<secret>", a.to)))
+}
+
 /// `--smoke CMD` before anything shifts: the command reaches the target pool through the
 /// route's `force_pool` (its header or cookie in the environment). `false`: it failed or
 /// ran out of time, and the deploy stops with nothing shifted.
@@ -183,11 +203,20 @@ async fn smoke(admin: &Admin, a: &DeployArgs, cmd: &str) -> Result<bool, ClientE
                 a.route, a.to, a.to
             ))
         })?;
-    let (var, value) = match force.from.as_str() {
-        "cookie" => ("TIDEGATE_FORCE_COOKIE", format!("{}={}", force.name, a.to)),
-        _ => ("TIDEGATE_FORCE_HEADER", format!("{}: {}", force.name, a.to)),
+    let (real, printed) = forced_value(a, force.secret)?;
+    let (var, value, shown) = match force.from.as_str() {
+        "cookie" => (
+            "TIDEGATE_FORCE_COOKIE",
+            format!("{}={real}", force.name),
+            format!("{}={printed}", force.name),
+        ),
+        _ => (
+            "TIDEGATE_FORCE_HEADER",
+            format!("{}: {real}", force.name),
+            format!("{}: {printed}", force.name),
+        ),
     };
-    println!("{}: smoke test on pool {} ({value}): {cmd}", a.route, a.to);
+    println!("{}: smoke test on pool {} ({shown}): {cmd}", a.route, a.to);
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)

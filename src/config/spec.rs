@@ -281,6 +281,10 @@ pub struct ForcePoolSpec {
     pub pools: Vec<Arc<str>>,
     /// A forced pool that cannot take the request: 503 instead of the normal pick.
     pub refuse: bool,
+    /// What the header or cookie must carry after the pool's name (`POOL:SECRET`).
+    pub secret: Option<Secret>,
+    /// Client addresses that may force (empty: any).
+    pub clients: Vec<ipnet::IpNet>,
 }
 
 /// Where the forced pool's name comes from.

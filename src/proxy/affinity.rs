@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use http::{header, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use subtle::ConstantTimeEq;
 
 use crate::{
-    config::spec::{AffinityKey, ForceFrom},
+    config::spec::{AffinityKey, ForceFrom, Secret},
     routing::{affinity::Key, pick::Want},
     state::table::Route,
 };
@@ -53,10 +54,33 @@ pub(super) fn want(
             ForceFrom::Header(h) => req.headers.get(h).map(|v| v.as_bytes().trim_ascii()),
             ForceFrom::Cookie(c) => cookie(req, c),
         };
-        want.forced = asked.and_then(|name| route.forced_index(name));
+        want.forced = asked
+            .filter(|_| may_force(&f.clients, client))
+            .and_then(|v| pool_named(v, f.secret.as_ref()))
+            .and_then(|name| route.forced_index(name));
         want.forced_only = f.refuse;
     }
     (want, new)
+}
+
+/// Whether `client` is one of `clients` (none listed: anyone).
+fn may_force(clients: &[ipnet::IpNet], client: Option<IpAddr>) -> bool {
+    clients.is_empty()
+        || client.is_some_and(|ip| {
+            let ip = ip.to_canonical();
+            clients.iter().any(|n| n.contains(&ip))
+        })
+}
+
+/// The pool a forcing value names: all of it, or with a secret the part before the last
+/// `:` when what follows is the secret (compared in constant time).
+fn pool_named<'a>(value: &'a [u8], secret: Option<&Secret>) -> Option<&'a [u8]> {
+    let Some(secret) = secret else {
+        return Some(value);
+    };
+    let colon = value.iter().rposition(|b| *b == b':')?;
+    let (pool, given) = (&value[..colon], &value[colon + 1..]);
+    bool::from(given.ct_eq(secret.0.as_bytes())).then_some(pool)
 }
 
 /// A key tidegate accepts from a cookie: 1–64 of `[A-Za-z0-9_-]` (what it mints, and what a
@@ -141,5 +165,25 @@ mod tests {
         assert!(!valid_key(&[b'a'; 65]));
         assert!(!valid_key(b"a b"));
         assert!(!valid_key("é".as_bytes()));
+    }
+
+    #[test]
+    fn a_secret_and_a_client_list_guard_forcing() {
+        let secret = Secret("s3cret".into());
+        assert_eq!(pool_named(b"green", None), Some(&b"green"[..]));
+        assert_eq!(
+            pool_named(b"green:s3cret", Some(&secret)),
+            Some(&b"green"[..])
+        );
+        assert_eq!(pool_named(b"green", Some(&secret)), None);
+        assert_eq!(pool_named(b"green:wrong", Some(&secret)), None);
+        assert_eq!(pool_named(b"green:s3cret:", Some(&secret)), None);
+        let nets = ["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert!(may_force(&[], None));
+        assert!(may_force(&nets, Some("10.1.2.3".parse().unwrap())));
+        assert!(may_force(&nets, Some("::ffff:10.1.2.3".parse().unwrap())));
+        assert!(may_force(&nets, Some("::1".parse().unwrap())));
+        assert!(!may_force(&nets, Some("127.0.0.1".parse().unwrap())));
+        assert!(!may_force(&nets, None));
     }
 }

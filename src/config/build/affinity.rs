@@ -17,6 +17,7 @@ pub(super) fn build_picking(
     path: &str,
     r: &FileRoute,
     split: &[(Arc<str>, u32)],
+    io: &Inputs,
 ) -> Result<(Option<AffinitySpec>, Option<ForcePoolSpec>), ConfigError> {
     let affinity = r
         .affinity
@@ -26,7 +27,7 @@ pub(super) fn build_picking(
     let force_pool = r
         .force_pool
         .as_ref()
-        .map(|f| build_force_pool(&format!("{path}.force_pool"), f, split))
+        .map(|f| build_force_pool(&format!("{path}.force_pool"), f, split, io))
         .transpose()?;
     Ok((affinity, force_pool))
 }
@@ -84,20 +85,9 @@ fn build_force_pool(
     path: &str,
     f: &FileForcePool,
     split: &[(Arc<str>, u32)],
+    io: &Inputs,
 ) -> Result<ForcePoolSpec, ConfigError> {
-    let from = match (&f.header, &f.cookie) {
-        (Some(h), None) => ForceFrom::Header(header_name(&format!("{path}.header"), h)?),
-        (None, Some(c)) => {
-            cookie_name(&format!("{path}.cookie"), c)?;
-            ForceFrom::Cookie(c.clone())
-        }
-        _ => {
-            return Err(invalid(
-                path,
-                "set exactly one of header or cookie (where the pool's name is read)",
-            ))
-        }
-    };
+    let from = force_from(path, f)?;
     if f.pools.is_empty() {
         return Err(ConfigError::Empty {
             path: format!("{path}.pools"),
@@ -116,11 +106,71 @@ fn build_force_pool(
             pools.push(name.clone());
         }
     }
+    let (secret, clients) = force_guard(path, f, io)?;
     Ok(ForcePoolSpec {
         from,
         pools,
         refuse: f.fallback == FileForceFallback::Refuse,
+        secret,
+        clients,
     })
+}
+
+/// Where a forced pool's name is read: exactly one of `header` or `cookie`.
+fn force_from(path: &str, f: &FileForcePool) -> Result<ForceFrom, ConfigError> {
+    Ok(match (&f.header, &f.cookie) {
+        (Some(h), None) => ForceFrom::Header(header_name(&format!("{path}.header"), h)?),
+        (None, Some(c)) => {
+            cookie_name(&format!("{path}.cookie"), c)?;
+            ForceFrom::Cookie(c.clone())
+        }
+        _ => {
+            return Err(invalid(
+                path,
+                "set exactly one of header or cookie (where the pool's name is read)",
+            ))
+        }
+    })
+}
+
+/// Who may force: `secret_env`/`secret_file` and `clients`.
+fn force_guard(
+    path: &str,
+    f: &FileForcePool,
+    io: &Inputs,
+) -> Result<(Option<Secret>, Vec<ipnet::IpNet>), ConfigError> {
+    // Fail closed: a secret that is named but missing refuses the config.
+    let secret = listeners::read_secret(
+        &format!("{path}.secret"),
+        f.secret_env.as_deref(),
+        f.secret_file.as_deref(),
+        io,
+    )?
+    .map(|s| {
+        s.ok_or_else(|| {
+            invalid(
+                format!("{path}.secret_env"),
+                "the variable is not set or empty",
+            )
+        })
+    })
+    .transpose()?;
+    let clients = f
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| client_net(&format!("{path}.clients[{i}]"), c))
+        .collect::<Result<_, _>>()?;
+    Ok((secret, clients))
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or one address.
+fn client_net(path: &str, c: &str) -> Result<ipnet::IpNet, ConfigError> {
+    let c = c.trim();
+    c.parse::<ipnet::IpNet>()
+        .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| invalid(path, format!("{c:?} is not an IP address or CIDR block")))
 }
 
 fn header_name(path: &str, h: &str) -> Result<http::HeaderName, ConfigError> {

@@ -297,35 +297,19 @@ pub(super) fn build_admin(
     warnings: &mut Vec<String>,
 ) -> Result<Admin, ConfigError> {
     let addr = parse_socket_addr("admin.address", &a.address)?;
-    if a.token_env.is_some() && a.token_file.is_some() {
-        return Err(invalid("admin", "set token_env or token_file, not both"));
-    }
-    let token = if let Some(var) = &a.token_env {
-        match (io.env)(var)
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-        {
-            Some(t) => Some(Secret(t)),
-            None => {
-                warnings.push(format!("admin.token_env: environment variable {var} is not set or empty; the admin API has no token"));
-                None
-            }
+    let token = match read_secret(
+        "admin.token",
+        a.token_env.as_deref(),
+        a.token_file.as_deref(),
+        io,
+    )? {
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            let var = a.token_env.as_deref().unwrap_or_default();
+            warnings.push(format!("admin.token_env: environment variable {var} is not set or empty; the admin API has no token"));
+            None
         }
-    } else if let Some(f) = &a.token_file {
-        let t = read_text(io, f).map_err(|e| ConfigError::Security {
-            path: "admin.token_file".into(),
-            message: format!("{}: {}", f.display(), io_reason(&e)),
-        })?;
-        let t = t.trim().to_string();
-        if t.is_empty() {
-            return Err(ConfigError::Security {
-                path: "admin.token_file".into(),
-                message: format!("{} is empty", f.display()),
-            });
-        }
-        Some(Secret(t))
-    } else {
-        None
+        None => None,
     };
     if !addr.ip().is_loopback() && token.is_none() {
         return Err(ConfigError::Security {
@@ -368,6 +352,45 @@ fn build_allowed_hosts(hosts: &[String]) -> Result<Vec<String>, ConfigError> {
 }
 
 /// An I/O error as a person reads it: "no such file or directory", without "(os error 2)".
+/// A secret from `{key}_env` (an environment variable) or `{key}_file`: `None` when neither
+/// is set, `Some(None)` for a variable that is unset or empty (the caller decides), an error
+/// for both, or a file that cannot be read or is empty.
+pub(super) fn read_secret(
+    key: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+    io: &Inputs,
+) -> Result<Option<Option<Secret>>, ConfigError> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            key,
+            format!("set {key}_env or {key}_file, not both"),
+        )),
+        (Some(var), None) => Ok(Some(
+            (io.env)(var)
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .map(Secret),
+        )),
+        (None, Some(f)) => {
+            let path = format!("{key}_file");
+            let t = read_text(io, f).map_err(|e| ConfigError::Security {
+                path: path.clone(),
+                message: format!("{}: {}", f.display(), io_reason(&e)),
+            })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(ConfigError::Security {
+                    path,
+                    message: format!("{} is empty", f.display()),
+                });
+            }
+            Ok(Some(Some(Secret(t))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 pub(super) fn io_reason(e: &std::io::Error) -> String {
     let s = e.to_string();
     let s = match s.find(" (os error") {

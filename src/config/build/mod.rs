@@ -43,7 +43,7 @@ pub fn build(
     let listeners = build_listeners(&file, io, warnings)?;
     let admin = build_admin(&file.admin, io, warnings)?;
     let pools = build_pools(&file.pools, io, warnings)?;
-    let (routes, router) = build_routes(&file.routes, &pools, warnings)?;
+    let (routes, router) = build_routes(&file.routes, &pools, io, warnings)?;
     let spool_store = spool::build_store(&file, &routes, io, warnings)?;
     listeners::check_alpn_in_a_fleet(&listeners, &spool_store)?;
     let spool_buffer = spool::build_buffer(&file, &routes)?;

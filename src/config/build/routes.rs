@@ -8,6 +8,7 @@ type Routes = (Vec<Arc<RouteSpec>>, Router);
 pub(super) fn build_routes(
     file: &[FileRoute],
     pools: &BTreeMap<Arc<str>, Arc<PoolSpec>>,
+    io: &Inputs,
     warnings: &mut Vec<String>,
 ) -> Result<Routes, ConfigError> {
     if file.is_empty() {
@@ -22,15 +23,7 @@ pub(super) fn build_routes(
     let mut matches = Vec::with_capacity(file.len());
     for (i, r) in file.iter().enumerate() {
         let path = format!("routes[{i}]");
-        check_name(&format!("{path}.name"), &r.name)?;
-        if let Some(first) = names.insert(&r.name, i) {
-            return Err(dup(
-                format!("{path}.name"),
-                "route name",
-                &r.name,
-                format!("routes[{first}]"),
-            ));
-        }
+        check_new_name(&path, i, &r.name, &mut names)?;
         let m = build_match(&format!("{path}.match"), &r.matcher)?;
         let method_key = sorted_methods(&m);
         check_unique_match(&path, i, r, &method_key, &mut keys)?;
@@ -44,7 +37,7 @@ pub(super) fn build_routes(
         if r.spool.is_some() {
             check_replayable(&path, &split, pools)?;
         }
-        let (affinity, force_pool) = affinity::build_picking(&path, r, &split)?;
+        let (affinity, force_pool) = affinity::build_picking(&path, r, &split, io)?;
         routes.push(Arc::new(RouteSpec {
             name: r.name.as_str().into(),
             hosts: r.matcher.host.to_vec(),
@@ -64,6 +57,25 @@ pub(super) fn build_routes(
         matches.push(m);
     }
     Ok((routes, Router::new(&matches)))
+}
+
+/// A route's name: valid, and not taken by an earlier route.
+fn check_new_name<'a>(
+    path: &str,
+    i: usize,
+    name: &'a str,
+    names: &mut HashMap<&'a str, usize>,
+) -> Result<(), ConfigError> {
+    check_name(&format!("{path}.name"), name)?;
+    match names.insert(name, i) {
+        Some(first) => Err(dup(
+            format!("{path}.name"),
+            "route name",
+            name,
+            format!("routes[{first}]"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A spooled route's pools must be ones its replays (plain HTTP/1.1) can reach.

@@ -70,4 +70,13 @@ pub struct FileForcePool {
     pub pools: Vec<String>,
     #[serde(default)]
     pub fallback: FileForceFallback,
+    /// A value the header or cookie must carry after the pool's name (`green:VALUE`), read
+    /// from an environment variable or a file; without it, the pool is not forced.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Client addresses (IPs or CIDR blocks) that may force a pool; others get the split.
+    #[serde(default)]
+    pub clients: Vec<String>,
 }
