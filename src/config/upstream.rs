@@ -119,6 +119,11 @@ impl Upstream {
         self.protocol != Protocol::Http1
     }
 
+    /// `protocol: auto`: ALPN picks HTTP/2 or HTTP/1.1 per connection.
+    pub fn is_auto(&self) -> bool {
+        self.protocol == Protocol::Auto
+    }
+
     /// A peer for one backend (`address` as written: its host is the default SNI). An
     /// `upgrade` (WebSocket) always speaks HTTP/1.1.
     pub fn peer(&self, addr: SocketAddr, address: &str, upgrade: bool) -> HttpPeer {

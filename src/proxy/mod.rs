@@ -264,7 +264,15 @@ impl ProxyHttp for Proxy {
             Some(u) => u.peer(addr, address.as_deref().unwrap_or(""), ctx.upgrade),
             None => HttpPeer::new(addr, false, String::new()),
         };
-        ctx.h2 = upstream.is_some_and(|u| u.is_h2()) && !ctx.upgrade;
+        // `auto` over a backend whose ALPN chose HTTP/1.1: a connection per call, no turns.
+        let h1_now = |u: &crate::config::upstream::Upstream| {
+            u.is_auto()
+                && ctx
+                    .backend
+                    .as_ref()
+                    .is_some_and(|t| t.backend().h2.speaks_http1())
+        };
+        ctx.h2 = upstream.is_some_and(|u| u.is_h2() && !h1_now(u)) && !ctx.upgrade;
         if let (true, Some(u), Some(tr)) = (ctx.h2, upstream, &ctx.backend) {
             ctx.h2_turn = Some(pick::h2_turn(tr.backend(), u, t.connect).await?);
         }
@@ -339,6 +347,13 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // From here on nothing is sent twice: the answer has begun.
         ctx.answered = true;
+        if let (Some(p), Some(t)) = (&ctx.pool, &ctx.backend) {
+            let h2 = resp.version == http::Version::HTTP_2;
+            if p.spec.upstream.is_auto() && !ctx.upgrade && t.backend().h2.answered_over(h2) {
+                let protocol = if h2 { "h2" } else { "http/1.1" };
+                tracing::info!(backend = %t.backend().id, protocol, "protocol auto: the backend's ALPN chose {protocol}");
+            }
+        }
         ctx.first_byte = Some(ctx.started.elapsed());
         // The app may echo the id already (pingora's header insert costs ~2,000
         // instructions: skip it then).

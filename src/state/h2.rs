@@ -5,7 +5,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -18,13 +18,21 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct H2Lane {
     turn: Arc<Semaphore>,
     streams: AtomicUsize,
+    /// What ALPN chose on the backend's last answered connection (`protocol: auto`):
+    /// [`UNKNOWN`], [`HTTP1`] or [`HTTP2`].
+    alpn: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 
 impl Default for H2Lane {
     fn default() -> Self {
         Self {
             turn: Arc::new(Semaphore::new(1)),
             streams: AtomicUsize::new(0),
+            alpn: AtomicU8::new(UNKNOWN),
         }
     }
 }
@@ -74,6 +82,21 @@ impl H2Lane {
     pub fn streams(&self) -> usize {
         self.streams.load(Ordering::Relaxed)
     }
+
+    /// `protocol: auto`: an answer came over HTTP/2 (`true`) or HTTP/1.1. `true` when that
+    /// is news (the first answer, or ALPN chose otherwise than before).
+    pub fn answered_over(&self, h2: bool) -> bool {
+        let v = if h2 { HTTP2 } else { HTTP1 };
+        // Relaxed: a hint for the next calls; a stale read costs one call a turn, or none.
+        self.alpn.load(Ordering::Relaxed) != v && self.alpn.swap(v, Ordering::Relaxed) != v
+    }
+
+    /// `protocol: auto` and the backend's ALPN chose HTTP/1.1 last: each call has its own
+    /// connection, so calls need no turn (taking turns would set up one connection at a time).
+    /// Unknown or HTTP/2: turns, until an answer says otherwise.
+    pub fn speaks_http1(&self) -> bool {
+        self.alpn.load(Ordering::Relaxed) == HTTP1
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +123,19 @@ mod tests {
         lane.closed();
         lane.closed();
         assert_eq!(lane.streams(), 0, "never below zero");
+    }
+
+    #[test]
+    fn alpn_is_learned_from_answers_both_ways() {
+        let lane = H2Lane::default();
+        assert!(!lane.speaks_http1(), "unknown: take turns");
+        assert!(lane.answered_over(false), "news");
+        assert!(!lane.answered_over(false), "not news");
+        assert!(lane.speaks_http1());
+        assert!(lane.answered_over(true));
+        assert!(
+            !lane.speaks_http1(),
+            "an upgraded backend takes turns again"
+        );
     }
 }
