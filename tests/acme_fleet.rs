@@ -1,7 +1,8 @@
 //! ACME for a fleet on the PostgreSQL `spool_store`: the CA may validate any proxy behind
 //! the name (HTTP-01 tokens are shared), one proxy orders while the others wait for its
 //! certificate (an advisory lock per set of names), and a proxy that starts later serves
-//! the fleet's certificate without ordering.
+//! the fleet's certificate without ordering. Peers' tokens are answered from memory: a flood
+//! of made-up challenge paths costs no query, and a database that is gone changes nothing.
 
 mod common;
 
@@ -127,4 +128,69 @@ async fn a_fleet_orders_once_and_any_proxy_answers_the_challenge() {
     // One row per set of names; no challenge token is left behind.
     assert_eq!(pg.psql("SELECT count(*) FROM tidegate_acme_certs"), "2");
     assert_eq!(pg.psql("SELECT count(*) FROM tidegate_acme_tokens"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_tokens_are_answered_from_memory_through_a_flood_and_without_the_database() {
+    let pg = Postgres::start().await;
+    let app = TestBackend::start("app").await;
+    let (plain, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(plain, tls, 30 * 86_400);
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(
+        &yaml(plain, tls, &pebble, "a.test", dir.path(), app.addr),
+        &pg.url(),
+    )
+    .await;
+    wait_cert(&a, "a.test").await;
+    // A peer is being validated: its token is in the store (as its put_token writes it).
+    pg.psql(
+        "INSERT INTO tidegate_acme_tokens (token, key_authorization) \
+         VALUES ('peer-token-1', 'peer-token-1.thumbprint')",
+    );
+    let url = |t: &str| format!("http://127.0.0.1:{plain}/.well-known/acme-challenge/{t}");
+    let real = url("peer-token-1");
+    wait_for("A answers the peer's token", Duration::from_secs(5), || {
+        let real = real.clone();
+        async move {
+            let r = get(&real).await.ok()?;
+            (r.status == 200 && r.body == "peer-token-1.thumbprint").then_some(())
+        }
+    })
+    .await;
+    // 2,000 made-up tokens from 50 clients at once, the real one asked between them: every
+    // real ask is answered (the flood used to take the two database look-up permits, and
+    // the real ask got the app's answer instead).
+    let tasks: Vec<_> = (0..50)
+        .map(|c| {
+            let (real, made_up) = (real.clone(), url(&format!("made-up-{c}")));
+            tokio::spawn(async move {
+                let mut real_ok = 0;
+                for i in 0..40 {
+                    // Not a challenge of the fleet's: routed like any request (the app).
+                    let r = get(&format!("{made_up}-{i}")).await.expect("made-up ask");
+                    assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.body);
+                    if i % 10 == 0 {
+                        let r = get(&real).await.expect("real ask");
+                        real_ok += usize::from(r.status == 200);
+                    }
+                }
+                real_ok
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.expect("task");
+    }
+    assert_eq!(answered, 200, "every real ask during the flood is answered");
+    // The database goes away: the copy in memory still answers.
+    pg.stop();
+    let r = get(&real).await.expect("real ask");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "peer-token-1.thumbprint")
+    );
+    let r = get(&url("made-up-x")).await.expect("ask");
+    assert_eq!(r.backend().as_deref(), Some("app"), "{}", r.body);
 }

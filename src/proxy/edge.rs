@@ -91,7 +91,7 @@ pub async fn challenge_answer(
     if !plausible || req.method != http::Method::GET {
         return None;
     }
-    state.challenges.answer_any(token).await
+    state.challenges.answer_any(token)
 }
 
 /// Answer an ACME HTTP-01 challenge with its key authorization (RFC 8555 8.3).

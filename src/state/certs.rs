@@ -160,12 +160,6 @@ pub type AlpnCert = Arc<(
     pingora::tls::PrivateKeyDer<'static>,
 )>;
 
-/// HTTP-01 tokens a fleet's peers are being validated with (the shared ACME store).
-#[async_trait::async_trait]
-pub trait PeerTokens: Send + Sync {
-    async fn token(&self, token: &str) -> Option<String>;
-}
-
 /// ACME challenge answers: HTTP-01 (token → key authorization), served before routing, and
 /// TLS-ALPN-01 (name → challenge certificate), answered before the TLS handshake.
 #[derive(Default)]
@@ -173,7 +167,9 @@ pub struct Challenges(
     Mutex<HashMap<String, String>>,
     Mutex<HashMap<String, AlpnCert>>,
     std::sync::atomic::AtomicUsize,
-    OnceLock<Arc<dyn PeerTokens>>,
+    /// HTTP-01 tokens the fleet's peers are being validated with: a copy of the shared ACME
+    /// store's, refreshed every second by the ACME service (never a query per request).
+    arc_swap::ArcSwap<HashMap<String, String>>,
 );
 
 impl std::fmt::Debug for Challenges {
@@ -183,18 +179,18 @@ impl std::fmt::Debug for Challenges {
 }
 
 impl Challenges {
-    /// Ask `peers` for tokens this proxy does not hold.
-    pub fn set_peers(&self, peers: Arc<dyn PeerTokens>) {
-        let _ = self.3.set(peers);
+    /// The fleet's pending HTTP-01 tokens, as last read from the shared store.
+    pub fn set_peer_tokens(&self, tokens: HashMap<String, String>) {
+        self.3.store(Arc::new(tokens));
     }
 
-    /// The answer to an HTTP-01 challenge: this proxy's, else a peer's.
-    pub async fn answer_any(&self, token: &str) -> Option<String> {
+    /// The answer to an HTTP-01 challenge: this proxy's, else a peer's (both in memory: a
+    /// flood of made-up tokens costs a map look-up each).
+    pub fn answer_any(&self, token: &str) -> Option<String> {
         if let Some(a) = self.answer(token) {
             return Some(a);
         }
-        let peers = self.3.get()?.clone();
-        peers.token(token).await
+        self.3.load().get(token).cloned()
     }
 
     pub fn put_alpn(&self, name: &str, cert: AlpnCert) {

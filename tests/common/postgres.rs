@@ -173,12 +173,19 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
+impl Postgres {
+    /// Stop the server at once (the database is gone; dropping it later is harmless).
+    pub fn stop(&self) {
         let _ = as_owner(&self.bin, "pg_ctl")
             .args(["-D"])
             .arg(self.dir.path().join("data"))
             .args(["-m", "immediate", "-w", "stop"])
             .output();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

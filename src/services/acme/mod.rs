@@ -53,6 +53,16 @@ impl BackgroundService for AcmeService {
         let spec = self.state.table().spec.clone();
         let shared = self.shared(&spec);
         let mut tasks = Vec::new();
+        let http01 = spec.listeners.iter().any(|l| {
+            l.tls
+                .as_ref()
+                .and_then(|t| t.acme.as_ref())
+                .is_some_and(|a| a.challenge == AcmeChallenge::Http01)
+        });
+        if let (Some(s), true) = (&shared, http01) {
+            let (s, state) = (s.clone(), self.state.clone());
+            tasks.push(tokio::spawn(shared::mirror_tokens(s, state)));
+        }
         for l in &spec.listeners {
             let Some(acme) = l.tls.as_ref().and_then(|t| t.acme.clone()) else {
                 continue;
@@ -96,11 +106,7 @@ impl AcmeService {
             return None;
         }
         match Shared::open(&url.0) {
-            Ok(s) => {
-                let s = Arc::new(s);
-                self.state.challenges.set_peers(s.clone());
-                Some(s)
-            }
+            Ok(s) => Some(Arc::new(s)),
             Err(e) => {
                 tracing::warn!(error = %e, "ACME: the fleet's store cannot be used; this proxy orders its own certificates");
                 None
@@ -371,6 +377,9 @@ impl Managed {
             tokens.put(&ch.token, ka.as_str());
             if let Some(shared) = &self.shared {
                 shared.put_token(&ch.token, ka.as_str()).await?;
+                // Every proxy reads the fleet's tokens each second: the CA, which may ask
+                // any of them, is told only once they all have it.
+                tokio::time::sleep(shared::TOKENS_EVERY * 2).await;
             }
             ch.set_ready()
                 .await

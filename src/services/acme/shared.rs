@@ -1,9 +1,11 @@
 //! A fleet's ACME state on the PostgreSQL `spool_store`: certificates (so every proxy serves
 //! the one a peer obtained, and restarts order nothing), one order at a time per set of
 //! names (a transaction-scoped advisory lock, released however the orderer ends), and
-//! HTTP-01 tokens (the CA may ask any proxy behind the name, not the one that ordered).
+//! HTTP-01 tokens (the CA may ask any proxy behind the name, not the one that ordered): every
+//! proxy keeps a copy of the pending ones in memory, read every second
+//! ([`TOKENS_EVERY`]), so a challenge request never waits on the database.
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -24,17 +26,28 @@ const SCHEMA: &[&str] = &[
 /// Serializes schema creation across a fleet starting at once.
 const SCHEMA_LOCK: i64 = 0x7469_6465_6163_6d65;
 
+/// How often every proxy reads the fleet's pending tokens.
+pub const TOKENS_EVERY: Duration = Duration::from_secs(1);
+/// Pending tokens read at most (an order has one per name; old ones are deleted).
+const TOKENS_MAX: i64 = 1000;
+/// Connections of the pool.
+const POOL: u32 = 8;
+/// Orders this proxy holds a lock (an open transaction: a connection) for at once; the rest
+/// of the pool stays free for certificates and tokens however many names are ordered.
+const ORDERS: usize = 3;
+
 /// The shared store.
 pub struct Shared {
     pool: PgPool,
     schema: OnceCell<()>,
-    /// Peers' token look-ups in flight: a flood of made-up challenge paths costs at most
-    /// this many database queries at a time (the rest are answered 404 at once).
-    lookups: tokio::sync::Semaphore,
+    orders: Arc<tokio::sync::Semaphore>,
 }
 
-/// An order lock: held while the transaction is open.
-pub struct OrderLock(Transaction<'static, Postgres>);
+/// An order lock: held while the transaction is open (and one of [`ORDERS`]).
+pub struct OrderLock {
+    tx: Transaction<'static, Postgres>,
+    _order: tokio::sync::OwnedSemaphorePermit,
+}
 
 fn err(e: sqlx::Error) -> String {
     format!("shared ACME store: {e}")
@@ -47,13 +60,13 @@ impl Shared {
             .map_err(|e| format!("spool_store: invalid PostgreSQL URL: {e}"))?
             .application_name("tidegate-acme");
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL)
             .acquire_timeout(Duration::from_secs(2))
             .connect_lazy_with(opts);
         Ok(Shared {
             pool,
             schema: OnceCell::new(),
-            lookups: tokio::sync::Semaphore::new(2),
+            orders: Arc::new(tokio::sync::Semaphore::new(ORDERS)),
         })
     }
 
@@ -112,8 +125,12 @@ impl Shared {
         Ok(())
     }
 
-    /// The right to order for `names` now (`None`: a peer is ordering them).
+    /// The right to order for `names` now (`None`: a peer is ordering them, or this proxy
+    /// has [`ORDERS`] orders under way already; ask again later).
     pub async fn try_lock(&self, names: &str) -> Result<Option<OrderLock>, String> {
+        let Ok(permit) = self.orders.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
         let pool = self.ready().await?;
         let mut tx = pool.begin().await.map_err(err)?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
@@ -121,7 +138,7 @@ impl Shared {
             .fetch_one(&mut *tx)
             .await
             .map_err(err)?;
-        Ok(got.then_some(OrderLock(tx)))
+        Ok(got.then_some(OrderLock { tx, _order: permit }))
     }
 
     pub async fn put_token(&self, token: &str, key_authorization: &str) -> Result<(), String> {
@@ -151,40 +168,47 @@ impl Shared {
         Ok(())
     }
 
-    /// A token a peer is being validated with.
-    pub async fn token(&self, token: &str) -> Result<Option<String>, String> {
+    /// The fleet's pending tokens (the newest [`TOKENS_MAX`] of the last hour; rows that
+    /// are not a plausible token and key authorization are left out: the table is input).
+    pub async fn tokens(&self) -> Result<HashMap<String, String>, String> {
         let pool = self.ready().await?;
-        let ka = sqlx::query_scalar(
-            "SELECT key_authorization FROM tidegate_acme_tokens WHERE token = $1",
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT token, key_authorization FROM tidegate_acme_tokens
+             WHERE created_at > now() - interval '1 hour' AND length(token) <= 128
+               AND length(key_authorization) <= 512
+             ORDER BY created_at DESC LIMIT $1",
         )
-        .bind(token)
-        .fetch_optional(pool)
+        .bind(TOKENS_MAX)
+        .fetch_all(pool)
         .await
         .map_err(err)?;
-        Ok(ka)
+        Ok(rows.into_iter().collect())
     }
 }
 
-#[async_trait::async_trait]
-impl crate::state::certs::PeerTokens for Shared {
-    async fn token(&self, token: &str) -> Option<String> {
-        let _turn = self.lookups.try_acquire().ok()?;
-        let lookup = tokio::time::timeout(Duration::from_secs(2), Shared::token(self, token));
-        match lookup
-            .await
-            .unwrap_or_else(|_| Err("no answer within 2s".into()))
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "ACME: cannot look up a peer's challenge token");
-                None
+/// Every [`TOKENS_EVERY`]: the fleet's pending tokens into this proxy's memory. A read that
+/// fails or stalls (bounded to 2 s) keeps the last copy.
+pub async fn mirror_tokens(shared: Arc<Shared>, state: Arc<crate::state::AppState>) {
+    let mut failing = false;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(2), shared.tokens()).await;
+        match read.unwrap_or_else(|_| Err("no answer within 2s".into())) {
+            Ok(tokens) => {
+                failing = false;
+                state.challenges.set_peer_tokens(tokens);
             }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "ACME: cannot read the fleet's challenge tokens (the last ones read are answered)");
+            }
+            Err(_) => {}
         }
+        tokio::time::sleep(TOKENS_EVERY).await;
     }
 }
 
 impl OrderLock {
     pub async fn release(self) {
-        let _ = self.0.rollback().await;
+        let _ = self.tx.rollback().await;
     }
 }
