@@ -271,6 +271,15 @@ async fn a_ca_that_goes_away_leaves_the_certificate_serving_and_is_caught_up_wit
 
 /// An `ask` endpoint approving names under `.ok.test`, counting the questions.
 async fn ask_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    ask_server_with(Arc::new(AtomicBool::new(false)), Duration::ZERO).await
+}
+
+/// [`ask_server`], refusing names that start with `x.` while `refuse_x` is set, and taking
+/// `slow` to answer each question.
+async fn ask_server_with(
+    refuse_x: Arc<AtomicBool>,
+    slow: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicU64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -278,14 +287,16 @@ async fn ask_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
     let count = asked.clone();
     tokio::spawn(async move {
         while let Ok((mut c, _)) = l.accept().await {
-            let count = count.clone();
+            let (count, refuse_x) = (count.clone(), refuse_x.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let n = c.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
                 count.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(slow).await;
                 let line = req.lines().next().unwrap_or("");
-                let ok = line.contains(".ok.test ") || line.contains(".ok.test&");
+                let ok = (line.contains(".ok.test ") || line.contains(".ok.test&"))
+                    && !(refuse_x.load(Ordering::SeqCst) && line.contains("domain=x."));
                 let status = if ok { "200 OK" } else { "403 Forbidden" };
                 let resp =
                     format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -359,6 +370,93 @@ async fn on_demand_orders_only_approved_names_and_at_most_the_limit() {
         asked.load(Ordering::SeqCst) < 1000,
         "every name was asked about"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_names_are_asked_again_before_renewal() {
+    // 24 s certificates: renewal is due 16 s in.
+    let s = setup(24).await;
+    let refuse_x = Arc::new(AtomicBool::new(false));
+    let (ask, _) = ask_server_with(refuse_x.clone(), Duration::ZERO).await;
+    let od = format!(r#"on_demand: {{ ask: "http://{ask}/ask", max_orders: 10, per: 1h }}"#);
+    let tg = Tidegate::start(&s.yaml(&od)).await;
+    let _logs = Logs(&tg, &s.pebble);
+    let root = s.pebble.root();
+    for name in ["x.ok.test", "y.ok.test"] {
+        let _ = https_status(s.tls, name, &root, "/").await;
+    }
+    let x1 = wait_cert(&tg, "x.ok.test", 0).await;
+    let y1 = wait_cert(&tg, "y.ok.test", 0).await;
+    // The ask's owner no longer wants x: it is not renewed; y still is.
+    refuse_x.store(true, Ordering::SeqCst);
+    let y2 = wait_cert(&tg, "y.ok.test", y1).await;
+    assert!(y2 > y1);
+    wait_for(
+        "x refused before renewal",
+        Duration::from_secs(30),
+        || async {
+            tg.logs()
+                .contains("no longer approved by ask: not renewed")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        acme_cert(&tg, "x.ok.test").await,
+        Some(x1),
+        "x kept its certificate"
+    );
+    assert_eq!(s.pebble.issued(), 3, "x once, y twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_made_up_names_does_not_keep_a_real_one_waiting() {
+    let s = setup(30 * 86_400).await;
+    // Each question takes 300 ms: the made-up names alone are minutes of asking.
+    let (ask, asked) =
+        ask_server_with(Arc::new(AtomicBool::new(false)), Duration::from_millis(300)).await;
+    let od = format!(r#"on_demand: {{ ask: "http://{ask}/ask", max_orders: 10, per: 1h }}"#);
+    let tg = Tidegate::start(&s.yaml(&od)).await;
+    let _logs = Logs(&tg, &s.pebble);
+    let root = s.pebble.root();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for c in 0..20 {
+        let (port, stop) = (s.tls, stop.clone());
+        flood.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 5000 {
+                let _ = presented(port, &format!("made-up-{c}-{i}.flood.test")).await;
+                i += 1;
+            }
+        }));
+    }
+    // The flood is being asked about (its names came first) when real clients arrive.
+    wait_for("the flood asked about", Duration::from_secs(10), || async {
+        (asked.load(Ordering::SeqCst) >= 4).then_some(())
+    })
+    .await;
+    // Real clients of real.ok.test keep coming while the flood goes on: served soon.
+    let served = wait_for("real.ok.test served", Duration::from_secs(30), || async {
+        match https_status(s.tls, "real.ok.test", &root, "/").await {
+            Ok(200) => Some(()),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
+            }
+        }
+    });
+    served.await;
+    let asked_then = asked.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for f in flood {
+        let _ = f.await;
+    }
+    assert!(
+        asked_then < 1500,
+        "the real name waited for the made-up ones ({asked_then} asked)"
+    );
+    assert_eq!(s.pebble.issued(), 1, "only the real name was ordered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -28,7 +28,9 @@ use crate::{
 };
 
 pub mod alpn;
+mod challenge;
 mod check;
+use challenge::{alpn_cert, Tokens};
 use check::issued_as_ordered;
 pub use check::renew_at;
 pub(crate) mod files;
@@ -164,7 +166,18 @@ impl Managed {
         loop {
             let wait = (due - config::unix_now()).max(0) as u64;
             tokio::time::sleep(Duration::from_secs(wait)).await;
-            match self.obtain(&names, &dir).await {
+            // An on-demand name is asked again before each renewal: a name the `ask` no
+            // longer approves is not renewed (what serves now serves until it expires).
+            let renewing = self.certs.has_acme(&key);
+            let attempt = match (on_demand && renewing).then(|| self.asked_again(&key)) {
+                Some(asked) => match asked.await {
+                    Ok(true) => self.obtain(&names, &dir).await,
+                    Ok(false) => return,
+                    Err(e) => Err(e),
+                },
+                None => self.obtain(&names, &dir).await,
+            };
+            match attempt {
                 Ok(c) => {
                     failures = 0;
                     // Never due at once again (a CA that backdates or issues short-lived
@@ -436,45 +449,6 @@ impl Managed {
         tracing::info!(directory = %a.directory, "ACME account created");
         Ok(account)
     }
-}
-
-/// Challenge answers being served (HTTP-01 tokens, TLS-ALPN-01 names), taken back when the
-/// order is done, however it ends.
-struct Tokens<'a>(&'a AppState, Vec<String>, Vec<String>);
-
-impl Tokens<'_> {
-    fn put(&mut self, token: &str, key_authorization: &str) {
-        self.0.challenges.put(token, key_authorization);
-        self.1.push(token.to_string());
-    }
-
-    fn put_alpn(&mut self, name: &str, cert: crate::state::certs::AlpnCert) {
-        self.0.challenges.put_alpn(name, cert);
-        self.2.push(name.to_string());
-    }
-}
-
-impl Drop for Tokens<'_> {
-    fn drop(&mut self) {
-        for t in &self.1 {
-            self.0.challenges.remove(t);
-        }
-        for n in &self.2 {
-            self.0.challenges.remove_alpn(n);
-        }
-    }
-}
-
-/// The TLS-ALPN-01 certificate for `name`: self-signed, carrying the key authorization's
-/// SHA-256 in the critical acmeIdentifier extension (RFC 8737 3).
-fn alpn_cert(name: &str, digest: &[u8]) -> Result<crate::state::certs::AlpnCert, String> {
-    let err = |e: rcgen::Error| format!("challenge certificate: {e}");
-    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(err)?;
-    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let key = rcgen::KeyPair::generate().map_err(err)?;
-    let cert = p.self_signed(&key).map_err(err)?;
-    let der = pingora::tls::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    Ok(Arc::new((cert.der().clone(), der)))
 }
 
 #[cfg(test)]
