@@ -109,3 +109,34 @@ fn fleet_rows(data: &[u8]) {
         let _ = crate::config::build::runtime_backends("p", &b);
     }
 }
+
+/// The key `acme_answer` pairs every chain with (the seed certificate in the corpus is for
+/// it and `a.test`): the key is tidegate's own in a real order, only the chain is the CA's.
+const ACME_KEY: &[u8] = b"-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgkKKnz28eByJTSmuw
+DBAm4a/bBpB13RKmvgrxN4cMAgahRANCAATfpOntzKASCGY9wxPsKHA2RmAPulOl
+LHxOQSHTBYyVic/0kqKtxf0c3rzXCaEF+Df9G8CMA/OqfrAPU3ode5Nw
+-----END PRIVATE KEY-----
+";
+
+/// A CA's answer to an order: the certificate chain (PEM), loaded as an order loads it and
+/// checked against what was ordered.
+pub fn acme_answer(data: &[u8]) {
+    if let Ok((_, info)) = crate::config::tls::load_pair(data, ACME_KEY) {
+        let names = ["a.test".to_string()];
+        let _ = crate::services::acme::issued_as_ordered(&info, &names, 1_800_000_000);
+        let _ = crate::services::acme::renew_at(&info);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_acme_seed_is_a_certificate_for_the_fuzzing_key() {
+        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/acme_answer/seed-a-test");
+        let pem = std::fs::read(seed).expect("seed");
+        let (_, info) = crate::config::tls::load_pair(&pem, super::ACME_KEY).expect("loads");
+        assert_eq!(info.names, ["a.test"]);
+    }
+}

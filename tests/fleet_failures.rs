@@ -240,6 +240,26 @@ async fn a_stopped_peer_is_lost_and_strict_never_answers_drained() {
     .await;
     assert_eq!(code, 0, "default: drained on the live proxies: {out}");
     assert!(out.contains("LOST"), "{out}");
+    // A deploy with --strict waits for the lost proxy too: its --then never runs.
+    let (code, out) = run_cli(vec![
+        "deploy".into(),
+        "app".into(),
+        "--to".into(),
+        "green".into(),
+        "--strict".into(),
+        "--drain-timeout".into(),
+        "2s".into(),
+        "--then".into(),
+        "echo THEN-RAN".into(),
+        "--admin".into(),
+        p1.admin_url(""),
+    ])
+    .await;
+    assert_eq!(
+        code, 1,
+        "deploy --strict: blue is not drained while t2 is lost: {out}"
+    );
+    assert!(!out.contains("THEN-RAN"), "{out}");
 
     // Back: live and holding again, not drained even without strict.
     p2.signal(libc::SIGCONT);

@@ -25,6 +25,7 @@ fn every_corpus_input_runs_without_a_panic() {
         ("admin_body", tidegate::fuzzing::admin_body),
         ("spool_headers", tidegate::fuzzing::spool_headers),
         ("fleet_row", tidegate::fuzzing::fleet_row),
+        ("acme_answer", tidegate::fuzzing::acme_answer),
     ] {
         let n = replay(target, f);
         assert!(n > 0, "fuzz/corpus/{target} is empty");

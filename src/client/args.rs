@@ -104,6 +104,10 @@ pub struct DeployArgs {
     /// Give up waiting for the old pools to drain after this long (0 = wait forever).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// With a control_store: the old pools are not drained while a proxy of the fleet is
+    /// lost (as `drain --wait --strict`); `--then` runs only once every proxy has reported.
+    #[arg(long)]
+    pub strict: bool,
     /// Run this (sh -c) once the old pools are drained; they are in
     /// $TIDEGATE_DRAINED_POOLS.
     #[arg(long)]

@@ -91,7 +91,7 @@ async fn shift_and_drain(
             timeout: a
                 .drain_wait()
                 .unwrap_or(Duration::from_secs(100 * 365 * 86_400)),
-            strict: false,
+            strict: a.strict,
             requests_deadline: None,
             streams_deadline: None,
             json: a.json,

@@ -31,7 +31,7 @@ pub mod alpn;
 mod challenge;
 mod check;
 use challenge::{alpn_cert, Tokens};
-use check::issued_as_ordered;
+pub(crate) use check::issued_as_ordered;
 pub use check::renew_at;
 pub(crate) mod files;
 mod on_demand;
