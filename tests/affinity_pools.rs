@@ -151,6 +151,18 @@ async fn a_secret_or_a_client_list_keeps_strangers_from_forcing_a_pool() {
     }
     let r = backend_for(&tg, &[("x-tidegate-pool", "green:let-me-see-green")]).await;
     assert_eq!(r.backend().as_deref(), Some("green"));
+    // The backend never sees the secret: the forcing header is not passed on.
+    let seen = send(
+        &client(),
+        "GET",
+        &tg.url("/headers"),
+        &[("x-tidegate-pool", "green:let-me-see-green")],
+        "",
+    )
+    .await
+    .expect("headers");
+    assert_eq!(seen.backend().as_deref(), Some("green"));
+    assert!(!seen.body.contains("let-me-see-green"), "{}", seen.body);
     let status = api(&tg, "GET", "/api/v1/status", "").await.json();
     let shown = &status["routes"][0]["picking"]["force_pool"];
     assert_eq!(shown["secret"], true, "{shown}");

@@ -157,9 +157,12 @@ async fn the_document_needs_the_token_and_lists_every_call() {
         ("delete", "/api/v1/maintenance"),
     ];
     let mut listed = 0;
+    let mut ids = std::collections::HashSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
             listed += 1;
+            let id = op["operationId"].as_str().expect("operationId").to_string();
+            assert!(ids.insert(id.clone()), "operationId {id} twice");
             assert!(
                 calls.contains(&(method.as_str(), path.as_str())),
                 "{method} {path} is documented but not expected here"

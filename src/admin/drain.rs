@@ -189,7 +189,7 @@ pub async fn pool_status(
     request_body(content = Option<api::DrainRequest>, content_type = "application/json",
         description = "Deadlines for this drain; absent fields take the pool's"),
     responses((status = 202, description = "Draining: the drain status", body = api::DrainStatus),
-        (status = 409, description = "Already draining or drained (or a removed backend): the status and why", body = api::DrainConflict),
+        (status = 409, description = "Already draining or drained: the status and why", body = api::DrainConflict),
         (status = 404, description = "No such pool or backend", body = api::ErrorBody),
     ))]
 /// `POST /api/v1/pools/{pool}/drain`.
@@ -250,7 +250,7 @@ pub async fn backend_status(
     request_body(content = Option<api::DrainRequest>, content_type = "application/json",
         description = "Deadlines for this drain; absent fields take the pool's"),
     responses((status = 202, description = "Draining: the drain status", body = api::DrainStatus),
-        (status = 409, description = "Already draining or drained (or a removed backend): the status and why", body = api::DrainConflict),
+        (status = 409, description = "Already draining or drained (the body also carries the drain status, a DrainConflict), or a backend removed from the config", body = api::ErrorBody),
         (status = 404, description = "No such pool or backend", body = api::ErrorBody),
     ))]
 /// `POST /api/v1/pools/{pool}/backends/{backend}/drain`.
@@ -265,7 +265,7 @@ pub async fn backend_drain(
 #[utoipa::path(post, path = "/api/v1/pools/{pool}/backends/{backend}/undrain", tag = "drain",
     params(("pool" = String, Path, description = "A pool of the config"), ("backend" = String, Path, description = "A backend of the pool: its name, or `HOST:PORT`")),
     responses((status = 200, description = "Active again: the drain status", body = api::DrainStatus),
-        (status = 409, description = "Not draining: the status and why", body = api::DrainConflict),
+        (status = 409, description = "Not draining (the body also carries the drain status, a DrainConflict), or a backend removed from the config", body = api::ErrorBody),
         (status = 404, description = "No such pool or backend", body = api::ErrorBody),
     ))]
 /// `POST /api/v1/pools/{pool}/backends/{backend}/undrain`.

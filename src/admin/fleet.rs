@@ -51,6 +51,16 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request<Body>, next: 
              the proxy keeps serving with the last shared state"
         ));
     }
+    // The same as `/health` says: a store whose reads stall is unreachable too (a change
+    // would be applied here and then fail to be saved).
+    if state.fleet.reads_stalled() {
+        return unavailable(
+            "the control store is unreachable or too slow: the fleet's heartbeats were not \
+             read within the TTL; changes are refused until it answers, the proxy keeps \
+             serving with the last shared state"
+                .into(),
+        );
+    }
     if !state.fleet.is_loaded() {
         return unavailable("the shared state is not loaded from the control store yet".into());
     }

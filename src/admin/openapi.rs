@@ -107,6 +107,17 @@ fn operations(item: &mut PathItem) -> Vec<(Method, &mut Operation)> {
 }
 
 fn shared_op(path: &str, method: &Method, op: &mut Operation) {
+    // Unique by construction (utoipa would take the handler's name: `get` twice, and one id
+    // for both methods of a POST|PUT handler): `post_api_v1_routes_route_split`.
+    let words: Vec<&str> = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    op.operation_id = Some(format!(
+        "{}_{}",
+        method.as_str().to_ascii_lowercase(),
+        words.join("_")
+    ));
     let token = SecurityRequirement::new("token", Vec::<String>::new());
     if path.starts_with("/api/") {
         op.security = Some(vec![token]);
@@ -115,20 +126,25 @@ fn shared_op(path: &str, method: &Method, op: &mut Operation) {
         // With `admin.metrics_auth` only.
         op.security = Some(vec![SecurityRequirement::default(), token]);
     }
-    error(
-        op,
-        403,
-        "Refused by the guard: a Host that is not this listener's, or a call from another \
-         origin's page",
-    );
+    // The probes skip the guard (one bit each, read by probes that send any Host).
+    if path != "/healthz" && path != "/readyz" {
+        error(
+            op,
+            403,
+            "Refused by the guard: a Host that is not this listener's, or a call from another \
+             origin's page",
+        );
+    }
+    let api = path.starts_with("/api/");
     let takes_input =
         op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
-    if takes_input {
+    // Every `/api/` call's body is checked (one JSON object, no repeated key), any method.
+    if takes_input || api {
         error(op, 400, "Invalid input: the `field` names it");
     }
-    if path.starts_with("/api/") && !matches!(*method, Method::GET) {
+    if api {
         error(op, 413, "The body is over 64 KiB");
-        error(op, 415, "A body that is not `application/json`");
+        error(op, 415, "A body that is not `application/json` (or, for a call that changes state, no such `Content-Type` at all)");
     }
     if fleet::changes_shared_state(method, path) {
         error(

@@ -194,16 +194,17 @@ pub async fn delete_one(State(spool): Sp, Path(id): Path<i64>) -> Result<Respons
     changed(&spool, n).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/spool", tag = "spool", params(api::SpoolQuery),
+#[utoipa::path(delete, path = "/api/v1/spool", tag = "spool", params(api::SpoolPurgeQuery),
     responses((status = 200, description = "How many items were deleted", body = api::SpoolChanged),
         (status = 400, description = "`state` is missing or not `pending`/`dead`", body = api::ErrorBody), (status = 503, description = "No spool store, or it does not answer", body = api::ErrorBody)))]
 /// `DELETE /api/v1/spool?route=&state=`: purge (a state is required, so a bare call does
 /// not drop pending work).
 pub async fn purge(
     State(spool): Sp,
-    Query(q): Query<api::SpoolQuery>,
+    Query(q): Query<api::SpoolPurgeQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(st) = state_filter(&q.state)? else {
+    let state = Some(q.state.clone());
+    let Some(st) = state_filter(&state)? else {
         return Err(ApiError::field(
             "state",
             "required: dead, or pending to drop undelivered requests",

@@ -66,6 +66,18 @@ pub struct SpoolQuery {
     pub limit: Option<u32>,
 }
 
+/// Query of `DELETE /api/v1/spool`: which items to delete (`state` is required: a purge of
+/// pending items drops undelivered requests, so it is never implied).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolPurgeQuery {
+    pub route: Option<String>,
+    /// `pending` or `dead`.
+    #[param(pattern = "^(pending|dead)$")]
+    pub state: String,
+}
+
 /// Body of `POST /api/v1/spool/retry`: every dead item, or a route's.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -63,6 +63,44 @@ pub(super) fn want(
     (want, new)
 }
 
+/// A `force_pool` with a secret: its header (or cookie) is not passed on to backends (nor
+/// stored with a spooled request), so the secret stays between the client and tidegate.
+pub(super) fn strip_forcing(route: &Route, up: &mut RequestHeader) {
+    let Some(f) = route
+        .spec
+        .force_pool
+        .as_ref()
+        .filter(|f| f.secret.is_some())
+    else {
+        return;
+    };
+    match &f.from {
+        ForceFrom::Header(h) => {
+            up.remove_header(h);
+        }
+        ForceFrom::Cookie(name) if cookie(up, name).is_some() => {
+            let kept: Vec<String> = up
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+                .map(|p| String::from_utf8_lossy(p.trim_ascii()).into_owned())
+                .filter(|p| {
+                    let n = p.split('=').next().unwrap_or_default().trim();
+                    !p.is_empty() && n != name
+                })
+                .collect();
+            up.remove_header(&header::COOKIE);
+            if !kept.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                    let _ = up.insert_header(header::COOKIE, v);
+                }
+            }
+        }
+        ForceFrom::Cookie(_) => {}
+    }
+}
+
 /// Whether `client` is one of `clients` (none listed: anyone).
 fn may_force(clients: &[ipnet::IpNet], client: Option<IpAddr>) -> bool {
     clients.is_empty()

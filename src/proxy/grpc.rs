@@ -46,15 +46,13 @@ fn is_grpc_type(v: &[u8]) -> bool {
 /// The gRPC status for an HTTP status tidegate would have answered (gRPC's own mapping of
 /// HTTP to gRPC statuses, as Envoy applies it).
 /// A gRPC call can go only to a pool that speaks HTTP/2 (trailers carry its status); to an
-/// `http1` pool it is refused with UNIMPLEMENTED and a message naming the pool.
+/// `http1` pool it is refused with UNIMPLEMENTED (the access log names the pool).
 pub fn check_pool(pool: Option<&crate::state::table::Pool>) -> pingora::Result<()> {
     match pool {
         Some(p) if !p.spec.upstream.is_h2() => Err(pingora::Error::explain(
             pingora::ErrorType::HTTPStatus(501),
-            format!(
-                "pool {:?} speaks HTTP/1.1; gRPC needs protocol: h2c, h2 or auto",
-                &*p.name
-            ),
+            // Client-facing: no pool name (the access log has it).
+            "the pool for this call speaks HTTP/1.1; gRPC needs protocol: h2c, h2 or auto",
         )),
         _ => Ok(()),
     }

@@ -264,15 +264,7 @@ impl ProxyHttp for Proxy {
             Some(u) => u.peer(addr, address.as_deref().unwrap_or(""), ctx.upgrade),
             None => HttpPeer::new(addr, false, String::new()),
         };
-        // `auto` over a backend whose ALPN chose HTTP/1.1: a connection per call, no turns.
-        let h1_now = |u: &crate::config::upstream::Upstream| {
-            u.is_auto()
-                && ctx
-                    .backend
-                    .as_ref()
-                    .is_some_and(|t| t.backend().h2.speaks_http1())
-        };
-        ctx.h2 = upstream.is_some_and(|u| u.is_h2() && !h1_now(u)) && !ctx.upgrade;
+        ctx.h2 = pick::shares_connections(upstream, ctx.backend.as_ref()) && !ctx.upgrade;
         if let (true, Some(u), Some(tr)) = (ctx.h2, upstream, &ctx.backend) {
             ctx.h2_turn = Some(pick::h2_turn(tr.backend(), u, t.connect).await?);
         }
@@ -347,12 +339,8 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // From here on nothing is sent twice: the answer has begun.
         ctx.answered = true;
-        if let (Some(p), Some(t)) = (&ctx.pool, &ctx.backend) {
-            let h2 = resp.version == http::Version::HTTP_2;
-            if p.spec.upstream.is_auto() && !ctx.upgrade && t.backend().h2.answered_over(h2) {
-                let protocol = if h2 { "h2" } else { "http/1.1" };
-                tracing::info!(backend = %t.backend().id, protocol, "protocol auto: the backend's ALPN chose {protocol}");
-            }
+        if let (Some(p), Some(t), false) = (&ctx.pool, &ctx.backend, ctx.upgrade) {
+            pick::learn_alpn(&p.spec.upstream, t.backend(), resp.version);
         }
         ctx.first_byte = Some(ctx.started.elapsed());
         // The app may echo the id already (pingora's header insert costs ~2,000
@@ -378,14 +366,15 @@ impl ProxyHttp for Proxy {
             affinity::set_cookie(route, value, tls, resp);
         }
         let Some(t) = &ctx.backend else { return Ok(()) };
+        // With `auto`, ALPN decided whether the connection is shared (also when the backend
+        // was last seen on HTTP/1.1): a drain deadline must not close it under other calls.
+        if resp.version == http::Version::HTTP_2 && !ctx.h2 {
+            ctx.h2 = true;
+            t.item().mark_shared();
+        }
         if ctx.kind == Kind::Grpc {
-            // Its response is open from here on: a stream for the drain deadlines. With
-            // `auto`, ALPN decided whether the connection is shared.
+            // Its response is open from here on: a stream for the drain deadlines.
             t.item().set_open();
-            if resp.version == http::Version::HTTP_2 && !ctx.h2 {
-                ctx.h2 = true;
-                t.item().mark_shared();
-            }
         } else if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
             t.set_kind(Kind::WebSocket);
         } else if is_event_stream(resp) {
@@ -447,8 +436,11 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(r) = &ctx.route {
+            affinity::strip_forcing(r, upstream);
+        }
         forward_headers(session, upstream)
     }
 

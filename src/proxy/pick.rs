@@ -373,6 +373,31 @@ pub(super) async fn h2_turn(
     Err(Error::explain(HTTPStatus(503), why))
 }
 
+/// Whether a call shares HTTP/2 connections (and takes turns for a stream): `h2`, `h2c`,
+/// and `auto` unless the backend's ALPN chose HTTP/1.1 last (a connection per call then).
+pub(super) fn shares_connections(
+    upstream: Option<&crate::config::upstream::Upstream>,
+    tracked: Option<&crate::state::tracking::Tracking>,
+) -> bool {
+    let h1_now = |u: &crate::config::upstream::Upstream| {
+        u.is_auto() && tracked.is_some_and(|t| t.backend().h2.speaks_http1())
+    };
+    upstream.is_some_and(|u| u.is_h2() && !h1_now(u))
+}
+
+/// `protocol: auto`: what ALPN chose, from an answer's version (logged when it changes).
+pub(super) fn learn_alpn(
+    upstream: &crate::config::upstream::Upstream,
+    backend: &BackendState,
+    version: http::Version,
+) {
+    let h2 = version == http::Version::HTTP_2;
+    if upstream.is_auto() && backend.h2.answered_over(h2) {
+        let protocol = if h2 { "h2" } else { "http/1.1" };
+        tracing::info!(backend = %backend.id, protocol, "protocol auto: the backend's ALPN chose {protocol}");
+    }
+}
+
 /// 502: every backend of the route was tried (the access log names them).
 fn unreachable() -> Box<Error> {
     Error::explain(HTTPStatus(502), "no backend could be reached")

@@ -134,7 +134,7 @@ impl Proxy {
                 return Ok(true);
             }
         };
-        let item = new_item(session, &route.name, body)?;
+        let item = new_item(session, route, body)?;
         let written = self.spool.write(item, buffered).await;
         drop(writing);
         match written {
@@ -145,7 +145,12 @@ impl Proxy {
                     SpoolError::Unavailable(_) => "spool_unavailable",
                 };
                 tracing::error!(route = %route.name, error = %e, "request not spooled; answering 503");
-                errors::respond(session, 503, kind, &format!("request not stored: {e}")).await?;
+                // The store's error text (hosts, SQL) is the log's, not the client's.
+                let msg = match e {
+                    SpoolError::Busy => "request not stored: the spool is busy; retry later",
+                    SpoolError::Unavailable(_) => "request not stored: the spool is unavailable",
+                };
+                errors::respond(session, 503, kind, msg).await?;
                 Ok(true)
             }
         }
@@ -180,9 +185,9 @@ impl Proxy {
 }
 
 /// The stored form of the request: method, target, headers as the backend would get them.
-fn new_item(session: &Session, route: &str, body: Bytes) -> Result<NewItem> {
+fn new_item(session: &Session, route: &Route, body: Bytes) -> Result<NewItem> {
     Ok(NewItem {
-        route: route.to_string(),
+        route: route.name.to_string(),
         method: session.req_header().method.to_string(),
         target: session
             .req_header()
@@ -190,7 +195,7 @@ fn new_item(session: &Session, route: &str, body: Bytes) -> Result<NewItem> {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string(),
-        headers: stored_headers(session)?,
+        headers: stored_headers(session, route)?,
         body,
         created_ms: now_ms(),
         // Set by the writer from its deadline.
@@ -257,9 +262,10 @@ async fn too_large(session: &mut Session, spec: &SpoolSpec) -> Result<bool> {
 
 /// `name: value\r\n` lines as the backend would get them: X-Forwarded-* added, hop-by-hop
 /// headers and those named in `Connection` removed.
-fn stored_headers(session: &Session) -> Result<Vec<u8>> {
+fn stored_headers(session: &Session, route: &Route) -> Result<Vec<u8>> {
     let mut up = session.req_header().clone();
     forward_headers(session, &mut up)?;
+    super::affinity::strip_forcing(route, &mut up);
     let named: Vec<String> = up
         .headers
         .get_all(header::CONNECTION)

@@ -275,6 +275,12 @@ impl Fleet {
         self.enabled && self.peers_read_age().is_none_or(|age| age > self.ttl)
     }
 
+    /// Reads of the store that used to succeed have not for longer than the TTL (a store
+    /// that stalls before it errors): changes are refused as while it is unreachable.
+    pub fn reads_stalled(&self) -> bool {
+        self.enabled && self.peers_read_age().is_some_and(|age| age > self.ttl)
+    }
+
     /// The heartbeat TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl

@@ -166,16 +166,11 @@ impl Managed {
         loop {
             let wait = (due - config::unix_now()).max(0) as u64;
             tokio::time::sleep(Duration::from_secs(wait)).await;
-            // An on-demand name is asked again before each renewal: a name the `ask` no
-            // longer approves is not renewed (what serves now serves until it expires).
-            let renewing = self.certs.has_acme(&key);
-            let attempt = match (on_demand && renewing).then(|| self.asked_again(&key)) {
-                Some(asked) => match asked.await {
-                    Ok(true) => self.obtain(&names, &dir).await,
-                    Ok(false) => return,
-                    Err(e) => Err(e),
-                },
-                None => self.obtain(&names, &dir).await,
+            let Some(attempt) = self.renewal(&names, &dir, on_demand).await else {
+                // Not approved any more; asked again hourly, so a name approved later is
+                // renewed (the certificate stays installed, so handshakes do not ask).
+                due = config::unix_now() + 3600;
+                continue;
             };
             match attempt {
                 Ok(c) => {
@@ -203,6 +198,26 @@ impl Managed {
                 }
             }
         }
+    }
+
+    /// One order (or the fleet's certificate); `None` when an on-demand name being renewed
+    /// is no longer approved by the `ask` (asked again before each renewal: what serves now
+    /// serves until it expires).
+    async fn renewal(
+        &self,
+        names: &[String],
+        dir: &Path,
+        on_demand: bool,
+    ) -> Option<Result<Arc<Served>, String>> {
+        let key = names.join(",");
+        if on_demand && self.certs.has_acme(&key) {
+            match self.asked_again(&key).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(self.obtain(names, dir).await)
     }
 
     /// A new certificate for `names`, kept under `dir`: with a shared store, the one a peer
@@ -391,8 +406,8 @@ impl Managed {
             if let Some(shared) = &self.shared {
                 shared.put_token(&ch.token, ka.as_str()).await?;
                 // Every proxy reads the fleet's tokens each second: the CA, which may ask
-                // any of them, is told only once they all have it.
-                tokio::time::sleep(shared::TOKENS_EVERY * 2).await;
+                // any of them, is told once every peer whose reads succeed has it.
+                tokio::time::sleep(shared::TOKENS_SPREAD).await;
             }
             ch.set_ready()
                 .await

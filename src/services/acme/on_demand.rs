@@ -168,7 +168,7 @@ impl Managed {
             .await
             .map_err(|e| format!("on-demand ask before renewal: {e}"))?;
         if !approved {
-            tracing::info!(listener = %self.certs.listener, name, "on-demand certificate no longer approved by ask: not renewed (it serves until it expires)");
+            tracing::info!(listener = %self.certs.listener, name, "on-demand certificate no longer approved by ask: not renewed (it serves until it expires; asked again in an hour)");
             self.board().failed(
                 &self.certs.listener,
                 name,

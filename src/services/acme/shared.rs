@@ -28,6 +28,12 @@ const SCHEMA_LOCK: i64 = 0x7469_6465_6163_6d65;
 
 /// How often every proxy reads the fleet's pending tokens.
 pub const TOKENS_EVERY: Duration = Duration::from_secs(1);
+/// Longest a read of them may take.
+const TOKENS_READ: Duration = Duration::from_secs(2);
+/// How long an orderer waits after storing a token before the CA is told: one whole cycle
+/// of the slowest peer's reading that still succeeds (pause, then a read that takes its
+/// full time), and a second.
+pub const TOKENS_SPREAD: Duration = Duration::from_secs(4);
 /// Pending tokens read at most (an order has one per name; old ones are deleted).
 const TOKENS_MAX: i64 = 1000;
 /// Connections of the pool.
@@ -191,7 +197,7 @@ impl Shared {
 pub async fn mirror_tokens(shared: Arc<Shared>, state: Arc<crate::state::AppState>) {
     let mut failing = false;
     loop {
-        let read = tokio::time::timeout(Duration::from_secs(2), shared.tokens()).await;
+        let read = tokio::time::timeout(TOKENS_READ, shared.tokens()).await;
         match read.unwrap_or_else(|_| Err("no answer within 2s".into())) {
             Ok(tokens) => {
                 failing = false;
