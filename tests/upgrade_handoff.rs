@@ -415,10 +415,14 @@ pools:
     old.signal(libc::SIGQUIT);
     let (code, log) = exit_code(new).await;
     assert_eq!(code, Some(1), "{log}");
+    // It says it did not start, or (when it exits before its word arrives) nothing: either
+    // way no `ok`, and the old process refuses the upgrade.
     wait_for("the refusal", Duration::from_secs(20), || async {
-        old.logs()
-            .contains("the new process did not start")
-            .then_some(())
+        let logs = old.logs();
+        (logs.contains("graceful upgrade refused")
+            && (logs.contains("the new process did not start")
+                || logs.contains("the new process did not confirm")))
+        .then_some(())
     })
     .await;
     serves_and_ready(&old).await;
