@@ -1,12 +1,9 @@
-//! `GET /api/v1/openapi.json`: the admin API as an OpenAPI 3.1 document, generated (by
-//! utoipa) from the route tables of [`super::routes`] and the body types of [`crate::api`],
+//! The admin API as an OpenAPI 3.1 document (served by [`super::routes::document`]),
+//! generated (by utoipa) from the route tables and the body types of [`crate::api`],
 //! the ones the server writes and the CLI reads. What every call shares (the token, the
 //! guard's 403, the body checks' 413/415, the fleet's 503) is added here, from the same
 //! rules the middleware applies.
 
-use std::sync::OnceLock;
-
-use axum::response::{IntoResponse, Response};
 use http::Method;
 use utoipa::{
     openapi::{
@@ -17,7 +14,7 @@ use utoipa::{
     OpenApi as _,
 };
 
-use super::{fleet, routes};
+use super::fleet;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -47,35 +44,13 @@ use super::{fleet, routes};
 )]
 struct Doc;
 
-/// The document, built once.
-pub fn json() -> &'static str {
-    static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| {
-        let mut doc =
-            utoipa_axum::router::OpenApiRouter::<super::Ctx>::with_openapi(Doc::openapi())
-                .merge(routes::probes())
-                .merge(routes::api(&|handlers| handlers))
-                .into_openapi();
-        shared(&mut doc);
-        // Serializing plain data structures cannot fail.
-        serde_json::to_string_pretty(&doc).unwrap_or_default()
-    })
-}
-
-/// `GET /api/v1/openapi.json`.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "status",
-    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)))]
-pub async fn document() -> Response {
-    let mut r = ([(http::header::CONTENT_TYPE, "application/json")], json()).into_response();
-    r.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    r
+/// The document's frame: title, tags, the event stream's payload schemas.
+pub(super) fn frame() -> OpenApi {
+    Doc::openapi()
 }
 
 /// What every call shares, as the middleware applies it.
-fn shared(doc: &mut OpenApi) {
+pub(super) fn shared(doc: &mut OpenApi) {
     doc.components
         .get_or_insert_with(Default::default)
         .add_security_scheme(

@@ -2,7 +2,12 @@
 //! once, and both the router and the OpenAPI document ([`super::openapi`]) are built from
 //! these tables, so neither can list a call the other lacks.
 
-use axum::routing::MethodRouter;
+use std::sync::OnceLock;
+
+use axum::{
+    response::{IntoResponse, Response},
+    routing::MethodRouter,
+};
 use utoipa_axum::{
     router::{OpenApiRouter, UtoipaMethodRouter},
     routes,
@@ -28,7 +33,7 @@ pub fn probes() -> OpenApiRouter<Ctx> {
 pub fn api(wrap: Wrap) -> OpenApiRouter<Ctx> {
     let w = |(schemas, paths, handlers): UtoipaMethodRouter<Ctx>| (schemas, paths, wrap(handlers));
     OpenApiRouter::new()
-        .routes(w(routes!(openapi::document)))
+        .routes(w(routes!(document)))
         .routes(w(routes!(status::status)))
         .routes(w(routes!(events::events)))
         .routes(w(routes!(status::history)))
@@ -58,4 +63,30 @@ pub fn api(wrap: Wrap) -> OpenApiRouter<Ctx> {
             overrides::maintenance_on,
             overrides::maintenance_off
         )))
+}
+
+/// The document, built once.
+fn json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = OpenApiRouter::<Ctx>::with_openapi(openapi::frame())
+            .merge(probes())
+            .merge(api(&|handlers| handlers))
+            .into_openapi();
+        openapi::shared(&mut doc);
+        // Serializing plain data structures cannot fail.
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    })
+}
+
+/// `GET /api/v1/openapi.json`.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "status",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)))]
+pub async fn document() -> Response {
+    let mut r = ([(http::header::CONTENT_TYPE, "application/json")], json()).into_response();
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
