@@ -96,7 +96,8 @@ async fn everything(tg: &Tidegate, state: &Path) -> serde_json::Value {
         "control": control_state(&status),
         "spool": spool["items"].as_array().map(|items| items
             .iter()
-            .map(|i| serde_json::json!([i["id"], i["state"], i["attempts"]]))
+            // Not `attempts`: replays of the item go on in the background, reads or not.
+            .map(|i| serde_json::json!([i["id"], i["state"]]))
             .collect::<Vec<_>>()),
         "saved": saved,
     })
